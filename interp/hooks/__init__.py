@@ -1,0 +1,23 @@
+"""Hook points: capture any named activation, edit it with pure functions, take gradients through it.
+
+The vocabulary follows TransformerLens (``blocks.{l}.hook_resid_post``, ``blocks.{l}.attn.hook_pattern``,
+...); see ``Model.hook_names`` for a model's full list.
+"""
+
+from interp.hooks import edits
+from interp.hooks._cache import Cache
+from interp.hooks._names import act_name, layer_of
+from interp.hooks._spec import Edit, HookRunner, Hooks, Resolved, ShapeRecorder, compile_count
+
+__all__ = [
+    "Cache",
+    "Edit",
+    "HookRunner",
+    "Hooks",
+    "Resolved",
+    "ShapeRecorder",
+    "act_name",
+    "compile_count",
+    "edits",
+    "layer_of",
+]

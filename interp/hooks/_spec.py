@@ -1,0 +1,177 @@
+"""Capture specs and interventions, and the runner the forward pass calls at every hook point.
+
+An *edit* is a pure function ``fn(activation, hook_name, *params) -> activation``. The function and the
+hook name are static (part of the compiled program); ``params`` are traced, so running the same edit
+with new values reuses the compiled function. Capture is a static set of names.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable, Iterable, Sequence
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from interp.hooks._names import act_name, layer_of, suggest
+
+NameSpec = str | tuple | Callable[[str], bool]
+
+_COMPILES = [0]
+
+
+def compile_count() -> int:
+    """How many times a hooked forward pass has been traced and compiled in this process.
+
+    Each cache miss of the compiled-function cache adds one; calling again with the same shapes, the
+    same capture names and the same edit functions (with any parameter values) adds nothing.
+    """
+    return _COMPILES[0]
+
+
+def _note_compile() -> None:
+    _COMPILES[0] += 1
+
+
+class Edit(NamedTuple):
+    """One intervention: at ``name`` (a hook name, short key or predicate) apply ``fn(x, name, *params)``."""
+
+    name: NameSpec
+    fn: Callable
+    params: tuple = ()
+
+
+def _as_edit(e) -> Edit:
+    if isinstance(e, Edit):
+        return e
+    if isinstance(e, tuple) and len(e) >= 2 and callable(e[1]):
+        return Edit(e[0], e[1], tuple(e[2:]))
+    raise TypeError(
+        f"an edit must be (name, fn, *params) or interp.hooks.Edit(name, fn, params), got {e!r}"
+    )
+
+
+def _to_array(p):
+    if isinstance(p, (bool, int, float, complex, np.ndarray, np.generic)):
+        return jnp.asarray(p)
+    return p
+
+
+@dataclasses.dataclass(frozen=True)
+class Hooks:
+    """What a forward pass captures and how it edits activations.
+
+    ``capture``: hook names, TransformerLens short keys (``("resid_post", 5)``) or predicates
+    ``name -> bool``; ``None`` captures nothing. ``edits``: a sequence of ``(name, fn, *params)``.
+    """
+
+    capture: Sequence[NameSpec] | NameSpec | None = ()
+    edits: Sequence[Any] = ()
+
+    def resolve(self, vocabulary: Sequence[str]) -> "Resolved":
+        """Bind names to the model's hook vocabulary; fail before any compute on unknown names."""
+        vocab_set = set(vocabulary)
+        capture = _select(self.capture, vocabulary, vocab_set)
+        static, params = [], []
+        for e in map(_as_edit, self.edits):
+            for name in _select([e.name], vocabulary, vocab_set):
+                static.append((name, e.fn))
+                params.append(jax.tree.map(_to_array, tuple(e.params)))
+        order = {n: i for i, n in enumerate(vocabulary)}
+        capture = tuple(sorted(set(capture), key=order.__getitem__))
+        return Resolved(capture, tuple(static), tuple(params))
+
+
+def _is_short_key(s) -> bool:
+    return isinstance(s, tuple) and len(s) in (2, 3) and isinstance(s[0], str) and isinstance(s[1], int)
+
+
+def _select(spec, vocabulary: Sequence[str], vocab_set: set[str]) -> list[str]:
+    if spec is None:
+        return []
+    if isinstance(spec, str) or callable(spec) or _is_short_key(spec):
+        spec = [spec]
+    out: list[str] = []
+    for item in spec:
+        if callable(item):
+            out.extend(n for n in vocabulary if item(n))
+            continue
+        try:
+            name = act_name(*item) if isinstance(item, tuple) else act_name(item)
+        except KeyError as e:
+            raise ValueError(str(e).strip("'\"")) from None
+        if name not in vocab_set:
+            raise ValueError(
+                f"unknown hook '{name}'{suggest(name, vocabulary)} "
+                f"(model.hook_names lists all {len(vocabulary)} hook points)"
+            )
+        out.append(name)
+    return out
+
+
+@jax.tree_util.register_pytree_node_class
+class Resolved:
+    """Hooks bound to concrete names: static part (names, functions) + traced parameters."""
+
+    def __init__(self, capture: tuple[str, ...], edits: tuple[tuple[str, Callable], ...], params: tuple):
+        self.capture = capture
+        self.edits = edits
+        self.params = params
+
+    def tree_flatten(self):
+        return (self.params,), (self.capture, self.edits)
+
+    @classmethod
+    def tree_unflatten(cls, aux, children):
+        return cls(aux[0], aux[1], children[0])
+
+    def deepest_layer(self) -> int | None:
+        """Highest block index any captured or edited name touches; None if a name lies past the blocks."""
+        deepest = -1
+        for name in list(self.capture) + [n for n, _ in self.edits]:
+            layer = layer_of(name)
+            if layer is None and not name.startswith("hook_"):
+                return None  # e.g. ln_final: needs every block
+            deepest = max(deepest, -1 if layer is None else layer)
+        return deepest
+
+
+class HookRunner:
+    """Called by the forward pass at every hook point: applies edits, then records captures."""
+
+    def __init__(self, resolved: Resolved | None = None):
+        self.capture = frozenset(resolved.capture) if resolved else frozenset()
+        self.edits: dict[str, list] = {}
+        if resolved:
+            for (name, fn), params in zip(resolved.edits, resolved.params):
+                self.edits.setdefault(name, []).append((fn, params))
+        self.cache: dict[str, Any] = {}
+
+    def __call__(self, name: str, x):
+        for fn, params in self.edits.get(name, ()):
+            y = fn(x, name, *params)
+            if getattr(y, "shape", None) != x.shape:
+                raise ValueError(
+                    f"edit {getattr(fn, '__name__', fn)!r} at '{name}' returned shape "
+                    f"{getattr(y, 'shape', type(y))}, expected {x.shape}; an edit must keep the activation's shape"
+                )
+            x = y.astype(x.dtype)
+        if name in self.capture:
+            self.cache[name] = x
+        return x
+
+
+class ShapeRecorder:
+    """A runner that records every hook point's name and shape (used with ``jax.eval_shape``)."""
+
+    def __init__(self):
+        self.shapes: dict[str, tuple[int, ...]] = {}
+
+    def __call__(self, name: str, x):
+        self.shapes[name] = tuple(x.shape)
+        return x
+
+
+NOOP = HookRunner()

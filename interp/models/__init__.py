@@ -1,0 +1,16 @@
+"""Model families over shared blocks, and the registries that map checkpoints onto them."""
+
+from interp.models import llama
+from interp.models._blocks import Attention, Embed, GatedMLP, PreNormBlock, RMSNorm, Rope
+from interp.models._model import Model
+from interp.models.llama import LlamaConfig
+
+# config.json "architectures" entry -> family module
+HF_FAMILIES = {arch: llama for arch in llama.HF_ARCHITECTURES}
+# GGUF "general.architecture" -> family module
+GGUF_FAMILIES = {arch: llama for arch in llama.GGUF_ARCHITECTURES}
+
+__all__ = [
+    "Attention", "Embed", "GatedMLP", "GGUF_FAMILIES", "HF_FAMILIES", "LlamaConfig", "Model",
+    "PreNormBlock", "RMSNorm", "Rope", "llama",
+]

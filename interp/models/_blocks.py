@@ -1,0 +1,218 @@
+"""Shared transformer blocks. They know nothing of particular checkpoints; family files map weights onto them.
+
+Axis letters (used in einsums and shape docs):
+  B batch, T query position, S key position, D model, H query heads, K key/value heads,
+  G query heads per kv head (H = K*G), E head dim, F mlp hidden, V vocabulary.
+
+Every block takes ``hk`` (a hook runner: ``hk(name, x) -> x``) and the name prefix of its hook points.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jaxtyping import Array, Bool, Float, Int
+
+_ACTIVATIONS = {
+    "silu": jax.nn.silu,
+    "gelu": lambda x: jax.nn.gelu(x, approximate=False),
+    "gelu_tanh": lambda x: jax.nn.gelu(x, approximate=True),
+    "relu": jax.nn.relu,
+}
+
+
+def activation(name: str):
+    try:
+        return _ACTIVATIONS[name]
+    except KeyError:
+        raise ValueError(f"unsupported activation '{name}'; supported: {sorted(_ACTIVATIONS)}") from None
+
+
+class RMSNorm(eqx.Module):
+    """``x / rms(x) * w``. Hook points: ``{prefix}.hook_scale`` ``[B T 1]`` (the rms divisor) and
+    ``{prefix}.hook_normalized`` ``[B T D]`` (``x / scale``, before the weight), as in TransformerLens."""
+
+    weight: Float[Array, "D"]
+    eps: float = eqx.field(static=True)
+
+    def __call__(self, x: Float[Array, "B T D"], hk, prefix: str) -> Float[Array, "B T D"]:
+        dtype = x.dtype
+        # Statistics in float32 whatever the activation dtype, as the reference implementation does.
+        x32 = x.astype(jnp.float32)
+        scale = hk(f"{prefix}.hook_scale", jnp.sqrt(jnp.mean(x32 * x32, axis=-1, keepdims=True) + self.eps))
+        normalized = hk(f"{prefix}.hook_normalized", (x32 / scale).astype(dtype))
+        return self.weight * normalized
+
+
+@dataclasses.dataclass(frozen=True)
+class Rope:
+    """Rotary position embedding (rotate-half layout) over the first ``dim`` features of each head.
+
+    ``scaling``: None, ``("linear", factor)`` or
+    ``("llama3", factor, low_freq_factor, high_freq_factor, original_max_position_embeddings)``.
+    """
+
+    dim: int
+    theta: float
+    scaling: tuple | None = None
+
+    def __post_init__(self):
+        if self.dim % 2:
+            raise ValueError(f"rotary dim must be even, got {self.dim}")
+        if self.scaling is not None and self.scaling[0] not in ("linear", "llama3"):
+            raise ValueError(
+                f"unsupported rope scaling '{self.scaling[0]}'; supported: 'linear', 'llama3' "
+                "(remove rope_scaling from config.json to run without it)"
+            )
+
+    def inv_freq(self) -> np.ndarray:
+        # float32 arithmetic in the reference's order, so angles match it to the last bit or two.
+        exponent = np.arange(0, self.dim, 2, dtype=np.int64).astype(np.float32) / np.float32(self.dim)
+        inv = (1.0 / np.power(np.float32(self.theta), exponent)).astype(np.float32)
+        if self.scaling is None:
+            return inv
+        kind, factor, *rest = self.scaling
+        if kind == "linear":
+            return (inv / np.float32(factor)).astype(np.float32)
+        low, high, old_len = rest
+        low_wavelen = old_len / low
+        high_wavelen = old_len / high
+        wavelen = 2 * math.pi / inv
+        scaled = np.where(wavelen > low_wavelen, inv / factor, inv)
+        smooth = (old_len / wavelen - low) / (high - low)
+        smoothed = (1 - smooth) * scaled / factor + smooth * scaled
+        medium = ~(wavelen < high_wavelen) & ~(wavelen > low_wavelen)
+        return np.where(medium, smoothed, scaled).astype(np.float32)
+
+    def __call__(self, x: Float[Array, "B T H E"], positions: Int[Array, "B T"]) -> Float[Array, "B T H E"]:
+        inv = jnp.asarray(self.inv_freq())
+        angles = positions.astype(jnp.float32)[..., None] * inv  # [B T dim/2]
+        angles = jnp.concatenate([angles, angles], axis=-1)[:, :, None, :]
+        cos, sin = jnp.cos(angles).astype(x.dtype), jnp.sin(angles).astype(x.dtype)
+        rot, rest = x[..., : self.dim], x[..., self.dim :]
+        half = self.dim // 2
+        rotated = jnp.concatenate([-rot[..., half:], rot[..., :half]], axis=-1)
+        out = rot * cos + rotated * sin
+        return jnp.concatenate([out, rest], axis=-1) if rest.shape[-1] else out
+
+
+class Attention(eqx.Module):
+    """Causal multi-head attention with grouped key/value heads (MHA: K=H, GQA: 1<K<H, MQA: K=1).
+
+    Hook points (``{prefix}.``): ``hook_q [B T H E]``, ``hook_k``/``hook_v [B S K E]`` (before rotary),
+    ``hook_rot_q``/``hook_rot_k`` (after rotary), ``hook_attn_scores [B H T S]`` (scaled, masked entries set
+    to the dtype's minimum), ``hook_pattern [B H T S]``, ``hook_z [B T H E]`` (per-head outputs before W_O).
+    """
+
+    W_Q: Float[Array, "D H E"]
+    W_K: Float[Array, "D K E"]
+    W_V: Float[Array, "D K E"]
+    W_O: Float[Array, "H E D"]
+    b_Q: Float[Array, "H E"] | None
+    b_K: Float[Array, "K E"] | None
+    b_V: Float[Array, "K E"] | None
+    b_O: Float[Array, "D"] | None
+    rope: Rope | None = eqx.field(static=True)
+    sliding_window: int | None = eqx.field(static=True)
+
+    @property
+    def n_heads(self) -> int:
+        return self.W_Q.shape[1]
+
+    @property
+    def n_kv_heads(self) -> int:
+        return self.W_K.shape[1]
+
+    def __call__(
+        self,
+        x: Float[Array, "B T D"],
+        hk,
+        prefix: str,
+        positions: Int[Array, "B T"],
+        mask: Bool[Array, "B T S"],
+    ) -> Float[Array, "B T D"]:
+        def proj(w, b, name):
+            y = jnp.einsum("BTD,DHE->BTHE", x, w)
+            return hk(f"{prefix}.{name}", y if b is None else y + b)
+
+        q = proj(self.W_Q, self.b_Q, "hook_q")
+        k = proj(self.W_K, self.b_K, "hook_k")
+        v = proj(self.W_V, self.b_V, "hook_v")
+        if self.rope is not None:
+            q = hk(f"{prefix}.hook_rot_q", self.rope(q, positions))
+            k = hk(f"{prefix}.hook_rot_k", self.rope(k, positions))
+        B, T, H, E = q.shape
+        K = k.shape[2]
+        qg = q.reshape(B, T, K, H // K, E)
+        scores = jnp.einsum("BTKGE,BSKE->BKGTS", qg, k).reshape(B, H, T, -1) * (E**-0.5)
+        if self.sliding_window is not None:
+            t = positions[:, :, None]
+            s = positions[:, None, :]
+            mask = mask & (t - s < self.sliding_window)
+        scores = jnp.where(mask[:, None], scores, jnp.finfo(scores.dtype).min)
+        scores = hk(f"{prefix}.hook_attn_scores", scores)
+        pattern = jax.nn.softmax(scores.astype(jnp.float32), axis=-1).astype(q.dtype)
+        pattern = hk(f"{prefix}.hook_pattern", pattern)
+        z = jnp.einsum("BKGTS,BSKE->BTKGE", pattern.reshape(B, K, H // K, T, -1), v).reshape(B, T, H, E)
+        z = hk(f"{prefix}.hook_z", z)
+        out = jnp.einsum("BTHE,HED->BTD", z, self.W_O)
+        return out if self.b_O is None else out + self.b_O
+
+
+class GatedMLP(eqx.Module):
+    """``W_out (act(x W_gate) * (x W_in))`` (SwiGLU / GeGLU).
+
+    Hook points: ``hook_pre [B T F]`` (gate pre-activation), ``hook_pre_linear [B T F]`` (linear branch),
+    ``hook_post [B T F]`` (the product fed to W_out).
+    """
+
+    W_gate: Float[Array, "D F"]
+    W_in: Float[Array, "D F"]
+    W_out: Float[Array, "F D"]
+    b_gate: Float[Array, "F"] | None
+    b_in: Float[Array, "F"] | None
+    b_out: Float[Array, "D"] | None
+    act: str = eqx.field(static=True)
+
+    def __call__(self, x: Float[Array, "B T D"], hk, prefix: str) -> Float[Array, "B T D"]:
+        def lin(w, b):
+            y = x @ w
+            return y if b is None else y + b
+
+        pre = hk(f"{prefix}.hook_pre", lin(self.W_gate, self.b_gate))
+        pre_linear = hk(f"{prefix}.hook_pre_linear", lin(self.W_in, self.b_in))
+        post = hk(f"{prefix}.hook_post", activation(self.act)(pre) * pre_linear)
+        out = post @ self.W_out
+        return out if self.b_out is None else out + self.b_out
+
+
+class PreNormBlock(eqx.Module):
+    """``x + attn(ln1(x))`` then ``+ mlp(ln2(.))``. Hook points ``hook_resid_pre``, ``hook_attn_out``,
+    ``hook_resid_mid``, ``hook_mlp_out``, ``hook_resid_post`` (all ``[B T D]``) plus those of its parts."""
+
+    ln1: RMSNorm
+    attn: Attention
+    ln2: RMSNorm
+    mlp: GatedMLP
+
+    def __call__(self, resid, hk, prefix: str, positions, mask):
+        resid = hk(f"{prefix}.hook_resid_pre", resid)
+        attn_out = self.attn(self.ln1(resid, hk, f"{prefix}.ln1"), hk, f"{prefix}.attn", positions, mask)
+        attn_out = hk(f"{prefix}.hook_attn_out", attn_out)
+        resid = hk(f"{prefix}.hook_resid_mid", resid + attn_out)
+        mlp_out = hk(f"{prefix}.hook_mlp_out", self.mlp(self.ln2(resid, hk, f"{prefix}.ln2"), hk, f"{prefix}.mlp"))
+        return hk(f"{prefix}.hook_resid_post", resid + mlp_out)
+
+
+class Embed(eqx.Module):
+    """Token embedding. Hook point ``hook_embed [B T D]``."""
+
+    W_E: Float[Array, "V D"]
+
+    def __call__(self, tokens: Int[Array, "B T"], hk) -> Float[Array, "B T D"]:
+        return hk("hook_embed", jnp.take(self.W_E, tokens, axis=0))

@@ -1,0 +1,279 @@
+"""The hooked decoder-only transformer every family builds: a pytree of arrays plus static config."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jaxtyping import Array, Float, Int
+
+from interp.hooks import Cache, HookRunner, Hooks, Resolved, ShapeRecorder
+from interp.hooks._spec import NOOP, _note_compile
+from interp.models._blocks import Embed, RMSNorm
+
+_VOCABULARY: dict[Any, dict[str, tuple]] = {}
+
+
+class Model(eqx.Module):
+    """A hooked language model: ``model(tokens)`` -> logits ``[batch, pos, vocab]``.
+
+    ``run_with_cache`` captures named activations, ``run_with_hooks`` edits them with pure functions;
+    both run one compiled function per (shapes, capture names, edit functions), reused for new values.
+    """
+
+    embed: Embed
+    blocks: tuple
+    ln_final: RMSNorm
+    unembed: Float[Array, "D V"] | None  # None when tied to the embedding
+    config: Any = eqx.field(static=True)
+    tokenizer: Any = eqx.field(static=True, default=None)
+
+    # ----------------------------------------------------------------- sizes and weights
+    @property
+    def n_layers(self) -> int:
+        return len(self.blocks)
+
+    @property
+    def d_model(self) -> int:
+        return self.embed.W_E.shape[1]
+
+    @property
+    def d_vocab(self) -> int:
+        return self.embed.W_E.shape[0]
+
+    @property
+    def W_E(self) -> Float[Array, "V D"]:
+        return self.embed.W_E
+
+    @property
+    def W_U(self) -> Float[Array, "D V"]:
+        return self.embed.W_E.T if self.unembed is None else self.unembed
+
+    # ----------------------------------------------------------------- pure forward
+    def forward(
+        self,
+        tokens: Int[Array, "B T"],
+        hk: Callable = NOOP,
+        *,
+        attention_mask: Int[Array, "B T"] | None = None,
+        positions: Int[Array, "B T"] | None = None,
+        stop_at_layer: int | None = None,
+    ) -> Float[Array, "B T V"] | Float[Array, "B T D"]:
+        """Pure forward pass (no jit, no checks): compose it under your own ``jit``/``vmap``/``grad``.
+
+        ``hk(name, x) -> x`` is called at every hook point. With ``stop_at_layer=k`` the blocks from k on
+        are skipped and the residual stream entering block k (``[B T D]``) is returned instead of logits.
+        ``attention_mask`` (1 = real token, 0 = padding) hides padded keys; positions then count real
+        tokens only, so a left-padded sequence sees the same positions as the unpadded one.
+        """
+        B, T = tokens.shape
+        if positions is None:
+            if attention_mask is None:
+                positions = jnp.broadcast_to(jnp.arange(T, dtype=jnp.int32), (B, T))
+            else:
+                positions = jnp.maximum(jnp.cumsum(attention_mask.astype(jnp.int32), axis=-1) - 1, 0)
+        mask = jnp.tril(jnp.ones((T, T), dtype=bool))[None]
+        if attention_mask is not None:
+            mask = mask & attention_mask.astype(bool)[:, None, :]
+        mask = jnp.broadcast_to(mask, (B, T, T))
+        x = self.embed(tokens, hk)
+        n = self.n_layers if stop_at_layer is None else stop_at_layer
+        for layer, block in enumerate(self.blocks[:n]):
+            x = block(x, hk, f"blocks.{layer}", positions, mask)
+        if stop_at_layer is not None:
+            return x
+        x = self.ln_final(x, hk, "ln_final")
+        return x @ self.W_U
+
+    # ----------------------------------------------------------------- hook vocabulary
+    def hook_shapes(self, batch: int = 1, pos: int = 4) -> dict[str, tuple[int, ...]]:
+        """Every hook point of this model, in execution order, with its shape for ``[batch, pos]`` input."""
+        key = (self.config, self.n_layers, batch, pos)
+        if key not in _VOCABULARY:
+            rec = ShapeRecorder()
+            jax.eval_shape(lambda m, t: m.forward(t, rec), self, jnp.zeros((batch, pos), jnp.int32))
+            _VOCABULARY[key] = dict(rec.shapes)
+        return dict(_VOCABULARY[key])
+
+    @property
+    def hook_names(self) -> list[str]:
+        """All hook point names in execution order."""
+        return list(self.hook_shapes())
+
+    # ----------------------------------------------------------------- compiled entry points
+    def run(
+        self,
+        tokens,
+        hooks: Hooks | None = None,
+        *,
+        attention_mask=None,
+        positions=None,
+        stop_at_layer: int | None = None,
+        return_output: bool = True,
+    ) -> tuple[Array | None, Cache]:
+        """Compiled forward with ``hooks``: returns ``(logits or residual, Cache)``.
+
+        With ``return_output=False`` and no ``stop_at_layer``, blocks after the deepest captured or edited
+        hook are skipped and the output is None.
+        """
+        tokens, attention_mask, positions = self._check_inputs(tokens, attention_mask, positions)
+        resolved = (hooks or Hooks()).resolve(self.hook_names)
+        stop = self._check_stop(stop_at_layer, resolved)
+        if not return_output and stop is None:
+            deepest = resolved.deepest_layer()
+            if deepest is not None:
+                stop = deepest + 1
+        out, cache = _run(self, tokens, attention_mask, positions, resolved, stop, return_output)
+        return out, cache
+
+    def __call__(self, tokens, *, attention_mask=None, positions=None, stop_at_layer=None, hooks: Hooks | None = None):
+        """Logits ``[batch, pos, vocab]`` (or the residual stream with ``stop_at_layer``).
+
+        ``tokens``: int array ``[batch, pos]`` or ``[pos]``, or text (tokenized with the model's tokenizer).
+        With ``hooks`` the result is ``(output, cache)``.
+        """
+        out, cache = self.run(
+            tokens, hooks, attention_mask=attention_mask, positions=positions, stop_at_layer=stop_at_layer
+        )
+        return (out, cache) if hooks is not None else out
+
+    def run_with_cache(
+        self,
+        tokens,
+        names=None,
+        *,
+        names_filter=None,
+        edits: Sequence = (),
+        attention_mask=None,
+        positions=None,
+        stop_at_layer: int | None = None,
+        return_logits: bool = True,
+    ) -> tuple[Array | None, Cache]:
+        """``(logits, cache)``; the cache holds exactly the requested activations.
+
+        ``names``: hook names, short keys like ``("resid_post", 5)``, or a predicate ``name -> bool``;
+        None captures every hook point. ``names_filter`` is accepted as TransformerLens's spelling.
+        """
+        if names is None:
+            names = names_filter
+        capture = (lambda n: True) if names is None else names
+        return self.run(
+            tokens,
+            Hooks(capture=capture, edits=edits),
+            attention_mask=attention_mask,
+            positions=positions,
+            stop_at_layer=stop_at_layer,
+            return_output=return_logits,
+        )
+
+    def run_with_hooks(
+        self, tokens, edits: Sequence, *, attention_mask=None, positions=None, stop_at_layer=None
+    ) -> Array:
+        """Output with edits applied: ``edits`` is a sequence of ``(name, fn, *params)`` where
+        ``fn(activation, name, *params) -> activation`` is pure and ``params`` are traced arrays."""
+        out, _ = self.run(
+            tokens,
+            Hooks(edits=edits),
+            attention_mask=attention_mask,
+            positions=positions,
+            stop_at_layer=stop_at_layer,
+        )
+        return out
+
+    # ----------------------------------------------------------------- tokenizer conveniences
+    def _tok(self):
+        if self.tokenizer is None:
+            raise ValueError("this model has no tokenizer (its checkpoint had none); pass token ids instead of text")
+        return self.tokenizer
+
+    def to_tokens(self, text, *, prepend_bos: bool | None = None, padding_side: str = "right", return_mask: bool = False):
+        """Token ids ``[batch, pos]`` for a string or a list of strings (padded with the pad token)."""
+        return self._tok().to_tokens(text, prepend_bos=prepend_bos, padding_side=padding_side, return_mask=return_mask)
+
+    def to_string(self, ids) -> str | list[str]:
+        return self._tok().to_string(ids)
+
+    def to_str_tokens(self, text_or_ids, *, prepend_bos: bool | None = None) -> list[str]:
+        return self._tok().to_str_tokens(text_or_ids, prepend_bos=prepend_bos)
+
+    def to_single_token(self, text: str) -> int:
+        return self._tok().to_single_token(text)
+
+    def top_next(self, prompt, k: int = 5) -> list[tuple[str, float]]:
+        """The ``k`` most likely next tokens after ``prompt`` with their probabilities."""
+        logits = self(prompt)[0, -1]
+        probs = jax.nn.softmax(logits.astype(jnp.float32))
+        top = np.argsort(-np.asarray(probs))[:k]
+        return [(self.to_string([int(i)]) if self.tokenizer else str(int(i)), float(probs[i])) for i in top]
+
+    def next_token(self, tokens) -> Array:
+        """Greedy next token id for each sequence in the batch (``[batch]``)."""
+        return jnp.argmax(self(tokens)[:, -1], axis=-1)
+
+    # ----------------------------------------------------------------- input checks (host side)
+    def _check_inputs(self, tokens, attention_mask, positions):
+        if isinstance(tokens, str) or (isinstance(tokens, (list, tuple)) and tokens and isinstance(tokens[0], str)):
+            if attention_mask is None and not isinstance(tokens, str) and len(tokens) > 1:
+                tokens, attention_mask = self.to_tokens(tokens, return_mask=True)
+            else:
+                tokens = self.to_tokens(tokens)
+        if not isinstance(tokens, jax.core.Tracer):
+            tokens = np.asarray(tokens)
+            if tokens.ndim == 1:
+                tokens = tokens[None]
+            if tokens.ndim != 2:
+                raise ValueError(
+                    f"tokens must have shape [batch, pos] (or [pos]); got shape {tokens.shape}"
+                )
+            if not np.issubdtype(tokens.dtype, np.integer):
+                raise ValueError(f"tokens must be integer ids; got dtype {tokens.dtype}")
+            if tokens.size and (tokens.min() < 0 or tokens.max() >= self.d_vocab):
+                bad = int(tokens.max()) if tokens.max() >= self.d_vocab else int(tokens.min())
+                raise ValueError(
+                    f"token id {bad} is out of range for this model's vocabulary of {self.d_vocab} "
+                    f"(valid ids are 0..{self.d_vocab - 1}); were the ids made by another tokenizer?"
+                )
+            if tokens.shape[1] == 0:
+                raise ValueError("tokens are empty: need at least one position")
+            tokens = jnp.asarray(tokens, jnp.int32)
+        elif tokens.ndim != 2:
+            raise ValueError(f"tokens must have shape [batch, pos]; got shape {tokens.shape}")
+        if attention_mask is not None:
+            if not isinstance(attention_mask, jax.core.Tracer):
+                attention_mask = np.asarray(attention_mask)
+                if attention_mask.ndim == 1:
+                    attention_mask = attention_mask[None]
+            if tuple(attention_mask.shape) != tuple(tokens.shape):
+                raise ValueError(
+                    f"attention_mask shape {tuple(attention_mask.shape)} must equal tokens shape {tuple(tokens.shape)}"
+                )
+            attention_mask = jnp.asarray(attention_mask, jnp.int32)
+        if positions is not None:
+            positions = jnp.broadcast_to(jnp.asarray(positions, jnp.int32), tokens.shape)
+        return tokens, attention_mask, positions
+
+    def _check_stop(self, stop_at_layer, resolved: Resolved) -> int | None:
+        if stop_at_layer is None:
+            return None
+        stop = stop_at_layer + self.n_layers if stop_at_layer < 0 else stop_at_layer
+        if not 0 <= stop <= self.n_layers:
+            raise ValueError(f"stop_at_layer={stop_at_layer} is outside 0..{self.n_layers} for a {self.n_layers}-layer model")
+        deepest = resolved.deepest_layer()
+        if deepest is None or deepest >= stop:
+            raise ValueError(
+                f"a captured or edited hook lies at or past stop_at_layer={stop_at_layer} and would never run; "
+                "raise stop_at_layer or drop those names"
+            )
+        return stop
+
+
+@eqx.filter_jit
+def _run(model: Model, tokens, attention_mask, positions, hooks: Resolved, stop_at_layer, return_output):
+    _note_compile()  # runs only while tracing, i.e. once per compilation
+    hk = HookRunner(hooks)
+    out = model.forward(tokens, hk, attention_mask=attention_mask, positions=positions, stop_at_layer=stop_at_layer)
+    return (out if return_output else None), Cache(hk.cache)

@@ -1,0 +1,294 @@
+"""Llama family: Llama 2/3, SmolLM2, Mistral, Qwen2 — RMSNorm, rotary, grouped-query attention, SwiGLU.
+
+This file says how those checkpoints map onto the shared blocks; it holds no compute of its own.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Mapping
+
+import jax.numpy as jnp
+import numpy as np
+
+from interp.models._blocks import Attention, Embed, GatedMLP, PreNormBlock, RMSNorm, Rope
+from interp.models._model import Model
+
+HF_ARCHITECTURES = ("LlamaForCausalLM", "MistralForCausalLM", "Qwen2ForCausalLM")
+
+
+@dataclasses.dataclass(frozen=True)
+class LlamaConfig:
+    vocab_size: int
+    d_model: int
+    n_layers: int
+    n_heads: int
+    n_kv_heads: int
+    d_mlp: int
+    head_dim: int | None = None
+    rms_eps: float = 1e-6
+    rope_theta: float = 10000.0
+    rope_scaling: tuple | None = None
+    tie_embeddings: bool = False
+    qkv_bias: bool = False
+    o_bias: bool = False
+    mlp_bias: bool = False
+    sliding_window: int | None = None
+    act: str = "silu"
+    max_position: int = 4096
+    bos_token_id: int | None = None
+    eos_token_id: int | None = None
+    pad_token_id: int | None = None
+
+    def __post_init__(self):
+        for f in ("vocab_size", "d_model", "n_layers", "n_heads", "n_kv_heads", "d_mlp"):
+            if getattr(self, f) <= 0:
+                raise ValueError(f"LlamaConfig.{f} must be positive, got {getattr(self, f)}")
+        if self.n_heads % self.n_kv_heads:
+            raise ValueError(
+                f"n_heads={self.n_heads} must be a multiple of n_kv_heads={self.n_kv_heads} for grouped-query attention"
+            )
+        if self.head_dim is None and self.d_model % self.n_heads:
+            raise ValueError(f"d_model={self.d_model} is not divisible by n_heads={self.n_heads}; set head_dim")
+
+    @property
+    def d_head(self) -> int:
+        return self.head_dim or self.d_model // self.n_heads
+
+    @classmethod
+    def smollm2_135m(cls) -> "LlamaConfig":
+        """SmolLM2-135M(-Instruct)."""
+        return cls(
+            vocab_size=49152, d_model=576, n_layers=30, n_heads=9, n_kv_heads=3, d_mlp=1536, head_dim=64,
+            rms_eps=1e-5, rope_theta=100000.0, tie_embeddings=True, max_position=8192,
+            bos_token_id=1, eos_token_id=2, pad_token_id=2,
+        )
+
+    @classmethod
+    def from_hf(cls, cfg: Mapping) -> "LlamaConfig":
+        """From a Hugging Face ``config.json`` dict (transformers 4.x ``rope_scaling`` or 5.x ``rope_parameters``)."""
+        arch = (cfg.get("architectures") or [None])[0]
+        rope = dict(cfg.get("rope_parameters") or {})
+        scaling_src = cfg.get("rope_scaling") or rope
+        theta = rope.get("rope_theta", cfg.get("rope_theta", 10000.0))
+        scaling = None
+        kind = (scaling_src or {}).get("rope_type", (scaling_src or {}).get("type", "default"))
+        if kind == "llama3":
+            scaling = (
+                "llama3", float(scaling_src["factor"]), float(scaling_src["low_freq_factor"]),
+                float(scaling_src["high_freq_factor"]), int(scaling_src["original_max_position_embeddings"]),
+            )
+        elif kind == "linear":
+            scaling = ("linear", float(scaling_src["factor"]))
+        elif kind not in ("default", None):
+            raise ValueError(
+                f"rope type '{kind}' in config.json is not supported yet; supported: default, linear, llama3"
+            )
+        qwen = arch == "Qwen2ForCausalLM" or cfg.get("model_type") == "qwen2"
+        window = cfg.get("sliding_window")
+        if qwen and not cfg.get("use_sliding_window", False):
+            window = None
+        if cfg.get("hidden_act", "silu") not in ("silu", "gelu", "gelu_pytorch_tanh", "relu"):
+            raise ValueError(f"hidden_act '{cfg['hidden_act']}' is not supported by the Llama family")
+        act = {"gelu_pytorch_tanh": "gelu_tanh"}.get(cfg.get("hidden_act", "silu"), cfg.get("hidden_act", "silu"))
+
+        def first(v):
+            return v[0] if isinstance(v, (list, tuple)) else v
+
+        return cls(
+            vocab_size=cfg["vocab_size"],
+            d_model=cfg["hidden_size"],
+            n_layers=cfg["num_hidden_layers"],
+            n_heads=cfg["num_attention_heads"],
+            n_kv_heads=cfg.get("num_key_value_heads") or cfg["num_attention_heads"],
+            d_mlp=cfg["intermediate_size"],
+            head_dim=cfg.get("head_dim"),
+            rms_eps=cfg.get("rms_norm_eps", 1e-6),
+            rope_theta=float(theta),
+            rope_scaling=scaling,
+            tie_embeddings=bool(cfg.get("tie_word_embeddings", False)),
+            qkv_bias=True if qwen else bool(cfg.get("attention_bias", False)),
+            o_bias=False if qwen else bool(cfg.get("attention_bias", False)),
+            mlp_bias=bool(cfg.get("mlp_bias", False)),
+            sliding_window=window,
+            act=act,
+            max_position=cfg.get("max_position_embeddings", 4096),
+            bos_token_id=first(cfg.get("bos_token_id")),
+            eos_token_id=first(cfg.get("eos_token_id")),
+            pad_token_id=first(cfg.get("pad_token_id")),
+        )
+
+    def to_hf(self) -> dict:
+        """A ``config.json`` dict that ``transformers`` reads as ``LlamaForCausalLM``."""
+        cfg = {
+            "architectures": ["LlamaForCausalLM"],
+            "model_type": "llama",
+            "vocab_size": self.vocab_size,
+            "hidden_size": self.d_model,
+            "num_hidden_layers": self.n_layers,
+            "num_attention_heads": self.n_heads,
+            "num_key_value_heads": self.n_kv_heads,
+            "intermediate_size": self.d_mlp,
+            "head_dim": self.d_head,
+            "rms_norm_eps": self.rms_eps,
+            "rope_theta": self.rope_theta,
+            "tie_word_embeddings": self.tie_embeddings,
+            "attention_bias": self.qkv_bias,
+            "mlp_bias": self.mlp_bias,
+            "hidden_act": {"gelu_tanh": "gelu_pytorch_tanh"}.get(self.act, self.act),
+            "max_position_embeddings": self.max_position,
+            "bos_token_id": self.bos_token_id,
+            "eos_token_id": self.eos_token_id,
+            "pad_token_id": self.pad_token_id,
+            "torch_dtype": "float32",
+        }
+        if self.rope_scaling is not None:
+            kind, factor, *rest = self.rope_scaling
+            scaling = {"rope_type": kind, "factor": factor}
+            if kind == "llama3":
+                scaling.update(low_freq_factor=rest[0], high_freq_factor=rest[1], original_max_position_embeddings=rest[2])
+            cfg["rope_scaling"] = scaling
+        return cfg
+
+
+def hf_weight_names(config: LlamaConfig) -> list[str]:
+    """The tensor names a Hugging Face checkpoint of this config holds."""
+    names = ["model.embed_tokens.weight", "model.norm.weight"]
+    if not config.tie_embeddings:
+        names.append("lm_head.weight")
+    for i in range(config.n_layers):
+        p = f"model.layers.{i}"
+        names += [f"{p}.input_layernorm.weight", f"{p}.post_attention_layernorm.weight"]
+        for proj in ("q", "k", "v", "o"):
+            names.append(f"{p}.self_attn.{proj}_proj.weight")
+        for proj in ("gate", "up", "down"):
+            names.append(f"{p}.mlp.{proj}_proj.weight")
+        if config.qkv_bias:
+            names += [f"{p}.self_attn.{x}_proj.bias" for x in "qkv"]
+        if config.o_bias:
+            names.append(f"{p}.self_attn.o_proj.bias")
+        if config.mlp_bias:
+            names += [f"{p}.mlp.{x}_proj.bias" for x in ("gate", "up", "down")]
+    return names
+
+
+def from_hf_weights(config: LlamaConfig, get, *, dtype=jnp.float32, tokenizer=None) -> Model:
+    """Build the model from Hugging Face tensors; ``get(name) -> np.ndarray`` (torch's ``[out, in]`` layout)."""
+    H, K, E, D = config.n_heads, config.n_kv_heads, config.d_head, config.d_model
+
+    def arr(x):
+        return jnp.asarray(np.asarray(x), dtype=dtype)
+
+    def opt(name, shape):
+        return arr(get(name).reshape(shape)) if name else None
+
+    rope = Rope(dim=E, theta=config.rope_theta, scaling=config.rope_scaling)
+    blocks = []
+    for i in range(config.n_layers):
+        p = f"model.layers.{i}"
+        a, m = f"{p}.self_attn", f"{p}.mlp"
+        attn = Attention(
+            W_Q=arr(get(f"{a}.q_proj.weight").T.reshape(D, H, E)),
+            W_K=arr(get(f"{a}.k_proj.weight").T.reshape(D, K, E)),
+            W_V=arr(get(f"{a}.v_proj.weight").T.reshape(D, K, E)),
+            W_O=arr(get(f"{a}.o_proj.weight").T.reshape(H, E, D)),
+            b_Q=opt(config.qkv_bias and f"{a}.q_proj.bias", (H, E)),
+            b_K=opt(config.qkv_bias and f"{a}.k_proj.bias", (K, E)),
+            b_V=opt(config.qkv_bias and f"{a}.v_proj.bias", (K, E)),
+            b_O=opt(config.o_bias and f"{a}.o_proj.bias", (D,)),
+            rope=rope,
+            sliding_window=config.sliding_window,
+        )
+        mlp = GatedMLP(
+            W_gate=arr(get(f"{m}.gate_proj.weight").T),
+            W_in=arr(get(f"{m}.up_proj.weight").T),
+            W_out=arr(get(f"{m}.down_proj.weight").T),
+            b_gate=opt(config.mlp_bias and f"{m}.gate_proj.bias", (config.d_mlp,)),
+            b_in=opt(config.mlp_bias and f"{m}.up_proj.bias", (config.d_mlp,)),
+            b_out=opt(config.mlp_bias and f"{m}.down_proj.bias", (D,)),
+            act=config.act,
+        )
+        blocks.append(
+            PreNormBlock(
+                ln1=RMSNorm(arr(get(f"{p}.input_layernorm.weight")), config.rms_eps),
+                attn=attn,
+                ln2=RMSNorm(arr(get(f"{p}.post_attention_layernorm.weight")), config.rms_eps),
+                mlp=mlp,
+            )
+        )
+    return Model(
+        embed=Embed(arr(get("model.embed_tokens.weight"))),
+        blocks=tuple(blocks),
+        ln_final=RMSNorm(arr(get("model.norm.weight")), config.rms_eps),
+        unembed=None if config.tie_embeddings else arr(get("lm_head.weight").T),
+        config=config,
+        tokenizer=tokenizer,
+    )
+
+
+def unpermute_gguf_qk(w: np.ndarray, n_heads: int) -> np.ndarray:
+    """Undo llama.cpp's row permutation of Q/K (``[out, in]`` weights or ``[out]`` biases).
+
+    Its converter interleaves the two rotary halves of each head; rows go back to the rotate-half layout by
+    viewing them as ``(heads, head_dim/2, 2)`` and swapping the last two axes.
+    """
+    rows = w.shape[0]
+    return w.reshape(n_heads, rows // n_heads // 2, 2, *w.shape[1:]).swapaxes(1, 2).reshape(w.shape)
+
+
+# GGUF tensor name -> HF tensor name (per block: ``blk.{i}.X`` -> ``model.layers.{i}.Y``)
+GGUF_NAMES = {
+    "token_embd.weight": "model.embed_tokens.weight",
+    "output_norm.weight": "model.norm.weight",
+    "output.weight": "lm_head.weight",
+}
+GGUF_BLOCK_NAMES = {
+    "attn_norm.weight": "input_layernorm.weight",
+    "ffn_norm.weight": "post_attention_layernorm.weight",
+    "attn_q.weight": "self_attn.q_proj.weight",
+    "attn_k.weight": "self_attn.k_proj.weight",
+    "attn_v.weight": "self_attn.v_proj.weight",
+    "attn_output.weight": "self_attn.o_proj.weight",
+    "attn_q.bias": "self_attn.q_proj.bias",
+    "attn_k.bias": "self_attn.k_proj.bias",
+    "attn_v.bias": "self_attn.v_proj.bias",
+    "ffn_gate.weight": "mlp.gate_proj.weight",
+    "ffn_up.weight": "mlp.up_proj.weight",
+    "ffn_down.weight": "mlp.down_proj.weight",
+}
+
+
+def config_from_gguf(arch: str, meta: Mapping) -> LlamaConfig:
+    """LlamaConfig from GGUF metadata (``{arch}.block_count`` etc.)."""
+    g = lambda k, d=None: meta.get(f"{arch}.{k}", d)  # noqa: E731
+    n_heads = int(g("attention.head_count"))
+    d_model = int(g("embedding_length"))
+    head_dim = int(g("attention.key_length", g("rope.dimension_count", d_model // n_heads)))
+    vocab = int(g("vocab_size", 0)) or len(meta["tokenizer.ggml.tokens"])
+    scaling = None
+    if g("rope.scaling.type") == "linear":
+        scaling = ("linear", float(g("rope.scaling.factor")))
+    return LlamaConfig(
+        vocab_size=vocab,
+        d_model=d_model,
+        n_layers=int(g("block_count")),
+        n_heads=n_heads,
+        n_kv_heads=int(g("attention.head_count_kv", n_heads)),
+        d_mlp=int(g("feed_forward_length")),
+        head_dim=head_dim,
+        rms_eps=float(g("attention.layer_norm_rms_epsilon", 1e-5)),
+        rope_theta=float(g("rope.freq_base", 10000.0)),
+        rope_scaling=scaling,
+        tie_embeddings="output.weight" not in meta["__tensor_names__"],
+        qkv_bias=arch == "qwen2",
+        max_position=int(g("context_length", 4096)),
+        bos_token_id=meta.get("tokenizer.ggml.bos_token_id"),
+        eos_token_id=meta.get("tokenizer.ggml.eos_token_id"),
+        pad_token_id=meta.get("tokenizer.ggml.padding_token_id"),
+    )
+
+
+# GGUF architectures of this family and whether llama.cpp permuted their Q/K rows.
+GGUF_ARCHITECTURES = {"llama": True, "mistral": True, "qwen2": False}
+
+Config = LlamaConfig

@@ -1,0 +1,190 @@
+"""Tokenizers: a thin wrapper over Hugging Face ``tokenizers``, built from ``tokenizer.json`` or a GGUF vocabulary."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+import jax.numpy as jnp
+import numpy as np
+from tokenizers import AddedToken, Regex, decoders, models, normalizers, pre_tokenizers, processors
+from tokenizers import Tokenizer as _HFTokenizer
+
+# GGUF token types (llama.cpp): 1 normal, 2 unknown, 3 control, 4 user-defined, 5 unused, 6 byte.
+_CONTROL, _USER_DEFINED = 3, 4
+
+# llama.cpp pre-tokenizer names -> the splits its tokenizer applies before byte-level BPE.
+_GPT2_PATTERN = r"'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+"
+_LLAMA3_PATTERN = (
+    r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+"
+)
+
+
+def _byte_level_pre(pre: str | None):
+    bytelevel = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)
+    if pre in ("llama-bpe", "llama3", "smaug-bpe"):
+        split = pre_tokenizers.Split(Regex(_LLAMA3_PATTERN), behavior="isolated")
+        return pre_tokenizers.Sequence([split, bytelevel])
+    if pre in ("qwen2",):
+        split = pre_tokenizers.Split(Regex(_LLAMA3_PATTERN.replace(r"\p{N}{1,3}", r"\p{N}")), behavior="isolated")
+        return pre_tokenizers.Sequence([split, bytelevel])
+    steps = []
+    if pre in ("smollm", "starcoder", "refact", "codeshell", "command-r"):
+        # These split every digit on its own before the GPT-2 pattern (as the original tokenizers do).
+        steps.append(pre_tokenizers.Digits(individual_digits=True))
+    steps.append(pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True))
+    return pre_tokenizers.Sequence(steps)
+
+
+class Tokenizer:
+    """Text <-> ids with the checkpoint's BOS rule. Hashable by identity (it is static model metadata)."""
+
+    def __init__(self, tok: _HFTokenizer, *, bos_id: int | None = None, eos_id: int | None = None,
+                 pad_id: int | None = None, add_bos: bool = False):
+        self.hf = tok
+        self.bos_id, self.eos_id = bos_id, eos_id
+        self.pad_id = pad_id if pad_id is not None else (eos_id if eos_id is not None else 0)
+        self.add_bos = add_bos
+
+    # ------------------------------------------------------------------ construction
+    @classmethod
+    def from_file(cls, path: str | Path, config: Mapping | None = None) -> "Tokenizer":
+        """From ``tokenizer.json``; BOS/EOS/pad ids from the checkpoint's config (and tokenizer_config.json)."""
+        path = Path(path)
+        tok = _HFTokenizer.from_file(str(path))
+        config = dict(config or {})
+        tc_path = path.parent / "tokenizer_config.json"
+        tc = json.loads(tc_path.read_text()) if tc_path.exists() else {}
+
+        def tid(key):
+            v = tc.get(key)
+            if isinstance(v, dict):
+                v = v.get("content")
+            return tok.token_to_id(v) if isinstance(v, str) else None
+
+        bos = config.get("bos_token_id", tid("bos_token"))
+        eos = config.get("eos_token_id", tid("eos_token"))
+        eos = eos[0] if isinstance(eos, list) else eos
+        pad = config.get("pad_token_id", tid("pad_token"))
+        # The rule lives in tokenizer.json's post-processor: see whether it inserts BOS.
+        add_bos = bos is not None and tok.encode("a").ids[:1] == [bos] and tok.encode("a", add_special_tokens=False).ids[:1] != [bos]
+        return cls(tok, bos_id=bos, eos_id=eos, pad_id=pad, add_bos=add_bos)
+
+    @classmethod
+    def from_gguf_metadata(cls, meta: Mapping) -> "Tokenizer":
+        """From a GGUF file's ``tokenizer.ggml.*`` metadata: byte-level BPE ("gpt2") or SentencePiece ("llama")."""
+        kind = meta.get("tokenizer.ggml.model")
+        tokens = list(meta["tokenizer.ggml.tokens"])
+        types = list(meta.get("tokenizer.ggml.token_type", [1] * len(tokens)))
+        bos = meta.get("tokenizer.ggml.bos_token_id")
+        eos = meta.get("tokenizer.ggml.eos_token_id")
+        unk = meta.get("tokenizer.ggml.unknown_token_id")
+        pad = meta.get("tokenizer.ggml.padding_token_id")
+        add_bos = bool(meta.get("tokenizer.ggml.add_bos_token", kind == "llama"))
+        vocab = {t: i for i, t in enumerate(tokens)}
+        if kind == "gpt2":
+            merges = [tuple(m.split(" ", 1)) for m in meta["tokenizer.ggml.merges"]]
+            tok = _HFTokenizer(models.BPE(vocab, merges, fuse_unk=False, byte_fallback=False))
+            tok.pre_tokenizer = _byte_level_pre(meta.get("tokenizer.ggml.pre"))
+            tok.decoder = decoders.ByteLevel()
+        elif kind == "llama":
+            scores = list(meta.get("tokenizer.ggml.scores", [0.0] * len(tokens)))
+            merges = _merges_from_scores(tokens, scores)
+            unk_tok = tokens[unk] if unk is not None else None
+            tok = _HFTokenizer(models.BPE(vocab, merges, unk_token=unk_tok, fuse_unk=True, byte_fallback=True))
+            prefix = "first" if meta.get("tokenizer.ggml.add_space_prefix", True) else "never"
+            tok.normalizer = None
+            tok.pre_tokenizer = pre_tokenizers.Metaspace(replacement="▁", prepend_scheme=prefix, split=False)
+            tok.decoder = decoders.Sequence(
+                [decoders.Replace("▁", " "), decoders.ByteFallback(), decoders.Fuse()]
+                + ([decoders.Strip(" ", 1, 0)] if prefix == "first" else [])
+            )
+        else:
+            raise ValueError(
+                f"GGUF tokenizer model '{kind}' is not supported; supported: 'gpt2' (byte-level BPE), 'llama' (SentencePiece)"
+            )
+        specials = [AddedToken(t, special=True, normalized=False) for t, ty in zip(tokens, types) if ty == _CONTROL]
+        user = [AddedToken(t, special=False, normalized=False) for t, ty in zip(tokens, types) if ty == _USER_DEFINED]
+        if specials:
+            tok.add_special_tokens(specials)
+        if user:
+            tok.add_tokens(user)
+        if add_bos and bos is not None:
+            b = tokens[bos]
+            tok.post_processor = processors.TemplateProcessing(
+                single=f"{b} $A", pair=f"{b} $A {b} $B", special_tokens=[(b, bos)]
+            )
+        return cls(tok, bos_id=bos, eos_id=eos, pad_id=pad, add_bos=add_bos)
+
+    def save(self, path: str | Path) -> None:
+        self.hf.save(str(path))
+
+    # ------------------------------------------------------------------ encode / decode
+    @property
+    def vocab_size(self) -> int:
+        return self.hf.get_vocab_size(with_added_tokens=True)
+
+    def encode(self, text: str, *, prepend_bos: bool | None = None) -> list[int]:
+        """Ids for one string. ``prepend_bos`` None follows the checkpoint's rule; True/False forces it."""
+        if prepend_bos is None:
+            return self.hf.encode(text).ids
+        ids = self.hf.encode(text, add_special_tokens=False).ids
+        if prepend_bos:
+            if self.bos_id is None:
+                raise ValueError("prepend_bos=True but this tokenizer has no BOS token")
+            ids = [self.bos_id] + ids
+        return ids
+
+    def to_tokens(self, text, *, prepend_bos=None, padding_side="right", return_mask=False):
+        if padding_side not in ("left", "right"):
+            raise ValueError(f"padding_side must be 'left' or 'right', got {padding_side!r}")
+        texts = [text] if isinstance(text, str) else list(text)
+        if not texts:
+            raise ValueError("to_tokens needs at least one string")
+        seqs = [self.encode(t, prepend_bos=prepend_bos) for t in texts]
+        T = max(len(s) for s in seqs)
+        if T == 0:
+            raise ValueError("the text encodes to no tokens")
+        ids = np.full((len(seqs), T), self.pad_id, dtype=np.int32)
+        mask = np.zeros((len(seqs), T), dtype=np.int32)
+        for i, s in enumerate(seqs):
+            sl = slice(T - len(s), T) if padding_side == "left" else slice(0, len(s))
+            ids[i, sl] = s
+            mask[i, sl] = 1
+        return (jnp.asarray(ids), jnp.asarray(mask)) if return_mask else jnp.asarray(ids)
+
+    def to_string(self, ids):
+        arr = np.asarray(ids)
+        if arr.ndim == 2:
+            return [self.hf.decode(row.tolist(), skip_special_tokens=False) for row in arr]
+        return self.hf.decode(arr.reshape(-1).tolist(), skip_special_tokens=False)
+
+    def to_str_tokens(self, text_or_ids, *, prepend_bos=None) -> list[str]:
+        if isinstance(text_or_ids, str):
+            ids = self.encode(text_or_ids, prepend_bos=prepend_bos)
+        else:
+            ids = np.asarray(text_or_ids).reshape(-1).tolist()
+        return [self.hf.decode([i], skip_special_tokens=False) for i in ids]
+
+    def to_single_token(self, text: str) -> int:
+        ids = self.encode(text, prepend_bos=False)
+        if len(ids) != 1:
+            raise ValueError(f"{text!r} is {len(ids)} tokens, not one: {self.to_str_tokens(ids)}")
+        return ids[0]
+
+
+def _merges_from_scores(tokens: Sequence[str], scores: Sequence[float]) -> list[tuple[str, str]]:
+    """BPE merges that reproduce SentencePiece-BPE: every split of a piece into two pieces of the
+    vocabulary, ordered by the merged piece's score (higher merges first)."""
+    vocab = {t: i for i, t in enumerate(tokens)}
+    found = []
+    for piece, score in zip(tokens, scores):
+        if len(piece) < 2:
+            continue
+        for cut in range(1, len(piece)):
+            left, right = piece[:cut], piece[cut:]
+            if left in vocab and right in vocab:
+                found.append((-score, vocab[left], vocab[right], left, right))
+    found.sort()
+    return [(left, right) for _, _, _, left, right in found]

@@ -1,0 +1,80 @@
+"""Checkpoint readers: Hugging Face folders, GGUF files, and the packaged default model."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import jax.numpy as jnp
+
+from interp.models import GGUF_FAMILIES, HF_FAMILIES, Model
+from interp.tokenize import Tokenizer
+from interp.weights.default import DEFAULT_MODELS, cache_dir, default_gguf_path, ensure_default
+from interp.weights.gguf_file import GGUFFile, hf_tensors
+from interp.weights.hf import SafetensorsReader, read_config, safetensor_files
+
+
+def load(source: str | Path = "smollm2-135m", *, dtype=jnp.float32) -> Model:
+    """Load a model: a packaged name (``"smollm2-135m"``), a Hugging Face checkpoint folder, or a ``.gguf`` file."""
+    key = str(source).lower()
+    if key in DEFAULT_MODELS:
+        return load_hf_dir(ensure_default(key), dtype=dtype)
+    path = Path(source).expanduser()
+    if path.is_dir():
+        return load_hf_dir(path, dtype=dtype)
+    if path.suffix == ".gguf" or (path.is_file() and path.read_bytes()[:4] == b"GGUF"):
+        return load_gguf(path, dtype=dtype)
+    if not path.exists():
+        raise FileNotFoundError(
+            f"'{source}' is neither a packaged model ({', '.join(sorted(DEFAULT_MODELS))}) nor an existing "
+            "checkpoint folder or .gguf file (models are not downloaded from a hub; pass a local path)"
+        )
+    raise ValueError(f"cannot tell what kind of checkpoint {path} is: pass a folder with config.json or a .gguf file")
+
+
+def _family_for_hf(cfg: dict, where: Path):
+    archs = cfg.get("architectures") or []
+    for arch in archs:
+        if arch in HF_FAMILIES:
+            return HF_FAMILIES[arch]
+    raise ValueError(
+        f"{where / 'config.json'} names architecture {archs or cfg.get('model_type')!r}, which is not supported; "
+        f"supported: {', '.join(sorted(HF_FAMILIES))}"
+    )
+
+
+def load_hf_dir(folder: str | Path, *, dtype=jnp.float32) -> Model:
+    """A Hugging Face checkpoint folder (``config.json`` + safetensors + optional ``tokenizer.json``)."""
+    folder = Path(folder)
+    cfg = read_config(folder)
+    family = _family_for_hf(cfg, folder)
+    config = family.Config.from_hf(cfg)
+    reader = SafetensorsReader(safetensor_files(folder))
+    missing = [n for n in family.hf_weight_names(config) if n not in reader]
+    if missing:
+        raise ValueError(
+            f"checkpoint {folder} lacks {len(missing)} tensors its config.json calls for, e.g. {missing[:3]}; "
+            "is the download complete and does config.json belong to these weights?"
+        )
+    tok_path = folder / "tokenizer.json"
+    tokenizer = Tokenizer.from_file(tok_path, cfg) if tok_path.exists() else None
+    return family.from_hf_weights(config, reader, dtype=dtype, tokenizer=tokenizer)
+
+
+def load_gguf(path: str | Path, *, dtype=jnp.float32) -> Model:
+    """A ``.gguf`` file: dequantized to float32, Q/K permutation undone, tokenizer from its vocabulary."""
+    f = GGUFFile(path)
+    family = GGUF_FAMILIES.get(f.arch)
+    if family is None:
+        raise ValueError(
+            f"GGUF architecture '{f.arch}' in {path} is not supported; supported: {', '.join(sorted(GGUF_FAMILIES))}"
+        )
+    config = family.config_from_gguf(f.arch, f.meta)
+    tensors = hf_tensors(f, family)
+    tokenizer = Tokenizer.from_gguf_metadata(f.meta)
+    return family.from_hf_weights(config, tensors.__getitem__, dtype=dtype, tokenizer=tokenizer)
+
+
+__all__ = [
+    "DEFAULT_MODELS", "GGUFFile", "SafetensorsReader", "cache_dir", "default_gguf_path", "ensure_default",
+    "load", "load_gguf", "load_hf_dir",
+]
