@@ -54,8 +54,11 @@ def _as_edit(e) -> Edit:
 
 
 def _to_array(p):
-    if isinstance(p, (bool, int, float, complex, np.ndarray, np.generic)):
-        return jnp.asarray(p)
+    """Python scalars and numpy arrays become traced arrays; weak types are made strong, so that
+    ``2.0``, ``jnp.float32(2)`` and ``jnp.full(n, 0.5)`` all reuse one compiled function."""
+    if isinstance(p, (bool, int, float, complex, np.ndarray, np.generic, jax.Array)):
+        p = jnp.asarray(p)
+        return jnp.asarray(p, dtype=p.dtype)
     return p
 
 

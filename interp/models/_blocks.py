@@ -33,6 +33,15 @@ def activation(name: str):
         raise ValueError(f"unsupported activation '{name}'; supported: {sorted(_ACTIVATIONS)}") from None
 
 
+def _at_least_f32(dtype):
+    return dtype if jnp.finfo(dtype).bits >= 32 else jnp.dtype(jnp.float32)
+
+
+def _barrier(x):
+    """Materialize ``x`` the same way whether or not a hook captures it (keeps logits bit-identical)."""
+    return jax.lax.optimization_barrier(x)
+
+
 class RMSNorm(eqx.Module):
     """``x / rms(x) * w``. Hook points: ``{prefix}.hook_scale`` ``[B T 1]`` (the rms divisor) and
     ``{prefix}.hook_normalized`` ``[B T D]`` (``x / scale``, before the weight), as in TransformerLens."""
@@ -43,8 +52,11 @@ class RMSNorm(eqx.Module):
     def __call__(self, x: Float[Array, "B T D"], hk, prefix: str) -> Float[Array, "B T D"]:
         dtype = x.dtype
         # Statistics in float32 whatever the activation dtype, as the reference implementation does.
-        x32 = x.astype(jnp.float32)
-        scale = hk(f"{prefix}.hook_scale", jnp.sqrt(jnp.mean(x32 * x32, axis=-1, keepdims=True) + self.eps))
+        x32 = x.astype(_at_least_f32(dtype))
+        # The barrier keeps XLA from rewriting x / sqrt(v) as x * rsqrt(v) only when the scale is not
+        # captured: results must not depend on what is captured.
+        scale = _barrier(jnp.sqrt(jnp.mean(x32 * x32, axis=-1, keepdims=True) + self.eps))
+        scale = hk(f"{prefix}.hook_scale", scale)
         normalized = hk(f"{prefix}.hook_normalized", (x32 / scale).astype(dtype))
         return self.weight * normalized
 
@@ -89,10 +101,11 @@ class Rope:
         medium = ~(wavelen < high_wavelen) & ~(wavelen > low_wavelen)
         return np.where(medium, smoothed, scaled).astype(np.float32)
 
-    def __call__(self, x: Float[Array, "B T H E"], positions: Int[Array, "B T"]) -> Float[Array, "B T H E"]:
+    def __call__(self, x: Float[Array, "B H T E"], positions: Int[Array, "B T"]) -> Float[Array, "B H T E"]:
+        """Rotate ``x`` laid out heads-first (the layout the score product reads)."""
         inv = jnp.asarray(self.inv_freq())
-        angles = positions.astype(jnp.float32)[..., None] * inv  # [B T dim/2]
-        angles = jnp.concatenate([angles, angles], axis=-1)[:, :, None, :]
+        angles = positions.astype(inv.dtype)[..., None] * inv  # [B T dim/2]
+        angles = jnp.concatenate([angles, angles], axis=-1)[:, None, :, :]
         cos, sin = jnp.cos(angles).astype(x.dtype), jnp.sin(angles).astype(x.dtype)
         rot, rest = x[..., : self.dim], x[..., self.dim :]
         half = self.dim // 2
@@ -143,20 +156,24 @@ class Attention(eqx.Module):
         q = proj(self.W_Q, self.b_Q, "hook_q")
         k = proj(self.W_K, self.b_K, "hook_k")
         v = proj(self.W_V, self.b_V, "hook_v")
-        if self.rope is not None:
-            q = hk(f"{prefix}.hook_rot_q", self.rope(q, positions))
-            k = hk(f"{prefix}.hook_rot_k", self.rope(k, positions))
         B, T, H, E = q.shape
         K = k.shape[2]
-        qg = q.reshape(B, T, K, H // K, E)
-        scores = jnp.einsum("BTKGE,BSKE->BKGTS", qg, k).reshape(B, H, T, -1) * (E**-0.5)
+        # Rotary runs heads-first, in the layout the score product reads, and the hook sees a transposed
+        # view: the product's operand is then computed the same way whether or not the hook captures it,
+        # so capturing never changes the logits by even one bit.
+        qh, kh = q.transpose(0, 2, 1, 3), k.transpose(0, 2, 1, 3)
+        if self.rope is not None:
+            qh = hk(f"{prefix}.hook_rot_q", self.rope(qh, positions).transpose(0, 2, 1, 3)).transpose(0, 2, 1, 3)
+            kh = hk(f"{prefix}.hook_rot_k", self.rope(kh, positions).transpose(0, 2, 1, 3)).transpose(0, 2, 1, 3)
+        qg = qh.reshape(B, K, H // K, T, E)
+        scores = jnp.einsum("BKGTE,BKSE->BKGTS", qg, kh).reshape(B, H, T, -1) * (E**-0.5)
         if self.sliding_window is not None:
             t = positions[:, :, None]
             s = positions[:, None, :]
             mask = mask & (t - s < self.sliding_window)
         scores = jnp.where(mask[:, None], scores, jnp.finfo(scores.dtype).min)
         scores = hk(f"{prefix}.hook_attn_scores", scores)
-        pattern = jax.nn.softmax(scores.astype(jnp.float32), axis=-1).astype(q.dtype)
+        pattern = jax.nn.softmax(scores.astype(_at_least_f32(q.dtype)), axis=-1).astype(q.dtype)
         pattern = hk(f"{prefix}.hook_pattern", pattern)
         z = jnp.einsum("BKGTS,BSKE->BTKGE", pattern.reshape(B, K, H // K, T, -1), v).reshape(B, T, H, E)
         z = hk(f"{prefix}.hook_z", z)
