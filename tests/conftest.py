@@ -85,3 +85,17 @@ def default_gguf():
 
 def random_tokens(vocab: int, shape, seed: int = 0) -> np.ndarray:
     return np.random.default_rng(seed).integers(0, vocab, size=shape).astype(np.int32)
+
+
+CORPORA = __import__("pathlib").Path(__file__).resolve().parents[2] / "shared" / "data" / "corpora"
+
+
+@pytest.fixture(scope="session")
+def corpus_text() -> str:
+    """Real English text: WikiText-2 validation split from the shared corpora (a built-in text if absent)."""
+    path = CORPORA / "wikitext2" / "valid.txt"
+    if path.exists():
+        return path.read_text(encoding="utf-8")
+    import pydoc_data.topics
+
+    return "\n".join(pydoc_data.topics.topics.values())

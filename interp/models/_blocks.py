@@ -101,17 +101,26 @@ class Rope:
         medium = ~(wavelen < high_wavelen) & ~(wavelen > low_wavelen)
         return np.where(medium, smoothed, scaled).astype(np.float32)
 
-    def __call__(self, x: Float[Array, "B H T E"], positions: Int[Array, "B T"]) -> Float[Array, "B H T E"]:
-        """Rotate ``x`` laid out heads-first (the layout the score product reads)."""
+    def __call__(self, x: Array, positions: Int[Array, "B T"], *, layout: str = "BHTE") -> Array:
+        """Rotate ``x`` laid out as ``"BHTE"`` (queries) or ``"BHET"`` (keys, as the score product reads them)."""
         inv = jnp.asarray(self.inv_freq())
         angles = positions.astype(inv.dtype)[..., None] * inv  # [B T dim/2]
-        angles = jnp.concatenate([angles, angles], axis=-1)[:, None, :, :]
+        angles = jnp.concatenate([angles, angles], axis=-1)[:, None, :, :]  # [B 1 T dim]
+        if layout == "BHET":
+            angles = angles.transpose(0, 1, 3, 2)
+        axis = layout.index("E")
         cos, sin = jnp.cos(angles).astype(x.dtype), jnp.sin(angles).astype(x.dtype)
-        rot, rest = x[..., : self.dim], x[..., self.dim :]
+        size = x.shape[axis]
+        rot = jax.lax.slice_in_dim(x, 0, self.dim, axis=axis)
         half = self.dim // 2
-        rotated = jnp.concatenate([-rot[..., half:], rot[..., :half]], axis=-1)
+        rotated = jnp.concatenate(
+            [-jax.lax.slice_in_dim(rot, half, self.dim, axis=axis), jax.lax.slice_in_dim(rot, 0, half, axis=axis)],
+            axis=axis,
+        )
         out = rot * cos + rotated * sin
-        return jnp.concatenate([out, rest], axis=-1) if rest.shape[-1] else out
+        if size == self.dim:
+            return out
+        return jnp.concatenate([out, jax.lax.slice_in_dim(x, self.dim, size, axis=axis)], axis=axis)
 
 
 class Attention(eqx.Module):
@@ -158,15 +167,17 @@ class Attention(eqx.Module):
         v = proj(self.W_V, self.b_V, "hook_v")
         B, T, H, E = q.shape
         K = k.shape[2]
-        # Rotary runs heads-first, in the layout the score product reads, and the hook sees a transposed
-        # view: the product's operand is then computed the same way whether or not the hook captures it,
-        # so capturing never changes the logits by even one bit.
-        qh, kh = q.transpose(0, 2, 1, 3), k.transpose(0, 2, 1, 3)
+        # Rotary runs in the layouts the score product reads (queries [B H T E], keys [B K E S]) and the
+        # hooks see transposed views: the product's operands are then computed the same way whether or
+        # not a hook captures them, so capturing never changes the logits by even one bit.
+        qh, kh = q.transpose(0, 2, 1, 3), k.transpose(0, 2, 3, 1)
         if self.rope is not None:
-            qh = hk(f"{prefix}.hook_rot_q", self.rope(qh, positions).transpose(0, 2, 1, 3)).transpose(0, 2, 1, 3)
-            kh = hk(f"{prefix}.hook_rot_k", self.rope(kh, positions).transpose(0, 2, 1, 3)).transpose(0, 2, 1, 3)
+            qh = self.rope(qh, positions, layout="BHTE")
+            qh = hk(f"{prefix}.hook_rot_q", qh.transpose(0, 2, 1, 3)).transpose(0, 2, 1, 3)
+            kh = self.rope(kh, positions, layout="BHET")
+            kh = hk(f"{prefix}.hook_rot_k", kh.transpose(0, 3, 1, 2)).transpose(0, 2, 3, 1)
         qg = qh.reshape(B, K, H // K, T, E)
-        scores = jnp.einsum("BKGTE,BKSE->BKGTS", qg, kh).reshape(B, H, T, -1) * (E**-0.5)
+        scores = jnp.einsum("BKGTE,BKES->BKGTS", qg, kh).reshape(B, H, T, -1) * (E**-0.5)
         if self.sliding_window is not None:
             t = positions[:, :, None]
             s = positions[:, None, :]
