@@ -1,0 +1,126 @@
+"""Forward-pass throughput on the default model, with peers side by side in the same process.
+
+    python benchmarks/forward.py [--batch 8] [--seq 128] [--reps 5]
+
+Prints tokens/s for: our plain forward, run_with_cache of every hook point, one edit (a steering vector
+added at a middle layer), transformers on the same weights, and TransformerLens when it is installed; then
+the ratios. Timings are medians of ``--reps`` runs after a warm-up run (compilation excluded).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import time
+from pathlib import Path
+
+import numpy as np
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+CORPUS = Path(__file__).resolve().parents[2] / "shared" / "data" / "corpora" / "wikitext2" / "test.txt"
+
+
+def batch_tokens(model, batch: int, seq: int) -> np.ndarray:
+    if CORPUS.exists():
+        text = CORPUS.read_text(encoding="utf-8")
+    else:
+        import pydoc_data.topics
+
+        text = "\n".join(pydoc_data.topics.topics.values())
+    ids = model.tokenizer.encode(text[: 200_000])
+    need = batch * seq
+    if len(ids) < need:
+        raise SystemExit(f"corpus too short for {batch}x{seq} tokens")
+    return np.asarray(ids[:need], np.int32).reshape(batch, seq)
+
+
+def timed(fn, reps: int) -> float:
+    fn()  # warm-up (compiles)
+    times = []
+    for _ in range(reps):
+        t0 = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--batch", type=int, default=8)
+    ap.add_argument("--seq", type=int, default=128)
+    ap.add_argument("--reps", type=int, default=5)
+    args = ap.parse_args()
+
+    import jax
+    import jax.numpy as jnp
+
+    import interp
+    from interp import edits
+    from interp.weights import default_gguf_path
+
+    model = interp.load("smollm2-135m")
+    tokens = batch_tokens(model, args.batch, args.seq)
+    n_tok = tokens.size
+    results: dict[str, float] = {}
+
+    results["interp plain"] = timed(lambda: jax.block_until_ready(model(tokens)), args.reps)
+    results["interp cache all hooks"] = timed(
+        lambda: jax.block_until_ready(model.run_with_cache(tokens)), args.reps)
+    steer = jnp.asarray(np.random.default_rng(0).normal(size=model.d_model).astype(np.float32))
+    edit = [(f"blocks.{model.n_layers // 2}.hook_resid_post", edits.add, steer)]
+    results["interp one edit"] = timed(lambda: jax.block_until_ready(model.run_with_hooks(tokens, edit)), args.reps)
+
+    notes = []
+    try:
+        import torch
+        from transformers import AutoModelForCausalLM
+
+        gguf = default_gguf_path()
+        hf = AutoModelForCausalLM.from_pretrained(str(gguf.parent), gguf_file=gguf.name).eval()
+        t = torch.tensor(tokens, dtype=torch.long)
+
+        def hf_forward():
+            with torch.no_grad():
+                return hf(t).logits
+
+        results[f"transformers ({hf.config._attn_implementation}, torch {torch.__version__}, {torch.get_num_threads()} threads)"] = timed(hf_forward, args.reps)
+    except ImportError as e:
+        notes.append(f"transformers not installed ({e.name})")
+
+    try:
+        import transformer_lens  # noqa: F401
+
+        from transformer_lens import HookedTransformer
+
+        tl = HookedTransformer.from_pretrained_no_processing("HuggingFaceTB/SmolLM2-135M-Instruct", hf_model=hf,
+                                                             tokenizer=None, device="cpu")
+        tt = torch.tensor(tokens, dtype=torch.long)
+        results["TransformerLens plain"] = timed(lambda: tl(tt), args.reps)
+        results["TransformerLens cache all hooks"] = timed(lambda: tl.run_with_cache(tt), args.reps)
+    except ImportError:
+        notes.append("TransformerLens not installed")
+    except Exception as e:  # noqa: BLE001 - report why the peer could not run, keep the other figures
+        notes.append(f"TransformerLens could not run here: {type(e).__name__}: {str(e)[:200]}")
+
+    print(f"device: {jax.devices()[0].device_kind} ({jax.default_backend()}), jax {jax.__version__}; "
+          f"batch {args.batch} x {args.seq} tokens, median of {args.reps}")
+    for name, sec in results.items():
+        print(f"  {name:<60} {n_tok / sec:10.0f} tok/s  ({sec * 1e3:8.1f} ms)")
+    plain = results["interp plain"]
+    print("ratios:")
+    for name, sec in results.items():
+        if name.startswith("transformers"):
+            print(f"  interp plain vs transformers: {sec / plain:.2f}x faster (target >= 1.0x)")
+        if name.startswith("TransformerLens plain"):
+            print(f"  interp plain vs TransformerLens: {sec / plain:.2f}x faster")
+        if name.startswith("TransformerLens cache"):
+            print(f"  interp cache-all vs TransformerLens cache-all: {sec / results['interp cache all hooks']:.2f}x faster")
+    print(f"  cache-all-hooks time / plain time: {results['interp cache all hooks'] / plain:.3f} (target <= 1.05)")
+    print(f"  one-edit time / plain time: {results['interp one edit'] / plain:.3f}")
+    for n in notes:
+        print(f"note: {n}")
+
+
+if __name__ == "__main__":
+    main()
