@@ -99,3 +99,22 @@ def corpus_text() -> str:
     import pydoc_data.topics
 
     return "\n".join(pydoc_data.topics.topics.values())
+
+
+def hf_logits_head_zeroed(hf, tokens, layer: int, head: int) -> np.ndarray:
+    """transformers' logits with the ``o_proj`` input columns of one head zeroed (the reference ablation)."""
+    import torch
+
+    E = getattr(hf.config, "head_dim", None) or hf.config.hidden_size // hf.config.num_attention_heads
+
+    def zero_head(mod, args):
+        x = args[0].clone()
+        x[..., head * E:(head + 1) * E] = 0.0
+        return (x,)
+
+    h = hf.model.layers[layer].self_attn.o_proj.register_forward_pre_hook(zero_head)
+    try:
+        with torch.no_grad():
+            return hf(torch.tensor(np.asarray(tokens), dtype=torch.long)).logits.numpy()
+    finally:
+        h.remove()

@@ -53,14 +53,15 @@ class Cache(Mapping):
         lines = [f"  {k}: {tuple(v.shape)} {v.dtype}" for k, v in self._data.items()]
         return "Cache(\n" + "\n".join(lines) + "\n)" if lines else "Cache()"
 
-    def stack(self, name: str, layers=None) -> Array:
-        """Stack a per-layer activation over layers: ``cache.stack("resid_post")`` -> ``[L, ...]``."""
+    def stack(self, name: str, layers=None, layer_type: str | None = None) -> Array:
+        """Stack a per-layer activation: ``cache.stack("resid_post")`` -> ``[L, ...]`` over the cached layers
+        (``layer_type`` "ln1"/"ln2" for norm hooks)."""
         if layers is None:
-            layers = sorted({layer_of(k) for k in self._data if layer_of(k) is not None})
-            layers = [l for l in layers if act_name(name, l, None if name not in ("scale", "normalized") else "ln1") in self._data]
+            present = sorted({l for k in self._data if (l := layer_of(k)) is not None})
+            layers = [l for l in present if act_name(name, l, layer_type) in self._data]
         if not layers:
             raise KeyError(f"no layers of '{name}' in this cache")
-        return jnp.stack([self[name, l] for l in layers])
+        return jnp.stack([self[name, l, layer_type] if layer_type else self[name, l] for l in layers])
 
     def tree_flatten(self):
         return tuple(self._data.values()), tuple(self._data.keys())

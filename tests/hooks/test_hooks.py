@@ -6,11 +6,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-import torch
-
 import interp
 from interp import Hooks, edits
-from tests.conftest import random_tokens
+from tests.conftest import hf_logits_head_zeroed, random_tokens
 
 DESIGN_VOCABULARY = [
     "hook_embed", "blocks.{l}.hook_resid_pre", "blocks.{l}.ln1.hook_normalized", "blocks.{l}.attn.hook_q",
@@ -110,21 +108,10 @@ def test_stop_at_layer(tiny, tokens):
 
 def test_zero_ablating_a_head_matches_transformers(tiny, tokens):
     model, hf = tiny
-    layer, head, E = 1, 2, 8
+    layer, head = 1, 2
     mask = jnp.ones(4).at[head].set(0.0)
     ours = np.asarray(model.run_with_hooks(tokens, [(f"blocks.{layer}.attn.hook_z", edits.head_mask, mask)]))
-
-    def zero_head(mod, args):
-        x = args[0].clone()
-        x[..., head * E:(head + 1) * E] = 0.0
-        return (x,)
-
-    h = hf.model.layers[layer].self_attn.o_proj.register_forward_pre_hook(zero_head)
-    try:
-        with torch.no_grad():
-            ref = hf(torch.tensor(tokens, dtype=torch.long)).logits.numpy()
-    finally:
-        h.remove()
+    ref = hf_logits_head_zeroed(hf, tokens, layer, head)
     np.testing.assert_allclose(ours, ref, atol=1e-5, rtol=0)
     assert np.abs(ours - np.asarray(model(tokens))).max() > 1e-3  # the ablation did something
 

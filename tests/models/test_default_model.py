@@ -9,6 +9,7 @@ import torch
 import interp
 from interp import edits
 from interp.models import llama
+from tests.conftest import hf_logits_head_zeroed
 
 PROMPTS = [
     "The capital of France is",
@@ -76,22 +77,12 @@ def test_qk_unpermutation_is_what_makes_logits_right(default_model, default_gguf
 
 def test_head_ablation_matches_transformers(default_model, hf_default):
     hf, _ = hf_default
-    layer, head, E = 7, 4, 64
+    layer, head = 7, 4
     ids = default_model.to_tokens(PROMPTS[1])
     mask = np.ones(9, np.float32)
     mask[head] = 0
     ours = np.asarray(default_model.run_with_hooks(ids, [(f"blocks.{layer}.attn.hook_z", edits.head_mask, mask)]))
-
-    def zero_head(mod, args):
-        x = args[0].clone()
-        x[..., head * E:(head + 1) * E] = 0.0
-        return (x,)
-
-    h = hf.model.layers[layer].self_attn.o_proj.register_forward_pre_hook(zero_head)
-    try:
-        ref = hf_logits(hf, ids)
-    finally:
-        h.remove()
+    ref = hf_logits_head_zeroed(hf, ids, layer, head)
     assert np.abs(ours - ref).max() <= 1e-3
     assert np.abs(ours - np.asarray(default_model(ids))).max() > 1e-2
 
@@ -133,3 +124,15 @@ def test_second_load_uses_cache(default_model, tmp_path, monkeypatch):
     hf = AutoModelForCausalLM.from_pretrained(folder).eval()
     ids = default_model.to_tokens(PROMPTS[0])
     assert np.abs(hf_logits(hf, ids) - np.asarray(default_model(ids))).max() <= 1e-3
+
+
+def test_second_load_needs_no_network(default_model, monkeypatch):
+    import subprocess
+
+    def no_network(*args, **kwargs):
+        raise AssertionError("a cached load must not run pip")
+
+    monkeypatch.setattr(subprocess, "run", no_network)
+    again = interp.load("smollm2-135m")
+    ids = default_model.to_tokens(PROMPTS[0])
+    np.testing.assert_array_equal(np.asarray(again(ids)), np.asarray(default_model(ids)))
