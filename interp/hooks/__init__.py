@@ -8,6 +8,7 @@ from interp.hooks import edits
 from interp.hooks._cache import Cache
 from interp.hooks._names import act_name, layer_of
 from interp.hooks._spec import Edit, HookRunner, Hooks, Resolved, ShapeRecorder, compile_count
+from interp.hooks._splice import Splice
 
 __all__ = [
     "Cache",
@@ -16,6 +17,7 @@ __all__ = [
     "Hooks",
     "Resolved",
     "ShapeRecorder",
+    "Splice",
     "act_name",
     "compile_count",
     "edits",

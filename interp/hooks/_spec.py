@@ -72,9 +72,13 @@ class Hooks:
 
     capture: Sequence[NameSpec] | NameSpec | None = ()
     edits: Sequence[Any] = ()
+    splices: Sequence[Any] = ()
 
     def resolve(self, vocabulary: Sequence[str]) -> "Resolved":
         """Bind names to the model's hook vocabulary; fail before any compute on unknown names."""
+        from interp.hooks._splice import extend_vocabulary
+
+        vocabulary = extend_vocabulary(list(vocabulary), self.splices)
         vocab_set = set(vocabulary)
         capture = _select(self.capture, vocabulary, vocab_set)
         static, params = [], []
@@ -84,7 +88,7 @@ class Hooks:
                 params.append(jax.tree.map(_to_array, tuple(e.params)))
         order = {n: i for i, n in enumerate(vocabulary)}
         capture = tuple(sorted(set(capture), key=order.__getitem__))
-        return Resolved(capture, tuple(static), tuple(params))
+        return Resolved(capture, tuple(static), tuple(params), tuple(self.splices))
 
 
 def _is_short_key(s) -> bool:
@@ -118,22 +122,25 @@ def _select(spec, vocabulary: Sequence[str], vocab_set: set[str]) -> list[str]:
 class Resolved:
     """Hooks bound to concrete names: static part (names, functions) + traced parameters."""
 
-    def __init__(self, capture: tuple[str, ...], edits: tuple[tuple[str, Callable], ...], params: tuple):
+    def __init__(self, capture: tuple[str, ...], edits: tuple[tuple[str, Callable], ...], params: tuple,
+                 splices: tuple = ()):
         self.capture = capture
         self.edits = edits
         self.params = params
+        self.splices = splices
 
     def tree_flatten(self):
-        return (self.params,), (self.capture, self.edits)
+        return (self.params, self.splices), (self.capture, self.edits)
 
     @classmethod
     def tree_unflatten(cls, aux, children):
-        return cls(aux[0], aux[1], children[0])
+        return cls(aux[0], aux[1], children[0], children[1])
 
     def deepest_layer(self) -> int | None:
         """Highest block index any captured or edited name touches; None if a name lies past the blocks."""
         deepest = -1
-        for name in list(self.capture) + [n for n, _ in self.edits]:
+        spliced = [s.hook_out for s in self.splices]
+        for name in list(self.capture) + [n for n, _ in self.edits] + spliced:
             layer = layer_of(name)
             if layer is None and not name.startswith("hook_"):
                 return None  # e.g. ln_final: needs every block
@@ -151,8 +158,31 @@ class HookRunner:
             for (name, fn), params in zip(resolved.edits, resolved.params):
                 self.edits.setdefault(name, []).append((fn, params))
         self.cache: dict[str, Any] = {}
+        self.splice_in: dict[str, list] = {}
+        self.splice_out: dict[str, list] = {}
+        for s in (resolved.splices if resolved else ()):
+            self.splice_in.setdefault(s.hook_in, []).append(s)
+            self.splice_out.setdefault(s.hook_out, []).append(s)
+        self._latents: dict[int, tuple] = {}
 
     def __call__(self, name: str, x):
+        x = self._edit_and_capture(name, x)
+        for s in self.splice_in.get(name, ()):
+            d = s.dictionary
+            clean = d.encode(x)
+            self._latents[id(s)] = (clean, self(f"{s.hook_in}.sae.hook_latents", clean), x)
+        for s in self.splice_out.get(name, ()):
+            clean, z, x_in = self._latents.pop(id(s))
+            skip = d.skip_term(x_in) if hasattr(d := s.dictionary, "skip_term") else 0.0
+            recons = self(f"{s.hook_out}.sae.hook_recons", (d.decode(z) + skip).astype(x.dtype))
+            if s.error_term:
+                error = self(f"{s.hook_out}.sae.hook_error", x - (d.decode(clean) + skip).astype(x.dtype))
+                x = recons + error
+            else:
+                x = recons
+        return x
+
+    def _edit_and_capture(self, name: str, x):
         for fn, params in self.edits.get(name, ()):
             y = fn(x, name, *params)
             if getattr(y, "shape", None) != x.shape:

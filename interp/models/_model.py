@@ -148,6 +148,7 @@ class Model(eqx.Module):
         *,
         names_filter=None,
         edits: Sequence = (),
+        splices: Sequence = (),
         attention_mask=None,
         positions=None,
         stop_at_layer: int | None = None,
@@ -163,7 +164,7 @@ class Model(eqx.Module):
         capture = (lambda n: True) if names is None else names
         return self.run(
             tokens,
-            Hooks(capture=capture, edits=edits),
+            Hooks(capture=capture, edits=edits, splices=splices),
             attention_mask=attention_mask,
             positions=positions,
             stop_at_layer=stop_at_layer,
@@ -171,13 +172,15 @@ class Model(eqx.Module):
         )
 
     def run_with_hooks(
-        self, tokens, edits: Sequence, *, attention_mask=None, positions=None, stop_at_layer=None
+        self, tokens, edits: Sequence = (), *, splices: Sequence = (), attention_mask=None, positions=None,
+        stop_at_layer=None,
     ) -> Array:
         """Output with edits applied: ``edits`` is a sequence of ``(name, fn, *params)`` where
-        ``fn(activation, name, *params) -> activation`` is pure and ``params`` are traced arrays."""
+        ``fn(activation, name, *params) -> activation`` is pure and ``params`` are traced arrays.
+        ``splices``: ``interp.hooks.Splice`` objects that run dictionaries inside the model."""
         out, _ = self.run(
             tokens,
-            Hooks(edits=edits),
+            Hooks(edits=edits, splices=splices),
             attention_mask=attention_mask,
             positions=positions,
             stop_at_layer=stop_at_layer,

@@ -1,0 +1,65 @@
+"""Splicing a dictionary (SAE or transcoder) into the forward pass, with its latents as hook points.
+
+``Splice(dictionary, hook_in, hook_out)``: at ``hook_in`` the dictionary encodes the activation; at
+``hook_out`` (the same hook for an SAE) the activation is replaced by the reconstruction, plus the error term
+``x - reconstruction`` if ``error_term`` (then the output is unchanged until latents are edited). New hook
+points, under the name of ``hook_in`` / ``hook_out``:
+
+  ``{hook_in}.sae.hook_latents   [..., M]``  the dictionary's latents (capture or edit features here)
+  ``{hook_out}.sae.hook_recons   [..., O]``  the reconstruction
+  ``{hook_out}.sae.hook_error    [..., O]``  the error term (only with ``error_term=True``)
+
+Any object with ``encode``, ``decode`` and optional ``skip_term`` works; a pytree dictionary's arrays are
+traced, so splicing a retrained dictionary of the same shape reuses the compiled function.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import jax
+
+
+@jax.tree_util.register_pytree_node_class
+class Splice:
+    def __init__(self, dictionary: Any, hook_in: str, hook_out: str | None = None, error_term: bool = False):
+        self.dictionary = dictionary
+        self.hook_in = hook_in
+        self.hook_out = hook_out or hook_in
+        self.error_term = error_term
+
+    def tree_flatten(self):
+        return (self.dictionary,), (self.hook_in, self.hook_out, self.error_term)
+
+    @classmethod
+    def tree_unflatten(cls, aux, children):
+        return cls(children[0], *aux)
+
+    def names(self) -> list[tuple[str, str]]:
+        """``(anchor, new name)``: each new hook point sits right after its anchor in the vocabulary."""
+        out = [(self.hook_in, f"{self.hook_in}.sae.hook_latents"), (self.hook_out, f"{self.hook_out}.sae.hook_recons")]
+        if self.error_term:
+            out.append((self.hook_out, f"{self.hook_out}.sae.hook_error"))
+        return out
+
+
+def extend_vocabulary(vocabulary: list[str], splices) -> list[str]:
+    """The model's hook names with each splice's new points inserted after their anchors."""
+    if not splices:
+        return list(vocabulary)
+    extra: dict[str, list[str]] = {}
+    for s in splices:
+        if s.hook_in not in vocabulary or s.hook_out not in vocabulary:
+            from interp.hooks._names import suggest
+
+            bad = s.hook_in if s.hook_in not in vocabulary else s.hook_out
+            raise ValueError(f"cannot splice at unknown hook '{bad}'{suggest(bad, vocabulary)}")
+        if vocabulary.index(s.hook_out) < vocabulary.index(s.hook_in):
+            raise ValueError(f"a transcoder must read '{s.hook_in}' before it writes '{s.hook_out}'")
+        for anchor, name in s.names():
+            extra.setdefault(anchor, []).append(name)
+    out = []
+    for n in vocabulary:
+        out.append(n)
+        out.extend(extra.get(n, []))
+    return out

@@ -1,0 +1,26 @@
+"""Sparse dictionaries: SAEs and transcoders, trained on activations streamed from the hooked model.
+
+    >>> from interp import sae
+    >>> cfg = sae.TrainConfig(sae.TopKConfig(d_in=576, width=4096, k=32, hook_name="blocks.15.hook_resid_post"))
+    >>> result = sae.train(cfg)
+    >>> d = sae.load(result.out_dir / "final")     # SAELens layout
+"""
+
+from interp.sae._base import REGISTRY, DictConfig, Dictionary, LossContext, architecture, create
+from interp.sae.batchtopk import BatchTopKConfig, BatchTopKSAE
+from interp.sae.files import load, save
+from interp.sae.jumprelu import JumpReLUConfig, JumpReLUSAE
+from interp.sae.matryoshka import MatryoshkaConfig, MatryoshkaSAE
+from interp.sae.metrics import DictionaryMetrics, evaluate, reconstruction_metrics
+from interp.sae.standard import StandardConfig, StandardSAE
+from interp.sae.store import ActivationStore, ArrayActivationStore, CachedActivationStore, cache_activations, iter_contexts, iter_texts
+from interp.sae.topk import TopKConfig, TopKSAE
+from interp.sae.train import TrainConfig, TrainingDiverged, TrainResult, train
+
+__all__ = [
+    "REGISTRY", "ActivationStore", "ArrayActivationStore", "BatchTopKConfig", "BatchTopKSAE", "CachedActivationStore", "DictConfig",
+    "Dictionary", "DictionaryMetrics", "JumpReLUConfig", "JumpReLUSAE", "LossContext", "MatryoshkaConfig",
+    "MatryoshkaSAE", "StandardConfig", "StandardSAE", "TopKConfig", "TopKSAE", "TrainConfig", "TrainResult",
+    "TrainingDiverged", "architecture", "cache_activations", "create", "evaluate", "iter_contexts",
+    "iter_texts", "load", "reconstruction_metrics", "save", "train",
+]

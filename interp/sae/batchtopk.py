@@ -1,0 +1,71 @@
+"""BatchTopK SAE (Bussmann et al. 2024): keep the ``k × N`` largest activations over the whole batch.
+
+Sparsity is k per activation on average, so activations that need more latents can use them. At inference
+a single threshold, a running average of the smallest kept activation during training, replaces the batch
+selection. Candidates are each row's top ``candidate_factor × k`` activations, so a row can use at most that
+many latents per batch (exact unless a row would need more).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import ClassVar
+
+import jax
+import jax.numpy as jnp
+from jaxtyping import Array, Float
+
+from interp.kernels import sparse_decode
+from interp.sae._base import Dictionary, LossContext, init_affine, register, total_variance
+from interp.sae.topk import TopKConfig, auxk_loss, fired_from_sparse
+
+
+@dataclasses.dataclass(frozen=True)
+class BatchTopKConfig(TopKConfig):
+    candidate_factor: int = 4
+    threshold_decay: float = 0.99
+    arch: ClassVar[str] = "batchtopk"
+
+
+def batch_select(pre, k: int, factor: int):
+    """Sparse ``(values, indices) [N c]`` keeping the batch's top ``k × N`` values, and the batch threshold."""
+    N, M = pre.shape
+    c = min(factor * k, M)
+    vals, idx = jax.lax.top_k(jax.nn.relu(pre), c)
+    flat = vals.reshape(-1)
+    kth = jax.lax.top_k(flat, k * N)[0][-1]
+    keep = (vals >= kth) & (vals > 0)
+    return jnp.where(keep, vals, 0.0), idx, kth
+
+
+@register("batchtopk", BatchTopKConfig)
+class BatchTopKSAE(Dictionary):
+    threshold: Float[Array, ""]
+
+    @classmethod
+    def init(cls, cfg, key, dtype=jnp.float32):
+        return cls(**init_affine(cfg, key, dtype), threshold=jnp.zeros((), dtype), cfg=cfg)
+
+    def activate(self, pre, *, training=False):
+        return jnp.where(pre > self.threshold, jax.nn.relu(pre), 0.0)
+
+    def loss(self, x, y, ctx: LossContext):
+        pre = self.pre_acts(x)
+        vals, idx, kth = batch_select(pre, self.cfg.k, self.cfg.candidate_factor)
+        y_hat = sparse_decode(vals, idx, self.W_dec) + self.b_dec + self.skip_term(x)
+        error = y - y_hat
+        tv = total_variance(y)
+        mse = jnp.mean(jnp.sum(jnp.square(error), axis=-1))
+        return mse / tv, {
+            "mse": mse, "fvu": mse / tv, "l0": jnp.mean(jnp.sum(vals > 0, axis=-1)),
+            "fired": fired_from_sparse(vals, idx, pre.shape[-1]), "batch_threshold": kth, "error": error,
+        }
+
+    def aux_loss(self, x, y, error, dead):
+        return auxk_loss(self, x, y, error, dead, self.cfg.k_aux)
+
+    def after_step(self, metrics) -> "BatchTopKSAE":
+        d = self.cfg.threshold_decay
+        new = jnp.where(self.threshold == 0, metrics["batch_threshold"],
+                        d * self.threshold + (1 - d) * metrics["batch_threshold"])
+        return dataclasses.replace(self, threshold=new.astype(self.threshold.dtype))

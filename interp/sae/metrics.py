@@ -1,0 +1,84 @@
+"""How good a dictionary is: reconstruction (FVU), sparsity (L0, dead/dense latents), and downstream
+fidelity with the dictionary spliced into the model (CE loss recovered against zero-ablation, KL)."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from interp.hooks import Splice, edits
+
+
+@dataclasses.dataclass(frozen=True)
+class DictionaryMetrics:
+    fvu: float  # fraction of variance unexplained
+    explained_variance: float
+    l0: float  # mean active latents per activation
+    dead_fraction: float  # latents that never fired on the evaluation tokens
+    dense_fraction: float  # latents firing on more than ``dense_threshold`` of tokens
+    ce_clean: float | None = None
+    ce_spliced: float | None = None
+    ce_zero_ablation: float | None = None
+    ce_loss_recovered: float | None = None
+    kl_to_clean: float | None = None
+    n_tokens: int = 0
+
+    def as_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+def _next_token_ce(logits, tokens):
+    logp = jax.nn.log_softmax(logits[:, :-1].astype(jnp.float32), axis=-1)
+    return -jnp.mean(jnp.take_along_axis(logp, tokens[:, 1:, None], axis=-1))
+
+
+def _kl(clean_logits, logits):
+    p = jax.nn.log_softmax(clean_logits.astype(jnp.float32), axis=-1)
+    q = jax.nn.log_softmax(logits.astype(jnp.float32), axis=-1)
+    return jnp.mean(jnp.sum(jnp.exp(p) * (p - q), axis=-1))
+
+
+def reconstruction_metrics(dictionary, x, y=None, dense_threshold: float = 0.1) -> dict:
+    """FVU, L0, dead and dense fractions on activations ``x [N D]`` (targets ``y`` for transcoders)."""
+    x = jnp.asarray(x, jnp.float32)
+    y = x if y is None else jnp.asarray(y, jnp.float32)
+    z = dictionary.encode(x)
+    y_hat = dictionary(x)
+    resid = jnp.sum(jnp.square(y - y_hat))
+    total = jnp.sum(jnp.square(y - jnp.mean(y, axis=0)))
+    freq = jnp.mean((z > 0).astype(jnp.float32), axis=0)
+    fvu = float(resid / total)
+    return {"fvu": fvu, "explained_variance": 1 - fvu, "l0": float(jnp.mean(jnp.sum(z > 0, axis=-1))),
+            "dead_fraction": float(jnp.mean(freq == 0)), "dense_fraction": float(jnp.mean(freq > dense_threshold))}
+
+
+def evaluate(model, dictionary, tokens, *, batch: int = 8, dense_threshold: float = 0.1) -> DictionaryMetrics:
+    """All metrics on ``tokens [B T]``: the dictionary reads its ``cfg.hook_name`` (and writes
+    ``cfg.hook_name_out`` for a transcoder) inside ``model``."""
+    cfg = dictionary.cfg
+    hook_in, hook_out = cfg.hook_name, cfg.hook_name_out or cfg.hook_name
+    tokens = np.asarray(tokens)
+    names = [hook_in] + ([hook_out] if hook_out != hook_in else [])
+    xs, ys, ce, ce_s, ce_z, kl = [], [], [], [], [], []
+    splice = Splice(dictionary, hook_in, hook_out)
+    for i in range(0, len(tokens), batch):
+        t = tokens[i:i + batch]
+        logits, cache = model.run_with_cache(t, names=names)
+        xs.append(np.asarray(cache[hook_in]).reshape(-1, cache[hook_in].shape[-1]))
+        ys.append(np.asarray(cache[hook_out]).reshape(-1, cache[hook_out].shape[-1]))
+        spliced = model.run_with_hooks(t, splices=[splice])
+        zeroed = model.run_with_hooks(t, [(hook_out, edits.zero)])
+        tj = jnp.asarray(t)
+        ce.append(float(_next_token_ce(logits, tj)))
+        ce_s.append(float(_next_token_ce(spliced, tj)))
+        ce_z.append(float(_next_token_ce(zeroed, tj)))
+        kl.append(float(_kl(logits, spliced)))
+    rec = reconstruction_metrics(dictionary, np.concatenate(xs), np.concatenate(ys) if hook_out != hook_in else None,
+                                 dense_threshold)
+    c, s, z = float(np.mean(ce)), float(np.mean(ce_s)), float(np.mean(ce_z))
+    return DictionaryMetrics(**rec, ce_clean=c, ce_spliced=s, ce_zero_ablation=z,
+                             ce_loss_recovered=(z - s) / (z - c) if z != c else float("nan"),
+                             kl_to_clean=float(np.mean(kl)), n_tokens=int(tokens.size))

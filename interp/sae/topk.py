@@ -1,0 +1,137 @@
+"""TopK SAE with the AuxK loss for dead latents (Gao et al. 2024, "Scaling and evaluating sparse autoencoders").
+
+Each activation keeps its k largest (ReLU'd) pre-activations. The decoder is applied sparsely: a gather of
+the k active rows, not a dense matmul. AuxK reconstructs the residual error with the top ``aux_k`` dead
+latents, so latents that stopped firing get gradient again.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+from typing import ClassVar
+
+import jax
+import jax.numpy as jnp
+
+from interp.kernels import sparse_decode
+from interp.sae._base import DictConfig, Dictionary, LossContext, init_affine, register, total_variance
+
+
+@dataclasses.dataclass(frozen=True)
+class TopKConfig(DictConfig):
+    k: int = 32
+    aux_k: int | None = None  # dead latents used by AuxK; default d_in // 2
+    aux_coeff: float = 1 / 32
+    normalize_decoder: bool = True
+    arch: ClassVar[str] = "topk"
+
+    def __post_init__(self):
+        super().__post_init__()
+        if not 0 < self.k < self.width:
+            raise ValueError(f"k={self.k} must be between 1 and width-1={self.width - 1}")
+
+    @property
+    def k_aux(self) -> int:
+        return min(self.aux_k or max(self.d_in // 2, 1), self.width)
+
+
+def scatter_dense(values, indices, width: int):
+    """Dense ``[N M]`` latents from ``values, indices [N k]``."""
+    rows = jnp.arange(values.shape[0])[:, None]
+    return jnp.zeros((values.shape[0], width), values.dtype).at[rows, indices].set(values)
+
+
+def auxk_loss(model: Dictionary, x, y, error, dead, k_aux: int):
+    """AuxK: reconstruct ``error`` (held fixed) from the top ``k_aux`` pre-activations of dead latents,
+    normalised like the main FVU and scaled down while fewer than ``k_aux`` latents are dead."""
+    pre = model.pre_acts(x)
+    dead_pre = jnp.where(dead[None, :], pre, -jnp.inf)
+    vals, idx = jax.lax.top_k(dead_pre, k_aux)
+    vals = jnp.where(jnp.isfinite(vals), jax.nn.relu(vals), 0.0).astype(pre.dtype)
+    e_hat = sparse_decode(vals, idx, model.W_dec)
+    error = jax.lax.stop_gradient(error)
+    scale = jnp.minimum(jnp.sum(dead).astype(pre.dtype) / k_aux, 1.0)
+    return scale * jnp.mean(jnp.sum(jnp.square(e_hat - error), axis=-1)) / total_variance(y)
+
+
+def scatter_rows(weights, rows, indices, width: int):
+    """``out [M D] = sum_{n,j} weights[n, j] · rows[n]`` at row ``indices[n, j]`` (k scatter-adds of N rows)."""
+    out = jnp.zeros((width, rows.shape[-1]), rows.dtype)
+    for j in range(indices.shape[1]):
+        out = out.at[indices[:, j]].add(weights[:, j, None] * rows)
+    return out
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(3,))
+def topk_codes(xc, W_enc, b_enc, k: int):
+    """``relu(top_k(xc W_enc + b_enc, k))`` as ``(values, indices) [N k]``.
+
+    Its gradient touches only the k selected latents per row (scatter-adds into ``[M D]``) instead of a dense
+    ``[N M]`` cotangent and two more dense matmuls: the encoder backward costs about a sparse decode."""
+    vals, idx = jax.lax.top_k(xc @ W_enc + b_enc, k)
+    return jax.nn.relu(vals), idx
+
+
+def _topk_codes_fwd(xc, W_enc, b_enc, k):
+    vals, idx = topk_codes(xc, W_enc, b_enc, k)
+    return (vals, idx), (xc, W_enc, vals, idx)
+
+
+def _topk_codes_bwd(k, res, cot):
+    xc, W_enc, vals, idx = res
+    g = jnp.where(vals > 0, cot[0], 0.0).astype(xc.dtype)  # relu's gradient; indices carry none
+    g, idx = jax.lax.optimization_barrier((g, idx))
+    M = W_enc.shape[1]
+    d_W_enc = scatter_rows(g, xc, idx, M).T
+    d_b_enc = jnp.zeros((M,), g.dtype).at[idx.reshape(-1)].add(g.reshape(-1))
+    d_xc = sparse_decode(g, idx, W_enc.T)
+    return d_xc, d_W_enc, d_b_enc
+
+
+topk_codes.defvjp(_topk_codes_fwd, _topk_codes_bwd)
+
+
+def fired_from_sparse(values, indices, width: int):
+    return jnp.zeros((width,), bool).at[indices.reshape(-1)].max((values > 0).reshape(-1))
+
+
+@register("topk", TopKConfig)
+class TopKSAE(Dictionary):
+    @classmethod
+    def init(cls, cfg, key, dtype=jnp.float32):
+        return cls(**init_affine(cfg, key, dtype), cfg=cfg)
+
+    def select(self, pre):
+        vals, idx = jax.lax.top_k(pre, self.cfg.k)
+        return jax.nn.relu(vals), idx
+
+    def encoder_input(self, x):
+        return x - self.b_dec if (self.cfg.apply_b_dec_to_input and not self.cfg.is_transcoder) else x
+
+    def activate(self, pre, *, training=False):
+        vals, idx = self.select(pre)
+        return scatter_dense(vals, idx, pre.shape[-1])
+
+    def encode_sparse(self, x):
+        """``(values, indices) [N k]`` of the active latents."""
+        return topk_codes(self.encoder_input(x), self.W_enc, self.b_enc, self.cfg.k)
+
+    def __call__(self, x):
+        lead = x.shape[:-1]
+        flat = x.reshape(-1, x.shape[-1])
+        vals, idx = self.encode_sparse(flat)
+        y = sparse_decode(vals, idx, self.W_dec) + self.b_dec + self.skip_term(flat)
+        return y.reshape(*lead, -1)
+
+    def loss(self, x, y, ctx: LossContext):
+        vals, idx = self.encode_sparse(x)
+        y_hat = sparse_decode(vals, idx, self.W_dec) + self.b_dec + self.skip_term(x)
+        error = y - y_hat
+        mse = jnp.mean(jnp.sum(jnp.square(error), axis=-1))
+        fvu = mse / total_variance(y)
+        return fvu, {"mse": mse, "fvu": fvu, "l0": jnp.mean(jnp.sum(vals > 0, axis=-1)),
+                     "fired": fired_from_sparse(vals, idx, self.cfg.width), "error": error}
+
+    def aux_loss(self, x, y, error, dead):
+        return auxk_loss(self, x, y, error, dead, self.cfg.k_aux)

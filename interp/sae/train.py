@@ -1,0 +1,370 @@
+"""Training dictionaries: optax, one jitted step with donated buffers, atomic checkpoints, exact resume.
+
+``train(TrainConfig(...))`` streams activations from the hooked model (or an activation cache), trains,
+evaluates periodically, checkpoints atomically to ``out_dir/checkpoints/step-NNNNNNNN`` and saves the final
+dictionary in SAELens's layout to ``out_dir/final``. ``train(..., resume=True)`` continues the latest
+checkpoint: same data position, optimizer state, dead-latent counters; for a seed the result is
+bit-identical to an uninterrupted run.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import shutil
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from interp.sae._base import DictConfig, Dictionary, LossContext, create
+from interp.weights._atomic import atomic_dir
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainConfig:
+    """Everything a run needs. ``dictionary`` carries the architecture, width, k, hooks."""
+
+    dictionary: DictConfig
+    model: str = "smollm2-135m"
+    corpus: Any = None  # None: the built-in default corpus
+    activation_cache: str | None = None  # read activations from here instead of running the model
+    total_tokens: int = 2_000_000
+    batch_size: int = 4096
+    context_size: int = 128
+    model_batch: int = 16
+    buffer_tokens: int = 2**16
+    lr: float = 2e-4
+    betas: tuple[float, float] = (0.9, 0.999)
+    lr_warmup_steps: int = 50
+    lr_decay_fraction: float = 0.2  # linear decay to zero over the last fraction of steps
+    sparsity_warmup_steps: int = 0  # L1 / L0 coefficient ramps from 0 over these steps
+    dead_after_tokens: int = 1_000_000  # a latent silent for this many tokens counts as dead
+    normalize: str = "none"  # or "expected_average_only_in" (SAELens); folded into the weights on save
+    seed: int = 0
+    out_dir: str | None = None
+    checkpoint_every: int = 0  # steps; 0: only at the end
+    keep_checkpoints: int = 2
+    eval_every: int = 100  # steps between logged averages
+    data_parallel: int = 1  # devices over which the batch is split
+    latent_parallel: int = 1  # devices over which the latent dimension is split
+
+    def __post_init__(self):
+        if self.batch_size <= 0 or self.total_tokens < self.batch_size:
+            raise ValueError(f"total_tokens={self.total_tokens} must be at least one batch of {self.batch_size}")
+        if self.normalize not in ("none", "expected_average_only_in"):
+            raise ValueError(f"normalize must be 'none' or 'expected_average_only_in', got {self.normalize!r}")
+        if self.batch_size % max(self.data_parallel, 1):
+            raise ValueError(f"batch_size {self.batch_size} must divide evenly over {self.data_parallel} devices")
+        if self.dictionary.width % max(self.latent_parallel, 1):
+            raise ValueError(f"width {self.dictionary.width} must divide evenly over {self.latent_parallel} devices")
+
+    @property
+    def steps(self) -> int:
+        return self.total_tokens // self.batch_size
+
+    def to_dict(self) -> dict:
+        d = dataclasses.asdict(self)
+        d["dictionary"] = self.dictionary.to_dict()
+        d["corpus"] = self.corpus if isinstance(self.corpus, (str, type(None))) else repr(type(self.corpus))
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "TrainConfig":
+        d = dict(d)
+        d["dictionary"] = DictConfig.from_dict(d["dictionary"])
+        d["betas"] = tuple(d["betas"])
+        return cls(**d)
+
+
+class TrainState(eqx.Module):
+    dictionary: Dictionary
+    opt_state: Any
+    since_fired: jax.Array  # int32 [M]: tokens since each latent last fired
+    step: jax.Array  # int32 scalar
+
+
+class TrainingDiverged(FloatingPointError):
+    pass
+
+
+@dataclasses.dataclass
+class TrainResult:
+    dictionary: Dictionary
+    history: list[dict]
+    out_dir: Path | None
+    scale: float
+
+
+def make_optimizer(cfg: TrainConfig):
+    steps = cfg.steps
+    warm = min(cfg.lr_warmup_steps, max(steps - 1, 0))
+    decay = int(steps * cfg.lr_decay_fraction)
+    flat = max(steps - warm - decay, 0)
+    schedule = optax.join_schedules(
+        [optax.linear_schedule(cfg.lr / max(warm, 1), cfg.lr, max(warm, 1)),
+         optax.constant_schedule(cfg.lr),
+         optax.linear_schedule(cfg.lr, 0.0, max(decay, 1))],
+        [max(warm, 1), max(warm, 1) + flat],
+    )
+    return optax.adam(schedule, b1=cfg.betas[0], b2=cfg.betas[1])
+
+
+def _unit_rows(w):
+    return w / jnp.maximum(jnp.linalg.norm(w, axis=-1, keepdims=True), 1e-12)
+
+
+def make_step(cfg: TrainConfig, optimizer):
+    normalize_decoder = cfg.dictionary.normalize_decoder
+    dead_after = cfg.dead_after_tokens
+    ramp = cfg.sparsity_warmup_steps
+
+    def step(state: TrainState, x, y):
+        params, static = eqx.partition(state.dictionary, eqx.is_inexact_array)
+        scale = jnp.minimum(1.0, (state.step.astype(jnp.float32) + 1) / ramp) if ramp else jnp.float32(1.0)
+        ctx = LossContext(dead=state.since_fired >= dead_after, sparsity_scale=scale)
+
+        def loss_fn(p):
+            return eqx.combine(p, static).loss(x, y, ctx)
+
+        (loss, metrics), grads = jax.value_and_grad(loss_fn, has_aux=True)(params)
+        error = metrics.pop("error", None)
+        if error is not None:
+            def aux_value_and_grad(p):
+                return jax.value_and_grad(lambda q: eqx.combine(q, static).aux_loss(x, y, error, ctx.dead))(p)
+
+            def no_aux(p):
+                return jnp.zeros((), loss.dtype), jax.tree.map(jnp.zeros_like, p)
+
+            aux, aux_grads = jax.lax.cond(jnp.any(ctx.dead), aux_value_and_grad, no_aux, params)
+            c = state.dictionary.cfg.aux_coeff
+            grads = jax.tree.map(lambda g, a: g + c * a, grads, aux_grads)
+            loss = loss + c * aux
+            metrics["auxk"] = aux
+        if normalize_decoder:  # keep rows on the unit sphere: drop the gradient along each row
+            w = params.W_dec
+            g = grads.W_dec
+            g = g - jnp.sum(g * w, axis=-1, keepdims=True) * w
+            grads = eqx.tree_at(lambda t: t.W_dec, grads, g)
+        updates, opt_state = optimizer.update(grads, state.opt_state, params)
+        params = optax.apply_updates(params, updates)
+        d = eqx.combine(params, static)
+        if normalize_decoder:
+            d = eqx.tree_at(lambda t: t.W_dec, d, _unit_rows(d.W_dec))
+        d = d.after_step(metrics)
+        fired = metrics.pop("fired")
+        since = jnp.where(fired, 0, jnp.minimum(state.since_fired + x.shape[0], 2**30)).astype(jnp.int32)
+        metrics["loss"] = loss
+        metrics["dead_fraction"] = jnp.mean((since >= dead_after).astype(jnp.float32))
+        metrics.pop("batch_threshold", None)
+        return TrainState(d, opt_state, since, state.step + 1), metrics
+
+    return jax.jit(step, donate_argnums=0)
+
+
+def init_state(cfg: TrainConfig, optimizer, mean: np.ndarray | None = None) -> TrainState:
+    d = create(cfg.dictionary, jax.random.PRNGKey(cfg.seed))
+    if mean is not None and not cfg.dictionary.is_transcoder:  # start b_dec at the data mean
+        d = eqx.tree_at(lambda t: t.b_dec, d, jnp.asarray(mean, d.b_dec.dtype))
+    params = eqx.filter(d, eqx.is_inexact_array)
+    return TrainState(d, optimizer.init(params), jnp.zeros((cfg.dictionary.width,), jnp.int32), jnp.zeros((), jnp.int32))
+
+
+# ----------------------------------------------------------------------------- checkpoints
+
+
+def _flat(tree) -> dict[str, np.ndarray]:
+    leaves = jax.tree_util.tree_leaves_with_path(tree)
+    return {jax.tree_util.keystr(p): np.asarray(v) for p, v in leaves}
+
+
+def save_checkpoint(folder: Path, state: TrainState, meta: dict) -> Path:
+    from safetensors.numpy import save_file
+
+    with atomic_dir(folder) as tmp:
+        save_file({k: np.ascontiguousarray(v) for k, v in _flat(state).items()}, str(tmp / "state.safetensors"))
+        (tmp / "meta.json").write_text(json.dumps(meta, indent=2))
+    return folder
+
+
+def load_checkpoint(folder: Path, template: TrainState) -> tuple[TrainState, dict]:
+    from safetensors.numpy import load_file
+
+    arrays = load_file(str(folder / "state.safetensors"))
+    paths_leaves, treedef = jax.tree_util.tree_flatten_with_path(template)
+    names = [jax.tree_util.keystr(p) for p, _ in paths_leaves]
+    missing = [n for n in names if n not in arrays]
+    if missing:
+        raise ValueError(f"checkpoint {folder} does not match this config (missing {missing[:3]})")
+    leaves = [jnp.asarray(arrays[n], dtype=leaf.dtype) for n, (_, leaf) in zip(names, paths_leaves)]
+    return jax.tree_util.tree_unflatten(treedef, leaves), json.loads((folder / "meta.json").read_text())
+
+
+def latest_checkpoint(out_dir: Path) -> Path | None:
+    ckpts = sorted((out_dir / "checkpoints").glob("step-*")) if (out_dir / "checkpoints").exists() else []
+    ckpts = [c for c in ckpts if (c / "meta.json").exists()]
+    return ckpts[-1] if ckpts else None
+
+
+# ----------------------------------------------------------------------------- the loop
+
+
+def fold_scale(d: Dictionary, scale: float) -> Dictionary:
+    """Fold an input normalization factor ``s`` (trained on ``s·x``) into the weights, so the dictionary
+    reads and writes raw activations."""
+    if scale == 1.0:
+        return d
+    s = jnp.asarray(scale, d.W_enc.dtype)
+    d = eqx.tree_at(lambda t: (t.W_enc, t.W_dec, t.b_dec), d, (d.W_enc * s, d.W_dec / s, d.b_dec / s))
+    if d.W_skip is not None:
+        d = eqx.tree_at(lambda t: t.W_skip, d, d.W_skip)  # s·x → ·/s: the skip map is unchanged
+    return d
+
+
+def make_store(cfg: TrainConfig, model=None):
+    from interp.sae.store import ActivationStore, CachedActivationStore
+
+    if cfg.activation_cache:
+        return CachedActivationStore(cfg.activation_cache, batch_size=cfg.batch_size, seed=cfg.seed)
+    if model is None:
+        from interp.weights import load
+
+        model = load(cfg.model)
+    d = cfg.dictionary
+    store = ActivationStore(model, d.hook_name, cfg.corpus, hook_name_out=d.hook_name_out,
+                            context_size=cfg.context_size, model_batch=cfg.model_batch,
+                            buffer_tokens=cfg.buffer_tokens, batch_size=cfg.batch_size, seed=cfg.seed)
+    return store
+
+
+def check_dimensions(cfg: TrainConfig, store) -> None:
+    d = cfg.dictionary
+    got = store.d_in
+    if got != d.d_in:
+        raise ValueError(f"d_in={d.d_in} does not match the activations at '{d.hook_name}', which have {got} features; "
+                         f"set d_in={got}")
+
+
+def _shardings(cfg: TrainConfig):
+    n = cfg.data_parallel * cfg.latent_parallel
+    if n <= 1:
+        return None
+    if jax.device_count() < n:
+        raise ValueError(f"data_parallel × latent_parallel = {n} devices requested, {jax.device_count()} available")
+    from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+
+    mesh = Mesh(np.asarray(jax.devices()[:n]).reshape(cfg.data_parallel, cfg.latent_parallel), ("data", "latent"))
+
+    def state_spec(path, leaf):
+        name = jax.tree_util.keystr(path)
+        if cfg.latent_parallel > 1 and leaf.ndim >= 1:
+            if name.endswith(("W_enc", "W_enc']")) or ".W_enc" in name:
+                return NamedSharding(mesh, P(None, "latent"))
+            if ".W_dec" in name or ".b_enc" in name or ".log_threshold" in name or "since_fired" in name:
+                return NamedSharding(mesh, P("latent"))
+        return NamedSharding(mesh, P())
+
+    return mesh, NamedSharding(mesh, P("data")), state_spec
+
+
+def train(cfg: TrainConfig, *, model=None, store=None, resume: bool = False, progress: bool = True,
+          callback: Callable[[int, dict, Dictionary], None] | None = None) -> TrainResult:
+    """Train a dictionary. ``callback(step, metrics, dictionary)`` runs after every step."""
+    from tqdm.auto import tqdm
+
+    from interp.sae.files import save as save_dictionary
+    from interp.sae.store import estimate_norm_scale
+
+    out_dir = Path(cfg.out_dir) if cfg.out_dir else None
+    store = store or make_store(cfg, model)
+    check_dimensions(cfg, store)
+    optimizer = make_optimizer(cfg)
+    step_fn = make_step(cfg, optimizer)
+    shard = _shardings(cfg)
+
+    ckpt = latest_checkpoint(out_dir) if (resume and out_dir) else None
+    if resume and ckpt is None:
+        raise FileNotFoundError(f"nothing to resume: no checkpoint under {out_dir}/checkpoints")
+    if ckpt is not None:
+        saved_cfg = json.loads((ckpt / "meta.json").read_text())["config"]
+        if saved_cfg != json.loads(json.dumps(cfg.to_dict())):
+            raise ValueError(f"--resume with a different config than the checkpoint in {ckpt}; use the same settings")
+        template = init_state(cfg, optimizer)
+        state, meta = load_checkpoint(ckpt, template)
+        store.restore(meta["store"])
+        scale, history = meta["scale"], meta["history"]
+    else:
+        scale = estimate_norm_scale(store) if cfg.normalize != "none" else 1.0
+        if out_dir and latest_checkpoint(out_dir):
+            raise FileExistsError(f"{out_dir} already holds checkpoints; pass resume=True (--resume) or another out_dir")
+        saved = store.state()
+        x0, _ = store.next_batch()
+        store.restore(saved)
+        state = init_state(cfg, optimizer, mean=np.asarray(x0, np.float32).mean(0) * scale)
+        history = []
+    if shard is not None:
+        mesh, batch_sharding, spec = shard
+        state = jax.tree_util.tree_map_with_path(lambda p, l: jax.device_put(l, spec(p, l)), state)
+    else:
+        batch_sharding = None
+
+    start = int(state.step)
+    acc: dict[str, list] = {}
+    bar = tqdm(total=cfg.steps, initial=start, desc=f"train {cfg.dictionary.arch} {cfg.dictionary.width}",
+               disable=not progress, unit="step")
+    t0 = time.perf_counter()
+    same_io = not cfg.dictionary.is_transcoder
+    for i in range(start, cfg.steps):
+        x, y = store.next_batch()
+        x = np.asarray(x, np.float32) * scale if scale != 1.0 else np.asarray(x, np.float32)
+        y = x if same_io else (np.asarray(y, np.float32) * scale if scale != 1.0 else np.asarray(y, np.float32))
+        xb = jax.device_put(x, batch_sharding) if batch_sharding is not None else jnp.asarray(x)
+        yb = xb if same_io else (jax.device_put(y, batch_sharding) if batch_sharding is not None else jnp.asarray(y))
+        new_state, metrics = step_fn(state, xb, yb)
+        loss = float(metrics["loss"])
+        if not math.isfinite(loss):
+            where = latest_checkpoint(out_dir) if out_dir else None
+            raise TrainingDiverged(
+                f"the loss became {loss} at step {i + 1}; training stopped"
+                + (f" and the last good checkpoint ({where}) is intact" if where else "")
+                + ". Lower the learning rate (lr) or check the activations for NaN/inf."
+            )
+        state = new_state
+        for k, v in metrics.items():
+            acc.setdefault(k, []).append(float(v))
+        step = i + 1
+        if step % max(cfg.eval_every, 1) == 0 or step == cfg.steps:
+            row = {"step": step, "tokens": step * cfg.batch_size, **{k: float(np.mean(v)) for k, v in acc.items()},
+                   "elapsed_s": time.perf_counter() - t0}
+            history.append(row)
+            acc = {}
+            bar.set_postfix(loss=f"{row['loss']:.4f}", fvu=f"{row.get('fvu', float('nan')):.3f}",
+                            l0=f"{row['l0']:.1f}", dead=f"{row['dead_fraction']:.3f}")
+        bar.update(1)
+        if callback is not None:
+            callback(step, {k: float(v) for k, v in metrics.items()}, state.dictionary)
+        if out_dir and cfg.checkpoint_every and step % cfg.checkpoint_every == 0 and step < cfg.steps:
+            _checkpoint(out_dir, state, store, cfg, scale, history)
+    bar.close()
+    final = fold_scale(state.dictionary, scale)
+    if out_dir:
+        _checkpoint(out_dir, state, store, cfg, scale, history)
+        save_dictionary(final, out_dir / "final", metadata={"train_config": cfg.to_dict(), "history": history[-1:]})
+        (out_dir / "history.json").write_text(json.dumps(history, indent=2))
+    return TrainResult(final, history, out_dir, scale)
+
+
+def _checkpoint(out_dir: Path, state, store, cfg, scale, history):
+    meta = {"step": int(state.step), "store": store.state(), "scale": scale, "history": history,
+            "config": json.loads(json.dumps(cfg.to_dict()))}
+    save_checkpoint(out_dir / "checkpoints" / f"step-{int(state.step):08d}", state, meta)
+    ckpts = sorted((out_dir / "checkpoints").glob("step-*"))
+    for old in ckpts[: -cfg.keep_checkpoints]:
+        shutil.rmtree(old, ignore_errors=True)
