@@ -15,7 +15,7 @@ from interp.sae.metrics import DictionaryMetrics, evaluate, reconstruction_metri
 from interp.sae.standard import StandardConfig, StandardSAE
 from interp.sae.store import ActivationStore, ArrayActivationStore, CachedActivationStore, cache_activations, iter_contexts, iter_texts
 from interp.sae.topk import TopKConfig, TopKSAE
-from interp.sae.train import TrainConfig, TrainingDiverged, TrainResult, train
+from interp.sae.trainer import TrainConfig, TrainingDiverged, TrainResult, train
 
 __all__ = [
     "REGISTRY", "ActivationStore", "ArrayActivationStore", "BatchTopKConfig", "BatchTopKSAE", "CachedActivationStore", "DictConfig",

@@ -133,8 +133,10 @@ class _ChunkedStore:
     def _chunk_arrays(self, i: int):
         if self._loaded is None or self._loaded[0] != i:
             arrays = self._build(i)
-            perm = np.random.default_rng([self.seed, i]).permutation(arrays[0].shape[0])
-            self._loaded = (i, tuple(a[perm] for a in arrays))
+            if self.seed is not None:  # seed None: serve in order (no shuffle)
+                perm = np.random.default_rng([self.seed, i]).permutation(arrays[0].shape[0])
+                arrays = tuple(a[perm] for a in arrays)
+            self._loaded = (i, arrays)
         return self._loaded[1]
 
     def next_batch(self) -> tuple[np.ndarray, np.ndarray]:

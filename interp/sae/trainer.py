@@ -153,8 +153,9 @@ def make_step(cfg: TrainConfig, optimizer):
             g = grads.W_dec
             g = g - jnp.sum(g * w, axis=-1, keepdims=True) * w
             grads = eqx.tree_at(lambda t: t.W_dec, grads, g)
-        updates, opt_state = optimizer.update(grads, state.opt_state, params)
-        params = optax.apply_updates(params, updates)
+        with jax.numpy_dtype_promotion("standard"):  # optax mixes int step counts into float math
+            updates, opt_state = optimizer.update(grads, state.opt_state, params)
+            params = optax.apply_updates(params, updates)
         d = eqx.combine(params, static)
         if normalize_decoder:
             d = eqx.tree_at(lambda t: t.W_dec, d, _unit_rows(d.W_dec))
@@ -174,7 +175,9 @@ def init_state(cfg: TrainConfig, optimizer, mean: np.ndarray | None = None) -> T
     if mean is not None and not cfg.dictionary.is_transcoder:  # start b_dec at the data mean
         d = eqx.tree_at(lambda t: t.b_dec, d, jnp.asarray(mean, d.b_dec.dtype))
     params = eqx.filter(d, eqx.is_inexact_array)
-    return TrainState(d, optimizer.init(params), jnp.zeros((cfg.dictionary.width,), jnp.int32), jnp.zeros((), jnp.int32))
+    with jax.numpy_dtype_promotion("standard"):
+        opt_state = optimizer.init(params)
+    return TrainState(d, opt_state, jnp.zeros((cfg.dictionary.width,), jnp.int32), jnp.zeros((), jnp.int32))
 
 
 # ----------------------------------------------------------------------------- checkpoints
@@ -203,7 +206,7 @@ def load_checkpoint(folder: Path, template: TrainState) -> tuple[TrainState, dic
     missing = [n for n in names if n not in arrays]
     if missing:
         raise ValueError(f"checkpoint {folder} does not match this config (missing {missing[:3]})")
-    leaves = [jnp.asarray(arrays[n], dtype=leaf.dtype) for n, (_, leaf) in zip(names, paths_leaves)]
+    leaves = [jnp.asarray(arrays[n], dtype=leaf.dtype).reshape(jnp.shape(leaf)) for n, (_, leaf) in zip(names, paths_leaves)]
     return jax.tree_util.tree_unflatten(treedef, leaves), json.loads((folder / "meta.json").read_text())
 
 
