@@ -85,7 +85,7 @@ class DictConfig:
         unknown = set(d) - names
         if unknown:
             raise ValueError(f"unknown {arch} config fields: {sorted(unknown)}")
-        return config_cls(**d)
+        return config_cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in d.items()})
 
 
 class Dictionary(eqx.Module):

@@ -1,0 +1,163 @@
+"""SAELens files both ways, and dictionaries spliced into the model with latents as hook points."""
+
+from __future__ import annotations
+
+import json
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from interp import sae
+from interp.hooks import Splice, edits
+
+
+def randomized(cfg, seed=0):
+    d = sae.create(cfg, jax.random.PRNGKey(seed))
+    k = jax.random.split(jax.random.PRNGKey(seed + 1), 3)
+    d = eqx.tree_at(lambda t: (t.b_enc, t.b_dec), d,
+                    (0.1 * jax.random.normal(k[0], d.b_enc.shape), jax.random.normal(k[1], d.b_dec.shape)))
+    if cfg.arch == "jumprelu":
+        d = eqx.tree_at(lambda t: t.log_threshold, d, jnp.log(jax.random.uniform(k[2], (cfg.width,), minval=0.05, maxval=0.5)))
+    if cfg.arch in ("batchtopk", "matryoshka"):
+        d = eqx.tree_at(lambda t: t.threshold, d, jnp.float32(0.3))
+    return d
+
+
+CONFIGS = {
+    "standard": sae.StandardConfig(d_in=12, width=40, hook_name="blocks.1.hook_resid_post"),
+    "topk": sae.TopKConfig(d_in=12, width=40, k=5, hook_name="blocks.1.hook_resid_post"),
+    "batchtopk": sae.BatchTopKConfig(d_in=12, width=40, k=5, hook_name="blocks.1.hook_resid_post"),
+    "matryoshka": sae.MatryoshkaConfig(d_in=12, width=40, k=5, hook_name="blocks.1.hook_resid_post"),
+    "jumprelu": sae.JumpReLUConfig(d_in=12, width=40, hook_name="blocks.1.hook_resid_post"),
+}
+
+
+@pytest.mark.parametrize("arch", list(CONFIGS))
+def test_save_load_roundtrip(arch, tmp_path):
+    d = randomized(CONFIGS[arch])
+    sae.save(d, tmp_path / arch)
+    back = sae.load(tmp_path / arch)
+    assert type(back) is type(d) and back.cfg == d.cfg
+    x = jax.random.normal(jax.random.PRNGKey(9), (7, 12))
+    np.testing.assert_allclose(back(x), d(x), atol=1e-6)
+    np.testing.assert_allclose(back.encode(x), d.encode(x), atol=1e-6)
+    cfg = json.loads((tmp_path / arch / "cfg.json").read_text())
+    assert cfg["d_sae"] == 40 and cfg["metadata"]["hook_name"] == "blocks.1.hook_resid_post"
+
+
+@pytest.mark.parametrize("arch", list(CONFIGS))
+def test_ours_opens_in_saelens(arch, tmp_path):
+    torch = pytest.importorskip("torch")
+    sae_lens = pytest.importorskip("sae_lens")
+    d = randomized(CONFIGS[arch])
+    sae.save(d, tmp_path / arch)
+    theirs = sae_lens.SAE.load_from_disk(str(tmp_path / arch), device="cpu")
+    x = np.random.default_rng(0).normal(size=(7, 12)).astype(np.float32)
+    with torch.no_grad():
+        z = theirs.encode(torch.tensor(x)).numpy()
+        y = theirs.decode(torch.tensor(z)).numpy()
+    np.testing.assert_allclose(z, np.asarray(d.encode(jnp.asarray(x))), atol=1e-5)
+    np.testing.assert_allclose(y, np.asarray(d(jnp.asarray(x))), atol=1e-5)
+
+
+@pytest.mark.parametrize("arch", ["standard", "topk", "jumprelu"])
+def test_saelens_file_opens_here(arch, tmp_path):
+    torch = pytest.importorskip("torch")
+    sae_lens = pytest.importorskip("sae_lens")
+    from sae_lens.saes.jumprelu_sae import JumpReLUSAE, JumpReLUSAEConfig
+    from sae_lens.saes.standard_sae import StandardSAE, StandardSAEConfig
+    from sae_lens.saes.topk_sae import TopKSAE, TopKSAEConfig
+
+    cls, cfg_cls, kw = {"standard": (StandardSAE, StandardSAEConfig, {}), "topk": (TopKSAE, TopKSAEConfig, {"k": 5}),
+                        "jumprelu": (JumpReLUSAE, JumpReLUSAEConfig, {})}[arch]
+    torch.manual_seed(0)
+    theirs = cls(cfg_cls(d_in=12, d_sae=40, **kw))
+    with torch.no_grad():
+        for p in theirs.parameters():
+            p.copy_(torch.randn_like(p) * 0.3)
+        if arch == "jumprelu":
+            theirs.threshold.copy_(torch.rand_like(theirs.threshold) * 0.3 + 0.05)
+    theirs.save_model(str(tmp_path / arch))
+    ours = sae.load(tmp_path / arch)
+    assert ours.cfg.arch == arch
+    x = np.random.default_rng(1).normal(size=(7, 12)).astype(np.float32)
+    with torch.no_grad():
+        z = theirs.encode(torch.tensor(x)).numpy()
+        y = theirs.decode(torch.tensor(z)).numpy()
+    np.testing.assert_allclose(np.asarray(ours.encode(jnp.asarray(x))), z, atol=1e-5)
+    np.testing.assert_allclose(np.asarray(ours(jnp.asarray(x))), y, atol=1e-5)
+
+
+def test_load_errors(tmp_path):
+    with pytest.raises(FileNotFoundError, match="cfg.json and sae_weights.safetensors"):
+        sae.load(tmp_path)
+
+
+@pytest.fixture(scope="module")
+def topk_576():
+    cfg = sae.TopKConfig(d_in=576, width=256, k=8, hook_name="blocks.1.hook_resid_post")
+    return randomized(cfg, seed=3)
+
+
+def test_splice_latents_are_hook_points(default_model, topk_576):
+    m, d = default_model, topk_576
+    ids = m.to_tokens("The capital of France is")
+    hook = "blocks.1.hook_resid_post"
+    splice = Splice(d, hook, error_term=True)
+    clean = np.asarray(m(ids))
+    logits, cache = m.run_with_cache(ids, names=[f"{hook}.sae.hook_latents", f"{hook}.sae.hook_error", hook],
+                                     splices=[splice])
+    # with the error term the model is unchanged, and the latents are the dictionary's codes
+    np.testing.assert_allclose(np.asarray(logits), clean, atol=1e-4)
+    z = cache[f"{hook}.sae.hook_latents"]
+    assert z.shape == (1, ids.shape[1], 256)
+    np.testing.assert_allclose(z, d.encode(cache[hook]), atol=1e-5)
+    assert int((np.asarray(z) > 0).sum(-1).max()) <= 8
+    # edit a feature: zero every latent -> output changes by decode(0) - decode(z), computed inside the model
+    ablated = m.run_with_hooks(ids, [(f"{hook}.sae.hook_latents", edits.zero)], splices=[splice])
+    assert np.abs(np.asarray(ablated) - clean).max() > 1e-2
+    # without the error term the reconstruction replaces the activation
+    _, c2 = m.run_with_cache(ids, names=[f"blocks.2.hook_resid_pre"], splices=[Splice(d, hook)])
+    np.testing.assert_allclose(c2["blocks.2.hook_resid_pre"], d(cache[hook]), atol=1e-4)
+    with pytest.raises(ValueError, match="cannot splice at unknown hook"):
+        m.run_with_hooks(ids, splices=[Splice(d, "blocks.1.hook_resid")])
+
+
+def test_transcoder_splice_reads_one_hook_and_writes_another(default_model):
+    m = default_model
+    cfg = sae.TopKConfig(d_in=576, width=128, k=8, hook_name="blocks.3.ln2.hook_normalized",
+                         hook_name_out="blocks.3.hook_mlp_out")
+    t = randomized(cfg, seed=4)
+    ids = m.to_tokens("When Mary and John went to the store")
+    _, cache = m.run_with_cache(ids, names=[cfg.hook_name, "blocks.4.hook_resid_pre", "blocks.3.hook_resid_mid"],
+                                splices=[Splice(t, cfg.hook_name, cfg.hook_name_out)])
+    expect = cache["blocks.3.hook_resid_mid"] + t(cache[cfg.hook_name])
+    np.testing.assert_allclose(cache["blocks.4.hook_resid_pre"], expect, atol=1e-3)
+
+
+def test_evaluate_reports_downstream_metrics(default_model, topk_576):
+    m = default_model
+    ids = m.to_tokens(["The capital of France is Paris, and the capital of Italy is Rome."] * 2)
+    metrics = sae.evaluate(m, topk_576, ids)
+    assert metrics.ce_zero_ablation > metrics.ce_clean
+    assert 0 <= metrics.dead_fraction <= 1 and metrics.l0 <= 8
+    assert metrics.kl_to_clean > 0
+    # a dictionary that reproduces its input exactly recovers all of the CE loss
+    class Identity(eqx.Module):
+        cfg: object = eqx.field(static=True)
+
+        def encode(self, x):
+            return x
+
+        def decode(self, z):
+            return z
+
+        def __call__(self, x):
+            return x
+
+    ident = sae.evaluate(m, Identity(topk_576.cfg), ids)
+    assert ident.ce_loss_recovered == pytest.approx(1.0, abs=1e-4)
+    assert ident.fvu == pytest.approx(0.0, abs=1e-6) and ident.kl_to_clean == pytest.approx(0.0, abs=1e-5)
