@@ -16,7 +16,7 @@ $(VENV)/.installed-run: pyproject.toml | $(VENV)/bin/python
 	touch $@
 
 $(VENV)/.installed-test: pyproject.toml | $(VENV)/bin/python
-	$(PIP) install -e '.[test,bench]'
+	$(PIP) install -e '.[test,bench,peers]'
 	touch $@ $(VENV)/.installed-run
 
 install: $(VENV)/.installed-run
@@ -29,6 +29,7 @@ test: $(VENV)/.installed-test
 
 bench: $(VENV)/.installed-test
 	$(PY) benchmarks/forward.py
+	$(PY) benchmarks/sae_train.py
 
 clean:
 	rm -rf $(VENV) *.egg-info

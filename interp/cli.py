@@ -42,15 +42,91 @@ def demo(model_name: str = "smollm2-135m", prompts=DEMO_PROMPTS, k: int = 5, out
     print(f"\ndone in {time.perf_counter() - t0:.1f} s", file=out)
 
 
+def add_train_sae_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--model", default="smollm2-135m", help="packaged name, checkpoint folder or .gguf file")
+    p.add_argument("--hook", required=True, help="hook point to read, e.g. blocks.15.hook_resid_post")
+    p.add_argument("--hook-out", default=None, help="for a transcoder: the hook point to reconstruct")
+    p.add_argument("--arch", default="topk", help="standard, topk, batchtopk, matryoshka or jumprelu")
+    p.add_argument("--width", type=int, default=4096, help="number of latents (d_sae)")
+    p.add_argument("--k", type=int, default=32, help="active latents per token (TopK family)")
+    p.add_argument("--l1-coeff", type=float, default=None, help="L1 coefficient (standard)")
+    p.add_argument("--l0-coeff", type=float, default=None, help="L0 coefficient (jumprelu)")
+    p.add_argument("--skip", action="store_true", help="transcoder skip connection")
+    p.add_argument("--tokens", type=int, default=2_000_000, help="training tokens")
+    p.add_argument("--batch-size", type=int, default=4096)
+    p.add_argument("--context-size", type=int, default=128)
+    p.add_argument("--buffer-tokens", type=int, default=2**16, help="activations shuffled together")
+    p.add_argument("--lr", type=float, default=2e-4)
+    p.add_argument("--lr-warmup-steps", type=int, default=50)
+    p.add_argument("--sparsity-warmup-steps", type=int, default=0)
+    p.add_argument("--normalize", default="none", choices=["none", "expected_average_only_in"])
+    p.add_argument("--corpus", default=None, help="text file, folder, JSONL or Parquet; default: built-in text")
+    p.add_argument("--activation-cache", default=None, help="read cached activations from this folder")
+    p.add_argument("--checkpoint-every", type=int, default=100)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--data-parallel", type=int, default=1)
+    p.add_argument("--latent-parallel", type=int, default=1)
+    p.add_argument("--out", required=True, help="output folder (checkpoints/, final/, history.json)")
+    p.add_argument("--resume", action="store_true", help="continue the latest checkpoint in --out")
+
+
+def train_sae(args) -> None:
+    import interp
+    from interp import sae
+
+    config_cls, _ = sae.architecture(args.arch)
+    extra = {}
+    if args.arch in ("topk", "batchtopk", "matryoshka"):
+        extra["k"] = args.k
+    if args.l1_coeff is not None:
+        extra["l1_coeff"] = args.l1_coeff
+    if args.l0_coeff is not None:
+        extra["l0_coeff"] = args.l0_coeff
+    model = None if args.activation_cache else interp.load(args.model)
+    hook_shapes = model.hook_shapes() if model is not None else None
+    if hook_shapes is not None and args.hook not in hook_shapes:
+        from interp.hooks._names import suggest
+
+        raise SystemExit(f"interp train-sae: unknown hook '{args.hook}'{suggest(args.hook, hook_shapes)}")
+    if model is not None:
+        d_in = hook_shapes[args.hook][-1]
+        d_out = hook_shapes[args.hook_out][-1] if args.hook_out else None
+    else:
+        from interp.sae.store import CachedActivationStore
+
+        info = CachedActivationStore(args.activation_cache).info
+        d_in, d_out = info["d"][0], (info["d"][1] if len(info["d"]) > 1 else None)
+    dcfg = config_cls(d_in=d_in, width=args.width, hook_name=args.hook, hook_name_out=args.hook_out, d_out=d_out,
+                      skip=args.skip, **extra)
+    cfg = sae.TrainConfig(
+        dcfg, model=args.model, corpus=args.corpus, activation_cache=args.activation_cache, total_tokens=args.tokens,
+        batch_size=args.batch_size, context_size=args.context_size, buffer_tokens=args.buffer_tokens, lr=args.lr,
+        lr_warmup_steps=args.lr_warmup_steps, sparsity_warmup_steps=args.sparsity_warmup_steps,
+        normalize=args.normalize, seed=args.seed, out_dir=args.out, checkpoint_every=args.checkpoint_every,
+        data_parallel=args.data_parallel, latent_parallel=args.latent_parallel,
+    )
+    result = sae.train(cfg, model=model, resume=args.resume)
+    last = result.history[-1] if result.history else {}
+    print(f"saved {result.out_dir / 'final'}: fvu {last.get('fvu', float('nan')):.4f}, "
+          f"L0 {last.get('l0', float('nan')):.1f}, dead {last.get('dead_fraction', float('nan')):.3f}")
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="interp", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
     d = sub.add_parser("demo", help="run the main job on the packaged default model")
     d.add_argument("--model", default="smollm2-135m", help="packaged name, checkpoint folder or .gguf file")
     d.add_argument("--prompt", action="append", help="a prompt (repeatable); default: a built-in set")
+    t = sub.add_parser("train-sae", help="train a sparse dictionary (SAE or transcoder) on a hook point")
+    add_train_sae_args(t)
     args = parser.parse_args(argv)
     if args.command == "demo":
         demo(args.model, tuple(args.prompt) if args.prompt else DEMO_PROMPTS)
+    elif args.command == "train-sae":
+        try:
+            train_sae(args)
+        except (ValueError, FileNotFoundError, FileExistsError) as e:
+            raise SystemExit(f"interp train-sae: {e}") from None
     return 0
 
 
