@@ -189,3 +189,20 @@ def test_sharded_training_equals_single_device(tmp_path):
     done = subprocess.run([sys.executable, "-c", script], cwd=root, env=env, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
     assert "MAXDIFF" in done.stdout
+
+
+def test_input_normalization_is_folded_into_the_saved_weights(tmp_path):
+    x = gaussian_acts(seed=6) * 50.0  # far from unit scale, like residual streams
+    cfg = small_cfg(tmp_path, normalize="expected_average_only_in", total_tokens=256 * 8)
+    result = sae.train(cfg, store=sae.ArrayActivationStore(x, batch_size=256), progress=False)
+    s = result.scale
+    assert s == pytest.approx(np.sqrt(16) / np.linalg.norm(x[:1024], axis=-1).mean(), rel=0.2)
+    from interp.sae.trainer import init_state, latest_checkpoint, load_checkpoint, make_optimizer
+
+    trained, _ = load_checkpoint(latest_checkpoint(tmp_path), init_state(cfg, make_optimizer(cfg)))
+    raw = jnp.asarray(x[:512])
+    # the saved dictionary reads raw activations and returns them at raw scale
+    np.testing.assert_allclose(result.dictionary(raw), trained.dictionary(raw * s) / s, rtol=1e-4, atol=1e-3)
+    np.testing.assert_array_equal(result.dictionary.encode(raw) > 0, trained.dictionary.encode(raw * s) > 0)
+    back = sae.load(tmp_path / "final")
+    np.testing.assert_allclose(back(raw), result.dictionary(raw), rtol=1e-5, atol=1e-4)
