@@ -62,7 +62,7 @@ class BatchTopKSAE(Dictionary):
         }
 
     def aux_loss(self, x, y, error, dead):
-        return auxk_loss(self, x, y, error, dead, self.cfg.k_aux)
+        return auxk_loss(self, x, y, error, dead, self.cfg.k_aux, self.cfg.aux_rows(x.shape[0]))
 
     def after_step(self, metrics) -> "BatchTopKSAE":
         d = self.cfg.threshold_decay

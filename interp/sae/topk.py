@@ -23,6 +23,7 @@ class TopKConfig(DictConfig):
     k: int = 32
     aux_k: int | None = None  # dead latents used by AuxK; default d_in // 2
     aux_coeff: float = 1 / 32
+    aux_batch_fraction: float = 0.125  # share of each batch the AuxK loss is estimated on
     normalize_decoder: bool = True
     arch: ClassVar[str] = "topk"
 
@@ -30,6 +31,9 @@ class TopKConfig(DictConfig):
         super().__post_init__()
         if not 0 < self.k < self.width:
             raise ValueError(f"k={self.k} must be between 1 and width-1={self.width - 1}")
+
+    def aux_rows(self, n: int) -> int:
+        return min(n, max(int(n * self.aux_batch_fraction), 256))
 
     @property
     def k_aux(self) -> int:
@@ -42,14 +46,19 @@ def scatter_dense(values, indices, width: int):
     return jnp.zeros((values.shape[0], width), values.dtype).at[rows, indices].set(values)
 
 
-def auxk_loss(model: Dictionary, x, y, error, dead, k_aux: int):
+def auxk_loss(model: Dictionary, x, y, error, dead, k_aux: int, rows: int | None = None):
     """AuxK: reconstruct ``error`` (held fixed) from the top ``k_aux`` pre-activations of dead latents,
-    normalised like the main FVU and scaled down while fewer than ``k_aux`` latents are dead."""
+    normalised like the main FVU and scaled down while fewer than ``k_aux`` latents are dead.
+
+    It is estimated on the first ``rows`` activations of the batch (shuffled, so an unbiased sample) and
+    decoded densely: with hundreds of auxiliary latents per row one matmul beats hundreds of gathers."""
+    if rows is not None and rows < x.shape[0]:
+        x, y, error = x[:rows], y[:rows], error[:rows]
     pre = model.pre_acts(x)
     dead_pre = jnp.where(dead[None, :], pre, -jnp.inf)
     vals, idx = jax.lax.top_k(dead_pre, k_aux)
     vals = jnp.where(jnp.isfinite(vals), jax.nn.relu(vals), 0.0).astype(pre.dtype)
-    e_hat = sparse_decode(vals, idx, model.W_dec)
+    e_hat = scatter_dense(vals, idx, pre.shape[-1]) @ model.W_dec
     error = jax.lax.stop_gradient(error)
     scale = jnp.minimum(jnp.sum(dead).astype(pre.dtype) / k_aux, 1.0)
     return scale * jnp.mean(jnp.sum(jnp.square(e_hat - error), axis=-1)) / total_variance(y)
@@ -134,4 +143,4 @@ class TopKSAE(Dictionary):
                      "fired": fired_from_sparse(vals, idx, self.cfg.width), "error": error}
 
     def aux_loss(self, x, y, error, dead):
-        return auxk_loss(self, x, y, error, dead, self.cfg.k_aux)
+        return auxk_loss(self, x, y, error, dead, self.cfg.k_aux, self.cfg.aux_rows(x.shape[0]))
