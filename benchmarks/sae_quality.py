@@ -60,7 +60,7 @@ def main():
             t0 = time.perf_counter()
             result = sae.train(cfg)
             secs = time.perf_counter() - t0
-            m = sae.evaluate(model, result.dictionary, eval_tokens)
+            m = sae.evaluate(model, result.dictionary, eval_tokens, skip_positions=cfg.skip_positions)
             rows.append({"width": width, "k": args.k, "train_s": round(secs), **m.as_dict()})
             print(json.dumps(rows[-1]))
         print(f"\n{'width':>6} {'FVU':>7} {'L0':>6} {'dead':>6} {'CE rec':>7} {'KL':>6} {'CE clean/spliced/zero':>24}")

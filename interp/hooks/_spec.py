@@ -177,9 +177,12 @@ class HookRunner:
             recons = self(f"{s.hook_out}.sae.hook_recons", (d.decode(z) + skip).astype(x.dtype))
             if s.error_term:
                 error = self(f"{s.hook_out}.sae.hook_error", x - (d.decode(clean) + skip).astype(x.dtype))
-                x = recons + error
+                new = recons + error
             else:
-                x = recons
+                new = recons
+            if s.skip_positions:
+                new = new.at[:, : s.skip_positions].set(x[:, : s.skip_positions])
+            x = new
         return x
 
     def _edit_and_capture(self, name: str, x):

@@ -22,14 +22,16 @@ import jax
 
 @jax.tree_util.register_pytree_node_class
 class Splice:
-    def __init__(self, dictionary: Any, hook_in: str, hook_out: str | None = None, error_term: bool = False):
+    def __init__(self, dictionary: Any, hook_in: str, hook_out: str | None = None, error_term: bool = False,
+                 skip_positions: int = 0):
         self.dictionary = dictionary
         self.hook_in = hook_in
         self.hook_out = hook_out or hook_in
         self.error_term = error_term
+        self.skip_positions = skip_positions  # the first positions keep the model's own activation
 
     def tree_flatten(self):
-        return (self.dictionary,), (self.hook_in, self.hook_out, self.error_term)
+        return (self.dictionary,), (self.hook_in, self.hook_out, self.error_term, self.skip_positions)
 
     @classmethod
     def tree_unflatten(cls, aux, children):

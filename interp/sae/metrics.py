@@ -9,7 +9,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from interp.hooks import Splice, edits
+from interp.hooks import Splice
 
 
 @dataclasses.dataclass(frozen=True)
@@ -55,22 +55,32 @@ def reconstruction_metrics(dictionary, x, y=None, dense_threshold: float = 0.1) 
             "dead_fraction": float(jnp.mean(freq == 0)), "dense_fraction": float(jnp.mean(freq > dense_threshold))}
 
 
-def evaluate(model, dictionary, tokens, *, batch: int = 8, dense_threshold: float = 0.1) -> DictionaryMetrics:
+def _zero_from(x, name, start):
+    """Zero-ablate positions ``>= start`` (``start`` is traced)."""
+    keep = (jnp.arange(x.shape[1]) < start)[None, :, None]
+    return jnp.where(keep, x, jnp.zeros_like(x))
+
+
+def evaluate(model, dictionary, tokens, *, batch: int = 8, dense_threshold: float = 0.1,
+             skip_positions: int = 0) -> DictionaryMetrics:
     """All metrics on ``tokens [B T]``: the dictionary reads its ``cfg.hook_name`` (and writes
-    ``cfg.hook_name_out`` for a transcoder) inside ``model``."""
+    ``cfg.hook_name_out`` for a transcoder) inside ``model``. With ``skip_positions`` the first positions
+    of each sequence are left to the model (not spliced, not ablated, not counted in FVU/L0), as for a
+    dictionary trained without them."""
     cfg = dictionary.cfg
     hook_in, hook_out = cfg.hook_name, cfg.hook_name_out or cfg.hook_name
     tokens = np.asarray(tokens)
     names = [hook_in] + ([hook_out] if hook_out != hook_in else [])
     xs, ys, ce, ce_s, ce_z, kl = [], [], [], [], [], []
-    splice = Splice(dictionary, hook_in, hook_out)
+    splice = Splice(dictionary, hook_in, hook_out, skip_positions=skip_positions)
+    sp = skip_positions
     for i in range(0, len(tokens), batch):
         t = tokens[i:i + batch]
         logits, cache = model.run_with_cache(t, names=names)
-        xs.append(np.asarray(cache[hook_in]).reshape(-1, cache[hook_in].shape[-1]))
-        ys.append(np.asarray(cache[hook_out]).reshape(-1, cache[hook_out].shape[-1]))
+        xs.append(np.asarray(cache[hook_in])[:, sp:].reshape(-1, cache[hook_in].shape[-1]))
+        ys.append(np.asarray(cache[hook_out])[:, sp:].reshape(-1, cache[hook_out].shape[-1]))
         spliced = model.run_with_hooks(t, splices=[splice])
-        zeroed = model.run_with_hooks(t, [(hook_out, edits.zero)])
+        zeroed = model.run_with_hooks(t, [(hook_out, _zero_from, sp)])
         tj = jnp.asarray(t)
         ce.append(float(_next_token_ce(logits, tj)))
         ce_s.append(float(_next_token_ce(spliced, tj)))

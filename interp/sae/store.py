@@ -15,7 +15,6 @@ import sysconfig
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 
-import jax
 import numpy as np
 
 from interp.weights._atomic import atomic_dir
@@ -118,11 +117,8 @@ class _ChunkedStore:
     """Serves shuffled batches chunk by chunk; subclasses say how to build chunk ``i``."""
 
     def __init__(self, batch_size: int, chunk_size: int, seed: int):
-        if chunk_size % batch_size:
-            raise ValueError(
-                f"buffer size {chunk_size} must be a multiple of batch_size {batch_size} "
-                f"(e.g. {max(1, chunk_size // batch_size) * batch_size})"
-            )
+        if chunk_size < batch_size:
+            raise ValueError(f"buffer size {chunk_size} must hold at least one batch of {batch_size}")
         self.batch_size, self.chunk_size, self.seed = batch_size, chunk_size, seed
         self.chunk, self.batch = 0, 0
         self._loaded: tuple[int, tuple] | None = None
@@ -145,7 +141,8 @@ class _ChunkedStore:
         sl = slice(self.batch * self.batch_size, (self.batch + 1) * self.batch_size)
         out = tuple(a[sl] for a in arrays)
         self.batch += 1
-        if self.batch * self.batch_size >= self.chunk_size:
+        # a chunk serves whole batches; the few rows left over (after dropping skipped positions) are not used
+        if (self.batch + 1) * self.batch_size > arrays[0].shape[0]:
             self.chunk, self.batch = self.chunk + 1, 0
         return out[0], out[-1]
 
@@ -165,7 +162,7 @@ class ActivationStore(_ChunkedStore):
 
     def __init__(self, model, hook_name: str, corpus=None, *, hook_name_out: str | None = None,
                  context_size: int = 128, model_batch: int = 16, buffer_tokens: int = 2**16,
-                 batch_size: int = 4096, seed: int = 0):
+                 batch_size: int = 4096, seed: int = 0, skip_positions: int = 0):
         if hook_name not in model.hook_names:
             from interp.hooks._names import suggest
 
@@ -176,6 +173,7 @@ class ActivationStore(_ChunkedStore):
         self.model, self.corpus = model, corpus
         self.names = [hook_name] + ([hook_name_out] if hook_name_out and hook_name_out != hook_name else [])
         self.context_size, self.model_batch = context_size, model_batch
+        self.skip_positions = skip_positions
         self.contexts_per_chunk = buffer_tokens // context_size
         self._contexts = None
         self._next_context = 0
@@ -198,8 +196,8 @@ class ActivationStore(_ChunkedStore):
         for j in range(0, len(contexts), self.model_batch):
             _, cache = self.model.run_with_cache(contexts[j:j + self.model_batch], names=self.names, return_logits=False)
             for n in self.names:
-                a = cache[n]
-                outs[n].append(np.asarray(a.reshape(-1, a.shape[-1]), np.float32))
+                a = np.asarray(cache[n], np.float32)[:, self.skip_positions:]
+                outs[n].append(a.reshape(-1, a.shape[-1]))
         return tuple(np.concatenate(outs[n]) for n in self.names)
 
     @property
@@ -219,7 +217,8 @@ def cache_activations(store: ActivationStore, n_tokens: int, out_dir: str | Path
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     n_chunks = -(-n_tokens // store.chunk_size)
-    info = {"hooks": store.names, "context_size": store.context_size, "chunk_size": store.chunk_size,
+    info = {"hooks": store.names, "context_size": store.context_size - store.skip_positions,
+            "skipped_positions": store.skip_positions, "chunk_size": store.chunk_size,
             "n_chunks": n_chunks, "d": [store.model.hook_shapes()[n][-1] for n in store.names]}
     meta_path = out / "manifest.json"
     for i in tqdm(range(n_chunks), desc="caching activations", disable=not progress):
@@ -236,8 +235,9 @@ def cache_activations(store: ActivationStore, n_tokens: int, out_dir: str | Path
 class CachedActivationStore(_ChunkedStore):
     """Replays activations written by ``cache_activations`` (cycling over the shards)."""
 
-    def __init__(self, folder: str | Path, *, batch_size: int = 4096, seed: int = 0):
+    def __init__(self, folder: str | Path, *, batch_size: int = 4096, seed: int = 0, skip_positions: int = 0):
         self.folder = Path(folder)
+        self.skip_positions = skip_positions
         manifest = self.folder / "manifest.json"
         if not manifest.exists():
             raise FileNotFoundError(f"{self.folder} is not a complete activation cache (no manifest.json)")
@@ -250,7 +250,12 @@ class CachedActivationStore(_ChunkedStore):
 
         shard = self.folder / f"shard-{i % self.info['n_chunks']:05d}" / "acts.safetensors"
         data = load_file(str(shard))
-        return tuple(data[f"a{j}"] for j in range(len(self.names)))
+        arrays = tuple(data[f"a{j}"] for j in range(len(self.names)))
+        if self.skip_positions:  # rows are contexts laid end to end: drop each context's first positions
+            T = self.info["context_size"]
+            keep = np.arange(arrays[0].shape[0]) % T >= self.skip_positions
+            arrays = tuple(a[keep] for a in arrays)
+        return arrays
 
     @property
     def d_in(self) -> int:
@@ -289,7 +294,3 @@ def estimate_norm_scale(store, n_batches: int = 4) -> float:
         norms.append(np.linalg.norm(x, axis=-1).mean())
     store.restore(saved)
     return float(np.sqrt(x.shape[-1]) / np.mean(norms))
-
-
-def device_batch(x: np.ndarray, sharding=None):
-    return jax.device_put(x, sharding) if sharding is not None else jax.numpy.asarray(x)

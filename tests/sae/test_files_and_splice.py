@@ -161,3 +161,17 @@ def test_evaluate_reports_downstream_metrics(default_model, topk_576):
     ident = sae.evaluate(m, Identity(topk_576.cfg), ids)
     assert ident.ce_loss_recovered == pytest.approx(1.0, abs=1e-4)
     assert ident.fvu == pytest.approx(0.0, abs=1e-6) and ident.kl_to_clean == pytest.approx(0.0, abs=1e-5)
+
+
+def test_splice_can_leave_first_positions_to_the_model(default_model, topk_576):
+    m, d = default_model, topk_576
+    ids = m.to_tokens("The capital of France is")
+    hook = "blocks.1.hook_resid_post"
+    _, clean = m.run_with_cache(ids, names=[hook, "blocks.2.hook_resid_pre"])
+    _, c = m.run_with_cache(ids, names=["blocks.2.hook_resid_pre"], splices=[Splice(d, hook, skip_positions=1)])
+    got = np.asarray(c["blocks.2.hook_resid_pre"])
+    np.testing.assert_allclose(got[:, 0], np.asarray(clean[hook])[:, 0], atol=1e-5)
+    np.testing.assert_allclose(got[:, 1:], np.asarray(d(clean[hook]))[:, 1:], atol=1e-4)
+    full = sae.evaluate(m, d, ids)
+    skipped = sae.evaluate(m, d, ids, skip_positions=1)
+    assert skipped.n_tokens == full.n_tokens and skipped.fvu != full.fvu

@@ -123,8 +123,8 @@ def test_dimension_and_corpus_errors(default_model, tmp_path):
     empty.mkdir()
     with pytest.raises(ValueError, match="holds no .txt"):
         list(sae.iter_texts(empty))
-    with pytest.raises(ValueError, match="multiple of batch_size"):
-        sae.ArrayActivationStore(np.zeros((100, 4)), batch_size=30, chunk_size=50)
+    with pytest.raises(ValueError, match="at least one batch"):
+        sae.ArrayActivationStore(np.zeros((100, 4)), batch_size=30, chunk_size=20)
 
 
 def test_activation_store_streams_the_hooked_model(default_model, corpus_text):
