@@ -93,7 +93,11 @@ def main() -> None:
 
         from transformer_lens import HookedTransformer
 
-        tl = HookedTransformer.from_pretrained_no_processing("HuggingFaceTB/SmolLM2-135M-Instruct", hf_model=hf,
+        from interp.weights import ensure_default
+
+        # TransformerLens refuses GGUF-backed modules: give it the same weights from the converted folder
+        plain = AutoModelForCausalLM.from_pretrained(str(ensure_default())).eval()
+        tl = HookedTransformer.from_pretrained_no_processing("HuggingFaceTB/SmolLM2-135M-Instruct", hf_model=plain,
                                                              tokenizer=None, device="cpu")
         tt = torch.tensor(tokens, dtype=torch.long)
         results["TransformerLens plain"] = timed(lambda: tl(tt), args.reps)
