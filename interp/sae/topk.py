@@ -72,19 +72,20 @@ def scatter_rows(weights, rows, indices, width: int):
     return out
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(3,))
-def topk_codes(xc, W_enc, b_enc, k: int):
-    """``relu(top_k(xc W_enc + b_enc, k))`` as ``(values, indices) [N k]``.
+@functools.partial(jax.custom_vjp, nondiff_argnums=(4,))
+def topk_codes(x, shift, W_enc, b_enc, k: int):
+    """``relu(top_k((x - shift) W_enc + b_enc, k))`` as ``(values, indices) [N k]``.
 
     Its gradient touches only the k selected latents per row (scatter-adds into ``[M D]``) instead of a dense
-    ``[N M]`` cotangent and two more dense matmuls: the encoder backward costs about a sparse decode."""
-    vals, idx = jax.lax.top_k(xc @ W_enc + b_enc, k)
+    ``[N M]`` cotangent and two more dense matmuls; the shift's gradient is one mat-vec,
+    ``-W_enc @ d_b_enc``, not a sum over a per-row ``[N D]`` cotangent (which XLA drops when ``x`` is data)."""
+    vals, idx = jax.lax.top_k((x - shift) @ W_enc + b_enc, k)
     return jax.nn.relu(vals), idx
 
 
-def _topk_codes_fwd(xc, W_enc, b_enc, k):
-    vals, idx = topk_codes(xc, W_enc, b_enc, k)
-    return (vals, idx), (xc, W_enc, vals, idx)
+def _topk_codes_fwd(x, shift, W_enc, b_enc, k):
+    vals, idx = topk_codes(x, shift, W_enc, b_enc, k)
+    return (vals, idx), (x - shift, W_enc, vals, idx)
 
 
 def _topk_codes_bwd(k, res, cot):
@@ -94,8 +95,8 @@ def _topk_codes_bwd(k, res, cot):
     M = W_enc.shape[1]
     d_W_enc = scatter_rows(g, xc, idx, M).T
     d_b_enc = jnp.zeros((M,), g.dtype).at[idx.reshape(-1)].add(g.reshape(-1))
-    d_xc = sparse_decode(g, idx, W_enc.T)
-    return d_xc, d_W_enc, d_b_enc
+    d_x = sparse_decode(g, idx, W_enc.T)
+    return d_x, -(W_enc @ d_b_enc), d_W_enc, d_b_enc
 
 
 topk_codes.defvjp(_topk_codes_fwd, _topk_codes_bwd)
@@ -115,8 +116,10 @@ class TopKSAE(Dictionary):
         vals, idx = jax.lax.top_k(pre, self.cfg.k)
         return jax.nn.relu(vals), idx
 
-    def encoder_input(self, x):
-        return x - self.b_dec if (self.cfg.apply_b_dec_to_input and not self.cfg.is_transcoder) else x
+    def encoder_shift(self):
+        if self.cfg.apply_b_dec_to_input and not self.cfg.is_transcoder:
+            return self.b_dec
+        return jnp.zeros((self.W_enc.shape[0],), self.W_enc.dtype)
 
     def activate(self, pre, *, training=False):
         vals, idx = self.select(pre)
@@ -124,7 +127,7 @@ class TopKSAE(Dictionary):
 
     def encode_sparse(self, x):
         """``(values, indices) [N k]`` of the active latents."""
-        return topk_codes(self.encoder_input(x), self.W_enc, self.b_enc, self.cfg.k)
+        return topk_codes(x, self.encoder_shift(), self.W_enc, self.b_enc, self.cfg.k)
 
     def __call__(self, x):
         lead = x.shape[:-1]
