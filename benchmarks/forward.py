@@ -11,11 +11,10 @@ from __future__ import annotations
 
 import argparse
 import os
-import statistics
-import time
 from pathlib import Path
 
 import numpy as np
+from _timing import timed
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 CORPUS = Path(__file__).resolve().parents[2] / "shared" / "data" / "corpora" / "wikitext2" / "test.txt"
@@ -33,16 +32,6 @@ def batch_tokens(model, batch: int, seq: int) -> np.ndarray:
     if len(ids) < need:
         raise SystemExit(f"corpus too short for {batch}x{seq} tokens")
     return np.asarray(ids[:need], np.int32).reshape(batch, seq)
-
-
-def timed(fn, reps: int) -> float:
-    fn()  # warm-up (compiles)
-    times = []
-    for _ in range(reps):
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times)
 
 
 def main() -> None:

@@ -16,22 +16,9 @@ any of them within a few steps; these figures are the main-loss step.
 from __future__ import annotations
 
 import argparse
-import statistics
-import time
 
 import numpy as np
-
-
-def timed(step, steps: int, warmup: int) -> float:
-    """Median seconds per call of ``step`` (which must block until its work is done)."""
-    for _ in range(warmup):
-        step()
-    times = []
-    for _ in range(steps):
-        t0 = time.perf_counter()
-        step()
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times)
+from _timing import timed
 
 
 def interp_step(acts: np.ndarray, d_in: int, width: int, k: int):

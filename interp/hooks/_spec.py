@@ -8,7 +8,7 @@ with new values reuses the compiled function. Capture is a static set of names.
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Sequence
 from typing import Any, NamedTuple
 
 import jax

@@ -9,7 +9,6 @@ training config travels in ``cfg.json``'s ``metadata.interp`` so they load back 
 from __future__ import annotations
 
 import json
-import math
 from pathlib import Path
 
 import jax.numpy as jnp
@@ -107,9 +106,7 @@ def _config_from_saelens(raw: dict, meta: dict, w: dict) -> DictConfig:
               apply_b_dec_to_input=bool(raw.get("apply_b_dec_to_input", True)))
     if arch == "topk":
         kw["k"] = int(raw["k"])
-    if arch == "jumprelu":
+    if arch == "jumprelu":  # the trained thresholds are loaded as weights; this only has to be a valid config
         t = np.asarray(w["threshold"])
-        kw["init_threshold"] = float(max(np.min(t[t > 0]) if (t > 0).any() else 1e-3, 1e-12))
-        if not math.isfinite(kw["init_threshold"]):
-            kw["init_threshold"] = 1e-3
+        kw["init_threshold"] = float(t[t > 0].min()) if (t > 0).any() else 1e-3
     return config_cls(**kw)

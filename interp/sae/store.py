@@ -90,7 +90,6 @@ def iter_texts(corpus) -> Iterator[str]:
 def iter_contexts(tokenizer, corpus, context_size: int, *, cycle: bool = True) -> Iterator[np.ndarray]:
     """Fixed-length token contexts from the documents, joined by the end-of-text token."""
     sep = [tokenizer.eos_id] if tokenizer.eos_id is not None else []
-    epoch = 0
     while True:
         buf: list[int] = []
         produced = False
@@ -105,7 +104,6 @@ def iter_contexts(tokenizer, corpus, context_size: int, *, cycle: bool = True) -
                 f"the corpus holds fewer than {context_size} tokens{' (it is empty)' if not buf else ''}; "
                 "pass more text or a smaller context_size"
             )
-        epoch += 1
         if not cycle:
             return
 

@@ -227,10 +227,8 @@ def fold_scale(d: Dictionary, scale: float) -> Dictionary:
     if scale == 1.0:
         return d
     s = jnp.asarray(scale, d.W_enc.dtype)
-    d = eqx.tree_at(lambda t: (t.W_enc, t.W_dec, t.b_dec), d, (d.W_enc * s, d.W_dec / s, d.b_dec / s))
-    if d.W_skip is not None:
-        d = eqx.tree_at(lambda t: t.W_skip, d, d.W_skip)  # s·x → ·/s: the skip map is unchanged
-    return d
+    # a skip connection maps s·x to s·y, so it is the same map on raw activations and needs no change
+    return eqx.tree_at(lambda t: (t.W_enc, t.W_dec, t.b_dec), d, (d.W_enc * s, d.W_dec / s, d.b_dec / s))
 
 
 def make_store(cfg: TrainConfig, model=None):
@@ -269,16 +267,19 @@ def _shardings(cfg: TrainConfig):
 
     mesh = Mesh(np.asarray(jax.devices()[:n]).reshape(cfg.data_parallel, cfg.latent_parallel), ("data", "latent"))
 
+    # leaves whose leading (or, for W_enc, last) axis is the latent axis, in the dictionary and the optimizer state
+    latent_first = {"W_dec", "b_enc", "log_threshold", "since_fired"}
+
     def state_spec(path, leaf):
-        name = jax.tree_util.keystr(path)
+        field = jax.tree_util.keystr(path).rsplit(".", 1)[-1]
         if cfg.latent_parallel > 1 and leaf.ndim >= 1:
-            if name.endswith(("W_enc", "W_enc']")) or ".W_enc" in name:
+            if field == "W_enc":
                 return NamedSharding(mesh, P(None, "latent"))
-            if ".W_dec" in name or ".b_enc" in name or ".log_threshold" in name or "since_fired" in name:
+            if field in latent_first:
                 return NamedSharding(mesh, P("latent"))
         return NamedSharding(mesh, P())
 
-    return mesh, NamedSharding(mesh, P("data")), state_spec
+    return NamedSharding(mesh, P("data")), state_spec
 
 
 def train(cfg: TrainConfig, *, model=None, store=None, resume: bool = False, progress: bool = True,
@@ -316,11 +317,16 @@ def train(cfg: TrainConfig, *, model=None, store=None, resume: bool = False, pro
         store.restore(saved)
         state = init_state(cfg, optimizer, mean=np.asarray(x0, np.float32).mean(0) * scale)
         history = []
+    batch_sharding = None
     if shard is not None:
-        mesh, batch_sharding, spec = shard
+        batch_sharding, spec = shard
         state = jax.tree_util.tree_map_with_path(lambda p, l: jax.device_put(l, spec(p, l)), state)
-    else:
-        batch_sharding = None
+
+    def to_device(a):
+        a = np.asarray(a, np.float32)
+        if scale != 1.0:
+            a = a * np.float32(scale)
+        return jnp.asarray(a) if batch_sharding is None else jax.device_put(a, batch_sharding)
 
     start = int(state.step)
     acc: dict[str, list] = {}
@@ -330,12 +336,11 @@ def train(cfg: TrainConfig, *, model=None, store=None, resume: bool = False, pro
     same_io = not cfg.dictionary.is_transcoder
     for i in range(start, cfg.steps):
         x, y = store.next_batch()
-        x = np.asarray(x, np.float32) * scale if scale != 1.0 else np.asarray(x, np.float32)
-        y = x if same_io else (np.asarray(y, np.float32) * scale if scale != 1.0 else np.asarray(y, np.float32))
-        xb = jax.device_put(x, batch_sharding) if batch_sharding is not None else jnp.asarray(x)
-        yb = xb if same_io else (jax.device_put(y, batch_sharding) if batch_sharding is not None else jnp.asarray(y))
+        xb = to_device(x)
+        yb = xb if same_io else to_device(y)
         new_state, metrics = step_fn(state, xb, yb)
-        loss = float(metrics["loss"])
+        metrics = {k: float(v) for k, v in metrics.items()}  # one host transfer per step, also for the NaN check
+        loss = metrics["loss"]
         if not math.isfinite(loss):
             where = latest_checkpoint(out_dir) if out_dir else None
             raise TrainingDiverged(
@@ -345,7 +350,7 @@ def train(cfg: TrainConfig, *, model=None, store=None, resume: bool = False, pro
             )
         state = new_state
         for k, v in metrics.items():
-            acc.setdefault(k, []).append(float(v))
+            acc.setdefault(k, []).append(v)
         step = i + 1
         if step % max(cfg.eval_every, 1) == 0 or step == cfg.steps:
             row = {"step": step, "tokens": step * cfg.batch_size, **{k: float(np.mean(v)) for k, v in acc.items()},
@@ -356,7 +361,7 @@ def train(cfg: TrainConfig, *, model=None, store=None, resume: bool = False, pro
                             l0=f"{row['l0']:.1f}", dead=f"{row['dead_fraction']:.3f}")
         bar.update(1)
         if callback is not None:
-            callback(step, {k: float(v) for k, v in metrics.items()}, state.dictionary)
+            callback(step, metrics, state.dictionary)
         if out_dir and cfg.checkpoint_every and step % cfg.checkpoint_every == 0 and step < cfg.steps:
             _checkpoint(out_dir, state, store, cfg, scale, history)
     bar.close()

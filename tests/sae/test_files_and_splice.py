@@ -66,7 +66,7 @@ def test_ours_opens_in_saelens(arch, tmp_path):
 @pytest.mark.parametrize("arch", ["standard", "topk", "jumprelu"])
 def test_saelens_file_opens_here(arch, tmp_path):
     torch = pytest.importorskip("torch")
-    sae_lens = pytest.importorskip("sae_lens")
+    pytest.importorskip("sae_lens")
     from sae_lens.saes.jumprelu_sae import JumpReLUSAE, JumpReLUSAEConfig
     from sae_lens.saes.standard_sae import StandardSAE, StandardSAEConfig
     from sae_lens.saes.topk_sae import TopKSAE, TopKSAEConfig
@@ -120,7 +120,7 @@ def test_splice_latents_are_hook_points(default_model, topk_576):
     ablated = m.run_with_hooks(ids, [(f"{hook}.sae.hook_latents", edits.zero)], splices=[splice])
     assert np.abs(np.asarray(ablated) - clean).max() > 1e-2
     # without the error term the reconstruction replaces the activation
-    _, c2 = m.run_with_cache(ids, names=[f"blocks.2.hook_resid_pre"], splices=[Splice(d, hook)])
+    _, c2 = m.run_with_cache(ids, names=["blocks.2.hook_resid_pre"], splices=[Splice(d, hook)])
     np.testing.assert_allclose(c2["blocks.2.hook_resid_pre"], d(cache[hook]), atol=1e-4)
     with pytest.raises(ValueError, match="cannot splice at unknown hook"):
         m.run_with_hooks(ids, splices=[Splice(d, "blocks.1.hook_resid")])

@@ -11,7 +11,7 @@ import torch
 
 import interp
 from interp.weights import default as default_mod
-from tests.conftest import make_hf_model, random_tokens
+from tests.conftest import random_tokens
 from tests.weights.gguf_fixture import bpe_vocab, write_llama_gguf
 
 
