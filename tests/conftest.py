@@ -32,14 +32,14 @@ VARIANTS = {
 }
 
 
-def make_hf_model(variant: str, seed: int = 0):
+def make_hf_model(variant: str, seed: int = 0, **overrides):
     """A tiny random-init ``transformers`` causal LM (eager attention), with random norm weights and biases
     so that every weight has a visible effect."""
     import torch
     import transformers
 
-    cls_name, overrides = VARIANTS[variant]
-    cfg = getattr(transformers, cls_name)(**{**TINY, **overrides}, initializer_range=0.1)
+    cls_name = VARIANTS[variant][0]
+    cfg = getattr(transformers, cls_name)(**{**TINY, **VARIANTS[variant][1], **overrides}, initializer_range=0.1)
     cfg._attn_implementation = "eager"
     torch.manual_seed(seed)
     model = transformers.AutoModelForCausalLM.from_config(cfg, attn_implementation="eager").eval()

@@ -1,5 +1,20 @@
-"""Circuit analysis on any hooked model: lenses (patching and attribution build on the same hooks API)."""
+"""Circuit analysis on any hooked model: activation and attribution patching, edge attribution and path
+patching, logit lens and direct logit attribution, attention-head detectors, and prompt sets.
 
-from interp.circuits.lens import LensResult, logit_lens
+Results are plain objects (arrays plus axis labels), ready for plotting.
+"""
 
-__all__ = ["LensResult", "logit_lens"]
+from interp.circuits import metrics, prompts
+from interp.circuits.dla import DLAResult, Decomposition, decompose_resid, direct_logit_attribution
+from interp.circuits.edges import EdgeResult, edge_attribution, path_patch, receivers, senders
+from interp.circuits.heads import HeadScores, ablate_heads, head_scores, per_token_loss
+from interp.circuits.lens import LensResult, logit_lens, top_tokens
+from interp.circuits.patching import PatchResult, attribute, patch
+from interp.circuits.prompts import PromptSet
+
+__all__ = [
+    "DLAResult", "Decomposition", "EdgeResult", "HeadScores", "LensResult", "PatchResult", "PromptSet",
+    "ablate_heads", "attribute", "decompose_resid", "direct_logit_attribution", "edge_attribution", "head_scores",
+    "logit_lens", "metrics", "patch", "path_patch", "per_token_loss", "prompts", "receivers", "senders",
+    "top_tokens",
+]

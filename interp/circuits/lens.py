@@ -24,12 +24,21 @@ class LensResult:
         return jax.nn.softmax(self.logits.astype(jnp.float32), axis=-1)
 
 
-def logit_lens(model, tokens, **kwargs) -> LensResult:
-    """Logit lens over every block for ``tokens`` (ids or text); extra kwargs go to ``run_with_cache``."""
+def logit_lens(model, tokens, *, scale: str = "own", **kwargs) -> LensResult:
+    """Logit lens over every block for ``tokens`` (ids or text); extra kwargs go to ``run_with_cache``.
+
+    ``scale="own"`` normalises each layer's residual stream by its own RMS (the usual logit lens);
+    ``"final"`` divides by the final norm's scale from the run (``ln_final.hook_scale``), which keeps the
+    map linear, so the difference of consecutive rows is exactly what that block adds to the logits.
+    """
+    if scale not in ("own", "final"):
+        raise ValueError(f"scale must be 'own' or 'final', got {scale!r}")
     names = ["hook_embed"] + [f"blocks.{l}.hook_resid_post" for l in range(model.n_layers)]
-    _, cache = model.run_with_cache(tokens, names, return_logits=False, **kwargs)
-    resid = jnp.stack([cache[n] for n in names])
-    logits = _read_out(model, resid)
+    if scale == "final":
+        names.append("ln_final.hook_scale")
+    _, cache = model.run_with_cache(tokens, names, return_logits=scale == "final", **kwargs)
+    resid = jnp.stack([cache[n] for n in names if n != "ln_final.hook_scale"])
+    logits = _read_out(model, resid) if scale == "own" else _read_out_frozen(model, resid, cache["ln_final.hook_scale"])
     labels = ("embed",) + tuple(f"block {l}" for l in range(model.n_layers))
     return LensResult(logits=logits, labels=labels)
 
@@ -37,6 +46,13 @@ def logit_lens(model, tokens, **kwargs) -> LensResult:
 @jax.jit
 def _read_out(model, resid):
     return jax.vmap(lambda r: model.ln_final(r, NOOP, "ln_final") @ model.W_U)(resid)
+
+
+@jax.jit
+def _read_out_frozen(model, resid, scale):
+    from interp.circuits.dla import apply_final_norm
+
+    return apply_final_norm(model, resid, scale) @ model.W_U
 
 
 def top_tokens(lens: LensResult, batch: int = 0, pos: int = -1) -> list[tuple[int, float]]:

@@ -9,7 +9,7 @@ import equinox as eqx
 import jax
 import jax.numpy as jnp
 import numpy as np
-from jaxtyping import Array, Float, Int
+from jaxtyping import Array, Bool, Float, Int
 
 from interp.hooks import Cache, HookRunner, Hooks, Resolved, ShapeRecorder
 from interp.hooks._spec import NOOP, _note_compile
@@ -70,16 +70,7 @@ class Model(eqx.Module):
         ``attention_mask`` (1 = real token, 0 = padding) hides padded keys; positions then count real
         tokens only, so a left-padded sequence sees the same positions as the unpadded one.
         """
-        B, T = tokens.shape
-        if positions is None:
-            if attention_mask is None:
-                positions = jnp.broadcast_to(jnp.arange(T, dtype=jnp.int32), (B, T))
-            else:
-                positions = jnp.maximum(jnp.cumsum(attention_mask.astype(jnp.int32), axis=-1) - 1, 0)
-        mask = jnp.tril(jnp.ones((T, T), dtype=bool))[None]
-        if attention_mask is not None:
-            mask = mask & attention_mask.astype(bool)[:, None, :]
-        mask = jnp.broadcast_to(mask, (B, T, T))
+        positions, mask = attention_inputs(tokens.shape, attention_mask, positions)
         x = self.embed(tokens, hk)
         n = self.n_layers if stop_at_layer is None else stop_at_layer
         for layer, block in enumerate(self.blocks[:n]):
@@ -272,6 +263,22 @@ class Model(eqx.Module):
                 "raise stop_at_layer or drop those names"
             )
         return stop
+
+
+def attention_inputs(
+    shape: tuple[int, int], attention_mask: Int[Array, "B T"] | None = None, positions: Int[Array, "B T"] | None = None
+) -> tuple[Int[Array, "B T"], Bool[Array, "B T S"]]:
+    """Rotary positions and the causal (and padding) mask the blocks take, for tokens of ``shape [B, T]``."""
+    B, T = shape
+    if positions is None:
+        if attention_mask is None:
+            positions = jnp.broadcast_to(jnp.arange(T, dtype=jnp.int32), (B, T))
+        else:
+            positions = jnp.maximum(jnp.cumsum(attention_mask.astype(jnp.int32), axis=-1) - 1, 0)
+    mask = jnp.tril(jnp.ones((T, T), dtype=bool))[None]
+    if attention_mask is not None:
+        mask = mask & attention_mask.astype(bool)[:, None, :]
+    return positions, jnp.broadcast_to(mask, (B, T, T))
 
 
 @eqx.filter_jit

@@ -1,0 +1,129 @@
+"""The residual stream as a sum of components, and direct logit attribution.
+
+The final residual stream is ``hook_embed + sum_l (attn_out_l + mlp_out_l)``; each ``attn_out_l`` splits
+further into one term per head (``z_h @ W_O[h]``) plus the output bias. With the final norm's scale frozen
+at its value in the run (``ln_final.hook_scale``), the norm and the unembedding are linear, so each
+component maps to its own logits and the components' logits sum to the model's logits.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jaxtyping import Array, Float
+
+from interp.hooks import act_name
+
+
+@dataclasses.dataclass(frozen=True)
+class Decomposition:
+    """``components [C B T D]`` whose sum over C is the final residual stream; ``labels`` names them."""
+
+    components: Float[Array, "C B T D"]
+    labels: tuple[str, ...]
+    final_scale: Float[Array, "B T 1"]
+
+
+@dataclasses.dataclass(frozen=True)
+class DLAResult:
+    """Direct logit attribution: ``values [C B K]`` is component C's contribution to the logit of token
+    ``tokens[b, k]`` at ``pos[b]``; ``values.sum(0)`` equals those logits (the ``constant`` row holds what
+    no component writes, e.g. a LayerNorm bias; zero for RMSNorm)."""
+
+    values: np.ndarray
+    labels: tuple[str, ...]
+    tokens: np.ndarray
+    pos: np.ndarray
+    logits: np.ndarray
+
+    def logit_diff(self) -> np.ndarray:
+        """``[C B]``: contributions to ``logit[tokens[:, 0]] - logit[tokens[:, 1]]``."""
+        return self.values[..., 0] - self.values[..., 1]
+
+
+def _components(model, cache, per: str):
+    L = model.n_layers
+    comps, labels = [cache["hook_embed"]], ["embed"]
+    for l in range(L):
+        if per == "head":
+            attn = model.blocks[l].attn
+            z = cache[act_name("z", l)]
+            comps += list(jnp.einsum("BTHE,HED->HBTD", z, attn.W_O))
+            labels += [f"L{l}H{h}" for h in range(attn.n_heads)]
+            if attn.b_O is not None:
+                comps.append(jnp.broadcast_to(attn.b_O, z.shape[:2] + attn.b_O.shape))
+                labels.append(f"L{l} attn bias")
+        else:
+            comps.append(cache[act_name("attn_out", l)])
+            labels.append(f"attn {l}")
+        comps.append(cache[act_name("mlp_out", l)])
+        labels.append(f"mlp {l}")
+    return jnp.stack(comps), tuple(labels)
+
+
+def _names(model, per: str) -> list[str]:
+    names = ["hook_embed", "ln_final.hook_scale"]
+    for l in range(model.n_layers):
+        names += [act_name("z" if per == "head" else "attn_out", l), act_name("mlp_out", l)]
+    return names
+
+
+def decompose_resid(model, tokens, *, per: str = "layer", attention_mask=None) -> Decomposition:
+    """Split the final residual stream of ``tokens`` into embedding, attention (``per="layer"``: one term per
+    layer; ``"head"``: one per head plus the output bias) and MLP components."""
+    if per not in ("layer", "head"):
+        raise ValueError(f"per must be 'layer' or 'head', got {per!r}")
+    _, cache = model.run_with_cache(tokens, _names(model, per), attention_mask=attention_mask)
+    comps, labels = _components(model, cache, per)
+    return Decomposition(comps, labels, cache["ln_final.hook_scale"])
+
+
+def apply_final_norm(model, x: Float[Array, "... B T D"], scale: Float[Array, "B T 1"]) -> Array:
+    """The final norm with its scale frozen to ``scale``, applied to each leading slice of ``x`` (linear in
+    ``x`` for RMSNorm; a LayerNorm adds its bias, which ``normalize_stack`` separates out)."""
+
+    def one(c):
+        def hk(name, a):
+            return scale.astype(a.dtype) if name.endswith("hook_scale") else a
+        return model.ln_final(c, hk, "ln_final")
+
+    lead = x.shape[:-3]
+    flat = x.reshape((-1,) + x.shape[-3:])
+    return jax.vmap(one)(flat).reshape(lead + x.shape[-3:])
+
+
+@eqx.filter_jit
+def _dla(model, comps, scale, pos, targets):
+    B = comps.shape[1]
+    rows = jnp.arange(B)
+    picked = comps[:, rows, pos][:, :, None]  # [C B 1 D]
+    s = scale[rows, pos][:, None]  # [B 1 1]
+    normed = apply_final_norm(model, picked, s)[:, :, 0]  # [C B D]
+    constant = apply_final_norm(model, jnp.zeros_like(picked[:1]), s)[:, :, 0]  # [1 B D]
+    normed = jnp.concatenate([normed - constant, constant])
+    W = model.W_U[:, targets]  # [D B K]
+    return jnp.einsum("CBD,DBK->CBK", normed.astype(jnp.float32), W.astype(jnp.float32))
+
+
+def direct_logit_attribution(
+    model, tokens, targets, *, pos=-1, per: str = "layer", attention_mask=None
+) -> DLAResult:
+    """Each component's direct contribution to the logits of ``targets`` (``[B]`` or ``[B K]`` token ids)
+    at position ``pos`` (an int or ``[B]``), through the final norm with the run's own scale."""
+    toks, mask, _ = model._check_inputs(tokens, attention_mask, None)
+    B, T = toks.shape
+    targets = np.asarray(targets)
+    if targets.ndim == 1:
+        targets = targets[:, None]
+    if targets.shape[0] != B or not np.issubdtype(targets.dtype, np.integer):
+        raise ValueError(f"targets must be integer token ids of shape [{B}] or [{B}, K]; got {targets.shape}")
+    pos = np.broadcast_to(np.asarray(pos), (B,)) % T
+    dec = decompose_resid(model, toks, per=per, attention_mask=mask)
+    values = _dla(model, dec.components, dec.final_scale, jnp.asarray(pos, jnp.int32), jnp.asarray(targets, jnp.int32))
+    logits = np.asarray(model(toks, attention_mask=mask))[np.arange(B), pos]
+    return DLAResult(np.asarray(values, np.float64), dec.labels + ("constant",), targets, pos,
+                     np.take_along_axis(logits, targets, axis=1))

@@ -1,0 +1,329 @@
+"""Edges between components: edge attribution patching (EAP, EAP-IG) and exact path patching.
+
+Components write to and read from the residual stream. *Senders* (upstream nodes) are the embedding
+(``embed``), every attention head (``L{l}H{h}``: ``z_h @ W_O[h]``) and every MLP (``MLP{l}``). *Receivers*
+(downstream nodes) read the residual stream: each head's query input (``L{l}H{h}.q``), each key/value
+head's key and value inputs (``L{l}H{k}.k``/``.v``, numbered over kv heads), each MLP's input (``MLP{l}``)
+and the unembedding (``logits``). The edge ``u -> v`` carries ``u``'s output directly into ``v``'s input.
+
+* ``path_patch`` is exact: the base run with the receivers' inputs changed by the senders' output
+  difference (source minus base) along the direct edges only, everything downstream of the receivers
+  recomputed.
+* ``edge_attribution`` estimates every edge's effect at once to first order (Syed et al., 2023): the
+  senders' output differences dotted with the gradient of the metric with respect to each receiver's input,
+  from one forward and one backward pass; ``method="eap-ig"`` averages that gradient over inputs
+  interpolated between the two runs' embeddings (Hanna et al., 2024).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+from collections.abc import Callable, Sequence
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from interp.circuits.patching import PatchResult, _metric_value, _readout, _runs, _source_acts, _tokens, run_blocks
+from interp.hooks import act_name
+from interp.hooks._spec import NOOP, _note_compile
+from interp.models._model import attention_inputs
+
+
+# ---------------------------------------------------------------------------------------------- nodes
+def senders(model) -> list[str]:
+    out = ["embed"]
+    for l in range(model.n_layers):
+        out += [f"L{l}H{h}" for h in range(model.blocks[l].attn.n_heads)] + [f"MLP{l}"]
+    return out
+
+
+def receivers(model) -> list[str]:
+    out = []
+    for l in range(model.n_layers):
+        a = model.blocks[l].attn
+        out += [f"L{l}H{h}.q" for h in range(a.n_heads)]
+        out += [f"L{l}H{k}.k" for k in range(a.n_kv_heads)] + [f"L{l}H{k}.v" for k in range(a.n_kv_heads)]
+        out.append(f"MLP{l}")
+    return out + ["logits"]
+
+
+_NODE = re.compile(r"^(?:embed|logits|MLP(\d+)|L(\d+)H(\d+)(?:\.([qkv]))?)$")
+
+
+def _parse(label: str, model) -> tuple[str, int, int]:
+    """(kind, layer, head) with kind in embed/head/mlp/q/k/v/logits; layer is where the node sits
+    (embed -1, logits L)."""
+    m = _NODE.match(label)
+    if not m:
+        raise ValueError(f"unknown component '{label}'; use 'embed', 'L3H2', 'MLP4', 'L5H1.q' (.k/.v) or 'logits'")
+    if label == "embed":
+        return "embed", -1, 0
+    if label == "logits":
+        return "logits", model.n_layers, 0
+    if m.group(1) is not None:
+        kind, layer, head = "mlp", int(m.group(1)), 0
+    else:
+        kind, layer, head = (m.group(4) or "head"), int(m.group(2)), int(m.group(3))
+    if not 0 <= layer < model.n_layers:
+        raise ValueError(f"component '{label}': layer {layer} is outside 0..{model.n_layers - 1}")
+    a = model.blocks[layer].attn
+    limit = a.n_kv_heads if kind in ("k", "v") else a.n_heads
+    if kind not in ("mlp",) and not 0 <= head < limit:
+        raise ValueError(f"component '{label}': head {head} is outside 0..{limit - 1}")
+    return kind, layer, head
+
+
+def _precedes(sender, receiver) -> bool:
+    (sk, sl, _), (rk, rl, _) = sender, receiver
+    return sl < rl or (sk == "head" and rk == "mlp" and sl == rl)
+
+
+# ---------------------------------------------------------------------------------------------- outputs
+def _out_names(model) -> list[str]:
+    return ["hook_embed"] + [act_name(s, l) for l in range(model.n_layers) for s in ("z", "mlp_out")]
+
+
+def _sender_outputs(model, cache) -> jax.Array:
+    """``[U B T D]`` outputs of every sender, in ``senders(model)`` order."""
+    outs = [cache["hook_embed"][None]]
+    for l, blk in enumerate(model.blocks):
+        outs.append(jnp.einsum("BTHE,HED->HBTD", cache[act_name("z", l)], blk.attn.W_O))
+        outs.append(cache[act_name("mlp_out", l)][None])
+    return jnp.concatenate(outs).astype(jnp.float32)
+
+
+def _normalized(norm, x):
+    box = {}
+
+    def hk(name, a):
+        if name.endswith("hook_normalized"):
+            box["n"] = a
+        return a
+
+    norm(x, hk, "norm")
+    return box["n"]
+
+
+# ---------------------------------------------------------------------------------------------- EAP
+@dataclasses.dataclass(frozen=True)
+class EdgeResult:
+    """``scores [U V]``: estimated change of the metric from patching edge ``senders[u] -> receivers[v]``
+    alone (NaN where ``u`` does not precede ``v``)."""
+
+    scores: np.ndarray
+    senders: tuple[str, ...]
+    receivers: tuple[str, ...]
+    base: float
+    source: float
+    method: str
+
+    def score(self, sender: str, receiver: str) -> float:
+        return float(self.scores[self.senders.index(sender), self.receivers.index(receiver)])
+
+    def top(self, k: int = 10) -> list[tuple[str, str, float]]:
+        s = np.nan_to_num(self.scores, nan=0.0)
+        order = np.argsort(-np.abs(s), axis=None)[:k]
+        return [(self.senders[u], self.receivers[v], float(s[u, v])) for u, v in zip(*np.unravel_index(order, s.shape))]
+
+
+def _hook_points(model):
+    L = model.n_layers
+    deltas = [act_name(s, l) for l in range(L) for s in ("q", "k", "v")]
+    deltas += [f"blocks.{l}.ln2.hook_normalized" for l in range(L)] + ["ln_final.hook_normalized"]
+    keep = [act_name("resid_pre", l) for l in range(L)] + [act_name("resid_mid", l) for l in range(L)]
+    return deltas, keep + [act_name("resid_post", L - 1)]
+
+
+@eqx.filter_jit
+def _receiver_grads(model, tokens, attention_mask, zeros, metric, embeds, alphas):
+    """Mean over ``alphas`` of ``dmetric/d(receiver input)`` ``[V B T D]``, the embedding set to
+    ``embeds[0] + alpha (embeds[1] - embeds[0])``."""
+    _note_compile()
+    L = model.n_layers
+    _, keep = _hook_points(model)
+
+    def at(alpha):
+        def f(deltas):
+            acts = {}
+
+            def hk(name, x):
+                if name == "hook_embed":
+                    x = (embeds[0] + alpha * (embeds[1] - embeds[0])).astype(x.dtype)
+                if name in deltas:
+                    x = x + deltas[name].astype(x.dtype)
+                if name in keep:
+                    acts[name] = x
+                return x
+
+            return metric(model.forward(tokens, hk, attention_mask=attention_mask)), acts
+
+        (_, acts), g = jax.value_and_grad(f, has_aux=True)(zeros)
+        out = []
+        for l, blk in enumerate(model.blocks):
+            a = blk.attn
+            _, vjp1 = jax.vjp(lambda r: blk.ln1(r, NOOP, "ln1"), acts[act_name("resid_pre", l)])
+            cot = jnp.concatenate([
+                jnp.einsum("BTHE,DHE->HBTD", g[act_name("q", l)], a.W_Q),
+                jnp.einsum("BTKE,DKE->KBTD", g[act_name("k", l)], a.W_K),
+                jnp.einsum("BTKE,DKE->KBTD", g[act_name("v", l)], a.W_V),
+            ])
+            out.append(jax.vmap(lambda c: vjp1(c.astype(acts[act_name("resid_pre", l)].dtype))[0])(cot))
+            _, vjp2 = jax.vjp(lambda r: _normalized(blk.ln2, r), acts[act_name("resid_mid", l)])
+            out.append(vjp2(g[f"blocks.{l}.ln2.hook_normalized"])[0][None])
+        _, vjpf = jax.vjp(lambda r: _normalized(model.ln_final, r), acts[act_name("resid_post", L - 1)])
+        out.append(vjpf(g["ln_final.hook_normalized"])[0][None])
+        return jnp.concatenate(out).astype(jnp.float32)
+
+    return jax.lax.map(at, alphas).mean(axis=0)
+
+
+def _valid(model) -> np.ndarray:
+    s = [_parse(x, model) for x in senders(model)]
+    r = [_parse(x, model) for x in receivers(model)]
+    return np.array([[_precedes(a, b) for b in r] for a in s])
+
+
+def edge_attribution(
+    model, clean, corrupted, metric: Callable, *, method: str = "eap", steps: int = 5,
+    direction: str = "denoise", attention_mask=None,
+) -> EdgeResult:
+    """Scores of every sender -> receiver edge (see the module docstring). ``method``: ``"eap"`` (gradient at
+    the base run) or ``"eap-ig"`` (gradient averaged over ``steps`` embeddings interpolated from the base run
+    to the source run)."""
+    if method not in ("eap", "eap-ig"):
+        raise ValueError(f"method must be 'eap' or 'eap-ig', got {method!r}")
+    base, source = _runs(model, clean, corrupted, direction, attention_mask)
+    base_tokens, mask = _tokens(model, base, attention_mask)
+    base_logits, bc = model.run_with_cache(base_tokens, _out_names(model), attention_mask=mask)
+    sc, src_metric = _source_acts(model, source, _out_names(model), mask, metric)
+    _same_shape(bc, sc)
+    diff = _sender_outputs(model, sc) - _sender_outputs(model, bc)
+    deltas, _ = _hook_points(model)
+    shapes = model.hook_shapes(*base_tokens.shape)
+    zeros = {n: jnp.zeros(shapes[n], jnp.float32) for n in deltas}
+    alphas = jnp.zeros((1,), jnp.float32) if method == "eap" else jnp.arange(1, steps + 1, dtype=jnp.float32) / steps
+    grads = _receiver_grads(model, base_tokens, mask, zeros, metric, (bc["hook_embed"], sc["hook_embed"]), alphas)
+    scores = np.asarray(jnp.einsum("UBTD,VBTD->UV", diff, grads), np.float64)
+    scores[~_valid(model)] = np.nan
+    return EdgeResult(scores, tuple(senders(model)), tuple(receivers(model)), _metric_value(metric, base_logits),
+                      src_metric, method)
+
+
+def _same_shape(base_cache, source_cache):
+    a, b = base_cache["hook_embed"].shape, source_cache["hook_embed"].shape
+    if a != b:
+        raise ValueError(f"clean and corrupted runs differ in shape: {b[:2]} vs {a[:2]}; "
+                         "they need prompts of equal length (pad them with an attention_mask)")
+
+
+# ---------------------------------------------------------------------------------------------- path patching
+def _receiver_edit_fn(model, rec, base, delta):
+    """(hook name, function of the live activation) that gives receiver ``rec`` the input base + delta."""
+    kind, l, h = rec
+    if kind == "logits":
+        return act_name("resid_post", model.n_layers - 1), lambda x: x + delta.astype(x.dtype)
+    blk = model.blocks[l]
+    if kind == "mlp":
+        r = base[act_name("resid_mid", l)] + delta.astype(base[act_name("resid_mid", l)].dtype)
+        new = blk.mlp(blk.ln2(r, NOOP, "ln2"), NOOP, "mlp")
+        return act_name("mlp_out", l), lambda x: new.astype(x.dtype)
+    r = base[act_name("resid_pre", l)] + delta.astype(base[act_name("resid_pre", l)].dtype)
+    w, b = {"q": (blk.attn.W_Q, blk.attn.b_Q), "k": (blk.attn.W_K, blk.attn.b_K), "v": (blk.attn.W_V, blk.attn.b_V)}[kind]
+    y = jnp.einsum("BTD,DE->BTE", blk.ln1(r, NOOP, "ln1"), w[:, h])
+    if b is not None:
+        y = y + b[h]
+    return act_name(kind, l), lambda x: x.at[:, :, h].set(y.astype(x.dtype))
+
+
+@eqx.filter_jit
+def _path_sweep(model, base, deltas, positions, mask, metric, recs, batch_size):
+    _note_compile()
+    start = min(r[1] for r in recs)
+
+    def one(delta):
+        fns: dict[str, list] = {}
+        for rec in recs:
+            name, fn = _receiver_edit_fn(model, rec, base, delta)
+            fns.setdefault(name, []).append(fn)
+
+        def hook_fn(j, i, name, a):
+            for fn in fns.get(name, ()):
+                a = fn(a)
+            return a
+
+        if start >= model.n_layers:
+            x = base[act_name("resid_post", model.n_layers - 1)]
+            for fn in fns[act_name("resid_post", model.n_layers - 1)]:
+                x = fn(x)
+            return _readout(model, metric, x)
+        x = run_blocks(model, base[act_name("resid_pre", start)], jnp.int32(start), positions, mask, hook_fn)
+        return _readout(model, metric, x)
+
+    if batch_size >= deltas.shape[0]:
+        return jax.vmap(one)(deltas)
+    return jax.lax.map(one, deltas, batch_size=batch_size)
+
+
+def path_patch(
+    model, clean, corrupted, metric: Callable, senders_: Sequence[str] | str, receivers_: Sequence[str] | str, *,
+    direction: str = "denoise", attention_mask=None, per_sender: bool = False, batch_size: int | None = None,
+) -> float | PatchResult:
+    """Exact path patching from ``senders_`` to ``receivers_`` (labels as in ``senders(model)`` and
+    ``receivers(model)``; a head label ``L5H1`` as a receiver means its query, key and value inputs).
+
+    Returns the patched metric; with ``per_sender=True`` each sender is patched on its own and the result is a
+    ``PatchResult`` over the senders (``senders_="heads"`` sweeps every head: values ``[layer, head]``).
+    """
+    base, source = _runs(model, clean, corrupted, direction, attention_mask)
+    base_tokens, mask = _tokens(model, base, attention_mask)
+    heads_grid = senders_ == "heads"
+    if heads_grid:
+        senders_ = [s for s in senders(model) if s.startswith("L")]
+        per_sender = True
+    senders_ = [senders_] if isinstance(senders_, str) else list(senders_)
+    receivers_ = [receivers_] if isinstance(receivers_, str) else list(receivers_)
+    recs = []
+    for r in receivers_:
+        kind, l, h = _parse(r, model)
+        if kind == "head":
+            kv = h // (model.blocks[l].attn.n_heads // model.blocks[l].attn.n_kv_heads)
+            recs += [("q", l, h), ("k", l, kv), ("v", l, kv)]
+        elif kind == "embed":
+            raise ValueError("'embed' cannot receive; receivers are head inputs, MLPs or 'logits'")
+        else:
+            recs.append((kind, l, h))
+    sends = [_parse(s, model) for s in senders_]
+    for s, label in zip(sends, senders_):
+        if s[0] not in ("embed", "head", "mlp"):
+            raise ValueError(f"'{label}' cannot send; senders are 'embed', heads 'L3H2' and MLPs 'MLP4'")
+        late = [r for r in recs if not _precedes(s, r)]
+        if late and not per_sender:
+            raise ValueError(f"sender '{label}' does not come before receiver {late[0]}; a path must go forward")
+    L = model.n_layers
+    keep = [act_name(s, l) for l in range(L) for s in ("resid_pre", "resid_mid")] + [act_name("resid_post", L - 1)]
+    base_logits, bc = model.run_with_cache(base_tokens, keep + _out_names(model), attention_mask=mask)
+    sc, src_metric = _source_acts(model, source, _out_names(model), mask, metric)
+    _same_shape(bc, sc)
+    index = {s: i for i, s in enumerate(senders(model))}
+    diff = _sender_outputs(model, sc) - _sender_outputs(model, bc)
+    rows = [index[s] for s in senders_]
+    valid = np.array([all(_precedes(s, r) for r in recs) for s in sends])
+    deltas = diff[np.asarray(rows)] if per_sender else diff[np.asarray(rows)].sum(0, keepdims=True)
+    positions, amask = attention_inputs(base_tokens.shape, mask)
+    if batch_size is None:
+        batch_size = max(1, 8192 // base_tokens.size)
+    base_acts = {k: bc[k] for k in keep}
+    values = np.asarray(_path_sweep(model, base_acts, deltas, positions, amask, metric, tuple(recs), batch_size),
+                        np.float64)
+    base_metric = _metric_value(metric, base_logits)
+    if not per_sender:
+        return float(values[0])
+    values = np.where(valid, values, np.nan)
+    if heads_grid:
+        H = model.blocks[0].attn.n_heads
+        return PatchResult(values.reshape(L, H), ("layer", "head"), (tuple(map(str, range(L))),
+                           tuple(f"H{h}" for h in range(H))), "path", base_metric, src_metric, method="path patching")
+    return PatchResult(values, ("sender",), (tuple(senders_),), "path", base_metric, src_metric, method="path patching")

@@ -1,0 +1,363 @@
+"""Activation patching and attribution patching over layers, positions and heads.
+
+A sweep patches one target at a time (a layer and a position, a layer and a head, ...) from a *source* run
+into a *base* run and records a metric of the base run's logits. ``direction="denoise"`` (the default) patches
+clean activations into the corrupted run; ``"noise"`` patches corrupted activations into the clean run.
+
+The whole sweep is one compiled function. Patching layer ``l`` leaves the residual stream entering block
+``l`` unchanged, so each patched run starts there from the base run's cached residual and runs only blocks
+``l..L-1`` (``lax.fori_loop`` over a ``lax.switch`` of the blocks); the patches of one layer run as a batch
+(``lax.map`` with ``batch_size`` bounds the memory), and the metric unembeds only the positions it reads.
+
+Attribution patching replaces each patched run by its first-order estimate ``(source - base) . dmetric/dact``
+taken from one forward and one backward pass of the base run.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable, Sequence
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from interp.circuits.metrics import PositionMetric
+from interp.hooks import Cache, act_name
+from interp.hooks._spec import NOOP, _note_compile
+from interp.models._model import attention_inputs
+
+# hook short name -> layout of the activation (batch first)
+LAYOUTS = {
+    "resid_pre": "BTD", "resid_mid": "BTD", "resid_post": "BTD", "attn_out": "BTD", "mlp_out": "BTD",
+    "pre": "BTD", "post": "BTD", "pre_linear": "BTD",
+    "q": "BTHE", "k": "BTHE", "v": "BTHE", "rot_q": "BTHE", "rot_k": "BTHE", "z": "BTHE",
+    "pattern": "BHTS", "attn_scores": "BHTS",
+}
+_TOKENS_PER_BATCH = 8192  # patched runs execute together up to this many tokens (bounds memory)
+_PER = {"BTD": ("pos", "layer"), "BTHE": ("head", "head_pos", "pos", "layer"), "BHTS": ("head", "head_pos", "layer")}
+
+
+@dataclasses.dataclass(frozen=True)
+class PatchResult:
+    """A patching (or attribution) sweep: ``values`` with one axis per entry of ``axes``.
+
+    ``labels[i]`` names the entries along ``axes[i]``. ``base`` is the metric of the unpatched base run,
+    ``source`` that of the run the values come from (NaN when only its cache was given); ``normalized()``
+    maps ``base`` to 0 and ``source`` to 1.
+    """
+
+    values: np.ndarray
+    axes: tuple[str, ...]
+    labels: tuple[tuple[str, ...], ...]
+    hook: str
+    base: float
+    source: float
+    method: str = "patching"
+
+    def normalized(self) -> np.ndarray:
+        return (self.values - self.base) / (self.source - self.base)
+
+    @property
+    def effect(self) -> np.ndarray:
+        """Change of the metric caused by each patch (``values - base``)."""
+        return self.values - self.base
+
+    def top(self, k: int = 5) -> list[tuple[tuple[str, ...], float]]:
+        """The ``k`` entries with the largest absolute effect, as (labels, effect)."""
+        eff = self.effect
+        order = np.argsort(-np.abs(eff), axis=None)[:k]
+        out = []
+        for flat in order:
+            idx = np.unravel_index(flat, eff.shape)
+            out.append((tuple(self.labels[a][i] for a, i in enumerate(idx)), float(eff[idx])))
+        return out
+
+
+# ---------------------------------------------------------------------------------------------- targets
+@dataclasses.dataclass(frozen=True)
+class _Target:
+    short: str
+    layout: str
+    per: str
+
+    def suffix(self) -> str:
+        return act_name(self.short, 0).split(".", 2)[2]
+
+    def name(self, layer: int) -> str:
+        return act_name(self.short, layer)
+
+    def masks(self, shape: tuple[int, ...]) -> np.ndarray:
+        """``[P, 1, ...]`` booleans, one per patch, broadcastable to the activation ``shape`` (batch first)."""
+        if self.per == "layer":
+            return np.ones((1,) + (1,) * len(shape), bool)
+        if self.layout == "BTD" or (self.layout == "BTHE" and self.per == "pos"):
+            T = shape[1]
+            m = np.eye(T, dtype=bool).reshape(T, 1, T, *([1] * (len(shape) - 2)))
+            return m
+        if self.layout == "BTHE":
+            _, T, H, _ = shape
+            if self.per == "head":
+                return np.eye(H, dtype=bool).reshape(H, 1, 1, H, 1)
+            eye = np.eye(T * H, dtype=bool).reshape(T * H, 1, T, H, 1)
+            return eye
+        _, H, T, _ = shape  # BHTS
+        if self.per == "head":
+            return np.eye(H, dtype=bool).reshape(H, 1, H, 1, 1)
+        m = np.zeros((T, H, 1, H, T, 1), bool)
+        for t in range(T):
+            for h in range(H):
+                m[t, h, 0, h, t, 0] = True
+        return m.reshape(T * H, 1, H, T, 1)
+
+    def out_shape(self, shape: tuple[int, ...]) -> tuple[int, ...]:
+        if self.per == "layer":
+            return ()
+        if self.per == "pos":
+            return (shape[1],)
+        if self.layout == "BTHE":
+            return (shape[2],) if self.per == "head" else (shape[1], shape[2])
+        return (shape[1],) if self.per == "head" else (shape[2], shape[1])
+
+    def axes(self) -> tuple[str, ...]:
+        return {"layer": ("layer",), "pos": ("layer", "pos"), "head": ("layer", "head"),
+                "head_pos": ("layer", "pos", "head")}[self.per]
+
+    def reduce(self, prod: jax.Array) -> jax.Array:
+        """Sum ``prod [L, B, ...]`` over everything one patch covers (attribution patching)."""
+        p = prod.sum(axis=1)
+        if self.per == "layer":
+            return p.reshape(p.shape[0], -1).sum(-1)
+        if self.layout == "BTD":
+            return p.sum(-1)
+        if self.layout == "BTHE":
+            return {"pos": lambda: p.sum((2, 3)), "head": lambda: p.sum((1, 3)), "head_pos": lambda: p.sum(3)}[self.per]()
+        return {"head": lambda: p.sum((2, 3)), "head_pos": lambda: p.sum(3).transpose(0, 2, 1)}[self.per]()
+
+
+def _target(hook: str, per: str | None) -> _Target:
+    short = hook.split(".")[-1].removeprefix("hook_") if "." in hook or hook.startswith("hook_") else hook
+    short = {"attn": "pattern", "result": "z"}.get(short, short)
+    if short not in LAYOUTS:
+        raise ValueError(f"cannot sweep hook '{hook}'; per-layer hooks that can be swept: {sorted(LAYOUTS)}")
+    layout = LAYOUTS[short]
+    per = per or ("pos" if layout == "BTD" else "head")
+    if per not in _PER[layout]:
+        raise ValueError(f"per='{per}' does not apply to '{short}' (layout {layout}); choose one of {_PER[layout]}")
+    return _Target(short, layout, per)
+
+
+def _labels(model, tokens, target: _Target, shape, layers) -> tuple[tuple[str, ...], ...]:
+    out = [tuple(str(l) for l in layers)]
+    pos_labels = tuple(str(i) for i in range(shape[1 if target.layout != "BHTS" else 2]))
+    if model.tokenizer is not None and tokens is not None:
+        try:
+            toks = model.to_str_tokens(np.asarray(tokens)[0])
+            pos_labels = tuple(f"{t}@{i}" for i, t in enumerate(toks))
+        except Exception:  # labels are a convenience; ids that do not decode keep numeric labels
+            pass
+    n_heads = shape[2] if target.layout == "BTHE" else shape[1]
+    heads = tuple(f"H{h}" for h in range(n_heads))
+    if target.per == "pos":
+        out.append(pos_labels)
+    elif target.per == "head":
+        out.append(heads)
+    elif target.per == "head_pos":
+        out += [pos_labels, heads]
+    return tuple(out)
+
+
+# ---------------------------------------------------------------------------------------------- runs
+def _runs(model, clean, corrupted, direction: str, attention_mask):
+    if direction not in ("denoise", "noise"):
+        raise ValueError(f"direction must be 'denoise' (clean into corrupted) or 'noise' (corrupted into clean), got {direction!r}")
+    return (corrupted, clean) if direction == "denoise" else (clean, corrupted)
+
+
+def _tokens(model, x, attention_mask):
+    tokens, mask, _ = model._check_inputs(x, attention_mask, None)
+    return tokens, mask
+
+
+def _metric_value(metric, logits) -> float:
+    v = np.asarray(jax.jit(lambda m, l: m(l))(metric, logits) if isinstance(metric, eqx.Module) else metric(logits))
+    if v.shape != ():
+        raise ValueError(f"the metric must return a scalar; it returned shape {v.shape} (average over the batch)")
+    return float(v)
+
+
+def _source_acts(model, source, names, attention_mask, metric):
+    if isinstance(source, Cache):
+        missing = [n for n in names if n not in source]
+        if missing:
+            raise ValueError(f"the source cache lacks {missing[:3]}...; capture them with run_with_cache first")
+        return source, float("nan")
+    tokens, mask = _tokens(model, source, attention_mask)
+    logits, cache = model.run_with_cache(tokens, list(names), attention_mask=mask)
+    return cache, _metric_value(metric, logits)
+
+
+def _layers(model, layers) -> list[int]:
+    if layers is None:
+        return list(range(model.n_layers))
+    layers = [int(l) for l in np.atleast_1d(layers)]
+    bad = [l for l in layers if not 0 <= l < model.n_layers]
+    if bad:
+        raise ValueError(f"layers {bad} are outside 0..{model.n_layers - 1}")
+    return layers
+
+
+def _readout(model, metric, x):
+    """Metric of the final residual ``x [B T D]``; position metrics unembed only the positions they read."""
+    if isinstance(metric, PositionMetric):
+        x = metric.gather(x)[:, None]
+        return metric.read(model.ln_final(x, NOOP, "ln_final")[:, 0] @ model.W_U)
+    return metric(model.ln_final(x, NOOP, "ln_final") @ model.W_U)
+
+
+def run_blocks(model, x, start, positions, mask, hook_fn=None):
+    """Run blocks ``start..L-1`` (``start`` may be traced) on the residual ``x`` entering block ``start``.
+
+    ``hook_fn(layer, i, name, a) -> a`` is called at every hook point of block ``layer`` while the loop is at
+    iteration ``i`` (traced), so an edit can be made to act only where ``i`` equals some traced layer.
+    """
+    L = model.n_layers
+
+    def branch(j):
+        def f(x, i):
+            hk = NOOP if hook_fn is None else (lambda name, a: hook_fn(j, i, name, a))
+            return model.blocks[j](x, hk, f"blocks.{j}", positions, mask)
+        return f
+
+    branches = [branch(j) for j in range(L)]
+    return jax.lax.fori_loop(start, L, lambda i, x: jax.lax.switch(i, branches, x, i), x)
+
+
+@eqx.filter_jit
+def _sweep(model, layers, base_resid, source_act, masks, positions, mask, metric, suffix, batch_size):
+    _note_compile()
+
+    def per_layer(args):
+        l, resid, src = args
+
+        def one(m):
+            def hook_fn(j, i, name, a):
+                if name != f"blocks.{j}.{suffix}":
+                    return a
+                return jnp.where(m & (i == l), src, a).astype(a.dtype)
+
+            return _readout(model, metric, run_blocks(model, resid, l, positions, mask, hook_fn))
+
+        if batch_size >= masks.shape[0]:
+            return jax.vmap(one)(masks)
+        return jax.lax.map(one, masks, batch_size=batch_size)
+
+    return jax.lax.map(per_layer, (layers, base_resid[layers], source_act[layers]))
+
+
+def patch(
+    model,
+    clean,
+    corrupted,
+    metric: Callable,
+    hook: str = "resid_pre",
+    *,
+    per: str | None = None,
+    layers: Sequence[int] | None = None,
+    direction: str = "denoise",
+    attention_mask=None,
+    batch_size: int | None = None,
+) -> PatchResult:
+    """Activation patching of ``hook`` at every layer (or ``layers``), one target at a time.
+
+    ``clean``/``corrupted``: token ids ``[B T]`` (or text) of equal shape; the source side may also be a
+    ``Cache`` holding ``hook`` at every swept layer. ``metric(logits [B T V]) -> scalar``
+    (see ``interp.circuits.metrics``). ``per``: ``"pos"`` (layer x position) for residual-stream-shaped
+    hooks; ``"head"`` (layer x head, all positions), ``"head_pos"`` (layer x position x head), ``"pos"`` or
+    ``"layer"`` for ``z``/``q``/``k``/``v`` (kv heads for ``k``, ``v``) and ``pattern``. ``batch_size``
+    bounds how many patched runs execute at once (default: as many as fit in 8192 tokens).
+    """
+    target = _target(hook, per)
+    base, source = _runs(model, clean, corrupted, direction, attention_mask)
+    layers = _layers(model, layers)
+    base_tokens, mask = _tokens(model, base, attention_mask)
+    names = [target.name(l) for l in range(model.n_layers)]
+    resid_names = [act_name("resid_pre", l) for l in range(model.n_layers)]
+    base_logits, base_cache = model.run_with_cache(base_tokens, resid_names, attention_mask=mask)
+    src_cache, src_metric = _source_acts(model, source, names[min(layers): max(layers) + 1], mask, metric)
+    shape = tuple(src_cache[names[layers[0]]].shape)
+    if shape[0] != base_tokens.shape[0] or (target.layout != "BHTS" and shape[1] != base_tokens.shape[1]):
+        raise ValueError(f"clean and corrupted runs differ in shape: {shape[:2]} vs {tuple(base_tokens.shape)}; "
+                         "patching needs prompts of equal length (pad them with an attention_mask)")
+    source_act = jnp.stack([src_cache[names[l]] if l in layers else jnp.zeros(shape, src_cache[names[layers[0]]].dtype)
+                            for l in range(model.n_layers)])
+    base_resid = base_cache.stack("resid_pre", layers=list(range(model.n_layers)))
+    positions, amask = attention_inputs(base_tokens.shape, mask)
+    masks = target.masks(shape)
+    if batch_size is None:
+        batch_size = max(1, _TOKENS_PER_BATCH // base_tokens.size)
+    values = _sweep(model, jnp.asarray(layers, jnp.int32), base_resid, source_act, jnp.asarray(masks),
+                    positions, amask, metric, target.suffix(), batch_size)
+    values = np.asarray(values, np.float64).reshape((len(layers),) + target.out_shape(shape))
+    return PatchResult(values, target.axes(), _labels(model, base_tokens, target, shape, layers), target.short,
+                       _metric_value(metric, base_logits), src_metric)
+
+
+# ---------------------------------------------------------------------------------------------- attribution
+@eqx.filter_jit
+def _grads(model, tokens, attention_mask, zeros: dict, metric):
+    """Metric, activations and ``dmetric/dactivation`` at the hooks named in ``zeros`` (one forward + backward)."""
+    _note_compile()
+
+    def f(deltas):
+        acts = {}
+
+        def hk(name, x):
+            if name in deltas:
+                x = x + deltas[name].astype(x.dtype)
+                acts[name] = x
+            return x
+
+        return metric(model.forward(tokens, hk, attention_mask=attention_mask)), acts
+
+    (value, acts), grads = jax.value_and_grad(f, has_aux=True)(zeros)
+    return value, acts, grads
+
+
+def attribute(
+    model,
+    clean,
+    corrupted,
+    metric: Callable,
+    hook: str | Sequence[str] = "resid_pre",
+    *,
+    per: str | None = None,
+    layers: Sequence[int] | None = None,
+    direction: str = "denoise",
+    attention_mask=None,
+) -> PatchResult | dict[str, PatchResult]:
+    """Attribution patching: the first-order estimate of ``patch(...)`` with the same arguments, from one
+    forward and one backward pass of the base run. ``values`` are estimated patched metrics (``base`` plus
+    the estimated effect), so they compare directly with ``patch``'s. Several hooks (a list) share the pass
+    and give a dict by hook."""
+    hooks = [hook] if isinstance(hook, str) else list(hook)
+    targets = [_target(h, per) for h in hooks]
+    base, source = _runs(model, clean, corrupted, direction, attention_mask)
+    layers = _layers(model, layers)
+    base_tokens, mask = _tokens(model, base, attention_mask)
+    names = sorted({t.name(l) for t in targets for l in layers})
+    shapes = model.hook_shapes(*base_tokens.shape)
+    zeros = {n: jnp.zeros(shapes[n], jnp.float32) for n in names}
+    value, acts, grads = _grads(model, base_tokens, mask, zeros, metric)
+    src_cache, src_metric = _source_acts(model, source, names, mask, metric)
+    out = {}
+    for t, h in zip(targets, hooks):
+        ln = [t.name(l) for l in layers]
+        diff = jnp.stack([src_cache[n].astype(jnp.float32) - acts[n].astype(jnp.float32) for n in ln])
+        grad = jnp.stack([grads[n] for n in ln])
+        effect = np.asarray(t.reduce(diff * grad), np.float64)
+        shape = shapes[ln[0]]
+        out[h] = PatchResult(float(value) + effect, t.axes(), _labels(model, base_tokens, t, shape, layers), t.short,
+                             float(value), src_metric, method="attribution")
+    return out[hooks[0]] if isinstance(hook, str) else out

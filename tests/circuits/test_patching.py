@@ -1,0 +1,148 @@
+"""Activation patching sweeps equal a brute-force loop of single patches; attribution patching is their
+first-order estimate."""
+
+from __future__ import annotations
+
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import interp
+from interp.circuits import attribute, metrics, patch
+
+
+def _set_pos(x, name, src, p):
+    return x.at[:, p].set(src[:, p])
+
+
+def _set_head(x, name, src, h):  # [B T H E]
+    return x.at[:, :, h].set(src[:, :, h])
+
+
+def _set_head_pos(x, name, src, p, h):
+    return x.at[:, p, h].set(src[:, p, h])
+
+
+def _set_pattern_head(x, name, src, h):  # [B H T S]
+    return x.at[:, h].set(src[:, h])
+
+
+def _set_all(x, name, src):
+    return src
+
+
+def brute_force(model, base, source, metric, short, per):
+    """One ``run_with_hooks`` per target, patching the source run's activation by hand."""
+    L = model.n_layers
+    _, cache = model.run_with_cache(source, [interp.act_name(short, l) for l in range(L)])
+    rows = []
+    for l in range(L):
+        name = interp.act_name(short, l)
+        src = cache[name]
+        if per == "pos":
+            cases = [(_set_pos, (p,)) for p in range(src.shape[1])]
+        elif per == "layer":
+            cases = [(_set_all, ())]
+        elif per == "head" and short == "pattern":
+            cases = [(_set_pattern_head, (h,)) for h in range(src.shape[1])]
+        elif per == "head":
+            cases = [(_set_head, (h,)) for h in range(src.shape[2])]
+        else:
+            cases = [(_set_head_pos, (p, h)) for p in range(src.shape[1]) for h in range(src.shape[2])]
+        vals = [float(metric(model.run_with_hooks(base, [(name, fn, src, *map(jnp.int32, a))]))) for fn, a in cases]
+        rows.append(vals)
+    return np.array(rows)
+
+
+CASES = [("resid_pre", "pos"), ("attn_out", "pos"), ("mlp_out", "pos"), ("resid_mid", "layer"), ("z", "head"),
+         ("z", "head_pos"), ("v", "head"), ("q", "head"), ("pattern", "head")]
+
+
+@pytest.mark.parametrize("short,per", CASES)
+def test_sweep_equals_brute_force_loop(tiny3, pair, answers, short, per):
+    clean, corrupted = pair
+    metric = metrics.logit_diff(*answers)
+    res = patch(tiny3, clean, corrupted, metric, short, per=per)
+    expect = brute_force(tiny3, corrupted, clean, metric, short, per)
+    np.testing.assert_allclose(res.values.reshape(expect.shape), expect, rtol=1e-5, atol=1e-5)
+    # not trivially the base run: some targets move the metric
+    assert np.abs(expect - res.base).max() > 1e-3
+    assert res.base == pytest.approx(float(metric(tiny3(corrupted))), abs=1e-6)
+    assert res.source == pytest.approx(float(metric(tiny3(clean))), abs=1e-6)
+
+
+def test_full_patch_of_resid_restores_the_source_run(tiny3, pair, answers):
+    """Patching every position of resid_pre at layer 0 is the clean run itself; at the corrupted-only
+    positions' complement it changes nothing."""
+    clean, corrupted = pair
+    metric = metrics.logit_diff(*answers)
+    res = patch(tiny3, clean, corrupted, metric, "resid_pre", per="layer")
+    np.testing.assert_allclose(res.normalized()[0], 1.0, atol=1e-5)
+    by_pos = patch(tiny3, clean, corrupted, metric, "resid_pre")
+    # at layer 0 only the positions where the tokens differ carry any effect
+    unchanged = [p for p in range(clean.shape[1]) if p not in (1, 3)]
+    np.testing.assert_allclose(by_pos.values[0, unchanged], res.base, atol=1e-5)
+
+
+def test_noising_direction_and_metrics(tiny3, pair, answers):
+    clean, corrupted = pair
+    for metric in (metrics.prob(answers[0]), metrics.kl_to(tiny3(clean)), metrics.log_prob(answers[0], pos=4)):
+        res = patch(tiny3, clean, corrupted, metric, "attn_out", direction="noise")
+        expect = brute_force(tiny3, clean, corrupted, metric, "attn_out", "pos")
+        np.testing.assert_allclose(res.values, expect, rtol=1e-5, atol=1e-6)
+
+
+def test_custom_metric_layers_and_batch_size(tiny3, pair, answers):
+    clean, corrupted = pair
+
+    def top_logit(logits):
+        return jnp.mean(jnp.max(logits[:, -1], axis=-1))
+
+    full = patch(tiny3, clean, corrupted, top_logit, "resid_pre")
+    part = patch(tiny3, clean, corrupted, top_logit, "resid_pre", layers=[2, 1], batch_size=2)
+    np.testing.assert_allclose(part.values, full.values[[2, 1]], rtol=1e-6, atol=1e-6)
+    assert part.labels[0] == ("2", "1")
+
+
+def test_new_answers_do_not_recompile(tiny3, pair, answers):
+    clean, corrupted = pair
+    patch(tiny3, clean, corrupted, metrics.logit_diff(*answers), "z")
+    before = interp.compile_count()
+    patch(tiny3, clean, corrupted, metrics.logit_diff(answers[1], answers[0]), "z")
+    assert interp.compile_count() == before
+
+
+def test_bad_arguments(tiny3, pair, answers):
+    clean, corrupted = pair
+    metric = metrics.logit_diff(*answers)
+    with pytest.raises(ValueError, match="per='head'"):
+        patch(tiny3, clean, corrupted, metric, "resid_pre", per="head")
+    with pytest.raises(ValueError, match="cannot sweep"):
+        patch(tiny3, clean, corrupted, metric, "embed")
+    with pytest.raises(ValueError, match="direction"):
+        patch(tiny3, clean, corrupted, metric, direction="backwards")
+    with pytest.raises(ValueError, match="outside"):
+        patch(tiny3, clean, corrupted, metric, layers=[7])
+    with pytest.raises(ValueError, match="equal length"):
+        patch(tiny3, clean[:, :5], corrupted, metric)
+
+
+def test_attribution_is_first_order_exact(tiny3, pair, answers):
+    """With a source run a tiny step away from the base run, attribution patching and exact patching agree
+    to first order; with a real corruption they still correlate."""
+    clean, corrupted = pair
+    metric = metrics.logit_diff(*answers)
+    rng = np.random.default_rng(0)
+    step = jnp.asarray(1e-3 * rng.standard_normal((tiny3.d_model,)), jnp.float32)
+    names = [interp.act_name(s, l) for s in ("resid_pre", "attn_out", "mlp_out", "z") for l in range(3)]
+    _, near = tiny3.run_with_cache(corrupted, names, edits=[("hook_embed", interp.edits.add, step)])
+    for short in ("resid_pre", "attn_out", "mlp_out", "z"):
+        exact = patch(tiny3, near, corrupted, metric, short)
+        approx = attribute(tiny3, near, corrupted, metric, short)
+        scale = np.abs(exact.effect).max()
+        assert scale > 1e-5
+        np.testing.assert_allclose(approx.effect, exact.effect, atol=0.05 * scale)
+    both = attribute(tiny3, clean, corrupted, metric, ["resid_pre", "z"])
+    exact = patch(tiny3, clean, corrupted, metric, "resid_pre")
+    r = np.corrcoef(both["resid_pre"].effect.ravel(), exact.effect.ravel())[0, 1]
+    assert r > 0.5, r
