@@ -30,6 +30,7 @@ test: $(VENV)/.installed-test
 bench: $(VENV)/.installed-test
 	$(PY) benchmarks/forward.py
 	$(PY) benchmarks/sae_train.py
+	$(PY) benchmarks/patching.py
 
 clean:
 	rm -rf $(VENV) *.egg-info

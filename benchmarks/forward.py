@@ -78,23 +78,19 @@ def main() -> None:
         notes.append(f"transformers not installed ({e.name})")
 
     try:
-        import transformer_lens  # noqa: F401
+        import torch
 
-        from transformer_lens import HookedTransformer
-
+        from _tl_peer import load_tl
         from interp.weights import ensure_default
 
-        # TransformerLens refuses GGUF-backed modules: give it the same weights from the converted folder
-        plain = AutoModelForCausalLM.from_pretrained(str(ensure_default())).eval()
-        tl = HookedTransformer.from_pretrained_no_processing("HuggingFaceTB/SmolLM2-135M-Instruct", hf_model=plain,
-                                                             tokenizer=None, device="cpu")
+        tl, note = load_tl(ensure_default())
+        notes.append(note)
         tt = torch.tensor(tokens, dtype=torch.long)
-        results["TransformerLens plain"] = timed(lambda: tl(tt), args.reps)
-        results["TransformerLens cache all hooks"] = timed(lambda: tl.run_with_cache(tt), args.reps)
-    except ImportError:
-        notes.append("TransformerLens not installed")
-    except Exception as e:  # noqa: BLE001 - report why the peer could not run, keep the other figures
-        notes.append(f"TransformerLens could not run here: {type(e).__name__}: {str(e)[:200]}")
+        with torch.no_grad():
+            results["TransformerLens plain"] = timed(lambda: tl(tt), args.reps)
+            results["TransformerLens cache all hooks"] = timed(lambda: tl.run_with_cache(tt), args.reps)
+    except ImportError as e:
+        notes.append(f"TransformerLens not installed ({e.name})")
 
     print(f"device: {jax.devices()[0].device_kind} ({jax.default_backend()}), jax {jax.__version__}; "
           f"batch {args.batch} x {args.seq} tokens, median of {args.reps}")

@@ -75,13 +75,14 @@ def per_token_loss(model, tokens, *, edits_=(), attention_mask=None) -> np.ndarr
 
 
 def ablate_heads(model, heads, *, how: str = "zero", means=None) -> list:
-    """Edits that ablate ``heads`` (``(layer, head)`` pairs) at ``attn.hook_z``, for ``run_with_hooks``.
+    """Edits that ablate ``heads`` (``(layer, head)`` pairs, or ``HeadScores.top`` triples) at ``attn.hook_z``,
+    for ``run_with_hooks``.
 
     ``how="zero"`` zeroes the heads' outputs; ``"mean"`` replaces them by ``means[layer] [H E]`` (e.g. the
     mean of ``hook_z`` over a reference batch and its positions).
     """
     by_layer: dict[int, list[int]] = {}
-    for l, h in heads:
+    for l, h, *_ in heads:
         if not (0 <= l < model.n_layers and 0 <= h < model.blocks[l].attn.n_heads):
             raise ValueError(f"head ({l}, {h}) does not exist in this {model.n_layers}-layer model")
         by_layer.setdefault(int(l), []).append(int(h))
