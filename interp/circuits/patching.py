@@ -198,6 +198,11 @@ def _source_acts(model, source, names, attention_mask, metric):
     return cache, _metric_value(metric, logits)
 
 
+def _label_tokens(model, clean, base_tokens, mask):
+    """Axis labels name the clean prompt's tokens (the corrupted run's when only a clean cache is given)."""
+    return base_tokens if isinstance(clean, Cache) else _tokens(model, clean, mask)[0]
+
+
 def _layers(model, layers) -> list[int]:
     if layers is None:
         return list(range(model.n_layers))
@@ -300,8 +305,8 @@ def patch(
     values = _sweep(model, jnp.asarray(layers, jnp.int32), base_resid, source_act, jnp.asarray(masks),
                     positions, amask, metric, target.suffix(), batch_size)
     values = np.asarray(values, np.float64).reshape((len(layers),) + target.out_shape(shape))
-    return PatchResult(values, target.axes(), _labels(model, base_tokens, target, shape, layers), target.short,
-                       _metric_value(metric, base_logits), src_metric)
+    labels = _labels(model, _label_tokens(model, clean, base_tokens, mask), target, shape, layers)
+    return PatchResult(values, target.axes(), labels, target.short, _metric_value(metric, base_logits), src_metric)
 
 
 # ---------------------------------------------------------------------------------------------- attribution
@@ -352,12 +357,13 @@ def attribute(
     value, acts, grads = _grads(model, base_tokens, mask, zeros, metric)
     src_cache, src_metric = _source_acts(model, source, names, mask, metric)
     out = {}
+    label_tokens = _label_tokens(model, clean, base_tokens, mask)
     for t, h in zip(targets, hooks):
         ln = [t.name(l) for l in layers]
         diff = jnp.stack([src_cache[n].astype(jnp.float32) - acts[n].astype(jnp.float32) for n in ln])
         grad = jnp.stack([grads[n] for n in ln])
         effect = np.asarray(t.reduce(diff * grad), np.float64)
         shape = shapes[ln[0]]
-        out[h] = PatchResult(float(value) + effect, t.axes(), _labels(model, base_tokens, t, shape, layers), t.short,
+        out[h] = PatchResult(float(value) + effect, t.axes(), _labels(model, label_tokens, t, shape, layers), t.short,
                              float(value), src_metric, method="attribution")
     return out[hooks[0]] if isinstance(hook, str) else out

@@ -42,8 +42,11 @@ def test_ioi_patching_and_attribution(default_model):
     assert exact.source - exact.base > 2.0
     norm = exact.normalized()
     changed = np.flatnonzero((ps.clean != ps.corrupted).any(0))
-    assert norm[1, changed].sum() > 0.9 and abs(norm[1, -1]) < 0.1
-    assert norm[-1, -1] > 0.9 and np.abs(norm[-1, :-1]).max() < 0.1
+    # early on the answer lives at a name position, late in the stream at the final position
+    assert norm[1, changed].max() > 0.9 and abs(norm[1, -1]) < 0.1
+    assert np.abs(norm[1, np.setdiff1d(np.arange(norm.shape[1]), changed)]).max() < 1e-3
+    late = norm[20:, -1]
+    assert late.max() > 0.9, late
     approx = attribute(model, ps.clean, ps.corrupted, metric, "resid_pre")
     r = np.corrcoef(approx.effect.ravel(), exact.effect.ravel())[0, 1]
     assert r > 0.6, r

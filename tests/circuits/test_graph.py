@@ -1,0 +1,155 @@
+"""Attribution graphs: the replacement model is exact, edges sum to their targets, pruning/scores/supernodes,
+files, interventions, and the known path of a toy model trained on a lookup task."""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from interp import sae
+from interp.circuits import graph as G
+
+
+def random_transcoders(model, width=24, k=4, seed=0):
+    ds = []
+    for l in range(model.n_layers):
+        cfg = sae.TopKConfig(d_in=model.d_model, width=width, k=k, hook_name=G.HOOK_IN.format(layer=l),
+                             hook_name_out=G.HOOK_OUT.format(layer=l))
+        d = sae.create(cfg, jax.random.key(seed + l))
+        # a visible decoder bias, so constants are accounted for
+        ds.append(jax.tree_util.tree_map(lambda x: x, d))
+    return G.Transcoders(tuple(ds), skip_positions=1)
+
+
+@pytest.fixture(scope="module")
+def tc(tiny3):
+    return random_transcoders(tiny3)
+
+
+@pytest.fixture(scope="module")
+def traced(tiny3, tc, pair):
+    return G.trace(tiny3, tc, pair[0][0], max_feature_nodes=10_000, max_logits=3, batch_size=8)
+
+
+def test_replacement_reproduces_the_model(tiny3, tc, pair):
+    tokens = pair[0][:1]
+    frozen = G.intervene(tiny3, tc, tokens, [], mode="frozen")
+    np.testing.assert_allclose(frozen.after, frozen.before, rtol=1e-5, atol=1e-5)
+    real = G.intervene(tiny3, tc, tokens, [], mode="real")
+    np.testing.assert_allclose(real.after, real.before, rtol=1e-5, atol=1e-5)
+
+
+def _targets(model, tc, tokens, graph, zero_sources):
+    """Feature pre-activations (minus b_enc) and logits minus their mean, in the replacement model with every
+    source written as in the run, or with every source zeroed (what constants alone give)."""
+    _, cache = model.run_with_cache(tokens, G._frozen_names(model, tc))
+    frozen = {n: cache[n] for n in cache if n.endswith("hook_scale") or n.endswith("attn.hook_pattern")}
+    L = model.n_layers
+    b_dec = jnp.stack([d.b_dec for d in tc.dictionaries])[:, None, None]
+    if zero_sources:
+        embed, writes = jnp.zeros_like(cache["hook_embed"]), jnp.broadcast_to(b_dec, (L,) + cache["hook_embed"].shape)
+    else:
+        n2 = jnp.stack([cache[tc.hook_in.format(layer=l)] for l in range(L)])
+        embed = cache["hook_embed"]
+        writes = jnp.stack([cache[tc.hook_out.format(layer=l)] for l in range(L)])
+    n2, _, logits = G.frozen_forward(model, tc, tokens, frozen, embed, writes)
+    feats = np.array([float(n2[l, 0, p] @ tc.dictionaries[l].W_enc[:, f])
+                      for l, p, f in zip(graph.feature_layer, graph.feature_pos, graph.feature_id)])
+    last = np.asarray(logits[0, -1])
+    return feats, last[graph.logit_tokens] - last.mean()
+
+
+def test_edges_sum_to_their_targets(tiny3, tc, pair, traced):
+    g = traced
+    tokens = pair[0][:1]
+    # every active feature that can reach the logits is traced (the rest sit where nothing reads them)
+    assert 0 < g.n_features <= g.info["n_active_features"]
+    assert (g.feature_layer < 2).any() and set(g.feature_pos[g.feature_layer == 2]) == {5}
+    full, const = _targets(tiny3, tc, tokens, g, False), _targets(tiny3, tc, tokens, g, True)
+    s = g.slices()
+    np.testing.assert_allclose(g.adjacency[s["feature"]].sum(1) + const[0], full[0], rtol=1e-4, atol=1e-4)
+    np.testing.assert_allclose(g.adjacency[s["logit"]].sum(1) + const[1], full[1], rtol=1e-4, atol=1e-4)
+    # feature activations match the transcoders run on the model's own MLP inputs
+    _, cache = tiny3.run_with_cache(tokens, [tc.hook_in.format(layer=l) for l in range(3)])
+    for j in range(0, g.n_features, 7):
+        l, p, f = g.feature_layer[j], g.feature_pos[j], g.feature_id[j]
+        a = tc.dictionaries[l].encode(cache[tc.hook_in.format(layer=int(l))][0, p])[f]
+        assert float(a) == pytest.approx(float(g.feature_act[j]), rel=1e-5)
+    # edges only go forward: no feature drives one at its own or an earlier layer, nor a later position
+    for t in range(g.n_features):
+        for src in np.flatnonzero(g.adjacency[t, s["feature"]]):
+            assert g.feature_layer[src] < g.feature_layer[t] and g.feature_pos[src] <= g.feature_pos[t]
+
+
+def test_frozen_ablation_moves_a_logit_by_its_edge(tiny3, tc, pair, traced):
+    g = traced
+    tokens = pair[0][:1]
+    logit_node = g.slices()["logit"].start
+    j = int(np.argmax(np.abs(g.adjacency[logit_node, : g.n_features])))
+    res = G.intervene(tiny3, tc, tokens, G.feature_changes(g, [j], 0.0), mode="frozen")
+    v = g.logit_tokens[0]
+    moved = (res.after[v] - res.after.mean()) - (res.before[v] - res.before.mean())
+    assert moved == pytest.approx(-g.adjacency[logit_node, j], rel=1e-3, abs=1e-5)
+    real = G.intervene(tiny3, tc, tokens, G.feature_changes(g, [j], 0.0), mode="real")
+    assert np.abs(real.after - real.before).max() > 1e-6
+
+
+def test_influence_on_a_hand_built_graph():
+    # nodes: f0 f1 | e | emb0 emb1 | logit ; logit <- f1 (w 3) and emb1 (w 1); f1 <- f0 (1), emb0 (1); f0 <- emb0
+    a = np.zeros((6, 6))
+    a[5, 1], a[5, 4] = 3.0, -1.0
+    a[1, 0], a[1, 3] = 1.0, 1.0
+    a[0, 3] = 2.0
+    w = np.zeros(6)
+    w[5] = 1.0
+    inf = G._influence(G._normalize(a), w)
+    np.testing.assert_allclose(inf, [0.375, 0.75, 0.0, 0.75, 0.25, 0.0])
+
+
+def test_prune_scores_supernodes_and_files(tiny3, tc, traced, tmp_path):
+    g = traced
+    full = g.scores(pruned=False)
+    assert 0.0 < full["replacement"] < 1.0 and 0.0 < full["completeness"] < 1.0
+    p = G.prune(g, node_threshold=0.5, edge_threshold=0.9)
+    s = p.slices()
+    assert p.node_mask[s["embed"]].all() and p.node_mask[s["logit"]].all()
+    assert 0 < p.node_mask[s["feature"]].sum() < g.n_features
+    kept_inf = g.influence()[p.node_mask & (np.arange(g.n_nodes) < s["feature"].stop)]
+    dropped_inf = g.influence()[~p.node_mask & (np.arange(g.n_nodes) < s["feature"].stop)]
+    assert kept_inf.min() >= dropped_inf.max() - 1e-9
+    groups = G.auto_supernodes(p, tc.dictionaries, threshold=0.3)
+    for members in groups.values():
+        assert len(members) >= 2 and all(p.kind(m) == "feature" and p.node_mask[m] for m in members)
+    feats = [i for i in p.kept() if p.kind(i) == "feature"][:2]
+    p.group("mine", feats)
+    assert p.supernodes["mine"] == feats and all(feats[0] not in v for k, v in p.supernodes.items() if k != "mine")
+    with pytest.raises(ValueError, match="not features"):
+        p.group("bad", [s["logit"].start])
+    path = p.save(tmp_path / "g.json")
+    back = G.Graph.load(path)
+    np.testing.assert_array_equal(back.adjacency, p.adjacency)
+    np.testing.assert_array_equal(back.node_mask, p.node_mask)
+    np.testing.assert_array_equal(back.edge_mask, p.edge_mask)
+    assert back.supernodes == p.supernodes and back.str_tokens == p.str_tokens
+    assert back.scores() == pytest.approx(p.scores())
+    import json
+
+    d = json.loads(path.read_text())
+    assert {"nodes", "links", "metadata"} <= set(d) and d["links"]
+    assert {"node_id", "layer", "ctx_idx", "feature_type", "influence"} <= set(d["nodes"][0])
+    with pytest.raises(ValueError, match="no interp graph"):
+        (tmp_path / "x.json").write_text('{"nodes": []}')
+        G.Graph.load(tmp_path / "x.json")
+
+
+def test_transcoder_set_roundtrip_and_checks(tiny3, tc, tmp_path):
+    tc.save(tmp_path / "tcs")
+    back = G.Transcoders.load(tmp_path / "tcs")
+    for a, b in zip(tc.dictionaries, back.dictionaries):
+        np.testing.assert_array_equal(a.W_enc, b.W_enc)
+    with pytest.raises(ValueError, match="expected"):
+        G.Transcoders(tuple(reversed(tc.dictionaries)))
+    with pytest.raises(ValueError, match="one per layer"):
+        G.trace(tiny3, G.Transcoders(tc.dictionaries[:2]), [1, 2, 3])
