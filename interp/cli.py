@@ -111,6 +111,19 @@ def train_sae(args) -> None:
           f"L0 {last.get('l0', float('nan')):.1f}, dead {last.get('dead_fraction', float('nan')):.3f}")
 
 
+def train_transcoders(args) -> None:
+    import interp
+    from interp.sae import train_transcoders as train
+
+    model = interp.load(args.model)
+    tc, summary = train(model, width=args.width, k=args.k, total_tokens=args.tokens, corpus=args.corpus,
+                        context_size=args.context_size, model_batch=args.model_batch, lr=args.lr, seed=args.seed,
+                        out_dir=args.out)
+    for row in summary:
+        print(f"layer {row['layer']:2d}: fvu {row.get('fvu', float('nan')):.3f}, L0 {row.get('l0', float('nan')):.1f}")
+    print(f"saved {len(tc)} transcoders to {args.out} (load with interp.sae.Transcoders.load)")
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="interp", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -119,8 +132,24 @@ def main(argv=None) -> int:
     d.add_argument("--prompt", action="append", help="a prompt (repeatable); default: a built-in set")
     t = sub.add_parser("train-sae", help="train a sparse dictionary (SAE or transcoder) on a hook point")
     add_train_sae_args(t)
+    tt = sub.add_parser("train-transcoders", help="train one TopK transcoder per layer (for attribution graphs)")
+    tt.add_argument("--model", default="smollm2-135m", help="packaged name, checkpoint folder or .gguf file")
+    tt.add_argument("--width", type=int, default=2048)
+    tt.add_argument("--k", type=int, default=16)
+    tt.add_argument("--tokens", type=int, default=200_000, help="training tokens (per layer; one model pass serves all)")
+    tt.add_argument("--context-size", type=int, default=64)
+    tt.add_argument("--model-batch", type=int, default=16, help="contexts per step")
+    tt.add_argument("--lr", type=float, default=5e-4)
+    tt.add_argument("--seed", type=int, default=0)
+    tt.add_argument("--corpus", default=None, help="text file, folder, JSONL or Parquet; default: built-in text")
+    tt.add_argument("--out", required=True, help="output folder (layer_{l}/ in SAELens layout + transcoders.json)")
     args = parser.parse_args(argv)
-    if args.command == "demo":
+    if args.command == "train-transcoders":
+        try:
+            train_transcoders(args)
+        except (ValueError, FileNotFoundError, FileExistsError) as e:
+            raise SystemExit(f"interp train-transcoders: {e}") from None
+    elif args.command == "demo":
         demo(args.model, tuple(args.prompt) if args.prompt else DEMO_PROMPTS)
     elif args.command == "train-sae":
         try:

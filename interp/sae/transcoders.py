@@ -1,0 +1,178 @@
+"""A set of per-layer transcoders (one per MLP), and training all of them from one pass over the model.
+
+Each transcoder reads the MLP's normalised input (``blocks.{l}.ln2.hook_normalized``) and reconstructs the
+MLP's output (``blocks.{l}.hook_mlp_out``); together they make the replacement model that attribution graphs
+are traced through (``interp.circuits.graph``).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import time
+from pathlib import Path
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from interp.sae.topk import TopKConfig
+from interp.sae.trainer import TrainConfig, init_state, make_optimizer, make_step
+from interp.weights._atomic import atomic_dir
+
+HOOK_IN = "blocks.{layer}.ln2.hook_normalized"
+HOOK_OUT = "blocks.{layer}.hook_mlp_out"
+
+
+class Transcoders(eqx.Module):
+    """One transcoder per layer (``dictionaries[l]`` reads ``hook_in`` and writes ``hook_out`` of layer l).
+
+    Positions before ``skip_positions`` (attention-sink positions the transcoders were not trained on) are
+    left to the model's own MLP (and to error nodes in attribution graphs). A pytree: pass it through ``jit``.
+    """
+
+    dictionaries: tuple
+    hook_in: str = eqx.field(static=True, default=HOOK_IN)
+    hook_out: str = eqx.field(static=True, default=HOOK_OUT)
+    skip_positions: int = eqx.field(static=True, default=1)
+
+    def __check_init__(self):
+        for l, d in enumerate(self.dictionaries):
+            cfg = d.cfg
+            want_in, want_out = self.hook_in.format(layer=l), self.hook_out.format(layer=l)
+            if cfg.hook_name != want_in or cfg.hook_name_out != want_out:
+                raise ValueError(f"transcoder {l} maps {cfg.hook_name} -> {cfg.hook_name_out}; expected "
+                                 f"{want_in} -> {want_out} (one transcoder per layer, in layer order)")
+
+    def __len__(self) -> int:
+        return len(self.dictionaries)
+
+    def splices(self, error_term: bool = True) -> list:
+        """Splices that run every transcoder inside the model (with error terms: the model's own outputs)."""
+        from interp.hooks import Splice
+
+        return [Splice(d, self.hook_in.format(layer=l), self.hook_out.format(layer=l), error_term=error_term,
+                       skip_positions=self.skip_positions) for l, d in enumerate(self.dictionaries)]
+
+    def latent_hook(self, layer: int) -> str:
+        return f"{self.hook_in.format(layer=layer)}.sae.hook_latents"
+
+    def save(self, folder: str | Path, *, info: dict | None = None) -> Path:
+        """``folder/layer_{l}`` in SAELens layout, plus ``transcoders.json``; written atomically."""
+        from interp.sae import files
+
+        folder = Path(folder)
+        with atomic_dir(folder) as tmp:
+            for l, d in enumerate(self.dictionaries):
+                files.save(d, tmp / f"layer_{l}")
+            (tmp / "transcoders.json").write_text(json.dumps(
+                {"n_layers": len(self), "hook_in": self.hook_in, "hook_out": self.hook_out,
+                 "skip_positions": self.skip_positions, **(info or {})}, indent=1))
+        return folder
+
+    @classmethod
+    def load(cls, folder: str | Path) -> "Transcoders":
+        from interp.sae import files
+
+        folder = Path(folder)
+        meta_path = folder / "transcoders.json"
+        if not meta_path.exists():
+            raise FileNotFoundError(f"{meta_path} not found: a transcoder set is a folder written by "
+                                    "Transcoders.save or `interp train-transcoders`")
+        meta = json.loads(meta_path.read_text())
+        ds = tuple(files.load(folder / f"layer_{l}") for l in range(meta["n_layers"]))
+        return cls(ds, meta["hook_in"], meta["hook_out"], meta["skip_positions"])
+
+
+def _batches(model, corpus, context_size: int, model_batch: int, seed: int):
+    """Batches of contexts drawn at random from a rolling pool, so one batch mixes many documents."""
+    from interp.sae.store import iter_contexts
+
+    rng = np.random.default_rng(seed)
+    pool: list[np.ndarray] = []
+    if isinstance(corpus, np.ndarray):  # token ids [N, T]: cycle through their rows
+        if corpus.ndim != 2 or corpus.shape[1] != context_size or not np.issubdtype(corpus.dtype, np.integer):
+            raise ValueError(f"token corpus must be integer ids of shape [N, {context_size}]; got {corpus.dtype} "
+                             f"{corpus.shape}")
+        it = (corpus[i % len(corpus)] for i in range(2**62))
+    else:
+        if model.tokenizer is None:
+            raise ValueError("this model has no tokenizer: pass corpus as token ids [N, context_size]")
+        it = iter_contexts(model.tokenizer, corpus, context_size)
+    while True:
+        while len(pool) < 8 * model_batch:
+            pool.append(next(it))
+        pick = set(rng.choice(len(pool), model_batch, replace=False).tolist())
+        yield np.stack([pool[i] for i in sorted(pick)])
+        pool = [c for i, c in enumerate(pool) if i not in pick]
+
+
+def _match_output_scale(state, x, y):
+    """Start the decoder bias at the outputs' mean and scale the encoder so the first reconstructions have the
+    outputs' typical size: an MLP's output can be orders of magnitude smaller than its normalised input, and
+    Adam's bounded steps would otherwise spend most of a short run shrinking the encoder."""
+    d = state.dictionary
+    d = eqx.tree_at(lambda t: t.b_dec, d, jnp.mean(y, axis=0).astype(d.b_dec.dtype))
+    centred = y - d.b_dec
+    recon = d.decode(d.encode(x)) - d.b_dec
+    ratio = jnp.sqrt(jnp.mean(jnp.sum(centred**2, -1)) / jnp.maximum(jnp.mean(jnp.sum(recon**2, -1)), 1e-12))
+    d = eqx.tree_at(lambda t: (t.W_enc, t.b_enc), d, (d.W_enc * ratio, d.b_enc * ratio))
+    return dataclasses.replace(state, dictionary=d)
+
+
+def train_transcoders(
+    model, *, width: int = 2048, k: int = 16, total_tokens: int = 200_000, corpus=None, context_size: int = 64,
+    model_batch: int = 16, lr: float = 5e-4, skip_positions: int = 1, seed: int = 0, out_dir: str | Path | None = None,
+    progress: bool = True,
+) -> tuple[Transcoders, list[dict]]:
+    """Train a TopK transcoder for every layer from one forward pass per batch (the model runs once for all
+    layers). Returns the set and a per-layer summary (final FVU and L0 averaged over the last steps); with
+    ``out_dir`` the set is written there (``Transcoders.load(out_dir)`` reads it back). ``corpus``: anything
+    ``interp.sae.iter_texts`` reads (None: the built-in text), or token ids ``[N, context_size]``."""
+    from tqdm.auto import tqdm
+
+    L, D = model.n_layers, model.d_model
+    rows = model_batch * (context_size - skip_positions)
+    if rows <= 0:
+        raise ValueError(f"context_size={context_size} leaves no positions after skip_positions={skip_positions}")
+    # every layer trains with the same step function: hook names are set only when the set is assembled
+    proto = TopKConfig(d_in=D, width=width, k=k, hook_name="in", hook_name_out="out")
+    cfg = TrainConfig(proto, total_tokens=total_tokens, batch_size=rows, lr=lr, context_size=context_size,
+                      model_batch=model_batch, skip_positions=skip_positions, lr_warmup_steps=20, seed=seed)
+    optimizer = make_optimizer(cfg)
+    step = make_step(cfg, optimizer)
+    states = [init_state(dataclasses.replace(cfg, seed=seed + l), optimizer) for l in range(L)]
+    names = [h.format(layer=l) for l in range(L) for h in (HOOK_IN, HOOK_OUT)]
+    recent: list[list[dict]] = [[] for _ in range(L)]
+    bar = tqdm(total=cfg.steps, desc=f"train {L} transcoders x {width}", disable=not progress, unit="step")
+    t0 = time.perf_counter()
+    batches = _batches(model, corpus, context_size, model_batch, seed)
+    for i in range(cfg.steps):
+        _, cache = model.run_with_cache(next(batches), names, return_logits=False)
+        for l in range(L):
+            x = cache[HOOK_IN.format(layer=l)][:, skip_positions:].reshape(-1, D).astype(jnp.float32)
+            y = cache[HOOK_OUT.format(layer=l)][:, skip_positions:].reshape(-1, D).astype(jnp.float32)
+            if i == 0:
+                states[l] = _match_output_scale(states[l], x, y)
+            states[l], m = step(states[l], x, y)
+            recent[l] = (recent[l] + [m])[-20:]
+        loss = float(recent[L // 2][-1]["loss"])
+        if not math.isfinite(loss):
+            raise FloatingPointError("a transcoder's loss became NaN; lower lr")
+        bar.update(1)
+    bar.close()
+    dictionaries, summary = [], []
+    for l, st in enumerate(states):
+        c = dataclasses.replace(proto, hook_name=HOOK_IN.format(layer=l), hook_name_out=HOOK_OUT.format(layer=l))
+        dictionaries.append(dataclasses.replace(st.dictionary, cfg=c))
+        avg = {key: float(np.mean([float(m[key]) for m in recent[l]])) for key in ("fvu", "l0", "dead_fraction")
+               if key in recent[l][-1]}
+        summary.append({"layer": l, **avg})
+    tc = Transcoders(tuple(dictionaries), skip_positions=skip_positions)
+    if out_dir is not None:
+        tc.save(out_dir, info={"trained": {"width": width, "k": k, "total_tokens": total_tokens,
+                                           "context_size": context_size, "lr": lr, "seconds": time.perf_counter() - t0,
+                                           "layers": summary}})
+    return tc, summary
