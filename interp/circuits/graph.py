@@ -99,11 +99,12 @@ def _encode_all(tc: Transcoders, n2, skip_positions: int, k: int):
 
 
 @eqx.filter_jit
-def _rows(model, tc, tokens, frozen, embed_w, writes, cot_in, cot_final, act_writes, errors):
-    """Incoming direct effects of a batch of targets, given their cotangents on the transcoder inputs
-    ``cot_in [N L T D]`` and the final normalised stream ``cot_final [N T D]``. Returns
-    (features [N L T k], errors [N L T], embeddings [N T])."""
+def _rows(model, tc, tokens, frozen, embed_w, writes, at_final, layer, pos, vec, act_writes, errors):
+    """Incoming direct effects of a batch of N targets. Target i reads direction ``vec[i] [D]`` at position
+    ``pos[i]`` of the transcoder input of ``layer[i]`` (or of the final normalised stream when ``at_final[i]``).
+    Returns (features [N L T k], errors [N L T], embeddings [N T])."""
     _note_compile()
+    L, T, D = act_writes.shape[0], act_writes.shape[1], act_writes.shape[-1]
 
     def f(e, w):
         n2, nf, _ = frozen_forward(model, tc, tokens, frozen, e, w)
@@ -111,13 +112,49 @@ def _rows(model, tc, tokens, frozen, embed_w, writes, cot_in, cot_final, act_wri
 
     _, vjp = jax.vjp(f, embed_w, writes)
 
-    def one(ci, cf):
-        g_embed, g_writes = vjp((ci.astype(jnp.float32), cf.astype(jnp.float32)))
+    def one(fin, l, p, v):
+        v = v.astype(jnp.float32)
+        ci = jnp.zeros((L, T, D), jnp.float32).at[l, p].set(jnp.where(fin, 0.0, v))
+        cf = jnp.zeros((T, D), jnp.float32).at[p].set(jnp.where(fin, v, 0.0))
+        g_embed, g_writes = vjp((ci.astype(writes.dtype), cf.astype(writes.dtype)))
         g_w = g_writes[:, 0].astype(jnp.float32)  # [L T D]
         return (jnp.einsum("LTD,LTKD->LTK", g_w, act_writes), jnp.einsum("LTD,LTD->LT", g_w, errors),
                 jnp.einsum("TD,TD->T", g_embed[0].astype(jnp.float32), embed_w[0].astype(jnp.float32)))
 
-    return jax.vmap(one)(cot_in, cot_final)
+    return jax.vmap(one)(at_final, layer, pos, vec)
+
+
+class _Rows:
+    """Incoming-edge rows of the traced targets (logits first, then features in tracing order), preallocated,
+    with their absolute values normalised per row kept for influence estimates."""
+
+    def __init__(self, n_rows: int, n_feat_cols: int, n_err: int, n_emb: int):
+        self.feat = np.zeros((n_rows, n_feat_cols), np.float32)
+        self.norm = np.zeros((n_rows, n_feat_cols), np.float32)
+        self.err = np.zeros((n_rows, n_err), np.float32)
+        self.emb = np.zeros((n_rows, n_emb), np.float32)
+        self.n = 0
+
+    def add(self, f, e, m) -> None:
+        k = len(f)
+        sl = slice(self.n, self.n + k)
+        self.feat[sl], self.err[sl], self.emb[sl] = f, e, m
+        a = np.abs(f)
+        total = a.sum(1) + np.abs(e).sum(1) + np.abs(m).sum(1)
+        self.norm[sl] = a / np.maximum(total, 1e-30)[:, None]
+        self.n += k
+
+    def influence(self, logit_probs: np.ndarray, visited: list[int], depth: int) -> np.ndarray:
+        """Estimated influence on the logits of every feature column (paths through traced targets only)."""
+        K, F = len(logit_probs), len(visited)
+        direct = logit_probs @ self.norm[:K]
+        inf = direct
+        for _ in range(depth + 1):
+            new = direct + (inf[visited] @ self.norm[K:K + F] if F else 0.0)
+            if np.allclose(new, inf, rtol=1e-6, atol=1e-12):
+                break
+            inf = new
+        return inf
 
 
 # ---------------------------------------------------------------------------------------------- the graph
@@ -368,48 +405,43 @@ def trace(
     W_U = model.W_U.astype(jnp.float32)
     dirs = W_U[:, logit_tokens] - W_U.mean(axis=1, keepdims=True)  # [D K]: logit minus the mean logit
     w_f = _final_weight_vjp(model, cache["ln_final.hook_normalized"])
-    cot_final = jnp.zeros((K, T, model.d_model), jnp.float32).at[:, T - 1].set(w_f(dirs.T))
-    cot_in = jnp.zeros((K, L, T, model.d_model), jnp.float32)
-    rows_feat, rows_err, rows_emb = [], [], []
-
-    def run(ci, cf):
-        f, e, m = _rows(model, tc, tokens, frozen, embed_w, writes, ci, cf, act_writes, errors)
-        rows_feat.append(np.asarray(f).reshape(len(ci), -1))
-        rows_err.append(np.asarray(e).reshape(len(ci), -1))
-        rows_emb.append(np.asarray(m))
-
-    for s in range(0, K, batch_size):
-        run(cot_in[s:s + batch_size], cot_final[s:s + batch_size])
-
-    # feature targets, chosen by influence estimated from the rows so far
     acts_np, ids_np = np.asarray(vals), np.asarray(ids)
     active = np.flatnonzero(acts_np.reshape(-1) > 0)  # flat index into [L T k]
-    W_enc = [np.asarray(d.W_enc, np.float32) for d in tc.dictionaries]
+    budget = min(max_feature_nodes, active.size)
+    rows = _Rows(K + budget, acts_np.size, L * T, T)
+
+    def run(at_final, layer, pos, vec):
+        n = len(layer)
+        pad = batch_size - n  # one batch shape, one compilation
+        f, e, m = _rows(model, tc, tokens, frozen, embed_w, writes,
+                        jnp.asarray(np.r_[at_final, np.zeros(pad, bool)]), jnp.asarray(np.r_[layer, np.zeros(pad, int)], jnp.int32),
+                        jnp.asarray(np.r_[pos, np.zeros(pad, int)], jnp.int32),
+                        jnp.concatenate([vec, jnp.zeros((pad, vec.shape[1]), vec.dtype)]), act_writes, errors)
+        rows.add(np.asarray(f)[:n].reshape(n, -1), np.asarray(e)[:n].reshape(n, -1), np.asarray(m)[:n])
+
+    logit_vecs = w_f(dirs.T)  # [K D]: gradient of (logit - mean logit) w.r.t. the final normalised stream
+    for s in range(0, K, batch_size):
+        n = min(batch_size, K - s)
+        run(np.ones(n, bool), np.zeros(n, int), np.full(n, T - 1), logit_vecs[s:s + n])
+
+    # feature targets, chosen by their influence estimated from the rows so far
+    W_enc = [d.W_enc for d in tc.dictionaries]
     visited: list[int] = []
-    zero_final = jnp.zeros((batch_size, T, model.d_model), jnp.float32)
-    todo_budget = min(max_feature_nodes, active.size)
-    while len(visited) < todo_budget:
-        inf = _column_influence(rows_feat, rows_err, rows_emb, probs[logit_tokens], visited)
+    while len(visited) < budget:
+        inf = rows.influence(probs[logit_tokens], visited, L)
         inf[visited] = -1.0
-        cand = [int(c) for c in np.argsort(-inf[active]) if inf[active][c] > 0][: min(batch_size, todo_budget - len(visited))]
+        order = active[np.argsort(-inf[active])]
+        cand = [int(c) for c in order[: min(batch_size, budget - len(visited))] if inf[c] > 0]
         if not cand:
             break
-        cand = [int(active[c]) for c in cand]
-        ci = np.zeros((batch_size, L, T, model.d_model), np.float32)
-        for j, flat in enumerate(cand):
-            l, p, slot = np.unravel_index(flat, acts_np.shape)
-            ci[j, l, p] = W_enc[l][:, ids_np[l, p, slot]]
-        f, e, m = _rows(model, tc, tokens, frozen, embed_w, writes, jnp.asarray(ci), zero_final, act_writes, errors)
-        n = len(cand)
-        rows_feat.append(np.asarray(f)[:n].reshape(n, -1))
-        rows_err.append(np.asarray(e)[:n].reshape(n, -1))
-        rows_emb.append(np.asarray(m)[:n])
+        l_c, p_c, s_c = np.unravel_index(np.asarray(cand), acts_np.shape)
+        vec = jnp.stack([W_enc[l][:, ids_np[l, p, sl]] for l, p, sl in zip(l_c, p_c, s_c)]).astype(jnp.float32)
+        run(np.zeros(len(cand), bool), l_c, p_c, vec)
         visited += cand
         if progress:
-            print(f"traced {len(visited)}/{todo_budget} features", flush=True)
+            print(f"traced {len(visited)}/{budget} features", flush=True)
 
-    feat_rows = np.concatenate(rows_feat)  # [K + F, L*T*k]
-    err_rows, emb_rows = np.concatenate(rows_err), np.concatenate(rows_emb)
+    feat_rows, err_rows, emb_rows = rows.feat[:rows.n], rows.err[:rows.n], rows.emb[:rows.n]
     F = len(visited)
     E = L * T
     N = F + E + T + K
@@ -441,25 +473,6 @@ def _final_from_normalized(model, n):
         return n.astype(x.dtype) if name.endswith("hook_normalized") else x
 
     return model.ln_final(jnp.ones_like(n), hk, "ln_final")
-
-
-def _column_influence(rows_feat: list, rows_err: list, rows_emb: list, logit_probs: np.ndarray,
-                      visited: list[int]) -> np.ndarray:
-    """Influence on the logits of every active-feature column, from the rows computed so far (logit rows
-    first, then one row per visited feature, in order)."""
-    rows = np.abs(np.concatenate(rows_feat))
-    totals = (rows.sum(axis=1) + np.abs(np.concatenate(rows_err)).sum(axis=1)
-              + np.abs(np.concatenate(rows_emb)).sum(axis=1))[:, None]
-    rows = np.divide(rows, totals, out=np.zeros_like(rows), where=totals > 0)
-    K = len(logit_probs)
-    inf = logit_probs @ rows[:K]
-    for _ in range(len(visited) + 1):
-        w = inf[visited] if visited else np.zeros(0)
-        new = logit_probs @ rows[:K] + (w @ rows[K:K + len(visited)] if visited else 0.0)
-        if np.allclose(new, inf):
-            break
-        inf = new
-    return inf
 
 
 # ---------------------------------------------------------------------------------------------- pruning, supernodes
