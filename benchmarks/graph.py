@@ -1,0 +1,130 @@
+"""Attribution graphs on the default model: exactness, scores, an ablation, and time and memory by prompt length.
+
+Needs a transcoder set for SmolLM2-135M-Instruct, trained once with
+
+    interp train-transcoders --width 2048 --k 16 --tokens 200000 \\
+        --corpus ../shared/data/corpora/gutenberg --out ~/.cache/interp/transcoders/smollm2-135m-w2048-k16
+
+Then ``python benchmarks/graph.py`` traces "The capital of France is" and reports: how far the replacement model
+(frozen attention and norms, transcoders plus error nodes) is from the real logits; the graph's replacement and
+completeness scores before and after pruning; the top supernode's effect on " Paris" when ablated in the real
+model (against as many other active features). Then it traces prompts of ``--lengths`` tokens (WikiText-2
+text ending in the same question), each in its own process, and prints wall time and peak memory.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+DEFAULT_TC = Path(os.environ.get("INTERP_CACHE", Path.home() / ".cache" / "interp")) / "transcoders" / "smollm2-135m-w2048-k16"
+CORPUS = Path(__file__).resolve().parents[2] / "shared" / "data" / "corpora" / "wikitext2" / "test.txt"
+QUESTION = "The capital of France is"
+
+
+def load(tc_dir):
+    import interp
+    from interp.sae import Transcoders
+
+    if not Path(tc_dir).exists():
+        raise SystemExit(f"no transcoder set at {tc_dir}; train one first (see this script's docstring)")
+    return interp.load(), Transcoders.load(tc_dir)
+
+
+def prompt_of_length(model, n: int) -> np.ndarray:
+    q = model.to_tokens(QUESTION)[0]
+    text = CORPUS.read_text(encoding="utf-8") if CORPUS.exists() else "The history of the city is long. " * 200
+    filler = model.to_tokens(text[:20 * n])[0][: n - len(q)]
+    return np.concatenate([filler, q]).astype(np.int32)
+
+
+def one_length(tc_dir, n: int, max_nodes: int) -> dict:
+    from interp.circuits import graph as G
+
+    model, tc = load(tc_dir)
+    toks = prompt_of_length(model, n)
+    t0 = time.perf_counter()
+    g = G.trace(model, tc, toks, max_feature_nodes=max_nodes)
+    first = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    G.trace(model, tc, toks, max_feature_nodes=max_nodes)
+    warm = time.perf_counter() - t0
+    return {"tokens": n, "first_s": first, "warm_s": warm, "peak_rss_gb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20,
+            "active_features": g.info["n_active_features"], "feature_nodes": g.n_features, "nodes": g.n_nodes,
+            "scores": g.scores(pruned=False), "top_logit": g.logit_strs[0]}
+
+
+def factual(tc_dir, max_nodes: int) -> None:
+    import interp  # noqa: F401
+    from interp.circuits import graph as G
+
+    model, tc = load(tc_dir)
+    info = json.loads((Path(tc_dir) / "transcoders.json").read_text()).get("trained", {})
+    if info:
+        fvu = [row.get("fvu", float("nan")) for row in info.get("layers", [])]
+        print(f"transcoders: width {info.get('width')}, k {info.get('k')}, {info.get('total_tokens')} tokens; "
+              f"training FVU by layer min {min(fvu):.3f} median {np.median(fvu):.3f} max {max(fvu):.3f}")
+    same = G.intervene(model, tc, QUESTION, [], mode="frozen")
+    print(f"replacement model vs real logits on {QUESTION!r}: max |difference| {np.abs(same.after - same.before).max():.2e}")
+    t0 = time.perf_counter()
+    g = G.trace(model, tc, QUESTION, max_feature_nodes=max_nodes)
+    print(f"traced in {time.perf_counter() - t0:.1f} s: {g.info['n_active_features']} active features, "
+          f"{g.n_features} feature nodes; logits {list(zip(g.logit_strs[:3], np.round(g.logit_probs[:3], 3)))}")
+    print(f"  scores, full graph: {g.scores(pruned=False)}")
+    p = G.prune(g)
+    s = p.slices()
+    print(f"  pruned (node 0.8, edge 0.98): {int(p.node_mask[s['feature']].sum())} features, "
+          f"{int(p.node_mask[s['error']].sum())} error nodes, {int(p.edge_mask.sum())} edges; scores {p.scores()}")
+    groups = G.auto_supernodes(p, tc.dictionaries)
+    inf = g.influence()
+    ranked = sorted(groups.items(), key=lambda kv: -inf[kv[1]].sum())
+    print(f"  {len(groups)} supernodes; top by influence: {[(k, round(float(inf[v].sum()), 3)) for k, v in ranked[:3]]}")
+    target = int(g.logit_tokens[0])
+    if ranked:
+        name, members = ranked[0]
+        res = G.intervene(model, tc, QUESTION, G.feature_changes(p, name, 0.0), mode="real")
+        rng = np.random.default_rng(0)
+        others = [i for i in range(g.n_features) if i not in members]
+        ctrl = []
+        for _ in range(5):
+            pick = rng.choice(others, len(members), replace=False)
+            ctrl.append(G.intervene(model, tc, QUESTION, G.feature_changes(g, pick, 0.0), mode="real").change(target))
+        print(f"  ablating supernode {name!r} ({len(members)} features) in the real model: logit of "
+              f"{g.logit_strs[0]!r} {res.change(target):+.3f}; {len(members)} random other traced features: "
+              f"{np.mean(ctrl):+.3f} (mean of 5)")
+        print(f"  after the ablation: {res.top(model.tokenizer, 3)}")
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--transcoders", default=str(DEFAULT_TC))
+    ap.add_argument("--lengths", type=int, nargs="*", default=[64, 256])
+    ap.add_argument("--max-feature-nodes", type=int, default=512)
+    ap.add_argument("--one", type=int, default=None, help=argparse.SUPPRESS)
+    args = ap.parse_args()
+    if args.one is not None:
+        print(json.dumps(one_length(args.transcoders, args.one, args.max_feature_nodes)))
+        return
+    factual(args.transcoders, args.max_feature_nodes)
+    for n in args.lengths:
+        out = subprocess.run([sys.executable, __file__, "--transcoders", args.transcoders, "--one", str(n),
+                              "--max-feature-nodes", str(args.max_feature_nodes)], capture_output=True, text=True)
+        if out.returncode:
+            print(f"{n} tokens: failed\n{out.stderr[-2000:]}")
+            continue
+        r = json.loads(out.stdout.strip().splitlines()[-1])
+        print(f"{n:4d} tokens: trace {r['first_s']:.1f} s first (compile included), {r['warm_s']:.1f} s warm; "
+              f"peak memory {r['peak_rss_gb']:.2f} GB (whole process, model included); {r['active_features']} active "
+              f"features, {r['feature_nodes']} traced, {r['nodes']} nodes; scores {r['scores']}; top logit {r['top_logit']!r}")
+
+
+if __name__ == "__main__":
+    main()
