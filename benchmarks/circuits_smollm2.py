@@ -98,17 +98,22 @@ def approximations(model, ps, metric, resid, heads) -> None:
         dt = time.perf_counter() - t0
         a = np.concatenate([[eap.score(s, r) for s in senders(model)] for r in recs])
         e = np.concatenate([exact_edges[r].effect for r in recs])
+        per = ", ".join(f"{r} {corr([eap.score(s, r) for s in senders(model)], exact_edges[r].effect):.3f}"
+                        for r in recs)
         print(f"  {method:6s} ({dt:.1f} s, {np.isfinite(eap.scores).sum()} edges) vs exact path patching of "
-              f"{np.isfinite(e).sum()} edges into {recs}: r = {corr(a, e):.3f}")
+              f"{np.isfinite(e).sum()} edges: r = {corr(a, e):.3f} overall; per receiver: {per}")
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--n", type=int, default=8)
+    ap.add_argument("--only", choices=["induction", "ioi", "all"], default="all")
     args = ap.parse_args()
     model = interp.load()
-    induction(model, args.n)
-    approximations(model, *ioi(model, args.n))
+    if args.only in ("induction", "all"):
+        induction(model, args.n)
+    if args.only in ("ioi", "all"):
+        approximations(model, *ioi(model, args.n))
 
 
 if __name__ == "__main__":
