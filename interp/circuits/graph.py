@@ -84,6 +84,12 @@ class _Active:
 
 
 @eqx.filter_jit
+def _max_active(tc: Transcoders, n2, skip_positions: int):
+    counts = [jnp.max(jnp.sum(d.encode(n2[l])[skip_positions:] > 0, axis=-1)) for l, d in enumerate(tc.dictionaries)]
+    return jnp.max(jnp.stack(counts))
+
+
+@eqx.filter_jit
 def _encode_all(tc: Transcoders, n2, skip_positions: int, k: int):
     """Activations of every transcoder on its inputs ``n2 [L T D]`` -> top-k (values, ids) per position and
     the reconstruction (with skip term)."""
@@ -375,6 +381,7 @@ def trace(
     their probability mass reaches ``logit_prob``. Feature nodes: active features chosen greedily by their
     estimated influence on those logits (recomputed after each batch of targets) up to ``max_feature_nodes``;
     the others' effects are left out of the graph. ``batch_size`` targets share one batched VJP.
+    ``k_per_position`` (default: the most features active at any position) sets the feature slots per position.
     """
     if len(tc) != model.n_layers:
         raise ValueError(f"{len(tc)} transcoders for a {model.n_layers}-layer model; need one per layer")
@@ -382,12 +389,16 @@ def trace(
     if tokens.shape[0] != 1:
         raise ValueError(f"trace takes one prompt; got a batch of {tokens.shape[0]}")
     L, T = model.n_layers, tokens.shape[1]
+    if T <= tc.skip_positions:
+        raise ValueError(f"the prompt has {T} tokens but the transcoders skip the first {tc.skip_positions}: "
+                         "trace a longer prompt")
     logits, cache = model.run_with_cache(tokens, _frozen_names(model, tc))
     frozen = {n: cache[n] for n in cache if n.endswith("hook_scale") or n.endswith("attn.hook_pattern")}
     n2 = jnp.stack([cache[tc.hook_in.format(layer=l)][0] for l in range(L)])  # [L T D]
     mlp_out = jnp.stack([cache[tc.hook_out.format(layer=l)][0] for l in range(L)])
-    k = k_per_position or max(getattr(d.cfg, "k", 0) for d in tc.dictionaries) or 64
-    vals, ids, recons = _encode_all(tc, n2, tc.skip_positions, k)
+    # slots per position: every active feature must get one, or the writes would not add up to the MLP output
+    k = int(_max_active(tc, n2, tc.skip_positions)) if k_per_position is None else k_per_position
+    vals, ids, recons = _encode_all(tc, n2, tc.skip_positions, max(k, 1))
     vals = jnp.maximum(vals, 0.0)
     errors = (mlp_out - recons).astype(jnp.float32)  # [L T D]; all of mlp_out at skipped positions
     W_dec = [d.W_dec for d in tc.dictionaries]
@@ -454,7 +465,8 @@ def trace(
         adj[node, F:F + E] = err_rows[r]
         adj[node, F + E:F + E + T] = emb_rows[r]
     l_idx, p_idx, s_idx = np.unravel_index(sel, acts_np.shape) if F else (np.zeros(0, int),) * 3
-    str_tokens = model.to_str_tokens(np.asarray(tokens)[0]) if model.tokenizer is not None else [str(t) for t in np.asarray(tokens)[0]]
+    ids0 = np.asarray(tokens)[0]
+    str_tokens = model.to_str_tokens(ids0) if model.tokenizer is not None else [str(t) for t in ids0]
     logit_strs = [model.to_string([int(t)]) if model.tokenizer is not None else str(int(t)) for t in logit_tokens]
     return Graph(np.asarray(tokens)[0], list(str_tokens), l_idx.astype(int), p_idx.astype(int),
                  ids_np[l_idx, p_idx, s_idx].astype(int), acts_np[l_idx, p_idx, s_idx].astype(np.float32), L,
