@@ -139,7 +139,7 @@ def main(argv=None) -> int:
     tt.add_argument("--tokens", type=int, default=200_000, help="training tokens (per layer; one model pass serves all)")
     tt.add_argument("--context-size", type=int, default=64)
     tt.add_argument("--model-batch", type=int, default=16, help="contexts per step")
-    tt.add_argument("--lr", type=float, default=5e-4)
+    tt.add_argument("--lr", type=float, default=2e-3)
     tt.add_argument("--seed", type=int, default=0)
     tt.add_argument("--corpus", default=None, help="text file, folder, JSONL or Parquet; default: built-in text")
     tt.add_argument("--out", required=True, help="output folder (layer_{l}/ in SAELens layout + transcoders.json)")

@@ -100,7 +100,9 @@ def _encode_all(tc: Transcoders, n2, skip_positions: int, k: int):
         v, i = jax.lax.top_k(a, k)
         vals.append(v)
         ids.append(i)
-        recons.append(d.decode(a) + (d.skip_term(n2[l]) if d.W_skip is not None else 0.0))
+        # reconstruct from the kept slots only: anything dropped belongs to the error node
+        kept = jnp.zeros_like(a).at[jnp.arange(a.shape[0])[:, None], i].set(v)
+        recons.append(d.decode(kept) + (d.skip_term(n2[l]) if d.W_skip is not None else 0.0))
     return jnp.stack(vals), jnp.stack(ids), jnp.stack(recons)
 
 
@@ -400,7 +402,7 @@ def trace(
     k = int(_max_active(tc, n2, tc.skip_positions)) if k_per_position is None else k_per_position
     vals, ids, recons = _encode_all(tc, n2, tc.skip_positions, max(k, 1))
     vals = jnp.maximum(vals, 0.0)
-    errors = (mlp_out - recons).astype(jnp.float32)  # [L T D]; all of mlp_out at skipped positions
+    errors = (mlp_out - recons).astype(jnp.float32)  # [L T D]; at skipped positions: mlp_out - b_dec - skip
     W_dec = [d.W_dec for d in tc.dictionaries]
     act_writes = jnp.stack([W_dec[l][ids[l]] * vals[l][..., None] for l in range(L)]).astype(jnp.float32)
     embed_w = cache["hook_embed"]

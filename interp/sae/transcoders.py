@@ -124,7 +124,7 @@ def _match_output_scale(state, x, y):
 
 def train_transcoders(
     model, *, width: int = 2048, k: int = 16, total_tokens: int = 200_000, corpus=None, context_size: int = 64,
-    model_batch: int = 16, lr: float = 5e-4, skip_positions: int = 1, seed: int = 0, out_dir: str | Path | None = None,
+    model_batch: int = 16, lr: float = 2e-3, skip_positions: int = 1, seed: int = 0, out_dir: str | Path | None = None,
     progress: bool = True,
 ) -> tuple[Transcoders, list[dict]]:
     """Train a TopK transcoder for every layer from one forward pass per batch (the model runs once for all

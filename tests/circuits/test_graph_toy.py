@@ -1,15 +1,20 @@
 """Attribution graphs find a known circuit in a model trained here.
 
-The task: ``[a, n, n, b, n, n, n, =]`` -> ``(a + b) mod 6``, with the operands ``a`` and ``b`` drawn from two
-disjoint token ranges at fixed positions, ``n`` distractor tokens from a third range and the answer in a
-fourth. The answer is a nonlinear function of both operands (no sum of a function of ``a`` and one of ``b``
-picks it out), so attention has to bring the operands together and the MLPs have to combine them; the
-distractors carry no information. A two-layer model learns it in a few seconds, per-layer transcoders are
-trained on its MLPs, and the graph of a prompt must show that mechanism: the operand embeddings drive the
-answer's logit through features at the operand and answer positions, the distractors carry little
-influence, and no feature at a distractor position survives pruning, although the transcoders have active
-features there that the second layer's attention could carry to the answer. Ablating the kept features in
-the real model removes the answer; ablating every active feature at the distractor positions does not.
+The task: ``[BOS, n, n, n, n, a, b, =]`` -> ``(a + b) mod 6``. The operands ``a`` and ``b`` come from two
+disjoint token ranges, the distractors ``n`` from a third and the answer from a fourth. The answer is a
+nonlinear function of both operands: for an even modulus no sum of a function of ``a`` and one of ``b`` picks
+it out (with ``a' = a + 3`` and ``b' = b + 3``, ``(a, b)`` and ``(a', b')`` share one answer, ``(a, b')`` and
+``(a', b)`` another, and summed over each pair the two answers' logits would have to rank both ways), so
+attention has to bring the operands together and the MLPs have to combine them. The distractors come before
+the operands, so nothing computed at their positions can carry information about the answer.
+
+A two-layer model learns the task in about ten seconds and a transcoder per layer is trained on its MLPs. The
+graph of a prompt must then show that mechanism: the answer is the top logit; the operand embeddings carry far
+more influence than the distractors; every feature kept by pruning sits at an operand or the answer position,
+although the transcoders have active features at the distractor positions that the second layer's attention
+could carry to the answer; each operand reaches the answer's logit through a kept feature at the answer
+position; the strongest of those features fires for that answer and hardly otherwise; ablating the kept
+features lowers the answer's logit, while ablating as many distractor features barely moves it.
 """
 
 from __future__ import annotations
@@ -30,10 +35,11 @@ from interp.models.llama import LlamaConfig, from_hf_weights, hf_weight_names
 MOD = 6
 A0, B0, NOISE0, ANS0 = 0, MOD, 2 * MOD, 2 * MOD + 16  # token ranges: operand a, operand b, distractors, answers
 EQ = ANS0 + MOD
-VOCAB = EQ + 1
+BOS = EQ + 1
+VOCAB = BOS + 1
 T = 8
-POS_A, POS_B, LAST = 0, 3, T - 1
-NOISE_POS = [1, 2, 4, 5, 6]
+NOISE_POS = [1, 2, 3, 4]
+POS_A, POS_B, LAST = 5, 6, 7
 N_PROMPTS = 4
 
 
@@ -41,7 +47,7 @@ def sample(rng: np.random.Generator, n: int) -> tuple[np.ndarray, np.ndarray]:
     """``n`` sequences ``[n T]`` and their answer tokens ``[n]``."""
     a, b = rng.integers(0, MOD, n), rng.integers(0, MOD, n)
     tokens = rng.integers(NOISE0, ANS0, (n, T))
-    tokens[:, POS_A], tokens[:, POS_B], tokens[:, LAST] = A0 + a, B0 + b, EQ
+    tokens[:, 0], tokens[:, POS_A], tokens[:, POS_B], tokens[:, LAST] = BOS, A0 + a, B0 + b, EQ
     return tokens.astype(np.int32), (ANS0 + (a + b) % MOD).astype(np.int32)
 
 
@@ -90,29 +96,6 @@ def train_model(model, steps: int = 400, batch: int = 256, lr: float = 3e-3, see
     return eqx.combine(params, static)
 
 
-def train_transcoders(model, n_seq: int = 8192, width: int = 64, k: int = 4, epochs: int = 5, seed: int = 0):
-    """One TopK transcoder per layer on the model's own MLP inputs/outputs, at every position, with the answer
-    position (and the second operand's, where the operands meet) seen more often."""
-    tokens, _ = sample(np.random.default_rng(seed + 1), n_seq)
-    L = model.n_layers
-    hooks = [G.HOOK_IN.format(layer=l) for l in range(L)] + [G.HOOK_OUT.format(layer=l) for l in range(L)]
-    _, cache = model.run_with_cache(tokens, hooks)
-    positions = np.r_[np.arange(T), [POS_B] * 2, [LAST] * 4]
-    dictionaries = []
-    for l in range(L):
-        x = np.asarray(cache[G.HOOK_IN.format(layer=l)])[:, positions].reshape(-1, model.d_model)
-        y = np.asarray(cache[G.HOOK_OUT.format(layer=l)])[:, positions].reshape(-1, model.d_model)
-        order = np.random.default_rng(seed + l).permutation(len(x))
-        cfg = sae.TrainConfig(
-            dictionary=sae.TopKConfig(d_in=model.d_model, width=width, k=k, hook_name=G.HOOK_IN.format(layer=l),
-                                      hook_name_out=G.HOOK_OUT.format(layer=l)),
-            total_tokens=epochs * len(x), batch_size=1024, lr=2e-3, lr_warmup_steps=20, dead_after_tokens=20_000,
-            skip_positions=0, seed=seed + l)
-        store = sae.ArrayActivationStore(x[order], y[order], batch_size=1024, seed=seed + l)
-        dictionaries.append(sae.train(cfg, store=store, progress=False).dictionary)
-    return G.Transcoders(tuple(dictionaries), skip_positions=0)
-
-
 @dataclasses.dataclass
 class Toy:
     model: object
@@ -123,9 +106,13 @@ class Toy:
 
 @pytest.fixture(scope="module")
 def toy() -> Toy:
-    model = train_model(init_model())
+    model = train_model(init_model(seed=0), seed=0)
+    corpus, _ = sample(np.random.default_rng(7), 8192)
+    # every position but the BOS (an attention sink, left to the error nodes as in a real model)
+    tc, _ = sae.train_transcoders(model, width=64, k=4, total_tokens=600 * 256 * (T - 1), corpus=corpus,
+                                  context_size=T, model_batch=256, lr=5e-3, skip_positions=1, seed=0, progress=False)
     tokens, answers = sample(np.random.default_rng(1), 2000)
-    return Toy(model, train_transcoders(model), tokens, answers)
+    return Toy(model, tc, tokens, answers)
 
 
 @pytest.fixture(scope="module")
@@ -142,17 +129,16 @@ def accuracy(logits, answers) -> float:
     return float((np.asarray(logits)[:, -1].argmax(-1) == answers).mean())
 
 
-def fvu(model, tc, tokens, position=None) -> list[float]:
-    """Fraction of the MLP output's variance each transcoder leaves unexplained (at one position, or all)."""
+def fvu(model, tc, tokens, positions) -> list[float]:
+    """Per layer: the fraction of the MLP output's variance (over sequences and ``positions``) that the
+    transcoder leaves unexplained."""
     L = model.n_layers
     _, cache = model.run_with_cache(tokens, [tc.hook_in.format(layer=l) for l in range(L)]
                                     + [tc.hook_out.format(layer=l) for l in range(L)])
     out = []
     for l, d in enumerate(tc.dictionaries):
-        x, y = np.asarray(cache[tc.hook_in.format(layer=l)]), np.asarray(cache[tc.hook_out.format(layer=l)])
-        if position is not None:
-            x, y = x[:, position], y[:, position]
-        x, y = x.reshape(-1, x.shape[-1]), y.reshape(-1, y.shape[-1])
+        x = np.asarray(cache[tc.hook_in.format(layer=l)])[:, positions].reshape(-1, model.d_model)
+        y = np.asarray(cache[tc.hook_out.format(layer=l)])[:, positions].reshape(-1, model.d_model)
         r = np.asarray(d(jnp.asarray(x)))
         out.append(float(((r - y) ** 2).sum() / ((y - y.mean(0)) ** 2).sum()))
     return out
@@ -162,20 +148,26 @@ def _mean_out(x, name, mean):
     return jnp.broadcast_to(mean, x.shape).astype(x.dtype)
 
 
+def _logit_node(graph, answer: int) -> int:
+    return graph.slices()["logit"].start + int(np.flatnonzero(graph.logit_tokens == answer)[0])
+
+
+def _kept_features(graph) -> list[int]:
+    return [int(j) for j in graph.kept() if graph.kind(int(j)) == "feature"]
+
+
 def test_the_model_solves_the_task_and_needs_its_mlps(toy):
     model, tokens, answers = toy.model, toy.tokens, toy.answers
     assert accuracy(model(tokens), answers) >= 0.99
-    # with every MLP output replaced by its mean (attention alone left to combine the operands) it mostly fails
+    # every MLP output replaced by its mean: attention alone is left to combine the operands, and mostly fails
     names = [f"blocks.{l}.hook_mlp_out" for l in range(model.n_layers)]
     _, cache = model.run_with_cache(tokens, names)
     edits = [(n, _mean_out, jnp.asarray(np.asarray(cache[n]).mean(0))) for n in names]
-    assert accuracy(model.run_with_hooks(tokens, edits), answers) < 0.6
+    assert accuracy(model.run_with_hooks(tokens, edits), answers) < 0.65
 
 
 def test_transcoders_reconstruct_the_mlps(toy):
-    sample_tokens = toy.tokens[:500]
-    assert max(fvu(toy.model, toy.tc, sample_tokens)) < 0.3
-    assert max(fvu(toy.model, toy.tc, sample_tokens, LAST)) < 0.3
+    assert max(fvu(toy.model, toy.tc, toy.tokens[:500], list(range(1, T)))) < 0.2
     # spliced in with their error terms they leave the model unchanged
     real = G.intervene(toy.model, toy.tc, toy.tokens[0], [], mode="real")
     np.testing.assert_allclose(real.after, real.before, rtol=1e-4, atol=1e-4)
@@ -184,17 +176,16 @@ def test_transcoders_reconstruct_the_mlps(toy):
 def test_the_graph_explains_the_answer(graphs):
     for _, answer, g, p in graphs:
         assert g.logit_tokens[0] == answer and g.logit_probs[0] > 0.9
-        # the transcoders carry most of the path from the tokens to the answer, before and after pruning
+        # features, not error nodes, carry most of the path from the tokens to the answer, before and after pruning
         for scores in (g.scores(pruned=False), p.scores()):
-            assert scores["replacement"] > 0.5 and scores["completeness"] > 0.75
+            assert scores["replacement"] > 0.6 and scores["completeness"] > 0.8, scores
 
 
 def test_operands_carry_the_influence_and_distractors_do_not(graphs):
     for prompt, _, g, _ in graphs:
         emb = g.influence()[g.slices()["embed"]]
-        noise = emb[NOISE_POS]
-        assert min(emb[POS_A], emb[POS_B]) > 2.5 * noise.max(), (prompt, emb)
-        assert noise.sum() < 0.5 * (emb[POS_A] + emb[POS_B]), (prompt, emb)
+        a, b, noise = emb[POS_A], emb[POS_B], emb[NOISE_POS]
+        assert min(a, b) > noise.max() and a + b > 3 * noise.max() and a + b > noise.sum(), (prompt, emb)
 
 
 def _reach(edge_mask: np.ndarray, start: int, forward: bool) -> np.ndarray:
@@ -210,44 +201,45 @@ def _reach(edge_mask: np.ndarray, start: int, forward: bool) -> np.ndarray:
 
 def test_the_pruned_graph_keeps_the_known_path_and_no_distractor_features(graphs):
     for prompt, answer, g, p in graphs:
-        s = p.slices()
-        feats = np.arange(s["feature"].start, s["feature"].stop)
-        kept = feats[p.node_mask[feats]]
-        positions = {p.node_layer_pos(int(j))[1] for j in kept}
-        assert positions <= {POS_A, POS_B, LAST}, (prompt, [p.label(int(j)) for j in kept])
-        # features at the distractor positions were active and traced (the second layer's attention can carry
-        # them to the answer), and pruning dropped them all
-        at_noise = [j for j in feats if g.feature_pos[j] in NOISE_POS]
+        kept = _kept_features(p)
+        assert {int(p.feature_pos[j]) for j in kept} <= {POS_A, POS_B, LAST}, (prompt, [p.label(j) for j in kept])
+        # features at the distractor positions were active and traced (the second layer's attention reaches
+        # them), and pruning dropped them all
+        at_noise = np.flatnonzero(np.isin(g.feature_pos, NOISE_POS))
         assert len(at_noise) >= len(NOISE_POS) and g.influence()[at_noise].max() > 0
-        # a path from each operand's embedding through a kept feature at the answer position to the answer logit
-        logit = s["logit"].start + int(np.flatnonzero(p.logit_tokens == answer)[0])
+        # each operand's embedding reaches the answer's logit through a kept feature at the answer position
+        logit = _logit_node(p, answer)
         to_logit = _reach(p.edge_mask, logit, forward=False)
-        last = [int(j) for j in kept if p.feature_pos[j] == LAST and to_logit[j]]
-        assert any(p.edge_mask[logit, j] for j in last)
+        last = [j for j in kept if p.feature_pos[j] == LAST and to_logit[j]]
+        assert any(p.edge_mask[logit, j] for j in last), (prompt, [p.label(j) for j in kept])
         for pos in (POS_A, POS_B):
-            from_operand = _reach(p.edge_mask, s["embed"].start + pos, forward=True)
+            from_operand = _reach(p.edge_mask, p.slices()["embed"].start + pos, forward=True)
             assert any(from_operand[j] for j in last), (prompt, pos)
 
 
-def test_ablating_the_kept_features_removes_the_answer_and_distractor_features_do_not_matter(toy, graphs):
+def test_ablating_the_kept_features_lowers_the_answer_and_distractor_features_do_not(toy, graphs):
     model, tc = toy.model, toy.tc
     L = model.n_layers
     for prompt, answer, g, p in graphs:
-        kept = [int(j) for j in p.kept() if p.kind(int(j)) == "feature"]
-        res = G.intervene(model, tc, prompt, G.feature_changes(p, kept, 0.0), mode="real")
-        margin = res.before[answer] - res.before.mean()
-        assert res.before.argmax() == answer and res.after.argmax() != answer
-        assert res.change(answer) < -0.5 * margin
-        # every active feature at the distractor positions, in both layers, set to zero
+        kept = _kept_features(p)
+        ablate = G.feature_changes(p, kept, 0.0)
+        frozen = G.intervene(model, tc, prompt, ablate, mode="frozen")
+        real = G.intervene(model, tc, prompt, ablate, mode="real")
+        margin = real.before[answer] - real.before.mean()
+        assert real.before.argmax() == answer
+        # with everything else held fixed the kept features carry a large part of the answer's logit
+        assert frozen.change(answer) < -0.3 * margin
+        # the most active features at the distractor positions, as many as were kept
         _, cache = model.run_with_cache(prompt[None], [tc.hook_in.format(layer=l) for l in range(L)])
-        changes = []
+        candidates = []
         for l in range(L):
             z = np.asarray(tc.dictionaries[l].encode(cache[tc.hook_in.format(layer=l)][0]))
-            changes += [(l, pos, int(f), 0.0) for pos in NOISE_POS for f in np.flatnonzero(z[pos] > 0)]
-        assert len(changes) >= len(kept)
-        noise = G.intervene(model, tc, prompt, changes, mode="real")
-        assert noise.after.argmax() == answer
-        assert abs(noise.change(answer)) < 0.05 * abs(res.change(answer))
+            candidates += [(z[pos, f], (l, pos, int(f), 0.0)) for pos in NOISE_POS for f in np.flatnonzero(z[pos] > 0)]
+        assert len(candidates) >= len(kept)
+        candidates.sort(key=lambda c: -c[0])
+        noise = G.intervene(model, tc, prompt, [c for _, c in candidates[: len(kept)]], mode="real")
+        assert abs(noise.change(answer)) < 0.05 * margin
+        assert real.change(answer) < -10 * abs(noise.change(answer)), (real.change(answer), noise.change(answer))
 
 
 def test_the_strongest_answer_feature_is_specific_to_that_answer(toy, graphs):
@@ -255,13 +247,11 @@ def test_the_strongest_answer_feature_is_specific_to_that_answer(toy, graphs):
     sequences with that answer (whatever the operands) and hardly for the others."""
     model, tc = toy.model, toy.tc
     for _, answer, g, p in graphs:
-        s = p.slices()
-        logit = s["logit"].start + int(np.flatnonzero(p.logit_tokens == answer)[0])
-        kept = [int(j) for j in p.kept() if p.kind(int(j)) == "feature" and p.feature_pos[int(j)] == LAST]
-        j = max(kept, key=lambda i: p.adjacency[logit, i])
+        logit = _logit_node(p, answer)
+        j = max((j for j in _kept_features(p) if p.feature_pos[j] == LAST), key=lambda i: p.adjacency[logit, i])
         assert p.adjacency[logit, j] > 0
         layer, feature = int(p.feature_layer[j]), int(p.feature_id[j])
         _, cache = model.run_with_cache(toy.tokens[:1000], [tc.hook_in.format(layer=layer)])
         acts = np.asarray(tc.dictionaries[layer].encode(cache[tc.hook_in.format(layer=layer)][:, LAST]))[:, feature]
         match = toy.answers[:1000] == answer
-        assert acts[match].mean() > 5 * acts[~match].mean(), (p.label(j), acts[match].mean(), acts[~match].mean())
+        assert acts[match].mean() > 3 * acts[~match].mean(), (p.label(j), acts[match].mean(), acts[~match].mean())
