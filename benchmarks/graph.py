@@ -54,10 +54,7 @@ def one_length(tc_dir, n: int, max_nodes: int) -> dict:
     t0 = time.perf_counter()
     g = G.trace(model, tc, toks, max_feature_nodes=max_nodes)
     first = time.perf_counter() - t0
-    t0 = time.perf_counter()
-    G.trace(model, tc, toks, max_feature_nodes=max_nodes)
-    warm = time.perf_counter() - t0
-    return {"tokens": n, "first_s": first, "warm_s": warm, "peak_rss_gb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20,
+    return {"tokens": n, "first_s": first, "peak_rss_gb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20,
             "active_features": g.info["n_active_features"], "feature_nodes": g.n_features, "nodes": g.n_nodes,
             "scores": g.scores(pruned=False), "top_logit": g.logit_strs[0]}
 
@@ -84,23 +81,28 @@ def factual(tc_dir, max_nodes: int) -> None:
     print(f"  pruned (node 0.8, edge 0.98): {int(p.node_mask[s['feature']].sum())} features, "
           f"{int(p.node_mask[s['error']].sum())} error nodes, {int(p.edge_mask.sum())} edges; scores {p.scores()}")
     groups = G.auto_supernodes(p, tc.dictionaries)
-    inf = g.influence()
-    ranked = sorted(groups.items(), key=lambda kv: -inf[kv[1]].sum())
-    print(f"  {len(groups)} supernodes; top by influence: {[(k, round(float(inf[v].sum()), 3)) for k, v in ranked[:3]]}")
+    effect_on = g.signed_effect(0)  # linearised effect of each node on the top logit, by the graph
+    ranked = sorted(groups.items(), key=lambda kv: -effect_on[kv[1]].sum())
+    print(f"  {len(groups)} supernodes; most promoting the top logit by the graph: "
+          f"{[(k, round(float(effect_on[v].sum()), 3)) for k, v in ranked[:3]]}")
     target = int(g.logit_tokens[0])
-    if ranked:
-        name, members = ranked[0]
-        res = G.intervene(model, tc, QUESTION, G.feature_changes(p, name, 0.0), mode="real")
-        rng = np.random.default_rng(0)
+
+    def effect(nodes, graph):
+        r = G.intervene(model, tc, QUESTION, G.feature_changes(graph, nodes, 0.0), mode="real")
+        return r, r.centered_change(target), r.logprob_change(target)
+
+    rng = np.random.default_rng(0)
+    feats = [int(i) for i in p.kept() if p.kind(int(i)) == "feature"]
+    top = sorted(feats, key=lambda i: -effect_on[i])[:10]
+    for name, members in ranked[:1] + [("10 kept features promoting it most", top)]:
+        res, centered, logprob = effect(members, p)
         others = [i for i in range(g.n_features) if i not in members]
-        ctrl = []
-        for _ in range(5):
-            pick = rng.choice(others, len(members), replace=False)
-            ctrl.append(G.intervene(model, tc, QUESTION, G.feature_changes(g, pick, 0.0), mode="real").change(target))
-        print(f"  ablating supernode {name!r} ({len(members)} features) in the real model: logit of "
-              f"{g.logit_strs[0]!r} {res.change(target):+.3f}; {len(members)} random other traced features: "
-              f"{np.mean(ctrl):+.3f} (mean of 5)")
-        print(f"  after the ablation: {res.top(model.tokenizer, 3)}")
+        ctrl = [effect(rng.choice(others, len(members), replace=False), g)[1:] for _ in range(5)]
+        print(f"  ablating {name!r} ({len(members)} features; graph predicts {-effect_on[members].sum():+.3f}) in the "
+              f"real model: {g.logit_strs[0]!r} logit minus mean {centered:+.3f}, log-prob {logprob:+.3f}; as many "
+              f"random traced features: {np.mean([c[0] for c in ctrl]):+.3f}, {np.mean([c[1] for c in ctrl]):+.3f} "
+              f"(mean of 5)")
+        print(f"    after: {res.top(model.tokenizer, 3)}")
 
 
 def main() -> None:
@@ -121,7 +123,7 @@ def main() -> None:
             print(f"{n} tokens: failed\n{out.stderr[-2000:]}")
             continue
         r = json.loads(out.stdout.strip().splitlines()[-1])
-        print(f"{n:4d} tokens: trace {r['first_s']:.1f} s first (compile included), {r['warm_s']:.1f} s warm; "
+        print(f"{n:4d} tokens: trace {r['first_s']:.1f} s (compilation included); "
               f"peak memory {r['peak_rss_gb']:.2f} GB (whole process, model included); {r['active_features']} active "
               f"features, {r['feature_nodes']} traced, {r['nodes']} nodes; scores {r['scores']}; top logit {r['top_logit']!r}")
 

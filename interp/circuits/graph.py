@@ -274,6 +274,23 @@ class Graph:
         t, s = np.nonzero(a)
         return [(int(si), int(ti), float(a[ti, si])) for ti, si in zip(t, s)]
 
+    def signed_effect(self, logit: int = 0, pruned: bool = False) -> np.ndarray:
+        """Each node's signed, linearised total effect on logit node ``logit`` (its logit minus the mean logit):
+        what removing the node would take away, summed over every path of the graph. A path's weight is the
+        product of its edges, each divided by the activation of the feature it enters (an active feature's
+        activation follows its pre-activation one for one)."""
+        a = self._matrix(pruned)
+        s = self.slices()
+        direct = a[s["logit"].start + logit].astype(np.float64)
+        rel = a[s["feature"]] / np.maximum(self.feature_act, 1e-12)[:, None]  # [F N]
+        e = direct.copy()
+        for _ in range(self.n_layers + 2):
+            new = direct + e[s["feature"]] @ rel
+            if np.allclose(new, e, rtol=1e-9, atol=1e-12):
+                break
+            e = new
+        return e
+
     # supernodes (editable)
     def group(self, name: str, nodes: Sequence[int]) -> None:
         """Make (or replace) the supernode ``name`` from feature node indices."""
@@ -605,7 +622,17 @@ class Intervention:
     after: np.ndarray
 
     def change(self, token: int) -> float:
+        """Change of the token's raw logit."""
         return float(self.after[token] - self.before[token])
+
+    def centered_change(self, token: int) -> float:
+        """Change of the token's logit minus the mean logit (what graph logit nodes measure)."""
+        return float((self.after[token] - self.after.mean()) - (self.before[token] - self.before.mean()))
+
+    def logprob_change(self, token: int) -> float:
+        """Change of the token's log-probability."""
+        lb, la = jax.nn.log_softmax(self.before), jax.nn.log_softmax(self.after)
+        return float(la[token] - lb[token])
 
     def top(self, tokenizer=None, k: int = 5) -> list[tuple[str, float, float]]:
         """(token, probability before, after) for the ``k`` most likely tokens after the intervention."""

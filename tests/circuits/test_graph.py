@@ -153,3 +153,14 @@ def test_transcoder_set_roundtrip_and_checks(tiny3, tc, tmp_path):
         G.Transcoders(tuple(reversed(tc.dictionaries)))
     with pytest.raises(ValueError, match="one per layer"):
         G.trace(tiny3, G.Transcoders(tc.dictionaries[:2]), [1, 2, 3])
+
+
+def test_signed_effect_on_a_hand_built_graph():
+    # nodes: f0 f1 | err | emb | logit, one layer and one position
+    a = np.zeros((5, 5), np.float32)
+    a[4, 1], a[4, 3] = 3.0, -1.0
+    a[1, 0], a[1, 3] = 2.0, 1.0
+    a[0, 3] = 2.0
+    g = G.Graph(np.array([7]), ["x"], np.array([0, 0]), np.array([0, 0]), np.array([5, 6]), np.array([2.0, 4.0]), 1,
+                np.array([9]), np.array([1.0]), ["y"], a)
+    np.testing.assert_allclose(g.signed_effect(0), [1.5, 3.0, 0.0, 1.25, 0.0])
