@@ -392,14 +392,15 @@ def _influence(a: np.ndarray, w: np.ndarray, max_iter: int = 1000) -> np.ndarray
 # ---------------------------------------------------------------------------------------------- tracing
 def trace(
     model, tc: Transcoders, prompt, *, max_logits: int = 10, logit_prob: float = 0.95, max_feature_nodes: int = 512,
-    batch_size: int = 16, k_per_position: int | None = None, progress: bool = False,
+    batch_size: int | None = None, k_per_position: int | None = None, progress: bool = False,
 ) -> Graph:
     """The attribution graph of ``prompt`` (text or ids ``[T]``) under the replacement model.
 
     Logit nodes: the most likely next tokens at the last position, up to ``max_logits`` of them or until
     their probability mass reaches ``logit_prob``. Feature nodes: active features chosen greedily by their
     estimated influence on those logits (recomputed after each batch of targets) up to ``max_feature_nodes``;
-    the others' effects are left out of the graph. ``batch_size`` targets share one batched VJP.
+    the others' effects are left out of the graph. ``batch_size`` targets share one batched VJP (default:
+    16, fewer for long prompts so that batch x tokens stays at 1024, which bounds memory).
     ``k_per_position`` (default: the most features active at any position) sets the feature slots per position.
     """
     if len(tc) != model.n_layers:
@@ -408,6 +409,8 @@ def trace(
     if tokens.shape[0] != 1:
         raise ValueError(f"trace takes one prompt; got a batch of {tokens.shape[0]}")
     L, T = model.n_layers, tokens.shape[1]
+    if batch_size is None:
+        batch_size = max(1, min(16, 1024 // T))
     if T <= tc.skip_positions:
         raise ValueError(f"the prompt has {T} tokens but the transcoders skip the first {tc.skip_positions}: "
                          "trace a longer prompt")
