@@ -279,7 +279,7 @@ def path_patch(
     """
     base, source = _runs(model, clean, corrupted, direction, attention_mask)
     base_tokens, mask = _tokens(model, base, attention_mask)
-    heads_grid = senders_ == "heads"
+    heads_grid = isinstance(senders_, str) and senders_ == "heads"
     if heads_grid:
         senders_ = [s for s in senders(model) if s.startswith("L")]
         per_sender = True
