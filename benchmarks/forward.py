@@ -91,6 +91,8 @@ def main() -> None:
             results["TransformerLens cache all hooks"] = timed(lambda: tl.run_with_cache(tt), args.reps)
     except ImportError as e:
         notes.append(f"TransformerLens not installed ({e.name})")
+    except Exception as e:  # noqa: BLE001 - report why the peer could not run, keep the other figures
+        notes.append(f"TransformerLens could not run here: {type(e).__name__}: {str(e)[:200]}")
 
     print(f"device: {jax.devices()[0].device_kind} ({jax.default_backend()}), jax {jax.__version__}; "
           f"batch {args.batch} x {args.seq} tokens, median of {args.reps}")

@@ -60,7 +60,6 @@ def one_length(tc_dir, n: int, max_nodes: int) -> dict:
 
 
 def factual(tc_dir, max_nodes: int) -> None:
-    import interp  # noqa: F401
     from interp.circuits import graph as G
 
     model, tc = load(tc_dir)

@@ -9,6 +9,7 @@ import jax.numpy as jnp
 import numpy as np
 from jaxtyping import Array, Float
 
+from interp.circuits.dla import apply_final_norm
 from interp.hooks._spec import NOOP
 
 
@@ -50,8 +51,6 @@ def _read_out(model, resid):
 
 @jax.jit
 def _read_out_frozen(model, resid, scale):
-    from interp.circuits.dla import apply_final_norm
-
     return apply_final_norm(model, resid, scale) @ model.W_U
 
 

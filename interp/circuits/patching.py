@@ -258,7 +258,7 @@ def _sweep(model, layers, base_resid, source_act, masks, positions, mask, metric
             return jax.vmap(one)(masks)
         return jax.lax.map(one, masks, batch_size=batch_size)
 
-    return jax.lax.map(per_layer, (layers, base_resid[layers], source_act[layers]))
+    return jax.lax.map(per_layer, (layers, base_resid, source_act))
 
 
 def patch(
@@ -287,17 +287,17 @@ def patch(
     base, source = _runs(model, clean, corrupted, direction, attention_mask)
     layers = _layers(model, layers)
     base_tokens, mask = _tokens(model, base, attention_mask)
-    names = [target.name(l) for l in range(model.n_layers)]
-    resid_names = [act_name("resid_pre", l) for l in range(model.n_layers)]
+    names = [target.name(l) for l in layers]
+    resid_names = [act_name("resid_pre", l) for l in layers]
     base_logits, base_cache = model.run_with_cache(base_tokens, resid_names, attention_mask=mask)
-    src_cache, src_metric = _source_acts(model, source, names[min(layers): max(layers) + 1], mask, metric)
-    shape = tuple(src_cache[names[layers[0]]].shape)
+    src_cache, src_metric = _source_acts(model, source, names, mask, metric)
+    shape = tuple(src_cache[names[0]].shape)
     if shape[0] != base_tokens.shape[0] or (target.layout != "BHTS" and shape[1] != base_tokens.shape[1]):
         raise ValueError(f"clean and corrupted runs differ in shape: {shape[:2]} vs {tuple(base_tokens.shape)}; "
                          "patching needs prompts of equal length (pad them with an attention_mask)")
-    source_act = jnp.stack([src_cache[names[l]] if l in layers else jnp.zeros(shape, src_cache[names[layers[0]]].dtype)
-                            for l in range(model.n_layers)])
-    base_resid = base_cache.stack("resid_pre", layers=list(range(model.n_layers)))
+    # both stacked over the swept layers only, in the order of ``layers``
+    source_act = jnp.stack([src_cache[n] for n in names])
+    base_resid = jnp.stack([base_cache[n] for n in resid_names])
     positions, amask = attention_inputs(base_tokens.shape, mask)
     masks = target.masks(shape)
     if batch_size is None:
