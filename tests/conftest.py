@@ -129,3 +129,18 @@ def hf_logits_head_zeroed(hf, tokens, layer: int, head: int) -> np.ndarray:
             return hf(torch.tensor(np.asarray(tokens), dtype=torch.long)).logits.numpy()
     finally:
         h.remove()
+
+
+def random_transcoders(model, width=24, k=4, seed=0):
+    """Random-init TopK transcoders for every layer of ``model`` (first position skipped)."""
+    import jax
+
+    from interp import sae
+    from interp.circuits import graph as G
+
+    ds = []
+    for l in range(model.n_layers):
+        cfg = sae.TopKConfig(d_in=model.d_model, width=width, k=k, hook_name=G.HOOK_IN.format(layer=l),
+                             hook_name_out=G.HOOK_OUT.format(layer=l))
+        ds.append(sae.create(cfg, jax.random.key(seed + l)))
+    return G.Transcoders(tuple(ds), skip_positions=1)

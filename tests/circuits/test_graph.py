@@ -3,24 +3,12 @@ files, interventions, and the known path of a toy model trained on a lookup task
 
 from __future__ import annotations
 
-import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from interp import sae
 from interp.circuits import graph as G
-
-
-def random_transcoders(model, width=24, k=4, seed=0):
-    ds = []
-    for l in range(model.n_layers):
-        cfg = sae.TopKConfig(d_in=model.d_model, width=width, k=k, hook_name=G.HOOK_IN.format(layer=l),
-                             hook_name_out=G.HOOK_OUT.format(layer=l))
-        d = sae.create(cfg, jax.random.key(seed + l))
-        # a visible decoder bias, so constants are accounted for
-        ds.append(jax.tree_util.tree_map(lambda x: x, d))
-    return G.Transcoders(tuple(ds), skip_positions=1)
+from tests.conftest import random_transcoders
 
 
 @pytest.fixture(scope="module")

@@ -1,0 +1,375 @@
+"""Plain plotly figures for the results of ``interp`` (no widgets, no kernel): they render in a notebook, in a
+widget (wrapped by :mod:`interp.widgets`) and in a self-contained report (:mod:`interp.report`).
+
+Every token string goes through :func:`escape` before plotly sees it: plotly reads a few HTML tags in text, so
+a token such as ``<b>`` or ``<script>`` would otherwise be interpreted instead of shown.
+"""
+
+from __future__ import annotations
+
+import html
+from collections.abc import Sequence
+
+import numpy as np
+
+DIVERGING = "RdBu"  # red for negative, blue for positive; centred at zero with zmid=0
+
+
+def escape(s: str) -> str:
+    """A token or label as display text: HTML-escaped, with newlines and tabs made visible."""
+    return html.escape(str(s).replace("\n", "\\n").replace("\t", "\\t"), quote=True)
+
+
+def token_strings(model, ids) -> list[str]:
+    """Each id as its own text, or ``"#id"`` for a model without a tokenizer."""
+    ids = [int(i) for i in np.asarray(ids).reshape(-1)]
+    if getattr(model, "tokenizer", None) is None:
+        return [f"#{i}" for i in ids]
+    return [model.to_string([i]) for i in ids]
+
+
+def _go():
+    try:
+        import plotly.graph_objects as go
+    except ImportError as e:  # plotly is a dependency; this only fires in a broken environment
+        raise ImportError("interp's figures need plotly: pip install plotly") from e
+    return go
+
+
+def token_ticks(str_tokens: Sequence[str]) -> tuple[list[int], list[str]]:
+    """Tick positions and texts ``"i:token"`` for a token axis. A numeric axis is used because plotly would
+    merge repeated tokens on a categorical one."""
+    return list(range(len(str_tokens))), [f"{i}:{escape(t)}" for i, t in enumerate(str_tokens)]
+
+
+def _layout(fig, title: str | None, height: int | None = None, **kw):
+    fig.update_layout(title=escape(title) if title else None, template="plotly_white",
+                      margin={"l": 60, "r": 20, "t": 50 if title else 20, "b": 40}, height=height, **kw)
+    return fig
+
+
+# ---------------------------------------------------------------------------------------------- attention
+def attention_figure(str_tokens: Sequence[str], pattern: np.ndarray, *, head_labels: Sequence[str] | None = None,
+                     title: str | None = None, figure=None):
+    """Attention patterns ``[H, T_query, T_key]`` (or one head ``[T_q, T_k]``) as heatmaps, one per head, with a
+    menu to switch heads. Hover shows the query and key tokens and the weight."""
+    go = _go()
+    pattern = np.asarray(pattern, np.float32)
+    if pattern.ndim == 2:
+        pattern = pattern[None]
+    H, Tq, Tk = pattern.shape
+    head_labels = list(head_labels or [f"head {h}" for h in range(H)])
+    ticks, text = token_ticks(str_tokens)
+    tok = [escape(t) for t in str_tokens]
+    qk = np.array([[[tok[q], tok[k]] for k in range(Tk)] for q in range(Tq)], dtype=object)
+    fig = figure if figure is not None else go.Figure()
+    fig.data = []
+    for h in range(H):
+        fig.add_trace(go.Heatmap(
+            z=pattern[h], x=list(range(Tk)), y=list(range(Tq)), customdata=qk, zmin=0.0, zmax=1.0,
+            colorscale="Blues", visible=h == 0, name=escape(head_labels[h]),
+            hovertemplate="query %{y} %{customdata[0]}<br>key %{x} %{customdata[1]}<br>weight %{z:.3f}<extra>"
+                          + escape(head_labels[h]) + "</extra>"))
+    buttons = [{"label": escape(head_labels[h]), "method": "update",
+                    "args": [{"visible": [i == h for i in range(H)]}]} for h in range(H)]
+    fig.update_layout(updatemenus=[{"buttons": buttons, "x": 1.0, "xanchor": "right", "y": 1.15, "yanchor": "top"}] if H > 1 else [])
+    fig.update_xaxes(tickvals=ticks[:Tk], ticktext=text[:Tk], title="key", tickangle=-60, side="bottom")
+    fig.update_yaxes(tickvals=ticks[:Tq], ticktext=text[:Tq], title="query", autorange="reversed")
+    return _layout(fig, title, height=max(320, 22 * Tq + 140))
+
+
+# ---------------------------------------------------------------------------------------------- lens and DLA
+def lens_figure(str_tokens: Sequence[str], top_strs: Sequence[Sequence[str]], top_probs: np.ndarray,
+                row_labels: Sequence[str], *, title: str | None = None, figure=None):
+    """Logit lens: rows are lens readouts (embedding, then each block), columns positions; the cell colour is the
+    probability of that row's top token, written in the cell."""
+    go = _go()
+    top_probs = np.asarray(top_probs, np.float32)
+    ticks, text = token_ticks(str_tokens)
+    cells = [[escape(s) for s in row] for row in top_strs]
+    fig = figure if figure is not None else go.Figure()
+    fig.data = []
+    fig.add_trace(go.Heatmap(
+        z=top_probs, x=ticks, y=list(range(len(row_labels))), text=cells, texttemplate="%{text}",
+        textfont={"size": 9}, customdata=np.array([[lab] * len(ticks) for lab in row_labels], dtype=object),
+        colorscale="Blues", zmin=0.0, zmax=1.0, colorbar={"title": "p(top)"},
+        hovertemplate="%{customdata}, position %{x}<br>top token %{text}<br>p = %{z:.3f}<extra></extra>"))
+    fig.update_xaxes(tickvals=ticks, ticktext=text, tickangle=-60, title="position")
+    fig.update_yaxes(tickvals=list(range(len(row_labels))), ticktext=[escape(r) for r in row_labels],
+                     autorange="reversed", title="readout")
+    return _layout(fig, title, height=max(360, 16 * len(row_labels) + 160))
+
+
+def bar_figure(labels: Sequence[str], values: np.ndarray, *, title: str | None = None, xaxis: str = "",
+               yaxis: str = "", horizontal: bool = False, figure=None, top: int | None = None):
+    """Signed bars (blue positive, red negative). ``top`` keeps the entries with the largest magnitude."""
+    go = _go()
+    values = np.asarray(values, np.float64)
+    labels = [escape(s) for s in labels]
+    if top is not None and len(values) > top:
+        keep = np.sort(np.argsort(-np.abs(values))[:top])
+        labels, values = [labels[i] for i in keep], values[keep]
+    colors = ["#2166ac" if v >= 0 else "#b2182b" for v in values]
+    fig = figure if figure is not None else go.Figure()
+    fig.data = []
+    if horizontal:
+        fig.add_trace(go.Bar(y=labels, x=values, orientation="h", marker_color=colors,
+                             hovertemplate="%{y}: %{x:.4g}<extra></extra>"))
+        fig.update_yaxes(autorange="reversed", title=yaxis, type="category")
+        fig.update_xaxes(title=xaxis)
+    else:
+        fig.add_trace(go.Bar(x=labels, y=values, marker_color=colors, hovertemplate="%{x}: %{y:.4g}<extra></extra>"))
+        fig.update_xaxes(title=xaxis, type="category")
+        fig.update_yaxes(title=yaxis)
+    return _layout(fig, title, height=max(300, 18 * len(labels) + 120) if horizontal else 360)
+
+
+def dla_figure(result, *, batch: int = 0, answer: int = 0, title: str | None = None, top: int | None = 40, figure=None):
+    """Direct logit attribution (:func:`interp.circuits.direct_logit_attribution`) of one answer of one prompt."""
+    vals = np.asarray(result.values)[:, batch, answer]
+    return bar_figure(result.labels, vals, title=title, xaxis="contribution to the logit", horizontal=True,
+                      top=top, figure=figure)
+
+
+def heatmap_figure(z: np.ndarray, row_labels: Sequence[str], col_labels: Sequence[str], *, title: str | None = None,
+                   zlabel: str = "value", diverging: bool = True, figure=None):
+    """A labelled heatmap (rows top to bottom); diverging colours centred at zero, or sequential ones."""
+    go = _go()
+    z = np.asarray(z, np.float64)
+    rows, cols = [escape(r) for r in row_labels], [escape(c) for c in col_labels]
+    m = float(np.nanmax(np.abs(z))) if z.size else 1.0
+    fig = figure if figure is not None else go.Figure()
+    fig.data = []
+    fig.add_trace(go.Heatmap(
+        z=z, x=list(range(len(cols))), y=list(range(len(rows))), colorscale=DIVERGING if diverging else "Blues",
+        zmid=0.0 if diverging else None, zmin=-m if diverging else None, zmax=m if diverging else None,
+        customdata=np.array([[[r, c] for c in cols] for r in rows], dtype=object), colorbar={"title": escape(zlabel)},
+        hovertemplate="%{customdata[0]} %{customdata[1]}<br>" + escape(zlabel) + " %{z:.4f}<extra></extra>"))
+    fig.update_xaxes(tickvals=list(range(len(cols))), ticktext=cols, tickangle=-60 if len(cols) > 12 else 0)
+    fig.update_yaxes(tickvals=list(range(len(rows))), ticktext=rows, autorange="reversed")
+    return _layout(fig, title, height=max(340, 16 * len(rows) + 160))
+
+
+# ---------------------------------------------------------------------------------------------- patching
+def patching_figure(result, *, normalized: bool = True, title: str | None = None, index: int | None = None,
+                    figure=None):
+    """A patching or attribution sweep (:class:`interp.circuits.PatchResult`). One axis: bars; two: a heatmap
+    (layer rows); three: heatmaps of the first two axes with a menu over the third (or ``index`` fixes it)."""
+    go = _go()
+    src_ok = np.isfinite(result.source) and result.source != result.base
+    vals = result.normalized() if (normalized and src_ok) else result.effect
+    what = "normalized effect" if (normalized and src_ok) else "change of the metric"
+    title = title or f"{result.method}: {result.hook} ({what})"
+    axes, labels = result.axes, result.labels
+    if vals.ndim == 1:
+        return bar_figure(labels[0], vals, title=title, xaxis=axes[0], yaxis=what, figure=figure)
+    fig = figure if figure is not None else go.Figure()
+    fig.data = []
+    if vals.ndim == 2:
+        slices, names = [vals], [None]
+    elif vals.ndim == 3:
+        if index is not None:
+            slices, names = [vals[..., index]], [labels[2][index]]
+        else:
+            slices, names = [vals[..., i] for i in range(vals.shape[2])], list(labels[2])
+    else:
+        raise ValueError(f"patching_figure draws 1 to 3 axes; this result has {vals.ndim}: {axes}")
+    m = float(np.nanmax(np.abs(vals))) or 1.0
+    ylab, xlab = [escape(s) for s in labels[0]], [escape(s) for s in labels[1]]
+    for i, z in enumerate(slices):
+        fig.add_trace(go.Heatmap(
+            z=z, x=list(range(len(xlab))), y=list(range(len(ylab))), zmid=0.0, zmin=-m, zmax=m, colorscale=DIVERGING,
+            visible=i == 0, customdata=np.array([[[ylab[r], xlab[c]] for c in range(len(xlab))] for r in range(len(ylab))],
+                                                dtype=object),
+            hovertemplate=f"{axes[0]} %{{customdata[0]}}<br>{axes[1]} %{{customdata[1]}}<br>{what} %{{z:.4f}}<extra>"
+                          + (escape(names[i]) if names[i] is not None else "") + "</extra>",
+            colorbar={"title": what.split()[0]}))
+    if len(slices) > 1:
+        fig.update_layout(updatemenus=[{
+            "buttons": [{"label": escape(n), "method": "update", "args": [{"visible": [j == i for j in range(len(slices))]}]}
+                     for i, n in enumerate(names)], "x": 1.0, "xanchor": "right", "y": 1.15, "yanchor": "top"}])
+    fig.update_xaxes(tickvals=list(range(len(xlab))), ticktext=xlab, title=axes[1], tickangle=-60 if len(xlab) > 8 else 0)
+    fig.update_yaxes(tickvals=list(range(len(ylab))), ticktext=ylab, title=axes[0], autorange="reversed")
+    return _layout(fig, title, height=max(340, 16 * len(ylab) + 160))
+
+
+# ---------------------------------------------------------------------------------------------- features
+def histogram_figure(counts: np.ndarray, edges: np.ndarray, *, title: str | None = None, xaxis: str = "activation",
+                     figure=None):
+    go = _go()
+    centers = (np.asarray(edges[:-1]) + np.asarray(edges[1:])) / 2
+    fig = figure if figure is not None else go.Figure()
+    fig.data = []
+    fig.add_trace(go.Bar(x=centers, y=counts, width=np.diff(edges), marker_color="#4393c3",
+                         hovertemplate="%{x:.3g}: %{y} tokens<extra></extra>"))
+    fig.update_xaxes(title=xaxis)
+    fig.update_yaxes(title="tokens")
+    return _layout(fig, title, height=260)
+
+
+def logit_effect_figure(promoted: Sequence[tuple[str, float]], suppressed: Sequence[tuple[str, float]], *,
+                        title: str | None = None, figure=None):
+    """Tokens a feature's decoder direction promotes and suppresses through the unembedding."""
+    labels = [t for t, _ in suppressed][::-1] + [t for t, _ in promoted][::-1]
+    vals = np.array([v for _, v in suppressed][::-1] + [v for _, v in promoted][::-1])
+    fig = bar_figure(labels, vals, title=title, xaxis="direct logit effect", horizontal=True, figure=figure)
+    fig.update_yaxes(autorange=True)
+    return fig
+
+
+# ---------------------------------------------------------------------------------------------- training
+TRAINING_METRICS = ("loss", "fvu", "l0", "dead_fraction")
+
+
+def training_figure(history: Sequence[dict], *, metrics: Sequence[str] = TRAINING_METRICS, x: str = "step",
+                    title: str | None = None, figure=None):
+    """Training curves (one panel per metric) from a list of rows such as ``TrainResult.history``."""
+    go = _go()
+    from plotly.subplots import make_subplots
+
+    metrics = [m for m in metrics if any(m in row for row in history)] or list(metrics)
+    if figure is None:
+        figure = go.Figure(make_subplots(rows=1, cols=len(metrics), subplot_titles=[escape(m) for m in metrics]))
+    figure.data = []
+    xs = [row.get(x, i + 1) for i, row in enumerate(history)]
+    for j, m in enumerate(metrics):
+        figure.add_trace(go.Scatter(x=xs, y=[row.get(m) for row in history], mode="lines", name=escape(m),
+                                    showlegend=False, hovertemplate=f"{x} %{{x}}<br>{m} %{{y:.4g}}<extra></extra>"),
+                         row=1, col=j + 1)
+    return _layout(figure, title, height=280)
+
+
+# ---------------------------------------------------------------------------------------------- graphs
+_KIND_STYLE = {"embed": ("#636363", "square"), "feature": ("#4393c3", "circle"), "error": ("#bdbdbd", "diamond"),
+               "logit": ("#d6604d", "star")}
+
+
+def graph_layout(graph, nodes: Sequence[int]) -> dict[int, tuple[float, float]]:
+    """(x, y) of each node: x is the token position (nodes sharing a cell spread across it), y the layer
+    (embeddings at -1, logits above the last layer)."""
+    cells: dict[tuple[int, int], list[int]] = {}
+    for i in nodes:
+        cells.setdefault(graph.node_layer_pos(int(i)), []).append(int(i))
+    xy = {}
+    for (layer, pos), members in cells.items():
+        n = len(members)
+        for j, i in enumerate(members):
+            off = 0.0 if n == 1 else (j / (n - 1) - 0.5) * min(0.8, 0.16 * (n - 1))
+            xy[i] = (pos + off, layer)
+    return xy
+
+
+def _node_text(graph, i: int, influence: np.ndarray) -> str:
+    kind = graph.kind(i)
+    j = i - graph.slices()[kind].start
+    parts = [f"<b>{escape(graph.label(i))}</b>", f"influence {influence[i]:.3f}"]
+    if kind == "feature":
+        parts.append(f"activation {graph.feature_act[j]:.3f}")
+        groups = [name for name, members in graph.supernodes.items() if i in members]
+        if groups:
+            parts.append("supernode " + ", ".join(escape(g) for g in groups))
+    if kind == "logit":
+        parts.append(f"p = {graph.logit_probs[j]:.3f}")
+    return "<br>".join(parts)
+
+
+def graph_figure(graph, *, pruned: bool = True, max_edges: int = 400, selected: Sequence[int] = (),
+                 title: str | None = None, figure=None):
+    """An attribution graph (:class:`interp.circuits.graph.Graph`) laid out by layer and position. Node size
+    follows influence on the logits; edge colour the sign (blue excitatory, red inhibitory), edge width its
+    magnitude; only the ``max_edges`` strongest edges are drawn. Each marker's ``customdata`` is its node
+    index, which click handlers use."""
+    go = _go()
+    nodes = [int(i) for i in (graph.kept() if pruned else np.arange(graph.n_nodes))]
+    influence = graph.influence(pruned=pruned)
+    xy = graph_layout(graph, nodes)
+    fig = figure if figure is not None else go.Figure()
+    fig.data = []
+    edges = [e for e in graph.edges(pruned) if e[0] in xy and e[1] in xy and e[2] != 0]
+    edges.sort(key=lambda e: -abs(e[2]))
+    edges = edges[:max_edges]
+    wmax = max((abs(w) for *_, w in edges), default=1.0)
+    for sign, color in ((1, "rgba(33,102,172,{a})"), (-1, "rgba(178,24,43,{a})")):
+        for lo, hi, width in ((0.0, 0.1, 0.6), (0.1, 0.4, 1.6), (0.4, 1.01, 3.2)):  # three widths, one trace each
+            xs, ys = [], []
+            for s, t, w in edges:
+                if np.sign(w) == sign and lo <= abs(w) / wmax < hi:
+                    xs += [xy[s][0], xy[t][0], None]
+                    ys += [xy[s][1], xy[t][1], None]
+            if xs:
+                fig.add_trace(go.Scatter(x=xs, y=ys, mode="lines", hoverinfo="skip", showlegend=False,
+                                         line={"width": width, "color": color.format(a=0.25 + 0.5 * hi)}))
+    sel = {int(s) for s in selected}
+    for kind, (color, symbol) in _KIND_STYLE.items():
+        members = [i for i in nodes if graph.kind(i) == kind]
+        if not members:
+            continue
+        size = [8 + 22 * float(np.sqrt(max(influence[i], 0.0) / max(influence[nodes].max(), 1e-12)))
+                if kind in ("feature", "error") else 12 for i in members]
+        fig.add_trace(go.Scatter(
+            x=[xy[i][0] for i in members], y=[xy[i][1] for i in members], mode="markers", name=kind,
+            customdata=members, text=[_node_text(graph, i, influence) for i in members],
+            hovertemplate="%{text}<extra></extra>",
+            marker={"color": color, "symbol": symbol, "size": size,
+                        "line": {"width": [3 if i in sel else 0.5 for i in members],
+                                  "color": ["#000000" if i in sel else "#ffffff" for i in members]}}))
+    ticks, text = token_ticks(graph.str_tokens)
+    fig.update_xaxes(tickvals=ticks, ticktext=text, tickangle=-60, title="position", zeroline=False)
+    fig.update_yaxes(tickvals=[-1] + list(range(graph.n_layers)) + [graph.n_layers],
+                     ticktext=["emb"] + [f"L{l}" for l in range(graph.n_layers)] + ["logits"], zeroline=False,
+                     title="layer")
+    fig.update_layout(clickmode="event", legend={"orientation": "h", "y": -0.25})
+    return _layout(fig, title, height=max(420, 18 * graph.n_layers + 200))
+
+
+def _component_xy(label: str, n_layers: int, n_heads: int) -> tuple[float, float, str]:
+    """Where an edge-attribution component sits: heads at (head, layer), MLPs right of the heads, the embedding
+    below and the logits above. q/k/v receivers sit on their head (their kind is returned separately)."""
+    if label == "embed":
+        return (n_heads / 2, -1.0, "")
+    if label == "logits":
+        return (n_heads / 2, float(n_layers), "")
+    if label.startswith("MLP"):
+        return (n_heads + 0.5, float(label[3:]), "")
+    head, _, part = label.partition(".")
+    layer, h = head[1:].split("H")
+    return (float(h), float(layer), part)
+
+
+def edge_circuit_figure(result, n_layers: int, n_heads: int, *, top: int = 40, title: str | None = None,
+                        figure=None):
+    """The ``top`` edges of an edge attribution (:class:`interp.circuits.EdgeResult`) by magnitude, drawn between
+    components laid out by layer (heads by index, MLPs to the right); blue edges move the metric towards the
+    source run, red ones away."""
+    go = _go()
+    s = np.nan_to_num(np.asarray(result.scores), nan=0.0)
+    order = np.argsort(-np.abs(s), axis=None)[:top]
+    us, vs = np.unravel_index(order, s.shape)
+    fig = figure if figure is not None else go.Figure()
+    fig.data = []
+    smax = float(np.abs(s[us, vs]).max()) if len(order) else 1.0
+    nodes: dict[str, tuple[float, float]] = {}
+    for u, v in zip(us, vs):
+        su, rv = result.senders[u], result.receivers[v]
+        x0, y0, _ = _component_xy(su, n_layers, n_heads)
+        x1, y1, part = _component_xy(rv, n_layers, n_heads)
+        nodes[su] = (x0, y0)
+        nodes[rv.split(".")[0]] = (x1, y1)
+        w = float(s[u, v])
+        fig.add_trace(go.Scatter(
+            x=[x0, x1], y=[y0, y1], mode="lines", showlegend=False,
+            line={"width": 0.8 + 5 * abs(w) / smax, "color": "#2166ac" if w > 0 else "#b2182b",
+                  "dash": {"k": "dot", "v": "dash"}.get(part, "solid")},
+            opacity=0.35 + 0.6 * abs(w) / smax, hoverinfo="text",
+            text=f"{escape(su)} → {escape(rv)}: {w:+.4f}"))
+    names = list(nodes)
+    fig.add_trace(go.Scatter(x=[nodes[n][0] for n in names], y=[nodes[n][1] for n in names], mode="markers+text",
+                             text=[escape(n) for n in names], textposition="top center", showlegend=False,
+                             marker={"size": 10, "color": "#f4a582", "line": {"width": 1, "color": "#555"}},
+                             hovertemplate="%{text}<extra></extra>"))
+    fig.update_xaxes(tickvals=list(range(n_heads)) + [n_heads + 0.5], ticktext=[f"H{h}" for h in range(n_heads)] + ["MLP"],
+                     zeroline=False)
+    fig.update_yaxes(tickvals=[-1, *range(n_layers), n_layers],
+                     ticktext=["embed"] + [f"L{l}" for l in range(n_layers)] + ["logits"], zeroline=False)
+    return _layout(fig, title or f"Top {top} edges ({result.method}); dotted: into keys, dashed: into values",
+                   height=max(420, 18 * n_layers + 200))

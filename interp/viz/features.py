@@ -1,0 +1,204 @@
+"""Feature dashboards: where a dictionary's latents fire over a token set, and what they write.
+
+:func:`feature_index` runs the model over a token set once and keeps every nonzero latent activation
+(sparse: token, latent, value), so the card of any latent (:func:`feature_card`) is a lookup. A card holds the
+top-activating contexts with per-token activations, the activation histogram, the density, and the tokens the
+latent's decoder direction promotes and suppresses through the unembedding (its direct logit effect).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Mapping, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from interp.viz._figures import (
+    escape,
+    histogram_figure,
+    logit_effect_figure,
+    token_strings,
+)
+
+
+@dataclasses.dataclass
+class FeatureIndex:
+    """Every nonzero latent activation of ``dictionary`` over ``tokens [N, T]``, sorted by latent."""
+
+    tokens: np.ndarray  # [N T]
+    width: int
+    flat_pos: np.ndarray  # [nnz] index into tokens.reshape(-1)
+    latent: np.ndarray  # [nnz], sorted
+    value: np.ndarray  # [nnz]
+    starts: np.ndarray  # [width + 1]: entries of latent f are starts[f]:starts[f+1]
+    skip_positions: int = 0
+
+    @property
+    def n_tokens(self) -> int:
+        return int(self.tokens.shape[0] * max(self.tokens.shape[1] - self.skip_positions, 0))
+
+    def entries(self, f: int) -> tuple[np.ndarray, np.ndarray]:
+        if not 0 <= f < self.width:
+            raise IndexError(f"latent {f} is out of range: the dictionary has {self.width} latents")
+        s = slice(self.starts[f], self.starts[f + 1])
+        return self.flat_pos[s], self.value[s]
+
+    def density(self) -> np.ndarray:
+        """Fraction of tokens on which each latent fires."""
+        return np.diff(self.starts) / max(self.n_tokens, 1)
+
+    def activations(self, f: int) -> np.ndarray:
+        """Dense ``[N, T]`` activations of latent ``f``."""
+        out = np.zeros(self.tokens.size, np.float32)
+        pos, val = self.entries(f)
+        out[pos] = val
+        return out.reshape(self.tokens.shape)
+
+
+@jax.jit
+def _encode(dictionary, x):
+    return dictionary.encode(x)
+
+
+def feature_index(model, dictionary, tokens, *, hook: str | None = None, batch: int = 8, skip_positions: int = 0,
+                  progress: bool = False) -> FeatureIndex:
+    """Run ``model`` over ``tokens [N, T]`` (ids) and index where each latent of ``dictionary`` fires. ``hook``
+    defaults to the dictionary's input hook (``cfg.hook_name``). The first ``skip_positions`` positions of each
+    row (e.g. BOS, whose activations are outliers) are left out."""
+    return feature_indices(model, {0: (dictionary, hook)}, tokens, batch=batch, skip_positions=skip_positions,
+                           progress=progress)[0]
+
+
+def feature_indices(model, dictionaries: Mapping, tokens, *, batch: int = 8, skip_positions: int = 0,
+                    progress: bool = False) -> dict:
+    """:func:`feature_index` for several dictionaries from one model pass: ``dictionaries`` maps a key to a
+    dictionary or a ``(dictionary, hook)`` pair; returns the key -> :class:`FeatureIndex`."""
+    from tqdm.auto import tqdm
+
+    dicts = {}
+    for key, d in dictionaries.items():
+        d, hook = d if isinstance(d, tuple) else (d, None)
+        hook = hook or d.cfg.hook_name
+        if not hook:
+            raise ValueError(f"dictionary {key!r} names no hook point (cfg.hook_name); pass (dictionary, hook)")
+        dicts[key] = (d, hook)
+    tokens = np.asarray(tokens)
+    if tokens.ndim != 2:
+        raise ValueError(f"tokens must be [N, T] ids, got shape {tokens.shape}")
+    N, T = tokens.shape
+    names = sorted({h for _, h in dicts.values()})
+    found = {key: ([], [], []) for key in dicts}
+    for i in tqdm(range(0, N, batch), desc="feature index", disable=not progress, unit="batch"):
+        chunk = tokens[i:i + batch]
+        n = len(chunk)
+        if n < batch:  # one shape, one compilation
+            chunk = np.concatenate([chunk, np.repeat(chunk[-1:], batch - n, axis=0)])
+        _, cache = model.run_with_cache(jnp.asarray(chunk), names, return_logits=False)
+        for key, (d, hook) in dicts.items():
+            z = np.array(_encode(d, cache[hook]))[:n]  # [n T M], writable
+            z[:, :skip_positions] = 0.0
+            b, t, f = np.nonzero(z > 0)
+            found[key][0].append(((i + b) * T + t).astype(np.int64))
+            found[key][1].append(f.astype(np.int32))
+            found[key][2].append(z[b, t, f].astype(np.float32))
+    out = {}
+    for key, (d, _) in dicts.items():
+        pos, lat, val = (np.concatenate(x) for x in found[key])
+        order = np.argsort(lat, kind="stable")
+        width = int(d.cfg.width)
+        starts = np.searchsorted(lat[order], np.arange(width + 1))
+        out[key] = FeatureIndex(tokens, width, pos[order], lat[order], val[order], starts, skip_positions)
+    return out
+
+
+@dataclasses.dataclass
+class FeatureCard:
+    """What a feature dashboard shows for one latent."""
+
+    latent: int
+    label: str
+    density: float
+    n_active: int
+    max_act: float
+    contexts: list[dict]  # {"tokens": [str], "acts": [float], "center": int, "value": float, "row": int, "pos": int}
+    hist_counts: np.ndarray
+    hist_edges: np.ndarray
+    promoted: list[tuple[str, float]]
+    suppressed: list[tuple[str, float]]
+    explanation: str | None = None
+
+    def figures(self) -> list:
+        figs = []
+        if self.n_active:
+            figs.append(histogram_figure(self.hist_counts, self.hist_edges, title=f"{self.label}: activations"))
+        figs.append(logit_effect_figure(self.promoted, self.suppressed, title=f"{self.label}: direct logit effect"))
+        return figs
+
+    def html(self) -> str:
+        """Header, statistics and highlighted contexts as an HTML fragment (figures not included)."""
+        return feature_card_html(self)
+
+
+def logit_effects(model, direction) -> np.ndarray:
+    """Direct effect of writing ``direction [D]`` into the residual stream on each logit: through the final
+    norm's weight (its scale taken as 1) and the unembedding."""
+    w = model.ln_final.weight
+    return np.asarray((jnp.asarray(direction, jnp.float32) * w) @ model.W_U.astype(jnp.float32))
+
+
+def feature_card(model, dictionary, index: FeatureIndex, latent: int, *, n_contexts: int = 10, before: int = 12,
+                 after: int = 4, n_logits: int = 8, bins: int = 30, label: str | None = None,
+                 explanations: dict | None = None) -> FeatureCard:
+    """The dashboard of one latent from a :class:`FeatureIndex` (contexts at distinct positions, best first)."""
+    pos, val = index.entries(latent)
+    _N, T = index.tokens.shape
+    order = np.argsort(-val)[:n_contexts]
+    acts_grid = None
+    contexts = []
+    if len(order):
+        acts_grid = index.activations(latent)
+    for o in order:
+        r, t = divmod(int(pos[o]), T)
+        lo, hi = max(0, t - before), min(T, t + after + 1)
+        ids = index.tokens[r, lo:hi]
+        strs = token_strings(model, ids)
+        contexts.append({"tokens": list(strs), "acts": [float(a) for a in acts_grid[r, lo:hi]], "center": t - lo,
+                         "value": float(val[o]), "row": r, "pos": t})
+    counts, edges = np.histogram(val, bins=bins) if len(val) else (np.zeros(0), np.zeros(1))
+    eff = logit_effects(model, dictionary.W_dec[latent])
+    top, bottom = np.argsort(-eff)[:n_logits], np.argsort(eff)[:n_logits]
+    expl = (explanations or {}).get(latent)
+    return FeatureCard(
+        latent=int(latent), label=label or f"latent {latent}", density=float(len(val) / max(index.n_tokens, 1)),
+        n_active=len(val), max_act=float(val.max()) if len(val) else 0.0, contexts=contexts,
+        hist_counts=counts, hist_edges=edges, promoted=list(zip(token_strings(model, top), map(float, eff[top]))),
+        suppressed=list(zip(token_strings(model, bottom), map(float, eff[bottom]))), explanation=expl)
+
+
+def _highlight(tokens: Sequence[str], acts: Sequence[float], center: int, scale: float) -> str:
+    spans = []
+    for i, (tok, a) in enumerate(zip(tokens, acts)):
+        alpha = 0.0 if scale <= 0 else min(max(a / scale, 0.0), 1.0)
+        style = f"background: rgba(255,140,0,{alpha:.2f});"
+        if i == center:
+            style += " outline: 1px solid #333;"
+        spans.append(f'<span class="tok" style="{style}" title="{a:.3f}">{escape(tok)}</span>')
+    return "".join(spans)
+
+
+def feature_card_html(card: FeatureCard) -> str:
+    rows = []
+    for c in card.contexts:
+        rows.append(f'<div class="ctx"><span class="ctx-val">{c["value"]:.2f}</span> '
+                    f'{_highlight(c["tokens"], c["acts"], c["center"], card.max_act)}</div>')
+    promoted = ", ".join(f"{escape(t)} ({v:+.2f})" for t, v in card.promoted)
+    suppressed = ", ".join(f"{escape(t)} ({v:+.2f})" for t, v in card.suppressed)
+    expl = f'<p class="explanation">{escape(card.explanation)}</p>' if card.explanation else ""
+    return (f'<div class="feature-card" data-latent="{card.latent}">'
+            f"<h4>{escape(card.label)}</h4>{expl}"
+            f'<p class="stats">density {card.density:.4%} ({card.n_active} tokens), max activation {card.max_act:.3f}</p>'
+            f'<p class="logits"><b>promotes</b> {promoted}<br><b>suppresses</b> {suppressed}</p>'
+            + ("".join(rows) if rows else '<p class="dead">never fires on these tokens</p>')
+            + "</div>")
