@@ -1,11 +1,14 @@
-# Two entry points: `make demo` (the main job on the packaged defaults) and `make test`.
-# Each creates or reuses .venv and installs what it needs first.
+# Entry points: `make demo` (the main job on the packaged defaults, writes report.html), `make test`,
+# `make lab` (JupyterLab on the notebooks) and `make bench`. Each creates or reuses .venv and installs what it
+# needs first.
 PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 PIP := $(PY) -m pip --disable-pip-version-check -q
+LAB_PORT ?= 8888
+ROOT_FLAG := $(if $(filter 0,$(shell id -u)),--allow-root,)
 
-.PHONY: demo test bench install clean
+.PHONY: demo test lab bench install browser clean
 
 $(VENV)/bin/python:
 	$(PYTHON) -m venv $(VENV)
@@ -15,17 +18,38 @@ $(VENV)/.installed-run: pyproject.toml | $(VENV)/bin/python
 	$(PIP) install -e .
 	touch $@
 
-$(VENV)/.installed-test: pyproject.toml | $(VENV)/bin/python
-	$(PIP) install -e '.[test,bench,peers]'
+$(VENV)/.installed-lab: pyproject.toml | $(VENV)/bin/python
+	$(PIP) install -e '.[notebook]'
 	touch $@ $(VENV)/.installed-run
+
+$(VENV)/.installed-test: pyproject.toml | $(VENV)/bin/python
+	$(PIP) install -e '.[test,bench,peers,notebook]'
+	touch $@ $(VENV)/.installed-run $(VENV)/.installed-lab
 
 install: $(VENV)/.installed-run
 
-demo: $(VENV)/.installed-run
-	$(PY) -m interp demo
+# Debian's chromium, for the browser tests (tests/browser); they are skipped without it unless
+# INTERP_REQUIRE_BROWSER=1, as in CI.
+browser:
+	@command -v chromium >/dev/null 2>&1 || [ -n "$$INTERP_CHROMIUM" ] || { \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+	    echo "installing chromium (apt) for the browser tests"; \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; \
+	  else echo "chromium is not installed: the browser tests will be skipped"; fi; }
 
-test: $(VENV)/.installed-test
+demo: $(VENV)/.installed-run
+	$(PY) -m interp demo --out report.html
+
+test: $(VENV)/.installed-test browser
 	$(PY) -m pytest -q tests
+
+# JupyterLab on the notebooks, on 127.0.0.1 only; its news pop-up is switched off.
+lab: $(VENV)/.installed-lab
+	@mkdir -p $(VENV)/lab-settings/@jupyterlab/apputils-extension
+	@printf '{"fetchNews": "false", "checkForUpdates": false}\n' \
+	  > $(VENV)/lab-settings/@jupyterlab/apputils-extension/notification.jupyterlab-settings
+	JUPYTERLAB_SETTINGS_DIR=$(VENV)/lab-settings $(PY) -m jupyter lab notebooks --ip=127.0.0.1 \
+	  --port=$(LAB_PORT) --no-browser $(ROOT_FLAG)
 
 bench: $(VENV)/.installed-test
 	$(PY) benchmarks/forward.py

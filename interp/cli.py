@@ -1,4 +1,6 @@
-"""The ``interp`` command line. ``interp demo`` runs the main job on the packaged defaults."""
+"""The ``interp`` command line. ``interp demo`` runs the main job on the packaged defaults and writes a report;
+``interp predict`` prints next-token predictions and a logit lens; ``interp train-sae`` and
+``interp train-transcoders`` train dictionaries."""
 
 from __future__ import annotations
 
@@ -6,7 +8,9 @@ import argparse
 import sys
 import time
 
-DEMO_PROMPTS = (
+from interp.demo import DEFAULT_TRANSCODERS, DemoConfig
+
+PREDICT_PROMPTS = (
     "The capital of France is",
     "The Eiffel Tower is located in the city of",
     "When Mary and John went to the store, John gave a drink to",
@@ -14,7 +18,7 @@ DEMO_PROMPTS = (
 )
 
 
-def demo(model_name: str = "smollm2-135m", prompts=DEMO_PROMPTS, k: int = 5, out=sys.stdout) -> None:
+def predict(model_name: str = "smollm2-135m", prompts=PREDICT_PROMPTS, k: int = 5, out=sys.stdout) -> None:
     """Top next-token predictions and a per-layer logit lens for a few prompts."""
     import numpy as np
 
@@ -127,9 +131,17 @@ def train_transcoders(args) -> None:
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="interp", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
-    d = sub.add_parser("demo", help="run the main job on the packaged default model")
+    d = sub.add_parser("demo", help="the main job: model, circuits, an SAE and its features, in report.html")
     d.add_argument("--model", default="smollm2-135m", help="packaged name, checkpoint folder or .gguf file")
-    d.add_argument("--prompt", action="append", help="a prompt (repeatable); default: a built-in set")
+    d.add_argument("--out", default="report.html", help="where to write the report (default: ./report.html)")
+    d.add_argument("--corpus", default=None, help="text file, folder, JSONL or Parquet; default: built-in text")
+    d.add_argument("--sae-tokens", type=int, default=DemoConfig.sae_tokens, help="SAE training tokens")
+    d.add_argument("--sae-layer", type=int, default=None, help="layer whose residual stream the SAE reads")
+    d.add_argument("--transcoders", default=None,
+                   help=f"transcoder set for the attribution graph (default: {DEFAULT_TRANSCODERS} when present)")
+    p = sub.add_parser("predict", help="next-token predictions and a logit lens for a few prompts")
+    p.add_argument("--model", default="smollm2-135m", help="packaged name, checkpoint folder or .gguf file")
+    p.add_argument("--prompt", action="append", help="a prompt (repeatable); default: a built-in set")
     t = sub.add_parser("train-sae", help="train a sparse dictionary (SAE or transcoder) on a hook point")
     add_train_sae_args(t)
     tt = sub.add_parser("train-transcoders", help="train one TopK transcoder per layer (for attribution graphs)")
@@ -150,7 +162,16 @@ def main(argv=None) -> int:
         except (ValueError, FileNotFoundError, FileExistsError) as e:
             raise SystemExit(f"interp train-transcoders: {e}") from None
     elif args.command == "demo":
-        demo(args.model, tuple(args.prompt) if args.prompt else DEMO_PROMPTS)
+        from interp.demo import run
+
+        cfg = DemoConfig(model=args.model, out=args.out, corpus=args.corpus, sae_tokens=args.sae_tokens,
+                         sae_layer=args.sae_layer, transcoders=args.transcoders)
+        try:
+            run(cfg)
+        except (ValueError, FileNotFoundError, IsADirectoryError) as e:
+            raise SystemExit(f"interp demo: {e}") from None
+    elif args.command == "predict":
+        predict(args.model, tuple(args.prompt) if args.prompt else PREDICT_PROMPTS)
     elif args.command == "train-sae":
         try:
             train_sae(args)

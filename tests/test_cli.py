@@ -1,13 +1,13 @@
-"""The main job: ``interp demo`` on the packaged default."""
+"""The command line: ``interp predict`` and ``interp train-sae`` on the packaged default."""
 
 import io
 
-from interp.cli import demo, main
+from interp.cli import main, predict
 
 
-def test_demo_prints_predictions_and_logit_lens(default_model):
+def test_predict_prints_predictions_and_logit_lens(default_model):
     out = io.StringIO()
-    demo(prompts=("The capital of France is",), out=out)
+    predict(prompts=("The capital of France is",), out=out)
     text = out.getvalue()
     lines = text.splitlines()
     first = next(l for l in lines if l.strip().startswith("0."))

@@ -204,10 +204,10 @@ class Report:
                 elif isinstance(part, Linked):
                     panel = f"panel-{n}"
                     script = (f"(function(){{var panels={_json_for_script({str(k): v for k, v in part.panels.items()})};"
-                              f"var gd=document.getElementById('{fid}');var box=document.getElementById('{panel}');"
+                              f"var gd=document.getElementById('{fid}');"
                               "gd.on('plotly_click',function(ev){if(!ev.points.length)return;"
                               "var k=String(ev.points[0].customdata);"
-                              "if(k in panels){box.innerHTML=panels[k];}});})();")
+                              f"if(k in panels){{document.getElementById('{panel}').innerHTML=panels[k];}}}});}})();")
                     body.append(pio.to_html(part.figure, include_plotlyjs=False, full_html=False, div_id=fid,
                                             config=config, post_script=script))
                     body.append(f'<p class="hint">{escape(part.hint)}</p><div class="panel" id="{panel}"></div>')
