@@ -46,7 +46,7 @@ def logit_lens(model, tokens, *, scale: str = "own", **kwargs) -> LensResult:
 
 @jax.jit
 def _read_out(model, resid):
-    return jax.vmap(lambda r: model.ln_final(r, NOOP, "ln_final") @ model.W_U)(resid)
+    return jax.vmap(lambda r: model.unembed_logits(model.ln_final(r, NOOP, "ln_final")))(resid)
 
 
 @jax.jit

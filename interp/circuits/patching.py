@@ -217,8 +217,8 @@ def _readout(model, metric, x):
     """Metric of the final residual ``x [B T D]``; position metrics unembed only the positions they read."""
     if isinstance(metric, PositionMetric):
         x = metric.gather(x)[:, None]
-        return metric.read(model.ln_final(x, NOOP, "ln_final")[:, 0] @ model.W_U)
-    return metric(model.ln_final(x, NOOP, "ln_final") @ model.W_U)
+        return metric.read(model.unembed_logits(model.ln_final(x, NOOP, "ln_final")[:, 0]))
+    return metric(model.unembed_logits(model.ln_final(x, NOOP, "ln_final")))
 
 
 def run_blocks(model, x, start, positions, mask, hook_fn=None):

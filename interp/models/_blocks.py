@@ -61,6 +61,25 @@ class RMSNorm(eqx.Module):
         return self.weight * normalized
 
 
+class LayerNorm(eqx.Module):
+    """``(x - mean) / sqrt(var + eps) * w + b``. Hook points as for :class:`RMSNorm`: ``{prefix}.hook_scale``
+    ``[B T 1]`` (the divisor) and ``{prefix}.hook_normalized`` ``[B T D]`` (centred and scaled, before w and b)."""
+
+    weight: Float[Array, "D"]
+    bias: Float[Array, "D"] | None
+    eps: float = eqx.field(static=True)
+
+    def __call__(self, x: Float[Array, "B T D"], hk, prefix: str) -> Float[Array, "B T D"]:
+        dtype = x.dtype
+        x32 = x.astype(_at_least_f32(dtype))
+        centred = x32 - jnp.mean(x32, axis=-1, keepdims=True)
+        scale = _barrier(jnp.sqrt(jnp.mean(centred * centred, axis=-1, keepdims=True) + self.eps))
+        scale = hk(f"{prefix}.hook_scale", scale)
+        normalized = hk(f"{prefix}.hook_normalized", (centred / scale).astype(dtype))
+        out = self.weight * normalized
+        return out if self.bias is None else out + self.bias
+
+
 @dataclasses.dataclass(frozen=True)
 class Rope:
     """Rotary position embedding (rotate-half layout) over the first ``dim`` features of each head.
@@ -127,8 +146,14 @@ class Attention(eqx.Module):
     """Causal multi-head attention with grouped key/value heads (MHA: K=H, GQA: 1<K<H, MQA: K=1).
 
     Hook points (``{prefix}.``): ``hook_q [B T H E]``, ``hook_k``/``hook_v [B S K E]`` (before rotary),
-    ``hook_rot_q``/``hook_rot_k`` (after rotary), ``hook_attn_scores [B H T S]`` (scaled, masked entries set
-    to the dtype's minimum), ``hook_pattern [B H T S]``, ``hook_z [B T H E]`` (per-head outputs before W_O).
+    ``hook_rot_q``/``hook_rot_k`` (after rotary), ``hook_attn_scores [B H T S]`` (scaled, soft-capped when
+    ``softcap`` is set, masked entries set to the dtype's minimum), ``hook_pattern [B H T S]``,
+    ``hook_z [B T H E]`` (per-head outputs before W_O); with QK-norm also ``q_norm.*`` and ``k_norm.*``.
+
+    ``kv``: a key/value cache ``(keys [B K E S], values [B S K E], index)`` for generation: this call's keys
+    and values are written at ``index`` and the queries attend over the whole cache (``mask`` is then
+    ``[B T S]`` over cache slots and ``key_positions [B S]`` gives the slots' positions); the call returns
+    ``(out, new_kv)``.
     """
 
     W_Q: Float[Array, "D H E"]
@@ -141,6 +166,10 @@ class Attention(eqx.Module):
     b_O: Float[Array, "D"] | None
     rope: Rope | None = eqx.field(static=True)
     sliding_window: int | None = eqx.field(static=True)
+    q_norm: RMSNorm | None = None  # per-head norm of queries and keys before rotary (Qwen3, Gemma 3)
+    k_norm: RMSNorm | None = None
+    scale: float | None = eqx.field(static=True, default=None)  # score scale; default head_dim ** -0.5
+    softcap: float | None = eqx.field(static=True, default=None)  # scores -> tanh(scores / c) * c (Gemma 2)
 
     @property
     def n_heads(self) -> int:
@@ -157,7 +186,9 @@ class Attention(eqx.Module):
         prefix: str,
         positions: Int[Array, "B T"],
         mask: Bool[Array, "B T S"],
-    ) -> Float[Array, "B T D"]:
+        kv: tuple | None = None,
+        key_positions: Int[Array, "B S"] | None = None,
+    ):
         def proj(w, b, name):
             y = jnp.einsum("BTD,DHE->BTHE", x, w)
             return hk(f"{prefix}.{name}", y if b is None else y + b)
@@ -165,6 +196,10 @@ class Attention(eqx.Module):
         q = proj(self.W_Q, self.b_Q, "hook_q")
         k = proj(self.W_K, self.b_K, "hook_k")
         v = proj(self.W_V, self.b_V, "hook_v")
+        if self.q_norm is not None:
+            q = self.q_norm(q, hk, f"{prefix}.q_norm")
+        if self.k_norm is not None:
+            k = self.k_norm(k, hk, f"{prefix}.k_norm")
         B, T, H, E = q.shape
         K = k.shape[2]
         # Rotary runs in the layouts the score product reads (queries [B H T E], keys [B K E S]) and the
@@ -176,11 +211,19 @@ class Attention(eqx.Module):
             qh = hk(f"{prefix}.hook_rot_q", qh.transpose(0, 2, 1, 3)).transpose(0, 2, 1, 3)
             kh = self.rope(kh, positions, layout="BHET")
             kh = hk(f"{prefix}.hook_rot_k", kh.transpose(0, 3, 1, 2)).transpose(0, 2, 3, 1)
+        if kv is not None:  # write this call's keys and values into the cache, attend over all of it
+            k_cache, v_cache, index = kv
+            kh = jax.lax.dynamic_update_slice(k_cache, kh.astype(k_cache.dtype), (0, 0, 0, index))
+            v = jax.lax.dynamic_update_slice(v_cache, v.astype(v_cache.dtype), (0, index, 0, 0))
+            kv = (kh, v, index)
         qg = qh.reshape(B, K, H // K, T, E)
-        scores = jnp.einsum("BKGTE,BKES->BKGTS", qg, kh).reshape(B, H, T, -1) * (E**-0.5)
+        scale = E**-0.5 if self.scale is None else self.scale
+        scores = jnp.einsum("BKGTE,BKES->BKGTS", qg, kh).reshape(B, H, T, -1) * scale
+        if self.softcap is not None:
+            scores = jnp.tanh(scores / self.softcap) * self.softcap
         if self.sliding_window is not None:
             t = positions[:, :, None]
-            s = positions[:, None, :]
+            s = (positions if key_positions is None else key_positions)[:, None, :]
             mask = mask & (t - s < self.sliding_window)
         scores = jnp.where(mask[:, None], scores, jnp.finfo(scores.dtype).min)
         scores = hk(f"{prefix}.hook_attn_scores", scores)
@@ -189,7 +232,8 @@ class Attention(eqx.Module):
         z = jnp.einsum("BKGTS,BSKE->BTKGE", pattern.reshape(B, K, H // K, T, -1), v).reshape(B, T, H, E)
         z = hk(f"{prefix}.hook_z", z)
         out = jnp.einsum("BTHE,HED->BTD", z, self.W_O)
-        return out if self.b_O is None else out + self.b_O
+        out = out if self.b_O is None else out + self.b_O
+        return out if kv is None else (out, kv)
 
 
 class GatedMLP(eqx.Module):
@@ -219,28 +263,98 @@ class GatedMLP(eqx.Module):
         return out if self.b_out is None else out + self.b_out
 
 
+class MLP(eqx.Module):
+    """``W_out act(x W_in + b_in) + b_out`` (GPT-2, GPT-NeoX). Hook points: ``hook_pre [B T F]``,
+    ``hook_post [B T F]``."""
+
+    W_in: Float[Array, "D F"]
+    W_out: Float[Array, "F D"]
+    b_in: Float[Array, "F"] | None
+    b_out: Float[Array, "D"] | None
+    act: str = eqx.field(static=True)
+
+    def __call__(self, x: Float[Array, "B T D"], hk, prefix: str) -> Float[Array, "B T D"]:
+        pre = x @ self.W_in
+        pre = hk(f"{prefix}.hook_pre", pre if self.b_in is None else pre + self.b_in)
+        post = hk(f"{prefix}.hook_post", activation(self.act)(pre))
+        out = post @ self.W_out
+        return out if self.b_out is None else out + self.b_out
+
+
+def _attend(attn, x, hk, prefix, positions, mask, kv, key_positions):
+    if kv is None:
+        return attn(x, hk, prefix, positions, mask), None
+    return attn(x, hk, prefix, positions, mask, kv, key_positions)
+
+
 class PreNormBlock(eqx.Module):
     """``x + attn(ln1(x))`` then ``+ mlp(ln2(.))``. Hook points ``hook_resid_pre``, ``hook_attn_out``,
-    ``hook_resid_mid``, ``hook_mlp_out``, ``hook_resid_post`` (all ``[B T D]``) plus those of its parts."""
+    ``hook_resid_mid``, ``hook_mlp_out``, ``hook_resid_post`` (all ``[B T D]``) plus those of its parts.
 
-    ln1: RMSNorm
+    With ``ln1_post`` / ``ln2_post`` (Gemma 2 and 3) the attention and MLP outputs are normalised again before
+    they join the residual stream; ``hook_attn_out`` / ``hook_mlp_out`` are what joins it.
+    With ``kv`` (see :class:`Attention`) the call returns ``(resid, new_kv)``.
+    """
+
+    ln1: RMSNorm | LayerNorm
     attn: Attention
-    ln2: RMSNorm
-    mlp: GatedMLP
+    ln2: RMSNorm | LayerNorm
+    mlp: GatedMLP | MLP
+    ln1_post: RMSNorm | None = None
+    ln2_post: RMSNorm | None = None
 
-    def __call__(self, resid, hk, prefix: str, positions, mask):
+    def __call__(self, resid, hk, prefix: str, positions, mask, kv=None, key_positions=None):
         resid = hk(f"{prefix}.hook_resid_pre", resid)
-        attn_out = self.attn(self.ln1(resid, hk, f"{prefix}.ln1"), hk, f"{prefix}.attn", positions, mask)
+        attn_out, kv_out = _attend(self.attn, self.ln1(resid, hk, f"{prefix}.ln1"), hk, f"{prefix}.attn", positions,
+                                   mask, kv, key_positions)
+        if self.ln1_post is not None:
+            attn_out = self.ln1_post(attn_out, hk, f"{prefix}.ln1_post")
         attn_out = hk(f"{prefix}.hook_attn_out", attn_out)
         resid = hk(f"{prefix}.hook_resid_mid", resid + attn_out)
+        mlp_out = self.mlp(self.ln2(resid, hk, f"{prefix}.ln2"), hk, f"{prefix}.mlp")
+        if self.ln2_post is not None:
+            mlp_out = self.ln2_post(mlp_out, hk, f"{prefix}.ln2_post")
+        mlp_out = hk(f"{prefix}.hook_mlp_out", mlp_out)
+        out = hk(f"{prefix}.hook_resid_post", resid + mlp_out)
+        return out if kv is None else (out, kv_out)
+
+
+class ParallelBlock(eqx.Module):
+    """``x + attn(ln1(x)) + mlp(ln2(x))``: attention and MLP read the same residual stream (GPT-NeoX / Pythia,
+    GPT-J). Hook points ``hook_resid_pre``, ``hook_attn_out``, ``hook_mlp_out``, ``hook_resid_post`` (no
+    ``hook_resid_mid``: there is no stream between the two)."""
+
+    ln1: RMSNorm | LayerNorm
+    attn: Attention
+    ln2: RMSNorm | LayerNorm
+    mlp: GatedMLP | MLP
+
+    def __call__(self, resid, hk, prefix: str, positions, mask, kv=None, key_positions=None):
+        resid = hk(f"{prefix}.hook_resid_pre", resid)
+        attn_out, kv_out = _attend(self.attn, self.ln1(resid, hk, f"{prefix}.ln1"), hk, f"{prefix}.attn", positions,
+                                   mask, kv, key_positions)
+        attn_out = hk(f"{prefix}.hook_attn_out", attn_out)
         mlp_out = hk(f"{prefix}.hook_mlp_out", self.mlp(self.ln2(resid, hk, f"{prefix}.ln2"), hk, f"{prefix}.mlp"))
-        return hk(f"{prefix}.hook_resid_post", resid + mlp_out)
+        out = hk(f"{prefix}.hook_resid_post", resid + attn_out + mlp_out)
+        return out if kv is None else (out, kv_out)
 
 
 class Embed(eqx.Module):
-    """Token embedding. Hook point ``hook_embed [B T D]``."""
+    """Token embedding (times ``scale`` when set: Gemma multiplies by sqrt(d_model) in the activation dtype).
+    Hook point ``hook_embed [B T D]``; with learned positions (``W_pos``, GPT-2) also ``hook_pos_embed``, and the
+    residual stream starts as their sum."""
 
     W_E: Float[Array, "V D"]
+    W_pos: Float[Array, "P D"] | None = None
+    scale: float | None = eqx.field(static=True, default=None)
 
-    def __call__(self, tokens: Int[Array, "B T"], hk) -> Float[Array, "B T D"]:
-        return hk("hook_embed", jnp.take(self.W_E, tokens, axis=0))
+    def __call__(self, tokens: Int[Array, "B T"], hk, positions: Int[Array, "B T"] | None = None) -> Float[Array, "B T D"]:
+        x = jnp.take(self.W_E, tokens, axis=0)
+        if self.scale is not None:
+            x = x * jnp.asarray(self.scale, x.dtype)
+        x = hk("hook_embed", x)
+        if self.W_pos is None:
+            return x
+        if positions is None:
+            positions = jnp.broadcast_to(jnp.arange(tokens.shape[1]), tokens.shape)
+        return x + hk("hook_pos_embed", jnp.take(self.W_pos, positions, axis=0))

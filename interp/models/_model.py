@@ -13,9 +13,25 @@ from jaxtyping import Array, Bool, Float, Int
 
 from interp.hooks import Cache, HookRunner, Hooks, Resolved, ShapeRecorder
 from interp.hooks._spec import NOOP, _note_compile
-from interp.models._blocks import Embed, RMSNorm
+from interp.models._blocks import Embed, LayerNorm, RMSNorm
 
 _VOCABULARY: dict[Any, dict[str, tuple]] = {}
+
+
+class KVCache(eqx.Module):
+    """Keys and values of every layer for generation, in fixed-size slots: ``keys[l] [B K E S]``,
+    ``values[l] [B S K E]``; ``valid [B S]`` marks slots holding a real token, ``positions [B S]`` their rotary
+    positions, and ``index`` is the next slot to write."""
+
+    keys: tuple
+    values: tuple
+    valid: Bool[Array, "B S"]
+    positions: Int[Array, "B S"]
+    index: Int[Array, ""]
+
+    @property
+    def size(self) -> int:
+        return self.valid.shape[1]
 
 
 class Model(eqx.Module):
@@ -27,10 +43,12 @@ class Model(eqx.Module):
 
     embed: Embed
     blocks: tuple
-    ln_final: RMSNorm
+    ln_final: RMSNorm | LayerNorm
     unembed: Float[Array, "D V"] | None  # None when tied to the embedding
     config: Any = eqx.field(static=True)
     tokenizer: Any = eqx.field(static=True, default=None)
+    logit_softcap: float | None = eqx.field(static=True, default=None)  # logits -> tanh(l / c) * c (Gemma 2)
+    b_U: Float[Array, "V"] | None = None  # unembedding bias (set by folding a LayerNorm bias into it)
 
     # ----------------------------------------------------------------- sizes and weights
     @property
@@ -62,23 +80,71 @@ class Model(eqx.Module):
         attention_mask: Int[Array, "B T"] | None = None,
         positions: Int[Array, "B T"] | None = None,
         stop_at_layer: int | None = None,
-    ) -> Float[Array, "B T V"] | Float[Array, "B T D"]:
+        kv: KVCache | None = None,
+    ):
         """Pure forward pass (no jit, no checks): compose it under your own ``jit``/``vmap``/``grad``.
 
         ``hk(name, x) -> x`` is called at every hook point. With ``stop_at_layer=k`` the blocks from k on
         are skipped and the residual stream entering block k (``[B T D]``) is returned instead of logits.
         ``attention_mask`` (1 = real token, 0 = padding) hides padded keys; positions then count real
         tokens only, so a left-padded sequence sees the same positions as the unpadded one.
+
+        With ``kv`` (a :class:`KVCache`, see :meth:`init_cache`) the tokens are the next ones after those in the
+        cache: they attend to the cached keys and values as well as to each other, and the result is
+        ``(logits, new_cache)``. ``positions`` are then required (the rotary positions of the new tokens).
         """
+        if kv is not None:
+            return self._forward_cached(tokens, hk, attention_mask, positions, kv)
         positions, mask = attention_inputs(tokens.shape, attention_mask, positions)
-        x = self.embed(tokens, hk)
+        x = self.embed(tokens, hk, positions)
         n = self.n_layers if stop_at_layer is None else stop_at_layer
         for layer, block in enumerate(self.blocks[:n]):
             x = block(x, hk, f"blocks.{layer}", positions, mask)
         if stop_at_layer is not None:
             return x
         x = self.ln_final(x, hk, "ln_final")
-        return x @ self.W_U
+        return self.unembed_logits(x)
+
+    def unembed_logits(self, x: Float[Array, "... D"]) -> Float[Array, "... V"]:
+        """Logits from the normalised final residual stream (soft-capped when the model does so)."""
+        logits = x @ self.W_U
+        if self.b_U is not None:
+            logits = logits + self.b_U
+        if self.logit_softcap is not None:
+            logits = jnp.tanh(logits / self.logit_softcap) * self.logit_softcap
+        return logits
+
+    def init_cache(self, batch: int, size: int, dtype=None) -> KVCache:
+        """An empty :class:`KVCache` of ``size`` slots for ``batch`` sequences."""
+        dtype = dtype or self.W_E.dtype
+        keys, values = [], []
+        for block in self.blocks:
+            a = block.attn
+            E = a.W_Q.shape[2]
+            keys.append(jnp.zeros((batch, a.n_kv_heads, E, size), dtype))
+            values.append(jnp.zeros((batch, size, a.n_kv_heads, E), dtype))
+        return KVCache(tuple(keys), tuple(values), jnp.zeros((batch, size), bool), jnp.zeros((batch, size), jnp.int32),
+                       jnp.zeros((), jnp.int32))
+
+    def _forward_cached(self, tokens, hk, attention_mask, positions, kv: KVCache):
+        B, T = tokens.shape
+        if positions is None:
+            raise ValueError("a cached forward needs the positions of the new tokens")
+        new_valid = jnp.ones((B, T), bool) if attention_mask is None else attention_mask.astype(bool)
+        valid = jax.lax.dynamic_update_slice(kv.valid, new_valid, (0, kv.index))
+        key_positions = jax.lax.dynamic_update_slice(kv.positions, positions.astype(jnp.int32), (0, kv.index))
+        slots = jnp.arange(kv.size)
+        causal = slots[None, :] <= (kv.index + jnp.arange(T))[:, None]  # [T S]
+        mask = valid[:, None, :] & causal[None]
+        x = self.embed(tokens, hk, positions)
+        keys, values = [], []
+        for layer, block in enumerate(self.blocks):
+            x, (k, v, _) = block(x, hk, f"blocks.{layer}", positions, mask, (kv.keys[layer], kv.values[layer], kv.index),
+                                 key_positions)
+            keys.append(k)
+            values.append(v)
+        x = self.ln_final(x, hk, "ln_final")
+        return self.unembed_logits(x), KVCache(tuple(keys), tuple(values), valid, key_positions, kv.index + T)
 
     # ----------------------------------------------------------------- hook vocabulary
     def hook_shapes(self, batch: int = 1, pos: int = 4) -> dict[str, tuple[int, ...]]:
@@ -204,6 +270,13 @@ class Model(eqx.Module):
         top = np.argsort(-np.asarray(probs))[:k]
         return [(self.to_string([int(i)]) if self.tokenizer else str(int(i)), float(probs[i])) for i in top]
 
+    def generate(self, prompts, max_new_tokens: int = 32, **kwargs):
+        """Continue ``prompts`` with a key/value cache under jit (greedy or sampled; edits apply at every step).
+        See :func:`interp.models.generate.generate` for the options; returns a ``Generation``."""
+        from interp.models.generate import generate
+
+        return generate(self, prompts, max_new_tokens, **kwargs)
+
     def next_token(self, tokens) -> Array:
         """Greedy next token id for each sequence in the batch (``[batch]``)."""
         return jnp.argmax(self(tokens)[:, -1], axis=-1)
@@ -233,6 +306,9 @@ class Model(eqx.Module):
                 )
             if tokens.shape[1] == 0:
                 raise ValueError("tokens are empty: need at least one position")
+            if self.embed.W_pos is not None and positions is None and tokens.shape[1] > self.embed.W_pos.shape[0]:
+                raise ValueError(f"{tokens.shape[1]} tokens exceed this model's {self.embed.W_pos.shape[0]} learned "
+                                 "positions; pass a shorter sequence")
             tokens = jnp.asarray(tokens, jnp.int32)
         elif tokens.ndim != 2:
             raise ValueError(f"tokens must have shape [batch, pos]; got shape {tokens.shape}")
