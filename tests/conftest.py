@@ -52,20 +52,25 @@ def make_hf_model(variant: str, seed: int = 0, **overrides):
     return model
 
 
-@pytest.fixture(scope="session")
-def hf_checkpoints(tmp_path_factory):
-    """variant -> (transformers model, saved checkpoint folder)."""
+def saved_checkpoints(make, tmp_path_factory):
+    """``get(variant) -> (transformers model, folder it is saved in)``, built by ``make(variant)`` once each."""
     cache = {}
 
     def get(variant: str):
         if variant not in cache:
-            model = make_hf_model(variant)
+            model = make(variant)
             folder = tmp_path_factory.mktemp(f"hf-{variant}")
             model.save_pretrained(folder, safe_serialization=True)
             cache[variant] = (model, folder)
         return cache[variant]
 
     return get
+
+
+@pytest.fixture(scope="session")
+def hf_checkpoints(tmp_path_factory):
+    """variant -> (transformers model, saved checkpoint folder)."""
+    return saved_checkpoints(make_hf_model, tmp_path_factory)
 
 
 @pytest.fixture(scope="session")

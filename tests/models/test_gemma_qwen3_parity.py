@@ -15,7 +15,7 @@ import torch
 
 import interp
 from interp.models import gemma, llama
-from tests.conftest import random_tokens
+from tests.conftest import random_tokens, saved_checkpoints
 
 TOL = 1e-5
 WINDOW = 4
@@ -58,13 +58,12 @@ def make_hf(family: str, seed: int = 0):
 @pytest.fixture(scope="module")
 def checkpoint(tmp_path_factory):
     """family -> (transformers model, our model loaded from its saved folder, folder)."""
+    saved = saved_checkpoints(make_hf, tmp_path_factory)
     cache = {}
 
     def get(family: str):
         if family not in cache:
-            hf = make_hf(family)
-            folder = tmp_path_factory.mktemp(f"hf-{family}")
-            hf.save_pretrained(folder, safe_serialization=True)
+            hf, folder = saved(family)
             cache[family] = (hf, interp.load(folder), folder)
         return cache[family]
 

@@ -12,7 +12,7 @@ import torch
 
 import interp
 from interp.models import gpt2, neox
-from tests.conftest import random_tokens
+from tests.conftest import random_tokens, saved_checkpoints
 
 TOL = 1e-5
 
@@ -58,17 +58,7 @@ def make_hf(variant: str, seed: int = 0):
 @pytest.fixture(scope="module")
 def checkpoints(tmp_path_factory):
     """variant -> (transformers model, saved checkpoint folder)."""
-    cache = {}
-
-    def get(variant: str):
-        if variant not in cache:
-            model = make_hf(variant)
-            folder = tmp_path_factory.mktemp(f"hf-{variant}")
-            model.save_pretrained(folder, safe_serialization=True)
-            cache[variant] = (model, folder)
-        return cache[variant]
-
-    return get
+    return saved_checkpoints(make_hf, tmp_path_factory)
 
 
 def hf_activations(hf, tokens: np.ndarray, attention_mask=None, position_ids=None) -> dict[str, np.ndarray]:
