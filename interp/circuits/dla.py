@@ -48,6 +48,9 @@ class DLAResult:
 def _components(model, cache, per: str):
     L = model.n_layers
     comps, labels = [cache["hook_embed"]], ["embed"]
+    if "hook_pos_embed" in cache:  # learned positions (GPT-2)
+        comps.append(cache["hook_pos_embed"])
+        labels.append("pos_embed")
     for l in range(L):
         if per == "head":
             attn = model.blocks[l].attn
@@ -67,6 +70,8 @@ def _components(model, cache, per: str):
 
 def _names(model, per: str) -> list[str]:
     names = ["hook_embed", "ln_final.hook_scale"]
+    if model.embed.W_pos is not None:
+        names.append("hook_pos_embed")
     for l in range(model.n_layers):
         names += [act_name("z" if per == "head" else "attn_out", l), act_name("mlp_out", l)]
     return names
@@ -77,6 +82,9 @@ def decompose_resid(model, tokens, *, per: str = "layer", attention_mask=None) -
     layer; ``"head"``: one per head plus the output bias) and MLP components."""
     if per not in ("layer", "head"):
         raise ValueError(f"per must be 'layer' or 'head', got {per!r}")
+    if per == "head" and any(getattr(b, "ln1_post", None) is not None for b in model.blocks):
+        raise ValueError("per='head' needs attention outputs that are sums over heads; this model normalises them "
+                         "again (post-attention norm), so use per='layer'")
     _, cache = model.run_with_cache(tokens, _names(model, per), attention_mask=attention_mask)
     comps, labels = _components(model, cache, per)
     return Decomposition(comps, labels, cache["ln_final.hook_scale"])
@@ -106,7 +114,10 @@ def _dla(model, comps, scale, pos, targets):
     constant = apply_final_norm(model, jnp.zeros_like(picked[:1]), s)[:, :, 0]  # [1 B D]
     normed = jnp.concatenate([normed - constant, constant])
     W = model.W_U[:, targets]  # [D B K]
-    return jnp.einsum("CBD,DBK->CBK", normed.astype(jnp.float32), W.astype(jnp.float32))
+    values = jnp.einsum("CBD,DBK->CBK", normed.astype(jnp.float32), W.astype(jnp.float32))
+    if model.b_U is not None:  # an unembedding bias (e.g. a folded LayerNorm bias) is part of the constant
+        values = values.at[-1].add(model.b_U[targets].astype(jnp.float32))
+    return values
 
 
 def direct_logit_attribution(

@@ -34,7 +34,7 @@ def logit_lens(model, tokens, *, scale: str = "own", **kwargs) -> LensResult:
     """
     if scale not in ("own", "final"):
         raise ValueError(f"scale must be 'own' or 'final', got {scale!r}")
-    names = ["hook_embed"] + [f"blocks.{l}.hook_resid_post" for l in range(model.n_layers)]
+    names = ["blocks.0.hook_resid_pre"] + [f"blocks.{l}.hook_resid_post" for l in range(model.n_layers)]
     if scale == "final":
         names.append("ln_final.hook_scale")
     _, cache = model.run_with_cache(tokens, names, return_logits=scale == "final", **kwargs)
@@ -51,7 +51,8 @@ def _read_out(model, resid):
 
 @jax.jit
 def _read_out_frozen(model, resid, scale):
-    return apply_final_norm(model, resid, scale) @ model.W_U
+    logits = apply_final_norm(model, resid, scale) @ model.W_U
+    return logits if model.b_U is None else logits + model.b_U
 
 
 def top_tokens(lens: LensResult, batch: int = 0, pos: int = -1) -> list[tuple[int, float]]:

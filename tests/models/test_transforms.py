@@ -297,3 +297,19 @@ def test_analysis_mode_applies_only_the_exact_transforms(models):
     np.testing.assert_allclose(np.asarray(ln.W_U).mean(-1), 0.0, atol=1e-6)
     np.testing.assert_allclose(np.asarray(ln.b_U).mean(), 0.0, atol=1e-6)
     assert all(np.all(np.asarray(b.attn.b_V) == 0) for b in ln.blocks)
+
+
+def test_dla_and_final_lens_account_for_a_folded_unembedding_bias():
+    """Folding a LayerNorm bias creates ``b_U``; DLA still sums to the logits and the final-scale lens's last
+    row still equals them."""
+    from interp.circuits import direct_logit_attribution, logit_lens
+
+    folded = T.fold_norm_weights(layernorm_model())
+    assert folded.b_U is not None
+    tokens = tokens_for(folded)
+    logits = np.asarray(folded(tokens))
+    targets = np.argsort(-logits[:, -1], axis=-1)[:, :2]
+    res = direct_logit_attribution(folded, tokens, targets)
+    np.testing.assert_allclose(res.values.sum(0), np.take_along_axis(logits[:, -1], targets, 1), rtol=1e-5, atol=1e-5)
+    lens = logit_lens(folded, tokens, scale="final")
+    np.testing.assert_allclose(np.asarray(lens.logits[-1]), logits, rtol=1e-5, atol=1e-5)
