@@ -90,6 +90,14 @@ class Tokenizer:
             tok.decoder = decoders.ByteLevel()
         elif kind == "llama":
             scores = list(meta.get("tokenizer.ggml.scores", [0.0] * len(tokens)))
+            if str(meta.get("general.architecture", "")).startswith("gemma"):
+                # As transformers reads Gemma files: a run of spaces is a vocabulary piece spelled with "▁" (not
+                # an added token matched greedily), and merges follow the file's token order, not the scores.
+                blank = [" " in t and not t.strip() for t in tokens]
+                tokens = ["▁" * len(t) if b else t for t, b in zip(tokens, blank)]
+                types = [1 if b else ty for ty, b in zip(types, blank)]
+                vocab = {t: i for i, t in enumerate(tokens)}
+                scores = [-float(i) for i in range(len(tokens))]
             merges = _merges_from_scores(tokens, scores)
             unk_tok = tokens[unk] if unk is not None else None
             tok = _HFTokenizer(models.BPE(vocab, merges, unk_token=unk_tok, fuse_unk=True, byte_fallback=True))
@@ -176,7 +184,8 @@ class Tokenizer:
 
 def _merges_from_scores(tokens: Sequence[str], scores: Sequence[float]) -> list[tuple[str, str]]:
     """BPE merges that reproduce SentencePiece-BPE: every split of a piece into two pieces of the
-    vocabulary, ordered by the merged piece's score (higher merges first)."""
+    vocabulary, ordered by the merged piece's score (higher merges first), then by longer left and right
+    parts, then by the parts' ids (the order transformers gives them)."""
     vocab = {t: i for i, t in enumerate(tokens)}
     found = []
     for piece, score in zip(tokens, scores):
@@ -185,6 +194,6 @@ def _merges_from_scores(tokens: Sequence[str], scores: Sequence[float]) -> list[
         for cut in range(1, len(piece)):
             left, right = piece[:cut], piece[cut:]
             if left in vocab and right in vocab:
-                found.append((-score, vocab[left], vocab[right], left, right))
+                found.append((-score, -len(left), -len(right), vocab[left], vocab[right], left, right))
     found.sort()
-    return [(left, right) for _, _, _, left, right in found]
+    return [(left, right) for *_, left, right in found]

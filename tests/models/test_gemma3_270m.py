@@ -85,11 +85,15 @@ def test_capital_of_france_is_paris(gemma_model):
 
 @pytest.mark.slow
 def test_tokenizer_matches_transformers_on_english_text(gemma_model, hf_gemma, corpus_text):
+    """English prose and Python's documentation (code, long runs of spaces)."""
+    import pydoc_data.topics
+
     _, tok = hf_gemma
-    text = corpus_text[:20000]
-    ours = gemma_model.tokenizer.encode(text)
-    assert ours == tok(text)["input_ids"]
-    assert gemma_model.to_string(ours[1:]) == text
+    docs = "\n".join(pydoc_data.topics.topics.values())[:20000]
+    for text in (corpus_text[:20000], docs):
+        ours = gemma_model.tokenizer.encode(text)
+        assert ours == tok(text)["input_ids"]
+        assert gemma_model.to_string(ours[1:]) == text
 
 
 @pytest.mark.slow
