@@ -1,7 +1,6 @@
 """Model families over shared blocks, and the registries that map checkpoints onto them."""
 
-from interp.models import gemma, gpt2, llama, neox
-from interp.models import transforms
+from interp.models import gemma, gpt2, llama, neox, transforms
 from interp.models._blocks import Attention, Embed, GatedMLP, PreNormBlock, RMSNorm, Rope
 from interp.models._model import Model
 from interp.models.llama import LlamaConfig
@@ -13,5 +12,5 @@ GGUF_FAMILIES = {arch: family for family in (llama, gemma) for arch in family.GG
 
 __all__ = [
     "Attention", "Embed", "GatedMLP", "GGUF_FAMILIES", "HF_FAMILIES", "LlamaConfig", "Model",
-    "PreNormBlock", "RMSNorm", "Rope", "gemma", "gpt2", "llama", "neox",
+    "PreNormBlock", "RMSNorm", "Rope", "gemma", "gpt2", "llama", "neox", "transforms",
 ]

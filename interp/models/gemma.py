@@ -18,6 +18,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from interp.models._blocks import Attention, Embed, GatedMLP, PreNormBlock, RMSNorm, Rope
+from interp.models._hf import first, rope_scaling
 from interp.models._model import Model
 
 HF_ARCHITECTURES = ("GemmaForCausalLM", "Gemma2ForCausalLM", "Gemma3ForCausalLM")
@@ -131,10 +132,6 @@ class GemmaConfig:
             raise ValueError(
                 f"activation '{act_name}' is not supported by the Gemma family; supported: {sorted(_ACTS)}"
             )
-
-        def first(v):
-            return v[0] if isinstance(v, (list, tuple)) else v
-
         return cls(
             version=version,
             vocab_size=cfg["vocab_size"],
@@ -211,12 +208,7 @@ class GemmaConfig:
 
 def _rope(params: Mapping) -> tuple[float, tuple | None]:
     """``(theta, Rope.scaling)`` from one set of rotary parameters."""
-    kind = params.get("rope_type", params.get("type", "default"))
-    if kind in ("default", None):
-        return float(params["rope_theta"]), None
-    if kind == "linear":
-        return float(params["rope_theta"]), ("linear", float(params["factor"]))
-    raise ValueError(f"rope type '{kind}' in config.json is not supported for Gemma; supported: default, linear")
+    return float(params["rope_theta"]), rope_scaling(params, "Gemma")
 
 
 def hf_weight_names(config: GemmaConfig) -> list[str]:

@@ -68,20 +68,28 @@ def _generate(model, tokens, mask, resolved, key, temperature, top_p, stop, pad,
     last = logits[:, -1]
     pos = positions[:, -1] + 1
 
+    def draw(last, done, key):
+        key, sub = jax.random.split(key)
+        tok = jnp.where(done, pad, _sample(last, sub, greedy, temperature, top_k, top_p))
+        return tok, done | jnp.isin(tok, stop), key
+
+    def kept(last):
+        return last if return_logits else jnp.zeros((B, 0), last.dtype)
+
     def step(carry, _):
         cache, last, pos, done, key = carry
-        key, sub = jax.random.split(key)
-        tok = _sample(last, sub, greedy, temperature, top_k, top_p)
-        tok = jnp.where(done, pad, tok)
-        finished = done | jnp.isin(tok, stop)
+        tok, finished, key = draw(last, done, key)
         live = (~done).astype(jnp.int32)[:, None]
         logits, cache = model.forward(tok[:, None], HookRunner(resolved), attention_mask=live, positions=pos[:, None],
                                       kv=cache)
-        out = (tok, last if return_logits else jnp.zeros((B, 0), last.dtype))
-        return (cache, logits[:, -1], pos + 1, finished, key), out
+        return (cache, logits[:, -1], pos + 1, finished, key), (tok, kept(last))
 
+    # every token but the last is fed back through the model; the last one is only drawn
     init = (cache, last, pos, jnp.zeros((B,), bool), key)
-    _, (new, dists) = jax.lax.scan(step, init, None, length=n_new)
+    (_, last, _, done, key), (new, dists) = jax.lax.scan(step, init, None, length=n_new - 1)
+    tok, _, _ = draw(last, done, key)
+    new = jnp.concatenate([new, tok[None]])
+    dists = jnp.concatenate([dists, kept(last)[None]])
     return new.T, jnp.swapaxes(dists, 0, 1)
 
 

@@ -13,6 +13,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from interp.models._blocks import MLP, Attention, Embed, LayerNorm, PreNormBlock
+from interp.models._hf import first
 from interp.models._model import Model
 
 HF_ARCHITECTURES = ("GPT2LMHeadModel",)
@@ -76,9 +77,6 @@ class GPT2Config:
             if value is None:
                 raise ValueError(f"config.json lacks '{name}' (or '{alias}'), which a GPT-2 checkpoint needs")
             return value
-
-        def first(v):
-            return v[0] if isinstance(v, (list, tuple)) else v
 
         d_model = get("n_embd", "hidden_size")
         return cls(

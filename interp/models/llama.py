@@ -12,6 +12,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from interp.models._blocks import Attention, Embed, GatedMLP, PreNormBlock, RMSNorm, Rope
+from interp.models._hf import first, rope_scaling
 from interp.models._model import Model
 
 HF_ARCHITECTURES = ("LlamaForCausalLM", "MistralForCausalLM", "Qwen2ForCausalLM", "Qwen3ForCausalLM")
@@ -75,19 +76,7 @@ class LlamaConfig:
         rope = dict(cfg.get("rope_parameters") or {})
         scaling_src = cfg.get("rope_scaling") or rope
         theta = rope.get("rope_theta", cfg.get("rope_theta", 10000.0))
-        scaling = None
-        kind = (scaling_src or {}).get("rope_type", (scaling_src or {}).get("type", "default"))
-        if kind == "llama3":
-            scaling = (
-                "llama3", float(scaling_src["factor"]), float(scaling_src["low_freq_factor"]),
-                float(scaling_src["high_freq_factor"]), int(scaling_src["original_max_position_embeddings"]),
-            )
-        elif kind == "linear":
-            scaling = ("linear", float(scaling_src["factor"]))
-        elif kind not in ("default", None):
-            raise ValueError(
-                f"rope type '{kind}' in config.json is not supported yet; supported: default, linear, llama3"
-            )
+        scaling = rope_scaling(scaling_src, "Llama", ("linear", "llama3"))
         qwen = arch == "Qwen2ForCausalLM" or cfg.get("model_type") == "qwen2"
         qwen3 = arch == "Qwen3ForCausalLM" or cfg.get("model_type") == "qwen3"
         window, sliding_layers = cfg.get("sliding_window"), None
@@ -102,10 +91,6 @@ class LlamaConfig:
         if cfg.get("hidden_act", "silu") not in ("silu", "gelu", "gelu_pytorch_tanh", "relu"):
             raise ValueError(f"hidden_act '{cfg['hidden_act']}' is not supported by the Llama family")
         act = {"gelu_pytorch_tanh": "gelu_tanh"}.get(cfg.get("hidden_act", "silu"), cfg.get("hidden_act", "silu"))
-
-        def first(v):
-            return v[0] if isinstance(v, (list, tuple)) else v
-
         return cls(
             vocab_size=cfg["vocab_size"],
             d_model=cfg["hidden_size"],

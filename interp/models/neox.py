@@ -13,6 +13,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from interp.models._blocks import MLP, Attention, Embed, LayerNorm, ParallelBlock, PreNormBlock, Rope
+from interp.models._hf import first, rope_scaling
 from interp.models._model import Model
 
 HF_ARCHITECTURES = ("GPTNeoXForCausalLM",)
@@ -73,14 +74,7 @@ class NeoXConfig:
         scaling_src = cfg.get("rope_scaling") or rope
         theta = rope.get("rope_theta", cfg.get("rope_theta", cfg.get("rotary_emb_base", 10000.0)))
         pct = rope.get("partial_rotary_factor", cfg.get("partial_rotary_factor", cfg.get("rotary_pct", 0.25)))
-        kind = scaling_src.get("rope_type", scaling_src.get("type", "default"))
-        if kind == "linear":
-            scaling = ("linear", float(scaling_src["factor"]))
-        elif kind in ("default", None):
-            scaling = None
-        else:
-            raise ValueError(f"rope type '{kind}' in config.json is not supported by the GPT-NeoX family; "
-                             "supported: default, linear")
+        scaling = rope_scaling(scaling_src, "GPT-NeoX")
         hf_act = cfg.get("hidden_act", "gelu")
         if hf_act not in _ACTIVATIONS:
             raise ValueError(
@@ -90,10 +84,6 @@ class NeoXConfig:
         if cfg.get("head_dim") not in (None, cfg["hidden_size"] // cfg["num_attention_heads"]):
             raise ValueError(f"head_dim={cfg['head_dim']} in config.json differs from hidden_size / "
                              "num_attention_heads, which GPT-NeoX attention always uses")
-
-        def first(v):
-            return v[0] if isinstance(v, (list, tuple)) else v
-
         return cls(
             vocab_size=cfg["vocab_size"],
             d_model=cfg["hidden_size"],

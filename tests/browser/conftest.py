@@ -29,10 +29,6 @@ from .harness import (
 HERE = Path(__file__).resolve().parent
 
 
-def pytest_configure(config):
-    config.addinivalue_line("markers", "browser: drives a real headless Chromium (tests/browser)")
-
-
 def pytest_collection_modifyitems(config, items):
     # This hook sees the whole session's items, not only this folder's.
     for item in items:
