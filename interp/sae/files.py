@@ -21,6 +21,24 @@ _SAELENS_ARCH = {"standard": "standard", "topk": "topk", "jumprelu": "jumprelu",
                  "matryoshka": "jumprelu"}
 
 
+def _saelens_fields(cfg: DictConfig) -> dict:
+    """The top-level fields SAELens reads, as they follow from ``cfg`` (dtype, device and metadata aside)."""
+    fields = {
+        "architecture": _SAELENS_ARCH[cfg.arch],
+        "d_in": cfg.d_in,
+        "d_sae": cfg.width,
+        "dtype": "float32",
+        "device": "cpu",
+        "apply_b_dec_to_input": bool(cfg.apply_b_dec_to_input and not cfg.is_transcoder),
+        "normalize_activations": "none",
+        "reshape_activations": "none",
+    }
+    if cfg.arch == "topk":
+        fields["k"] = cfg.k
+        fields["rescale_acts_by_decoder_norm"] = False
+    return fields
+
+
 def save(dictionary: Dictionary, folder: str | Path, *, metadata: dict | None = None) -> Path:
     """Write ``dictionary`` to ``folder`` atomically (a complete folder appears, or nothing)."""
     from safetensors.numpy import save_file
@@ -40,20 +58,7 @@ def save(dictionary: Dictionary, folder: str | Path, *, metadata: dict | None = 
     elif arch in ("batchtopk", "matryoshka"):
         weights["threshold"] = np.full((cfg.width,), float(dictionary.threshold), np.float32)
     meta = {"hook_name": cfg.hook_name, "interp": cfg.to_dict(), **(metadata or {})}
-    saelens_cfg = {
-        "architecture": _SAELENS_ARCH[arch],
-        "d_in": cfg.d_in,
-        "d_sae": cfg.width,
-        "dtype": "float32",
-        "device": "cpu",
-        "apply_b_dec_to_input": bool(cfg.apply_b_dec_to_input and not cfg.is_transcoder),
-        "normalize_activations": "none",
-        "reshape_activations": "none",
-        "metadata": meta,
-    }
-    if arch == "topk":
-        saelens_cfg["k"] = cfg.k
-        saelens_cfg["rescale_acts_by_decoder_norm"] = False
+    saelens_cfg = {**_saelens_fields(cfg), "metadata": meta}
     with atomic_dir(Path(folder)) as tmp:
         save_file(weights, str(tmp / "sae_weights.safetensors"))
         (tmp / "cfg.json").write_text(json.dumps(saelens_cfg, indent=2))
@@ -61,28 +66,31 @@ def save(dictionary: Dictionary, folder: str | Path, *, metadata: dict | None = 
 
 
 def load(folder: str | Path, dtype=jnp.float32) -> Dictionary:
-    """A dictionary from a folder in SAELens's layout (written here or by SAELens)."""
-    from safetensors.numpy import load_file
+    """A dictionary from a folder in SAELens's layout (written here or by SAELens).
 
+    Every tensor is checked against the config (shape, floating dtype, finite values), and a config written
+    here must agree with the top-level fields SAELens reads, so a file never loads as something it is not."""
     folder = Path(folder)
     cfg_path, w_path = folder / "cfg.json", folder / "sae_weights.safetensors"
     if not cfg_path.exists() or not w_path.exists():
         raise FileNotFoundError(f"{folder} is not a dictionary folder: it needs cfg.json and sae_weights.safetensors")
-    raw = json.loads(cfg_path.read_text())
-    w = load_file(str(w_path))
+    raw = _read_cfg(cfg_path)
+    w = _read_weights(w_path)
     meta = raw.get("metadata") or {}
     if meta.get("interp"):
-        cfg = DictConfig.from_dict(meta["interp"])
+        cfg = _interp_config(cfg_path, meta["interp"])
+        _check_agrees(cfg_path, raw, _saelens_fields(cfg))
     else:
-        cfg = _config_from_saelens(raw, meta, w)
-    config_cls, cls = architecture(cfg.arch)
+        cfg = _config_from_saelens(cfg_path, raw, meta, w)
+    for where, value in (("hook_name", raw.get("hook_name")), ("metadata.hook_name", meta.get("hook_name"))):
+        if value is not None and value != cfg.hook_name:
+            raise ValueError(f"{cfg_path}: '{where}' is {value!r} but the dictionary's config says {cfg.hook_name!r}; "
+                             "make them agree")
+    _check_weights(w_path, w, cfg)
+    _, cls = architecture(cfg.arch)
     arr = lambda a: jnp.asarray(a, dtype)  # noqa: E731
     fields = dict(W_enc=arr(w["W_enc"]), b_enc=arr(w["b_enc"]), W_dec=arr(w["W_dec"]), b_dec=arr(w["b_dec"]),
-                  W_skip=arr(w["W_skip"]) if "W_skip" in w else None, cfg=cfg)
-    expect = {"W_enc": (cfg.d_in, cfg.width), "W_dec": (cfg.width, cfg.out_dim)}
-    for k, shape in expect.items():
-        if tuple(w[k].shape) != shape:
-            raise ValueError(f"{w_path}: {k} has shape {tuple(w[k].shape)}, cfg.json implies {shape}")
+                  W_skip=arr(w["W_skip"]) if cfg.skip else None, cfg=cfg)
     if cfg.arch == "jumprelu":
         fields["log_threshold"] = jnp.log(arr(w["threshold"]))
     elif cfg.arch in ("batchtopk", "matryoshka"):
@@ -90,7 +98,86 @@ def load(folder: str | Path, dtype=jnp.float32) -> Dictionary:
     return cls(**fields)
 
 
-def _config_from_saelens(raw: dict, meta: dict, w: dict) -> DictConfig:
+def _read_cfg(path: Path) -> dict:
+    try:
+        raw = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise ValueError(f"{path} is not valid JSON ({e}); write the dictionary again or fix the file") from None
+    if not isinstance(raw, dict):
+        raise ValueError(f"{path} must hold a JSON object (SAELens's config), not {type(raw).__name__}")
+    return raw
+
+
+def _read_weights(path: Path) -> dict:
+    from safetensors import SafetensorError
+    from safetensors.numpy import load_file
+
+    try:
+        return load_file(str(path))
+    except (SafetensorError, TypeError, OSError) as e:
+        raise ValueError(f"{path} cannot be read ({e}): the file is truncated or corrupt, or holds a dtype NumPy "
+                         "cannot read; save or download the dictionary again (in float32)") from None
+
+
+def _interp_config(path: Path, d) -> DictConfig:
+    arch = d.get("arch") if isinstance(d, dict) else None
+    try:
+        return DictConfig.from_dict(d)
+    except (TypeError, ValueError) as e:
+        raise ValueError(f"{path}: metadata.interp is not a valid {arch or 'dictionary'} config ({e}); "
+                         "save the dictionary again with interp.sae.save") from None
+
+
+def _check_agrees(path: Path, raw: dict, expected: dict) -> None:
+    """SAELens reads the top-level fields and ignores ``metadata.interp``: both must describe one dictionary."""
+    for field, want in expected.items():
+        if field in ("dtype", "device") or field not in raw:
+            continue
+        if raw[field] != want:
+            raise ValueError(f"{path}: '{field}' is {raw[field]!r} but metadata.interp implies {want!r}; SAELens "
+                             "would read the first and interp the second: make them agree, or save the dictionary again")
+
+
+def _expected_shapes(cfg: DictConfig) -> dict:
+    shapes = {"W_enc": (cfg.d_in, cfg.width), "b_enc": (cfg.width,), "W_dec": (cfg.width, cfg.out_dim),
+              "b_dec": (cfg.out_dim,)}
+    if cfg.skip:
+        shapes["W_skip"] = (cfg.d_in, cfg.out_dim)
+    if cfg.arch in ("jumprelu", "batchtopk", "matryoshka"):
+        shapes["threshold"] = (cfg.width,)
+    return shapes
+
+
+def _check_weights(path: Path, w: dict, cfg: DictConfig) -> None:
+    shapes = _expected_shapes(cfg)
+    for name, shape in shapes.items():
+        if name not in w:
+            why = "skip=True" if name == "W_skip" else f"a {cfg.arch} dictionary"
+            raise ValueError(f"{path} lacks '{name}', which {why} needs; the file holds {sorted(w)}")
+        a = w[name]
+        if tuple(a.shape) != shape:
+            raise ValueError(f"{path}: {name} has shape {tuple(a.shape)}, but cfg.json implies {shape} "
+                             f"(d_in={cfg.d_in}, width={cfg.width}, out={cfg.out_dim}); the weights and the config "
+                             "belong to different dictionaries")
+        if not np.issubdtype(a.dtype, np.floating):
+            raise ValueError(f"{path}: {name} has dtype {a.dtype}; dictionary weights must be floating point")
+        bad = int(a.size - np.isfinite(a).sum())
+        if bad:
+            raise ValueError(f"{path}: {name} holds {bad} NaN or infinite values; the dictionary is corrupt or "
+                             "diverged in training")
+    for name in ("W_skip", "threshold"):
+        if name in w and name not in shapes:
+            raise ValueError(f"{path} holds '{name}', which a {cfg.arch} dictionary with this config does not use "
+                             f"(skip={cfg.skip}); the weights and cfg.json belong to different dictionaries")
+    if cfg.arch in ("batchtopk", "matryoshka") and np.ptp(w["threshold"]) != 0:
+        raise ValueError(f"{path}: threshold must be one value repeated (a {cfg.arch} dictionary has a single "
+                         "threshold), but its values differ; load it as a JumpReLU dictionary instead")
+    if "threshold" in shapes and (w["threshold"] < 0).any():
+        raise ValueError(f"{path}: threshold holds negative values, which no trained dictionary has; the file is "
+                         "corrupt")
+
+
+def _config_from_saelens(path: Path, raw: dict, meta: dict, w: dict) -> DictConfig:
     arch = raw.get("architecture", "standard")
     if raw.get("normalize_activations", "none") not in ("none", None):
         raise ValueError(
@@ -102,11 +189,22 @@ def _config_from_saelens(raw: dict, meta: dict, w: dict) -> DictConfig:
     if arch not in ("standard", "topk", "jumprelu"):
         raise ValueError(f"SAELens architecture '{arch}' is not supported; supported: standard, topk, jumprelu")
     config_cls, _ = architecture(arch)
-    kw = dict(d_in=raw["d_in"], width=raw["d_sae"], hook_name=meta.get("hook_name") or raw.get("hook_name", ""),
+
+    def need(key):
+        if not isinstance(raw.get(key), int) or isinstance(raw[key], bool):
+            state = "lacks" if key not in raw else f"has a non-integer {raw[key]!r} for"
+            raise ValueError(f"{path} {state} '{key}', which a SAELens {arch} config needs; add it (an integer)")
+        return raw[key]
+
+    kw = dict(d_in=need("d_in"), width=need("d_sae"), hook_name=meta.get("hook_name") or raw.get("hook_name", ""),
               apply_b_dec_to_input=bool(raw.get("apply_b_dec_to_input", True)))
     if arch == "topk":
-        kw["k"] = int(raw["k"])
-    if arch == "jumprelu":  # the trained thresholds are loaded as weights; this only has to be a valid config
-        t = np.asarray(w["threshold"])
+        kw["k"] = need("k")
+    if arch == "jumprelu" and isinstance(w.get("threshold"), np.ndarray):
+        # the trained thresholds are loaded as weights; this only has to be a valid config
+        t = w["threshold"]
         kw["init_threshold"] = float(t[t > 0].min()) if (t > 0).any() else 1e-3
-    return config_cls(**kw)
+    try:
+        return config_cls(**kw)
+    except ValueError as e:
+        raise ValueError(f"{path}: {e}") from None
