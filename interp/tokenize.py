@@ -52,10 +52,16 @@ class Tokenizer:
     def from_file(cls, path: str | Path, config: Mapping | None = None) -> "Tokenizer":
         """From ``tokenizer.json``; BOS/EOS/pad ids from the checkpoint's config (and tokenizer_config.json)."""
         path = Path(path)
-        tok = _HFTokenizer.from_file(str(path))
+        try:
+            tok = _HFTokenizer.from_file(str(path))
+        except Exception as e:  # tokenizers raises a bare Exception for every kind of damage
+            raise ValueError(
+                f"cannot read the tokenizer {path} ({e}); it is damaged or was written by a newer `tokenizers`: fix it "
+                "or copy it again, or remove it to load the model without a tokenizer"
+            ) from None
         config = dict(config or {})
         tc_path = path.parent / "tokenizer_config.json"
-        tc = json.loads(tc_path.read_text()) if tc_path.exists() else {}
+        tc = _json_object(tc_path) if tc_path.exists() else {}
 
         def tid(key):
             v = tc.get(key)
@@ -74,6 +80,7 @@ class Tokenizer:
     @classmethod
     def from_gguf_metadata(cls, meta: Mapping) -> "Tokenizer":
         """From a GGUF file's ``tokenizer.ggml.*`` metadata: byte-level BPE ("gpt2") or SentencePiece ("llama")."""
+        _check_gguf_vocab(meta)
         kind = meta.get("tokenizer.ggml.model")
         tokens = list(meta["tokenizer.ggml.tokens"])
         types = list(meta.get("tokenizer.ggml.token_type", [1] * len(tokens)))
@@ -180,6 +187,52 @@ class Tokenizer:
         if len(ids) != 1:
             raise ValueError(f"{text!r} is {len(ids)} tokens, not one: {self.to_str_tokens(ids)}")
         return ids[0]
+
+
+def _json_object(path: Path) -> dict:
+    try:
+        value = json.loads(path.read_bytes())
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise ValueError(f"{path} is not valid JSON ({e}): fix it, or remove it to use the tokenizer's defaults") from None
+    if not isinstance(value, dict):
+        raise ValueError(f"{path} must hold a JSON object, got {type(value).__name__}: fix it, or remove it to use the "
+                         "tokenizer's defaults")
+    return value
+
+
+def _check_gguf_vocab(meta: Mapping) -> None:
+    """The ``tokenizer.ggml.*`` fields of a GGUF file, checked before they index one another."""
+    where = meta.get("__file__", "the GGUF metadata")
+
+    def bad(key, problem):
+        return ValueError(f"{where}: field '{key}' {problem}; the file is corrupt or was not written for this loader")
+
+    def is_int(v):
+        return isinstance(v, int) and not isinstance(v, bool)
+
+    tokens = meta.get("tokenizer.ggml.tokens")
+    if tokens is None:
+        raise bad("tokenizer.ggml.tokens", "is missing, and the tokenizer needs it")
+    if not isinstance(tokens, list) or not tokens or not all(isinstance(t, str) for t in tokens):
+        raise bad("tokenizer.ggml.tokens", "must be a non-empty list of strings")
+    n = len(tokens)
+    for key, ok in (("token_type", is_int), ("scores", lambda v: isinstance(v, (int, float)) and not isinstance(v, bool))):
+        v = meta.get(f"tokenizer.ggml.{key}")
+        if v is not None and (not isinstance(v, list) or len(v) != n or not all(map(ok, v))):
+            size = f"{len(v)} entries" if isinstance(v, list) else repr(v)[:40]
+            raise bad(f"tokenizer.ggml.{key}", f"has {size}, but 'tokenizer.ggml.tokens' has {n} (one number each)")
+    for key in ("bos", "eos", "unknown", "padding"):
+        v = meta.get(f"tokenizer.ggml.{key}_token_id")
+        if v is not None and not (is_int(v) and 0 <= v < n):
+            raise bad(f"tokenizer.ggml.{key}_token_id", f"is {v!r}, but the vocabulary has {n} tokens")
+    merges = meta.get("tokenizer.ggml.merges")
+    if merges is not None and (not isinstance(merges, list)
+                               or not all(isinstance(m, str) and " " in m for m in merges)):
+        raise bad("tokenizer.ggml.merges", "must be a list of strings 'left right'")
+    for key in ("model", "pre"):
+        v = meta.get(f"tokenizer.ggml.{key}")
+        if v is not None and not isinstance(v, str):
+            raise bad(f"tokenizer.ggml.{key}", f"must be a string, got {v!r}")
 
 
 def _merges_from_scores(tokens: Sequence[str], scores: Sequence[float]) -> list[tuple[str, str]]:

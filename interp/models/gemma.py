@@ -18,7 +18,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from interp.models._blocks import Attention, Embed, GatedMLP, PreNormBlock, RMSNorm, Rope
-from interp.models._hf import first, rope_scaling
+from interp.models._hf import Fields, check_config, gguf_fields, rope_scaling
 from interp.models._model import Model
 
 HF_ARCHITECTURES = ("GemmaForCausalLM", "Gemma2ForCausalLM", "Gemma3ForCausalLM")
@@ -63,9 +63,10 @@ class GemmaConfig:
     def __post_init__(self):
         if self.version not in (1, 2, 3):
             raise ValueError(f"GemmaConfig.version must be 1, 2 or 3, got {self.version}")
-        for f in ("vocab_size", "d_model", "n_layers", "n_heads", "n_kv_heads", "d_mlp", "head_dim"):
-            if getattr(self, f) <= 0:
-                raise ValueError(f"GemmaConfig.{f} must be positive, got {getattr(self, f)}")
+        check_config(self, ("vocab_size", "d_model", "n_layers", "n_heads", "n_kv_heads", "d_mlp", "head_dim",
+                            "sliding_window", "max_position"),
+                     ("rms_eps", "rope_theta", "rope_local_theta", "query_pre_attn_scalar", "attn_softcap",
+                      "final_softcap"))
         if self.n_heads % self.n_kv_heads:
             raise ValueError(
                 f"n_heads={self.n_heads} must be a multiple of n_kv_heads={self.n_kv_heads} for grouped-query attention"
@@ -90,75 +91,77 @@ class GemmaConfig:
         return self.sliding_window is not None and self.sliding_layers is not None and self.sliding_layers[layer]
 
     @classmethod
-    def from_hf(cls, cfg: Mapping) -> "GemmaConfig":
+    def from_hf(cls, cfg: Mapping, where="config.json") -> "GemmaConfig":
         """From a Hugging Face ``config.json`` dict (``GemmaConfig``, ``Gemma2Config`` or ``Gemma3TextConfig``;
-        transformers 4.x ``rope_theta``/``rope_scaling``/``rope_local_base_freq`` or 5.x ``rope_parameters``)."""
-        arch = (cfg.get("architectures") or [None])[0]
-        version = _VERSIONS.get(arch) or _VERSIONS.get(cfg.get("model_type"))
+        transformers 4.x ``rope_theta``/``rope_scaling``/``rope_local_base_freq`` or 5.x ``rope_parameters``);
+        ``where`` names the file in errors."""
+        f = Fields(cfg, where)
+        arch = (f.str_list("architectures") or [None])[0]
+        version = _VERSIONS.get(arch) or _VERSIONS.get(f.str("model_type", None))
         if version is None:
-            raise ValueError(f"config.json names {arch or cfg.get('model_type')!r}, which is not a Gemma text model")
-        if cfg.get("use_bidirectional_attention"):
+            raise ValueError(f"{f.where} names {arch or f.raw('model_type')!r}, which is not a Gemma text model")
+        if f.raw("use_bidirectional_attention"):
             raise ValueError("use_bidirectional_attention (embedding models) is not supported: this is a causal LM")
-        n_layers = cfg["num_hidden_layers"]
-        rope = cfg.get("rope_parameters") or {}
+        n_layers = f.int("num_hidden_layers")
+        rope = f.sub("rope_parameters")
         if version == 3:
-            full = dict(rope.get("full_attention") or {})
-            local = dict(rope.get("sliding_attention") or {})
-            full.setdefault("rope_theta", cfg.get("rope_theta", 1_000_000.0))
-            local.setdefault("rope_theta", cfg.get("rope_local_base_freq", 10_000.0))
-            if not rope.get("full_attention") and cfg.get("rope_scaling"):
-                full.update(cfg["rope_scaling"])
+            full, local = rope.sub("full_attention"), rope.sub("sliding_attention")
+            theta = full.float("rope_theta", None) or f.float("rope_theta", 1_000_000.0)
+            local_theta = local.float("rope_theta", None) or f.float("rope_local_base_freq", 10_000.0)
+            if not full.cfg and f.raw("rope_scaling"):
+                full = f.sub("rope_scaling")
+            scaling, local_scaling = rope_scaling(full, "Gemma"), rope_scaling(local, "Gemma")
         else:
-            full = dict(rope) or dict(cfg.get("rope_scaling") or {})
-            full.setdefault("rope_theta", cfg.get("rope_theta", 10_000.0))
-            local = None
-        theta, scaling = _rope(full)
-        local_theta, local_scaling = _rope(local) if local else (None, None)
+            params = rope if rope.cfg else f.sub("rope_scaling")
+            theta = params.float("rope_theta", None) or f.float("rope_theta", 10_000.0)
+            scaling, local_theta, local_scaling = rope_scaling(params, "Gemma"), None, None
 
         window, sliding = None, None
         if version >= 2:
-            window = cfg.get("sliding_window", 4096)
-            pattern = 2 if version == 2 else cfg.get("sliding_window_pattern", cfg.get("_sliding_window_pattern", 6))
-            types = cfg.get("layer_types") or [
+            window = f.opt_int("sliding_window", 4096)
+            pattern = 2 if version == 2 else f.int("sliding_window_pattern", f.int("_sliding_window_pattern", 6))
+            types = f.str_list("layer_types", n_layers) or [
                 "sliding_attention" if (i + 1) % pattern else "full_attention" for i in range(n_layers)
             ]
             sliding = tuple(t == "sliding_attention" for t in types)
         if version == 1:  # transformers reads hidden_act here and takes a plain "gelu" to mean the tanh form
-            act_name = cfg.get("hidden_act") or "gelu_pytorch_tanh"
+            act_name = f.str("hidden_act", "gelu_pytorch_tanh")
             act_name = "gelu_pytorch_tanh" if act_name == "gelu" else act_name
         else:
-            act_name = cfg.get("hidden_activation") or "gelu_pytorch_tanh"
+            act_name = f.str("hidden_activation", "gelu_pytorch_tanh")
         if act_name not in _ACTS:
             raise ValueError(
-                f"activation '{act_name}' is not supported by the Gemma family; supported: {sorted(_ACTS)}"
+                f"activation '{act_name}' in {f.where} is not supported by the Gemma family; supported: {sorted(_ACTS)}"
             )
-        return cls(
+        n_heads = f.int("num_attention_heads")
+        return f.build(
+            cls,
             version=version,
-            vocab_size=cfg["vocab_size"],
-            d_model=cfg["hidden_size"],
+            vocab_size=f.int("vocab_size"),
+            d_model=f.int("hidden_size"),
             n_layers=n_layers,
-            n_heads=cfg["num_attention_heads"],
-            n_kv_heads=cfg.get("num_key_value_heads") or cfg["num_attention_heads"],
-            d_mlp=cfg["intermediate_size"],
-            head_dim=cfg.get("head_dim") or 256,
-            rms_eps=cfg.get("rms_norm_eps", 1e-6),
+            n_heads=n_heads,
+            n_kv_heads=f.opt_int("num_key_value_heads") or n_heads,
+            d_mlp=f.int("intermediate_size"),
+            head_dim=f.int("head_dim", 256),
+            rms_eps=f.float("rms_norm_eps", 1e-6),
             rope_theta=theta,
             rope_scaling=scaling,
             rope_local_theta=local_theta,
             rope_local_scaling=local_scaling,
             sliding_window=window,
             sliding_layers=sliding,
-            query_pre_attn_scalar=cfg.get("query_pre_attn_scalar", 256) if version >= 2 else None,
+            query_pre_attn_scalar=f.opt_float("query_pre_attn_scalar", 256) if version >= 2 else None,
             # transformers soft-caps attention scores in Gemma 2 only (its Gemma 3 ignores the setting)
-            attn_softcap=cfg.get("attn_logit_softcapping", 50.0) if version == 2 else None,
-            final_softcap=cfg.get("final_logit_softcapping", 30.0 if version == 2 else None) if version >= 2 else None,
-            attention_bias=bool(cfg.get("attention_bias", False)),
+            attn_softcap=f.opt_float("attn_logit_softcapping", 50.0) if version == 2 else None,
+            final_softcap=f.opt_float("final_logit_softcapping", 30.0 if version == 2 else None) if version >= 2 else None,
+            attention_bias=f.bool("attention_bias", False),
             act=_ACTS[act_name],
-            tie_embeddings=bool(cfg.get("tie_word_embeddings", True)),
-            max_position=cfg.get("max_position_embeddings", 8192),
-            bos_token_id=first(cfg.get("bos_token_id")),
-            eos_token_id=first(cfg.get("eos_token_id")),
-            pad_token_id=first(cfg.get("pad_token_id")),
+            tie_embeddings=f.bool("tie_word_embeddings", True),
+            max_position=f.int("max_position_embeddings", 8192),
+            bos_token_id=f.token_id("bos_token_id"),
+            eos_token_id=f.token_id("eos_token_id"),
+            pad_token_id=f.token_id("pad_token_id"),
         )
 
     def to_hf(self) -> dict:
@@ -206,30 +209,37 @@ class GemmaConfig:
         return cfg
 
 
-def _rope(params: Mapping) -> tuple[float, tuple | None]:
-    """``(theta, Rope.scaling)`` from one set of rotary parameters."""
-    return float(params["rope_theta"]), rope_scaling(params, "Gemma")
+def hf_weight_shapes(config: GemmaConfig) -> dict[str, tuple[int, ...]]:
+    """Every tensor a Hugging Face checkpoint of this config holds, with its shape (torch's ``[out, in]``)."""
+    V, D, F, E = config.vocab_size, config.d_model, config.d_mlp, config.d_head
+    HE, KE = config.n_heads * E, config.n_kv_heads * E
+    shapes = {"model.embed_tokens.weight": (V, D), "model.norm.weight": (D,)}
+    if not config.tie_embeddings:
+        shapes["lm_head.weight"] = (V, D)
+    for i in range(config.n_layers):
+        p, a, m = f"model.layers.{i}", f"model.layers.{i}.self_attn", f"model.layers.{i}.mlp"
+        shapes.update({f"{p}.input_layernorm.weight": (D,), f"{p}.post_attention_layernorm.weight": (D,),
+                       f"{a}.q_proj.weight": (HE, D), f"{a}.k_proj.weight": (KE, D), f"{a}.v_proj.weight": (KE, D),
+                       f"{a}.o_proj.weight": (D, HE),
+                       f"{m}.gate_proj.weight": (F, D), f"{m}.up_proj.weight": (F, D), f"{m}.down_proj.weight": (D, F)})
+        if config.post_norms:
+            shapes.update({f"{p}.pre_feedforward_layernorm.weight": (D,), f"{p}.post_feedforward_layernorm.weight": (D,)})
+        if config.attention_bias:
+            shapes.update({f"{a}.q_proj.bias": (HE,), f"{a}.k_proj.bias": (KE,), f"{a}.v_proj.bias": (KE,),
+                           f"{a}.o_proj.bias": (D,)})
+        if config.qk_norm:
+            shapes.update({f"{a}.q_norm.weight": (E,), f"{a}.k_norm.weight": (E,)})
+    return shapes
 
 
 def hf_weight_names(config: GemmaConfig) -> list[str]:
     """The tensor names a Hugging Face checkpoint of this config holds."""
-    names = ["model.embed_tokens.weight", "model.norm.weight"]
-    if not config.tie_embeddings:
-        names.append("lm_head.weight")
-    for i in range(config.n_layers):
-        p = f"model.layers.{i}"
-        names += [f"{p}.input_layernorm.weight", f"{p}.post_attention_layernorm.weight"]
-        if config.post_norms:
-            names += [f"{p}.pre_feedforward_layernorm.weight", f"{p}.post_feedforward_layernorm.weight"]
-        for proj in ("q", "k", "v", "o"):
-            names.append(f"{p}.self_attn.{proj}_proj.weight")
-        if config.attention_bias:
-            names += [f"{p}.self_attn.{x}_proj.bias" for x in "qkvo"]
-        if config.qk_norm:
-            names += [f"{p}.self_attn.q_norm.weight", f"{p}.self_attn.k_norm.weight"]
-        for proj in ("gate", "up", "down"):
-            names.append(f"{p}.mlp.{proj}_proj.weight")
-    return names
+    return list(hf_weight_shapes(config))
+
+
+# Names some checkpoints hold that carry no weights of the model: a tied head saved anyway, rotary frequencies
+# older transformers versions stored as buffers.
+HF_IGNORED = (r"lm_head\.weight", r"model\.layers\.\d+\.self_attn\.rotary_emb\.inv_freq")
 
 
 def from_hf_weights(config: GemmaConfig, get, *, dtype=jnp.float32, tokenizer=None) -> Model:
@@ -337,37 +347,35 @@ _GEMMA3_PATTERN, _GEMMA3_LOCAL_THETA, _GEMMA3_27B_LAYERS = 6, 10_000.0, 62
 
 def config_from_gguf(arch: str, meta: Mapping) -> GemmaConfig:
     """GemmaConfig from GGUF metadata (``gemma3.block_count`` etc.). Norm weights in GGUF are ``1 + w``."""
-    g = lambda k, d=None: meta.get(f"{arch}.{k}", d)  # noqa: E731
-    n_heads = int(g("attention.head_count"))
-    d_model = int(g("embedding_length"))
-    n_layers = int(g("block_count"))
-    head_dim = int(g("attention.key_length", d_model // n_heads))
+    g, root = gguf_fields(meta, arch)
+    n_heads, d_model, n_layers = g.int("attention.head_count"), g.int("embedding_length"), g.int("block_count")
+    head_dim = g.int("attention.key_length", d_model // n_heads)
     scaling = None
-    if g("rope.scaling.type") == "linear":
-        scaling = ("linear", float(g("rope.scaling.factor")))
-    window = g("attention.sliding_window")
-    return GemmaConfig(
+    if g.raw("rope.scaling.type") == "linear":
+        scaling = ("linear", g.float("rope.scaling.factor"))
+    return g.build(
+        GemmaConfig,
         version=3,
-        vocab_size=int(g("vocab_size", 0)) or len(meta["tokenizer.ggml.tokens"]),
+        vocab_size=g.opt_int("vocab_size") or len(root.str_list("tokenizer.ggml.tokens", required=True)),
         d_model=d_model,
         n_layers=n_layers,
         n_heads=n_heads,
-        n_kv_heads=int(g("attention.head_count_kv", n_heads)),
-        d_mlp=int(g("feed_forward_length")),
+        n_kv_heads=g.int("attention.head_count_kv", n_heads),
+        d_mlp=g.int("feed_forward_length"),
         head_dim=head_dim,
-        rms_eps=float(g("attention.layer_norm_rms_epsilon", 1e-6)),
-        rope_theta=float(g("rope.freq_base", 1_000_000.0)),
+        rms_eps=g.float("attention.layer_norm_rms_epsilon", 1e-6),
+        rope_theta=g.float("rope.freq_base", 1_000_000.0),
         rope_scaling=scaling,
         rope_local_theta=_GEMMA3_LOCAL_THETA,
-        sliding_window=None if window is None else int(window),
+        sliding_window=g.opt_int("attention.sliding_window"),
         sliding_layers=tuple(bool((i + 1) % _GEMMA3_PATTERN) for i in range(n_layers)),
         query_pre_attn_scalar=d_model // n_heads if n_layers == _GEMMA3_27B_LAYERS else head_dim,
         tie_embeddings="output.weight" not in meta["__tensor_names__"],
         norm_offset=0.0,
-        max_position=int(g("context_length", 8192)),
-        bos_token_id=meta.get("tokenizer.ggml.bos_token_id"),
-        eos_token_id=meta.get("tokenizer.ggml.eos_token_id"),
-        pad_token_id=meta.get("tokenizer.ggml.padding_token_id"),
+        max_position=g.int("context_length", 8192),
+        bos_token_id=root.token_id("tokenizer.ggml.bos_token_id"),
+        eos_token_id=root.token_id("tokenizer.ggml.eos_token_id"),
+        pad_token_id=root.token_id("tokenizer.ggml.padding_token_id"),
     )
 
 

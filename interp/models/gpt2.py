@@ -13,7 +13,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from interp.models._blocks import MLP, Attention, Embed, LayerNorm, PreNormBlock
-from interp.models._hf import first
+from interp.models._hf import Fields, check_config
 from interp.models._model import Model
 
 HF_ARCHITECTURES = ("GPT2LMHeadModel",)
@@ -45,9 +45,7 @@ class GPT2Config:
     pad_token_id: int | None = None
 
     def __post_init__(self):
-        for f in ("vocab_size", "d_model", "n_layers", "n_heads", "d_mlp", "n_ctx"):
-            if getattr(self, f) <= 0:
-                raise ValueError(f"GPT2Config.{f} must be positive, got {getattr(self, f)}")
+        check_config(self, ("vocab_size", "d_model", "n_layers", "n_heads", "d_mlp", "n_ctx"), ("ln_eps",))
         if self.d_model % self.n_heads:
             raise ValueError(f"d_model={self.d_model} is not divisible by n_heads={self.n_heads}")
 
@@ -61,40 +59,36 @@ class GPT2Config:
         return scale / float(layer + 1) if self.scale_by_inverse_layer else scale
 
     @classmethod
-    def from_hf(cls, cfg: Mapping) -> "GPT2Config":
-        """From a Hugging Face ``config.json`` dict (``n_embd``, ``n_layer``, ... or ``hidden_size``, ...)."""
-        if cfg.get("add_cross_attention", False):
-            raise ValueError("GPT-2 with add_cross_attention=true (an encoder-decoder) is not supported")
-        hf_act = cfg.get("activation_function", "gelu_new")
+    def from_hf(cls, cfg: Mapping, where="config.json") -> "GPT2Config":
+        """From a Hugging Face ``config.json`` dict (``n_embd``, ``n_layer``, ... or ``hidden_size``, ...); ``where``
+        names the file in errors."""
+        f = Fields(cfg, where)
+        if f.bool("add_cross_attention", False):
+            raise ValueError(f"GPT-2 with add_cross_attention=true (an encoder-decoder) in {f.where} is not supported")
+        hf_act = f.str("activation_function", "gelu_new")
         if hf_act not in _ACTIVATIONS:
             raise ValueError(
-                f"activation_function '{hf_act}' in config.json is not supported by the GPT-2 family; "
+                f"activation_function '{hf_act}' in {f.where} is not supported by the GPT-2 family; "
                 f"supported: {', '.join(sorted(_ACTIVATIONS))}"
             )
-
-        def get(name, alias, default=None):
-            value = cfg.get(name, cfg.get(alias, default))
-            if value is None:
-                raise ValueError(f"config.json lacks '{name}' (or '{alias}'), which a GPT-2 checkpoint needs")
-            return value
-
-        d_model = get("n_embd", "hidden_size")
-        return cls(
-            vocab_size=cfg["vocab_size"],
+        d_model = f.int("n_embd", aliases=("hidden_size",))
+        return f.build(
+            cls,
+            vocab_size=f.int("vocab_size"),
             d_model=d_model,
-            n_layers=get("n_layer", "num_hidden_layers"),
-            n_heads=get("n_head", "num_attention_heads"),
-            d_mlp=cfg.get("n_inner") or 4 * d_model,
-            n_ctx=get("n_positions", "max_position_embeddings", 1024),
-            ln_eps=float(cfg.get("layer_norm_epsilon", 1e-5)),
+            n_layers=f.int("n_layer", aliases=("num_hidden_layers",)),
+            n_heads=f.int("n_head", aliases=("num_attention_heads",)),
+            d_mlp=f.opt_int("n_inner") or 4 * d_model,
+            n_ctx=f.int("n_positions", 1024, aliases=("max_position_embeddings",)),
+            ln_eps=f.float("layer_norm_epsilon", 1e-5),
             act=_ACTIVATIONS[hf_act],
-            tie_embeddings=bool(cfg.get("tie_word_embeddings", True)),
-            scale_attn_weights=bool(cfg.get("scale_attn_weights", True)),
-            scale_by_inverse_layer=bool(cfg.get("scale_attn_by_inverse_layer_idx", False)),
-            upcast_attn=bool(cfg.get("reorder_and_upcast_attn", False)),
-            bos_token_id=first(cfg.get("bos_token_id")),
-            eos_token_id=first(cfg.get("eos_token_id")),
-            pad_token_id=first(cfg.get("pad_token_id")),
+            tie_embeddings=f.bool("tie_word_embeddings", True),
+            scale_attn_weights=f.bool("scale_attn_weights", True),
+            scale_by_inverse_layer=f.bool("scale_attn_by_inverse_layer_idx", False),
+            upcast_attn=f.bool("reorder_and_upcast_attn", False),
+            bos_token_id=f.token_id("bos_token_id"),
+            eos_token_id=f.token_id("eos_token_id"),
+            pad_token_id=f.token_id("pad_token_id"),
         )
 
     def to_hf(self) -> dict:
@@ -125,17 +119,32 @@ class GPT2Config:
 HF_OPTIONAL_PREFIXES = ("transformer.",)
 
 
-def hf_weight_names(config: GPT2Config) -> list[str]:
-    """The tensor names a Hugging Face checkpoint of this config holds (as ``transformers`` saves them)."""
-    t = "transformer"
-    names = [f"{t}.wte.weight", f"{t}.wpe.weight", f"{t}.ln_f.weight", f"{t}.ln_f.bias"]
+def hf_weight_shapes(config: GPT2Config) -> dict[str, tuple[int, ...]]:
+    """Every tensor a Hugging Face checkpoint of this config holds (as ``transformers`` saves them), with its shape
+    (``Conv1D``'s ``[in, out]``)."""
+    t, D, F = "transformer", config.d_model, config.d_mlp
+    shapes = {f"{t}.wte.weight": (config.vocab_size, D), f"{t}.wpe.weight": (config.n_ctx, D),
+              f"{t}.ln_f.weight": (D,), f"{t}.ln_f.bias": (D,)}
     if not config.tie_embeddings:
-        names.append("lm_head.weight")
+        shapes["lm_head.weight"] = (config.vocab_size, D)
     for i in range(config.n_layers):
         p = f"{t}.h.{i}"
-        for part in ("ln_1", "ln_2", "attn.c_attn", "attn.c_proj", "mlp.c_fc", "mlp.c_proj"):
-            names += [f"{p}.{part}.weight", f"{p}.{part}.bias"]
-    return names
+        shapes.update({f"{p}.ln_1.weight": (D,), f"{p}.ln_1.bias": (D,), f"{p}.ln_2.weight": (D,),
+                       f"{p}.ln_2.bias": (D,), f"{p}.attn.c_attn.weight": (D, 3 * D), f"{p}.attn.c_attn.bias": (3 * D,),
+                       f"{p}.attn.c_proj.weight": (D, D), f"{p}.attn.c_proj.bias": (D,),
+                       f"{p}.mlp.c_fc.weight": (D, F), f"{p}.mlp.c_fc.bias": (F,),
+                       f"{p}.mlp.c_proj.weight": (F, D), f"{p}.mlp.c_proj.bias": (D,)})
+    return shapes
+
+
+def hf_weight_names(config: GPT2Config) -> list[str]:
+    """The tensor names a Hugging Face checkpoint of this config holds."""
+    return list(hf_weight_shapes(config))
+
+
+# Names some checkpoints hold that carry no weights of the model: a tied head saved anyway, and the causal-mask
+# buffers older transformers versions stored (openai-community/gpt2's own files, without the prefix).
+HF_IGNORED = (r"lm_head\.weight", r"(transformer\.)?h\.\d+\.attn\.(masked_)?bias")
 
 
 def from_hf_weights(config: GPT2Config, get, *, dtype=jnp.float32, tokenizer=None) -> Model:

@@ -12,7 +12,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from interp.models._blocks import Attention, Embed, GatedMLP, PreNormBlock, RMSNorm, Rope
-from interp.models._hf import first, rope_scaling
+from interp.models._hf import Fields, check_config, gguf_fields, rope_scaling
 from interp.models._model import Model
 
 HF_ARCHITECTURES = ("LlamaForCausalLM", "MistralForCausalLM", "Qwen2ForCausalLM", "Qwen3ForCausalLM")
@@ -44,9 +44,8 @@ class LlamaConfig:
     pad_token_id: int | None = None
 
     def __post_init__(self):
-        for f in ("vocab_size", "d_model", "n_layers", "n_heads", "n_kv_heads", "d_mlp"):
-            if getattr(self, f) <= 0:
-                raise ValueError(f"LlamaConfig.{f} must be positive, got {getattr(self, f)}")
+        check_config(self, ("vocab_size", "d_model", "n_layers", "n_heads", "n_kv_heads", "d_mlp", "head_dim",
+                            "sliding_window", "max_position"), ("rms_eps", "rope_theta"))
         if self.n_heads % self.n_kv_heads:
             raise ValueError(
                 f"n_heads={self.n_heads} must be a multiple of n_kv_heads={self.n_kv_heads} for grouped-query attention"
@@ -70,50 +69,53 @@ class LlamaConfig:
         )
 
     @classmethod
-    def from_hf(cls, cfg: Mapping) -> "LlamaConfig":
-        """From a Hugging Face ``config.json`` dict (transformers 4.x ``rope_scaling`` or 5.x ``rope_parameters``)."""
-        arch = (cfg.get("architectures") or [None])[0]
-        rope = dict(cfg.get("rope_parameters") or {})
-        scaling_src = cfg.get("rope_scaling") or rope
-        theta = rope.get("rope_theta", cfg.get("rope_theta", 10000.0))
-        scaling = rope_scaling(scaling_src, "Llama", ("linear", "llama3"))
-        qwen = arch == "Qwen2ForCausalLM" or cfg.get("model_type") == "qwen2"
-        qwen3 = arch == "Qwen3ForCausalLM" or cfg.get("model_type") == "qwen3"
-        window, sliding_layers = cfg.get("sliding_window"), None
-        if (qwen or qwen3) and not cfg.get("use_sliding_window", False):
-            window = None
-        elif qwen or qwen3:  # windowed layers: those layer_types names, else those from max_window_layers on
-            n, first_windowed = cfg["num_hidden_layers"], cfg.get("max_window_layers", 28)
-            types = cfg.get("layer_types") or [
-                "sliding_attention" if i >= first_windowed else "full_attention" for i in range(n)
+    def from_hf(cls, cfg: Mapping, where="config.json") -> "LlamaConfig":
+        """From a Hugging Face ``config.json`` dict (transformers 4.x ``rope_scaling`` or 5.x ``rope_parameters``);
+        ``where`` names the file in errors."""
+        f = Fields(cfg, where)
+        arch = (f.str_list("architectures") or [None])[0]
+        rope = f.sub("rope_parameters")
+        theta = rope.float("rope_theta", None) or f.float("rope_theta", 10000.0)
+        scaling = rope_scaling(f.sub("rope_scaling") if f.raw("rope_scaling") else rope, "Llama", ("linear", "llama3"))
+        qwen = arch == "Qwen2ForCausalLM" or f.raw("model_type") == "qwen2"
+        qwen3 = arch == "Qwen3ForCausalLM" or f.raw("model_type") == "qwen3"
+        n_layers = f.int("num_hidden_layers")
+        use_window = not (qwen or qwen3) or f.bool("use_sliding_window", False)
+        window, sliding_layers = f.opt_int("sliding_window") if use_window else None, None
+        if use_window and (qwen or qwen3):  # windowed layers: those layer_types names, else from max_window_layers on
+            first_windowed = f.int("max_window_layers", 28, min=0)
+            types = f.str_list("layer_types", n_layers) or [
+                "sliding_attention" if i >= first_windowed else "full_attention" for i in range(n_layers)
             ]
             sliding_layers = tuple(t == "sliding_attention" for t in types)
-        if cfg.get("hidden_act", "silu") not in ("silu", "gelu", "gelu_pytorch_tanh", "relu"):
-            raise ValueError(f"hidden_act '{cfg['hidden_act']}' is not supported by the Llama family")
-        act = {"gelu_pytorch_tanh": "gelu_tanh"}.get(cfg.get("hidden_act", "silu"), cfg.get("hidden_act", "silu"))
-        return cls(
-            vocab_size=cfg["vocab_size"],
-            d_model=cfg["hidden_size"],
-            n_layers=cfg["num_hidden_layers"],
-            n_heads=cfg["num_attention_heads"],
-            n_kv_heads=cfg.get("num_key_value_heads") or cfg["num_attention_heads"],
-            d_mlp=cfg["intermediate_size"],
-            head_dim=cfg.get("head_dim"),
-            rms_eps=cfg.get("rms_norm_eps", 1e-6),
-            rope_theta=float(theta),
+        hidden_act = f.str("hidden_act", "silu")
+        if hidden_act not in ("silu", "gelu", "gelu_pytorch_tanh", "relu"):
+            raise ValueError(f"hidden_act '{hidden_act}' in {f.where} is not supported by the Llama family")
+        n_heads = f.int("num_attention_heads")
+        return f.build(
+            cls,
+            vocab_size=f.int("vocab_size"),
+            d_model=f.int("hidden_size"),
+            n_layers=n_layers,
+            n_heads=n_heads,
+            n_kv_heads=f.opt_int("num_key_value_heads") or n_heads,
+            d_mlp=f.int("intermediate_size"),
+            head_dim=f.opt_int("head_dim"),
+            rms_eps=f.float("rms_norm_eps", 1e-6),
+            rope_theta=theta,
             rope_scaling=scaling,
-            tie_embeddings=bool(cfg.get("tie_word_embeddings", False)),
-            qkv_bias=True if qwen else bool(cfg.get("attention_bias", False)),
-            o_bias=False if qwen else bool(cfg.get("attention_bias", False)),
-            mlp_bias=bool(cfg.get("mlp_bias", False)),
+            tie_embeddings=f.bool("tie_word_embeddings", False),
+            qkv_bias=True if qwen else f.bool("attention_bias", False),
+            o_bias=False if qwen else f.bool("attention_bias", False),
+            mlp_bias=f.bool("mlp_bias", False),
             sliding_window=window,
             sliding_layers=sliding_layers,
             qk_norm=qwen3,
-            act=act,
-            max_position=cfg.get("max_position_embeddings", 4096),
-            bos_token_id=first(cfg.get("bos_token_id")),
-            eos_token_id=first(cfg.get("eos_token_id")),
-            pad_token_id=first(cfg.get("pad_token_id")),
+            act={"gelu_pytorch_tanh": "gelu_tanh"}.get(hidden_act, hidden_act),
+            max_position=f.int("max_position_embeddings", 4096),
+            bos_token_id=f.token_id("bos_token_id"),
+            eos_token_id=f.token_id("eos_token_id"),
+            pad_token_id=f.token_id("pad_token_id"),
         )
 
     def to_hf(self) -> dict:
@@ -151,27 +153,38 @@ class LlamaConfig:
         return cfg
 
 
+def hf_weight_shapes(config: LlamaConfig) -> dict[str, tuple[int, ...]]:
+    """Every tensor a Hugging Face checkpoint of this config holds, with its shape (torch's ``[out, in]``)."""
+    V, D, F, E = config.vocab_size, config.d_model, config.d_mlp, config.d_head
+    HE, KE = config.n_heads * E, config.n_kv_heads * E
+    shapes = {"model.embed_tokens.weight": (V, D), "model.norm.weight": (D,)}
+    if not config.tie_embeddings:
+        shapes["lm_head.weight"] = (V, D)
+    for i in range(config.n_layers):
+        p, a, m = f"model.layers.{i}", f"model.layers.{i}.self_attn", f"model.layers.{i}.mlp"
+        shapes.update({f"{p}.input_layernorm.weight": (D,), f"{p}.post_attention_layernorm.weight": (D,),
+                       f"{a}.q_proj.weight": (HE, D), f"{a}.k_proj.weight": (KE, D), f"{a}.v_proj.weight": (KE, D),
+                       f"{a}.o_proj.weight": (D, HE),
+                       f"{m}.gate_proj.weight": (F, D), f"{m}.up_proj.weight": (F, D), f"{m}.down_proj.weight": (D, F)})
+        if config.qk_norm:
+            shapes.update({f"{a}.q_norm.weight": (E,), f"{a}.k_norm.weight": (E,)})
+        if config.qkv_bias:
+            shapes.update({f"{a}.q_proj.bias": (HE,), f"{a}.k_proj.bias": (KE,), f"{a}.v_proj.bias": (KE,)})
+        if config.o_bias:
+            shapes[f"{a}.o_proj.bias"] = (D,)
+        if config.mlp_bias:
+            shapes.update({f"{m}.gate_proj.bias": (F,), f"{m}.up_proj.bias": (F,), f"{m}.down_proj.bias": (D,)})
+    return shapes
+
+
 def hf_weight_names(config: LlamaConfig) -> list[str]:
     """The tensor names a Hugging Face checkpoint of this config holds."""
-    names = ["model.embed_tokens.weight", "model.norm.weight"]
-    if not config.tie_embeddings:
-        names.append("lm_head.weight")
-    for i in range(config.n_layers):
-        p = f"model.layers.{i}"
-        names += [f"{p}.input_layernorm.weight", f"{p}.post_attention_layernorm.weight"]
-        for proj in ("q", "k", "v", "o"):
-            names.append(f"{p}.self_attn.{proj}_proj.weight")
-        if config.qk_norm:
-            names += [f"{p}.self_attn.q_norm.weight", f"{p}.self_attn.k_norm.weight"]
-        for proj in ("gate", "up", "down"):
-            names.append(f"{p}.mlp.{proj}_proj.weight")
-        if config.qkv_bias:
-            names += [f"{p}.self_attn.{x}_proj.bias" for x in "qkv"]
-        if config.o_bias:
-            names.append(f"{p}.self_attn.o_proj.bias")
-        if config.mlp_bias:
-            names += [f"{p}.mlp.{x}_proj.bias" for x in ("gate", "up", "down")]
-    return names
+    return list(hf_weight_shapes(config))
+
+
+# Names some checkpoints hold that carry no weights of the model: a tied head saved anyway (transformers ties it
+# to the embedding on load), rotary frequencies older transformers versions stored as buffers.
+HF_IGNORED = (r"lm_head\.weight", r"model\.layers\.\d+\.self_attn\.rotary_emb\.inv_freq")
 
 
 def from_hf_weights(config: LlamaConfig, get, *, dtype=jnp.float32, tokenizer=None) -> Model:
@@ -264,31 +277,30 @@ GGUF_BLOCK_NAMES = {
 
 def config_from_gguf(arch: str, meta: Mapping) -> LlamaConfig:
     """LlamaConfig from GGUF metadata (``{arch}.block_count`` etc.)."""
-    g = lambda k, d=None: meta.get(f"{arch}.{k}", d)  # noqa: E731
-    n_heads = int(g("attention.head_count"))
-    d_model = int(g("embedding_length"))
-    head_dim = int(g("attention.key_length", g("rope.dimension_count", d_model // n_heads)))
-    vocab = int(g("vocab_size", 0)) or len(meta["tokenizer.ggml.tokens"])
+    g, root = gguf_fields(meta, arch)
+    n_heads, d_model = g.int("attention.head_count"), g.int("embedding_length")
+    head_dim = g.opt_int("attention.key_length") or g.opt_int("rope.dimension_count") or d_model // n_heads
     scaling = None
-    if g("rope.scaling.type") == "linear":
-        scaling = ("linear", float(g("rope.scaling.factor")))
-    return LlamaConfig(
-        vocab_size=vocab,
+    if g.raw("rope.scaling.type") == "linear":
+        scaling = ("linear", g.float("rope.scaling.factor"))
+    return g.build(
+        LlamaConfig,
+        vocab_size=g.opt_int("vocab_size") or len(root.str_list("tokenizer.ggml.tokens", required=True)),
         d_model=d_model,
-        n_layers=int(g("block_count")),
+        n_layers=g.int("block_count"),
         n_heads=n_heads,
-        n_kv_heads=int(g("attention.head_count_kv", n_heads)),
-        d_mlp=int(g("feed_forward_length")),
+        n_kv_heads=g.int("attention.head_count_kv", n_heads),
+        d_mlp=g.int("feed_forward_length"),
         head_dim=head_dim,
-        rms_eps=float(g("attention.layer_norm_rms_epsilon", 1e-5)),
-        rope_theta=float(g("rope.freq_base", 10000.0)),
+        rms_eps=g.float("attention.layer_norm_rms_epsilon", 1e-5),
+        rope_theta=g.float("rope.freq_base", 10000.0),
         rope_scaling=scaling,
         tie_embeddings="output.weight" not in meta["__tensor_names__"],
         qkv_bias=arch == "qwen2",
-        max_position=int(g("context_length", 4096)),
-        bos_token_id=meta.get("tokenizer.ggml.bos_token_id"),
-        eos_token_id=meta.get("tokenizer.ggml.eos_token_id"),
-        pad_token_id=meta.get("tokenizer.ggml.padding_token_id"),
+        max_position=g.int("context_length", 4096),
+        bos_token_id=root.token_id("tokenizer.ggml.bos_token_id"),
+        eos_token_id=root.token_id("tokenizer.ggml.eos_token_id"),
+        pad_token_id=root.token_id("tokenizer.ggml.padding_token_id"),
     )
 
 

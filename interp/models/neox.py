@@ -13,7 +13,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from interp.models._blocks import MLP, Attention, Embed, LayerNorm, ParallelBlock, PreNormBlock, Rope
-from interp.models._hf import first, rope_scaling
+from interp.models._hf import Fields, check_config, rope_scaling
 from interp.models._model import Model
 
 HF_ARCHITECTURES = ("GPTNeoXForCausalLM",)
@@ -46,9 +46,8 @@ class NeoXConfig:
     pad_token_id: int | None = None
 
     def __post_init__(self):
-        for f in ("vocab_size", "d_model", "n_layers", "n_heads", "d_mlp"):
-            if getattr(self, f) <= 0:
-                raise ValueError(f"NeoXConfig.{f} must be positive, got {getattr(self, f)}")
+        check_config(self, ("vocab_size", "d_model", "n_layers", "n_heads", "d_mlp", "max_position"),
+                     ("ln_eps", "rope_theta"))
         if self.d_model % self.n_heads:
             raise ValueError(f"d_model={self.d_model} is not divisible by n_heads={self.n_heads}")
         if not 0.0 < self.rotary_pct <= 1.0:
@@ -67,41 +66,45 @@ class NeoXConfig:
         return int(self.d_head * self.rotary_pct)  # truncated, as transformers does
 
     @classmethod
-    def from_hf(cls, cfg: Mapping) -> "NeoXConfig":
+    def from_hf(cls, cfg: Mapping, where="config.json") -> "NeoXConfig":
         """From a Hugging Face ``config.json`` dict: transformers 5.x ``rope_parameters`` (``rope_theta``,
-        ``partial_rotary_factor``) or the older top-level ``rotary_emb_base`` / ``rotary_pct`` / ``rope_scaling``."""
-        rope = dict(cfg.get("rope_parameters") or {})
-        scaling_src = cfg.get("rope_scaling") or rope
-        theta = rope.get("rope_theta", cfg.get("rope_theta", cfg.get("rotary_emb_base", 10000.0)))
-        pct = rope.get("partial_rotary_factor", cfg.get("partial_rotary_factor", cfg.get("rotary_pct", 0.25)))
-        scaling = rope_scaling(scaling_src, "GPT-NeoX")
-        hf_act = cfg.get("hidden_act", "gelu")
+        ``partial_rotary_factor``) or the older top-level ``rotary_emb_base`` / ``rotary_pct`` / ``rope_scaling``;
+        ``where`` names the file in errors."""
+        f = Fields(cfg, where)
+        rope = f.sub("rope_parameters")
+        theta = rope.float("rope_theta", None) or f.float("rope_theta", None) or f.float("rotary_emb_base", 10000.0)
+        pct = (rope.float("partial_rotary_factor", None) or f.float("partial_rotary_factor", None)
+               or f.float("rotary_pct", 0.25))
+        scaling = rope_scaling(f.sub("rope_scaling") if f.raw("rope_scaling") else rope, "GPT-NeoX")
+        hf_act = f.str("hidden_act", "gelu")
         if hf_act not in _ACTIVATIONS:
             raise ValueError(
-                f"hidden_act '{hf_act}' in config.json is not supported by the GPT-NeoX family; "
+                f"hidden_act '{hf_act}' in {f.where} is not supported by the GPT-NeoX family; "
                 f"supported: {', '.join(sorted(_ACTIVATIONS))}"
             )
-        if cfg.get("head_dim") not in (None, cfg["hidden_size"] // cfg["num_attention_heads"]):
-            raise ValueError(f"head_dim={cfg['head_dim']} in config.json differs from hidden_size / "
+        d_model, n_heads = f.int("hidden_size"), f.int("num_attention_heads")
+        if f.opt_int("head_dim") not in (None, d_model // n_heads):
+            raise ValueError(f"head_dim={f.raw('head_dim')} in {f.where} differs from hidden_size / "
                              "num_attention_heads, which GPT-NeoX attention always uses")
-        return cls(
-            vocab_size=cfg["vocab_size"],
-            d_model=cfg["hidden_size"],
-            n_layers=cfg["num_hidden_layers"],
-            n_heads=cfg["num_attention_heads"],
-            d_mlp=cfg["intermediate_size"],
-            rotary_pct=float(pct),
-            rope_theta=float(theta),
+        return f.build(
+            cls,
+            vocab_size=f.int("vocab_size"),
+            d_model=d_model,
+            n_layers=f.int("num_hidden_layers"),
+            n_heads=n_heads,
+            d_mlp=f.int("intermediate_size"),
+            rotary_pct=pct,
+            rope_theta=theta,
             rope_scaling=scaling,
-            ln_eps=float(cfg.get("layer_norm_eps", 1e-5)),
+            ln_eps=f.float("layer_norm_eps", 1e-5),
             act=_ACTIVATIONS[hf_act],
-            parallel_residual=bool(cfg.get("use_parallel_residual", True)),
-            attention_bias=bool(cfg.get("attention_bias", True)),
-            tie_embeddings=bool(cfg.get("tie_word_embeddings", False)),
-            max_position=cfg.get("max_position_embeddings", 2048),
-            bos_token_id=first(cfg.get("bos_token_id")),
-            eos_token_id=first(cfg.get("eos_token_id")),
-            pad_token_id=first(cfg.get("pad_token_id")),
+            parallel_residual=f.bool("use_parallel_residual", True),
+            attention_bias=f.bool("attention_bias", True),
+            tie_embeddings=f.bool("tie_word_embeddings", False),
+            max_position=f.int("max_position_embeddings", 2048),
+            bos_token_id=f.token_id("bos_token_id"),
+            eos_token_id=f.token_id("eos_token_id"),
+            pad_token_id=f.token_id("pad_token_id"),
         )
 
     def to_hf(self) -> dict:
@@ -131,19 +134,34 @@ class NeoXConfig:
         }
 
 
-def hf_weight_names(config: NeoXConfig) -> list[str]:
-    """The tensor names a Hugging Face checkpoint of this config holds."""
-    names = ["gpt_neox.embed_in.weight", "gpt_neox.final_layer_norm.weight", "gpt_neox.final_layer_norm.bias"]
+def hf_weight_shapes(config: NeoXConfig) -> dict[str, tuple[int, ...]]:
+    """Every tensor a Hugging Face checkpoint of this config holds, with its shape (torch's ``[out, in]``)."""
+    V, D, F = config.vocab_size, config.d_model, config.d_mlp
+    shapes = {"gpt_neox.embed_in.weight": (V, D), "gpt_neox.final_layer_norm.weight": (D,),
+              "gpt_neox.final_layer_norm.bias": (D,)}
     if not config.tie_embeddings:
-        names.append("embed_out.weight")
+        shapes["embed_out.weight"] = (V, D)
     for i in range(config.n_layers):
         p = f"gpt_neox.layers.{i}"
-        for part in ("input_layernorm", "post_attention_layernorm", "mlp.dense_h_to_4h", "mlp.dense_4h_to_h"):
-            names += [f"{p}.{part}.weight", f"{p}.{part}.bias"]
-        names += [f"{p}.attention.query_key_value.weight", f"{p}.attention.dense.weight"]
+        shapes.update({f"{p}.input_layernorm.weight": (D,), f"{p}.input_layernorm.bias": (D,),
+                       f"{p}.post_attention_layernorm.weight": (D,), f"{p}.post_attention_layernorm.bias": (D,),
+                       f"{p}.mlp.dense_h_to_4h.weight": (F, D), f"{p}.mlp.dense_h_to_4h.bias": (F,),
+                       f"{p}.mlp.dense_4h_to_h.weight": (D, F), f"{p}.mlp.dense_4h_to_h.bias": (D,),
+                       f"{p}.attention.query_key_value.weight": (3 * D, D), f"{p}.attention.dense.weight": (D, D)})
         if config.attention_bias:
-            names += [f"{p}.attention.query_key_value.bias", f"{p}.attention.dense.bias"]
-    return names
+            shapes.update({f"{p}.attention.query_key_value.bias": (3 * D,), f"{p}.attention.dense.bias": (D,)})
+    return shapes
+
+
+def hf_weight_names(config: NeoXConfig) -> list[str]:
+    """The tensor names a Hugging Face checkpoint of this config holds."""
+    return list(hf_weight_shapes(config))
+
+
+# Names some checkpoints hold that carry no weights of the model: a tied head saved anyway, and the causal-mask and
+# rotary buffers older transformers versions stored (Pythia's files).
+HF_IGNORED = (r"embed_out\.weight",
+              r"gpt_neox\.layers\.\d+\.attention\.(bias|masked_bias|rotary_emb\.inv_freq)")
 
 
 def from_hf_weights(config: NeoXConfig, get, *, dtype=jnp.float32, tokenizer=None) -> Model:

@@ -8,6 +8,7 @@ import jax.numpy as jnp
 
 from interp.models import GGUF_FAMILIES, HF_FAMILIES, Model
 from interp.tokenize import Tokenizer
+from interp.weights._check import check_tensors
 from interp.weights.default import DEFAULT_MODELS, cache_dir, default_gguf_path, ensure_default
 from interp.weights.gguf_file import GGUFFile, hf_tensors
 from interp.weights.hf import SafetensorsReader, read_config, safetensor_files
@@ -21,7 +22,7 @@ def load(source: str | Path = "smollm2-135m", *, dtype=jnp.float32) -> Model:
     path = Path(source).expanduser()
     if path.is_dir():
         return load_hf_dir(path, dtype=dtype)
-    if path.suffix == ".gguf" or (path.is_file() and path.read_bytes()[:4] == b"GGUF"):
+    if path.suffix == ".gguf" or (path.is_file() and _magic(path) == b"GGUF"):
         return load_gguf(path, dtype=dtype)
     if not path.exists():
         raise FileNotFoundError(
@@ -31,13 +32,21 @@ def load(source: str | Path = "smollm2-135m", *, dtype=jnp.float32) -> Model:
     raise ValueError(f"cannot tell what kind of checkpoint {path} is: pass a folder with config.json or a .gguf file")
 
 
+def _magic(path: Path) -> bytes:
+    with open(path, "rb") as fh:
+        return fh.read(4)
+
+
 def _family_for_hf(cfg: dict, where: Path):
     archs = cfg.get("architectures") or []
+    if not isinstance(archs, list) or not all(isinstance(a, str) for a in archs):
+        raise ValueError(f"{where}: field 'architectures' must be a list of names such as ['LlamaForCausalLM'], got "
+                         f"{archs!r}; fix it or use the config saved with these weights")
     for arch in archs:
         if arch in HF_FAMILIES:
             return HF_FAMILIES[arch]
     raise ValueError(
-        f"{where / 'config.json'} names architecture {archs or cfg.get('model_type')!r}, which is not supported; "
+        f"{where} names architecture {archs or cfg.get('model_type')!r}, which is not supported; "
         f"supported: {', '.join(sorted(HF_FAMILIES))}"
     )
 
@@ -46,18 +55,11 @@ def load_hf_dir(folder: str | Path, *, dtype=jnp.float32) -> Model:
     """A Hugging Face checkpoint folder (``config.json`` + safetensors + optional ``tokenizer.json``)."""
     folder = Path(folder)
     cfg = read_config(folder)
-    family = _family_for_hf(cfg, folder)
-    config = family.Config.from_hf(cfg)
+    cfg_path = folder / "config.json"
+    family = _family_for_hf(cfg, cfg_path)
+    config = family.Config.from_hf(cfg, where=cfg_path)
     reader = SafetensorsReader(safetensor_files(folder))
-    # a family may accept names without a prefix (openai-community/gpt2's files lack "transformer.")
-    prefixes = getattr(family, "HF_OPTIONAL_PREFIXES", ())
-    missing = [n for n in family.hf_weight_names(config)
-               if n not in reader and not any(n.startswith(p) and n[len(p):] in reader for p in prefixes)]
-    if missing:
-        raise ValueError(
-            f"checkpoint {folder} lacks {len(missing)} tensors its config.json calls for, e.g. {missing[:3]}; "
-            "is the download complete and does config.json belong to these weights?"
-        )
+    check_tensors(reader.stored(), family, config, where=f"checkpoint {folder}", config_name=str(cfg_path))
     tok_path = folder / "tokenizer.json"
     tokenizer = Tokenizer.from_file(tok_path, cfg) if tok_path.exists() else None
     return family.from_hf_weights(config, reader, dtype=dtype, tokenizer=tokenizer)

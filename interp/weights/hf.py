@@ -10,6 +10,9 @@ import ml_dtypes
 import numpy as np
 from safetensors import SafetensorError, safe_open
 
+from interp.weights._check import Stored
+
+_FLOAT_DTYPES = {"F64", "F32", "F16", "BF16", "F8_E4M3", "F8_E5M2"}
 _RAW_DTYPES = {"BF16": ml_dtypes.bfloat16, "F8_E4M3": ml_dtypes.float8_e4m3fn, "F8_E5M2": ml_dtypes.float8_e5m2}
 
 
@@ -30,7 +33,19 @@ class SafetensorsReader:
                 ) from None
             self._handles[f] = h
             for k in h.keys():
+                if k in self._where:
+                    raise ValueError(f"tensor '{k}' is stored twice, in {self._where[k]} and in {f}; "
+                                     "remove the file that does not belong to this checkpoint")
                 self._where[k] = f
+
+    def stored(self) -> dict[str, Stored]:
+        """What the files declare of every tensor (no data read)."""
+        out = {}
+        for k, f in self._where.items():
+            info = self._handles[f].get_slice(k)
+            dtype = info.get_dtype()
+            out[k] = Stored(k, tuple(info.get_shape()), dtype, dtype in _FLOAT_DTYPES, str(f))
+        return out
 
     def keys(self):
         return self._where.keys()
@@ -64,7 +79,12 @@ def _read_raw(path: Path, name: str) -> np.ndarray:
 def safetensor_files(folder: Path) -> list[Path]:
     index = folder / "model.safetensors.index.json"
     if index.exists():
-        weight_map = json.loads(index.read_text())["weight_map"]
+        weight_map = read_json(index, "the index of a sharded checkpoint").get("weight_map")
+        if not isinstance(weight_map, dict) or not all(
+            isinstance(f, str) and f and Path(f).name == f for f in weight_map.values()
+        ):
+            raise ValueError(f"{index}: field 'weight_map' must map tensor names to shard file names in {folder}; "
+                             "the file is damaged: download or copy it again")
         files = sorted({folder / f for f in weight_map.values()})
         missing = [f for f in files if not f.exists()]
         if missing:
@@ -79,11 +99,20 @@ def safetensor_files(folder: Path) -> list[Path]:
     return files
 
 
+def read_json(path: Path, what: str = "a JSON file") -> dict:
+    """A JSON object from ``path``; damage is a ValueError that names the file."""
+    try:
+        value = json.loads(path.read_bytes())
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise ValueError(f"{path} is not valid JSON ({e}); it should be {what}: fix it, or copy it again") from None
+    if not isinstance(value, dict):
+        raise ValueError(f"{path} must hold a JSON object, got {type(value).__name__}; it should be {what}: fix it, "
+                         "or copy it again")
+    return value
+
+
 def read_config(folder: Path) -> dict:
     path = folder / "config.json"
     if not path.exists():
         raise FileNotFoundError(f"{folder} has no config.json; is it a Hugging Face checkpoint folder?")
-    try:
-        return json.loads(path.read_text())
-    except json.JSONDecodeError as e:
-        raise ValueError(f"{path} is not valid JSON: {e}") from None
+    return read_json(path, "the checkpoint's config")
