@@ -8,6 +8,8 @@ from collections.abc import Mapping
 from numbers import Integral, Real
 
 _REQUIRED = object()
+# Far above any model's depth; configs are read before any tensor, and per-layer lists are built from this count.
+MAX_LAYERS = 1 << 16
 
 
 class Fields:
@@ -47,12 +49,18 @@ class Fields:
                              f"family needs it; {self.fix}")
         return name, default
 
-    def int(self, name: str, default=_REQUIRED, *, aliases=(), min: int = 1) -> int | None:
-        """An integer of at least ``min`` (``default`` when absent or null)."""
+    def int(self, name: str, default=_REQUIRED, *, aliases=(), min: int = 1, max: int | None = None) -> int | None:
+        """An integer of at least ``min`` and at most ``max`` (``default`` when absent or null)."""
         name, v = self._value(name, default, aliases)
         if v is not None and (isinstance(v, bool) or not isinstance(v, Integral) or v < min):
             raise self.error(name, f"must be a {'positive' if min == 1 else f'>= {min}'} integer, got {_short(v)}")
+        if v is not None and max is not None and v > max:
+            raise self.error(name, f"must be at most {max}, got {v}")
         return v if v is None else int(v)
+
+    def layers(self, name: str, *, aliases=()) -> int:
+        """A layer count."""
+        return self.int(name, aliases=aliases, max=MAX_LAYERS)
 
     def opt_int(self, name: str, default=None, *, aliases=(), min: int = 1) -> int | None:
         """``default`` when the field is absent, None when it is null."""

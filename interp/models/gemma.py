@@ -102,7 +102,7 @@ class GemmaConfig:
             raise ValueError(f"{f.where} names {arch or f.raw('model_type')!r}, which is not a Gemma text model")
         if f.raw("use_bidirectional_attention"):
             raise ValueError("use_bidirectional_attention (embedding models) is not supported: this is a causal LM")
-        n_layers = f.int("num_hidden_layers")
+        n_layers = f.layers("num_hidden_layers")
         rope = f.sub("rope_parameters")
         if version == 3:
             full, local = rope.sub("full_attention"), rope.sub("sliding_attention")
@@ -348,7 +348,7 @@ _GEMMA3_PATTERN, _GEMMA3_LOCAL_THETA, _GEMMA3_27B_LAYERS = 6, 10_000.0, 62
 def config_from_gguf(arch: str, meta: Mapping) -> GemmaConfig:
     """GemmaConfig from GGUF metadata (``gemma3.block_count`` etc.). Norm weights in GGUF are ``1 + w``."""
     g, root = gguf_fields(meta, arch)
-    n_heads, d_model, n_layers = g.int("attention.head_count"), g.int("embedding_length"), g.int("block_count")
+    n_heads, d_model, n_layers = g.int("attention.head_count"), g.int("embedding_length"), g.layers("block_count")
     head_dim = g.int("attention.key_length", d_model // n_heads)
     scaling = None
     if g.raw("rope.scaling.type") == "linear":

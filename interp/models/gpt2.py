@@ -76,7 +76,7 @@ class GPT2Config:
             cls,
             vocab_size=f.int("vocab_size"),
             d_model=d_model,
-            n_layers=f.int("n_layer", aliases=("num_hidden_layers",)),
+            n_layers=f.layers("n_layer", aliases=("num_hidden_layers",)),
             n_heads=f.int("n_head", aliases=("num_attention_heads",)),
             d_mlp=f.opt_int("n_inner") or 4 * d_model,
             n_ctx=f.int("n_positions", 1024, aliases=("max_position_embeddings",)),

@@ -79,7 +79,7 @@ class LlamaConfig:
         scaling = rope_scaling(f.sub("rope_scaling") if f.raw("rope_scaling") else rope, "Llama", ("linear", "llama3"))
         qwen = arch == "Qwen2ForCausalLM" or f.raw("model_type") == "qwen2"
         qwen3 = arch == "Qwen3ForCausalLM" or f.raw("model_type") == "qwen3"
-        n_layers = f.int("num_hidden_layers")
+        n_layers = f.layers("num_hidden_layers")
         use_window = not (qwen or qwen3) or f.bool("use_sliding_window", False)
         window, sliding_layers = f.opt_int("sliding_window") if use_window else None, None
         if use_window and (qwen or qwen3):  # windowed layers: those layer_types names, else from max_window_layers on
@@ -287,7 +287,7 @@ def config_from_gguf(arch: str, meta: Mapping) -> LlamaConfig:
         LlamaConfig,
         vocab_size=g.opt_int("vocab_size") or len(root.str_list("tokenizer.ggml.tokens", required=True)),
         d_model=d_model,
-        n_layers=g.int("block_count"),
+        n_layers=g.layers("block_count"),
         n_heads=n_heads,
         n_kv_heads=g.int("attention.head_count_kv", n_heads),
         d_mlp=g.int("feed_forward_length"),

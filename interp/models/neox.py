@@ -90,7 +90,7 @@ class NeoXConfig:
             cls,
             vocab_size=f.int("vocab_size"),
             d_model=d_model,
-            n_layers=f.int("num_hidden_layers"),
+            n_layers=f.layers("num_hidden_layers"),
             n_heads=n_heads,
             d_mlp=f.int("intermediate_size"),
             rotary_pct=pct,

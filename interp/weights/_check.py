@@ -27,6 +27,11 @@ def check_tensors(stored: Mapping[str, Stored], family, config, *, where: str, c
     prefix) to what the file declares; names matching ``family.HF_IGNORED`` carry no weights and are skipped.
     ``where`` names the checkpoint and ``config_name`` what its expectations come from, in errors.
     """
+    if config.n_layers > len(stored):  # every layer holds a tensor: no need to list what cannot all be there
+        raise ValueError(
+            f"{where} holds {len(stored)} tensors, too few for the {config.n_layers} layers {config_name} calls for; "
+            f"is the download complete and does {config_name} belong to these weights?"
+        )
     expected = family.hf_weight_shapes(config)
     prefixes = getattr(family, "HF_OPTIONAL_PREFIXES", ())
     ignored = re.compile("|".join(getattr(family, "HF_IGNORED", ())) or "(?!)")
