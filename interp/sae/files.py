@@ -77,6 +77,8 @@ def load(folder: str | Path, dtype=jnp.float32) -> Dictionary:
     raw = _read_cfg(cfg_path)
     w = _read_weights(w_path)
     meta = raw.get("metadata") or {}
+    if not isinstance(meta, dict):
+        raise ValueError(f"{cfg_path}: 'metadata' must be a JSON object, not {type(meta).__name__}; fix or remove it")
     if meta.get("interp"):
         cfg = _interp_config(cfg_path, meta["interp"])
         _check_agrees(cfg_path, raw, _saelens_fields(cfg))
@@ -181,13 +183,13 @@ def _config_from_saelens(path: Path, raw: dict, meta: dict, w: dict) -> DictConf
     arch = raw.get("architecture", "standard")
     if raw.get("normalize_activations", "none") not in ("none", None):
         raise ValueError(
-            f"this SAELens dictionary expects activation normalization '{raw['normalize_activations']}'; fold the "
+            f"{path}: this SAELens dictionary expects activation normalization '{raw['normalize_activations']}'; fold the "
             "scaling factor into its weights in SAELens (fold_activation_norm_scaling_factor) and save it again"
         )
     if raw.get("rescale_acts_by_decoder_norm"):
-        raise ValueError("SAELens dictionaries with rescale_acts_by_decoder_norm=True are not supported")
+        raise ValueError(f"{path}: SAELens dictionaries with rescale_acts_by_decoder_norm=True are not supported")
     if arch not in ("standard", "topk", "jumprelu"):
-        raise ValueError(f"SAELens architecture '{arch}' is not supported; supported: standard, topk, jumprelu")
+        raise ValueError(f"{path}: SAELens architecture {arch!r} is not supported; supported: standard, topk, jumprelu")
     config_cls, _ = architecture(arch)
 
     def need(key):

@@ -176,3 +176,13 @@ def test_negative_thresholds_are_refused(tmp_path):
     rewrite_weights(folder, threshold=np.full((12,), -0.5, np.float32))
     with pytest.raises(ValueError, match="threshold holds negative values"):
         sae.load(folder)
+
+
+def test_saelens_configs_we_cannot_read_name_the_file(tmp_path):
+    folder = saelens_style(tmp_path)
+    rewrite_cfg(folder, lambda raw: raw.update(architecture="gated"))
+    with pytest.raises(ValueError, match=r"cfg.json: SAELens architecture 'gated' is not supported"):
+        sae.load(folder)
+    rewrite_cfg(folder, lambda raw: raw.update(metadata=["hook"]))
+    with pytest.raises(ValueError, match="cfg.json: 'metadata' must be a JSON object"):
+        sae.load(folder)
