@@ -9,12 +9,13 @@
 from interp import hooks, models, weights
 from interp.hooks import Cache, Edit, Hooks, act_name, compile_count, edits
 from interp.models import LlamaConfig, Model
+from interp.models._model import check_tokens
 from interp.tokenize import Tokenizer
 from interp.weights import load, load_gguf, load_hf_dir
 
 __version__ = "0.1.0"
 
 __all__ = [
-    "Cache", "Edit", "Hooks", "LlamaConfig", "Model", "Tokenizer", "act_name", "compile_count", "edits",
+    "Cache", "Edit", "Hooks", "LlamaConfig", "Model", "Tokenizer", "act_name", "check_tokens", "compile_count", "edits",
     "hooks", "load", "load_gguf", "load_hf_dir", "models", "weights",
 ]

@@ -83,9 +83,15 @@ class Hooks:
         capture = _select(self.capture, vocabulary, vocab_set)
         static, params = [], []
         for e in map(_as_edit, self.edits):
-            for name in _select([e.name], vocabulary, vocab_set):
-                static.append((name, e.fn))
-                params.append(jax.tree.map(_to_array, tuple(e.params)))
+            names = _select([e.name], vocabulary, vocab_set)
+            if not names:  # only a predicate can select nothing; a name that is not a hook point fails in _select
+                raise ValueError(
+                    f"the predicate {getattr(e.name, '__qualname__', e.name)!r} of edit "
+                    f"{getattr(e.fn, '__name__', e.fn)!r} matches none of the {len(vocabulary)} hook points, so the "
+                    f"edit would change nothing; test it against model.hook_names (e.g. {vocabulary[-1]!r})"
+                )
+            static.extend((name, e.fn) for name in names)
+            params.extend(jax.tree.map(_to_array, tuple(e.params)) for _ in names)
         order = {n: i for i, n in enumerate(vocabulary)}
         capture = tuple(sorted(set(capture), key=order.__getitem__))
         return Resolved(capture, tuple(static), tuple(params), tuple(self.splices))

@@ -19,14 +19,16 @@ from typing import Any
 
 import jax
 
+from interp.hooks._names import act_name, suggest
+
 
 @jax.tree_util.register_pytree_node_class
 class Splice:
     def __init__(self, dictionary: Any, hook_in: str, hook_out: str | None = None, error_term: bool = False,
                  skip_positions: int = 0):
         self.dictionary = dictionary
-        self.hook_in = hook_in
-        self.hook_out = hook_out or hook_in
+        self.hook_in = _hook_name(hook_in)
+        self.hook_out = self.hook_in if hook_out is None else _hook_name(hook_out)
         self.error_term = error_term
         self.skip_positions = skip_positions  # the first positions keep the model's own activation
 
@@ -45,6 +47,17 @@ class Splice:
         return out
 
 
+def _hook_name(spec) -> str:
+    """A splice sits at one hook point: a full name or a short key such as ``("resid_post", 3)``."""
+    if not isinstance(spec, (str, tuple)):
+        raise TypeError(f"a splice's hook must be a hook name or a short key like ('resid_post', 3), got {spec!r}; "
+                        "a predicate could match several hook points or none")
+    try:
+        return act_name(*spec) if isinstance(spec, tuple) else act_name(spec)
+    except KeyError as e:
+        raise ValueError(str(e).strip("'\"")) from None
+
+
 def extend_vocabulary(vocabulary: list[str], splices) -> list[str]:
     """The model's hook names with each splice's new points inserted after their anchors."""
     if not splices:
@@ -52,8 +65,6 @@ def extend_vocabulary(vocabulary: list[str], splices) -> list[str]:
     extra: dict[str, list[str]] = {}
     for s in splices:
         if s.hook_in not in vocabulary or s.hook_out not in vocabulary:
-            from interp.hooks._names import suggest
-
             bad = s.hook_in if s.hook_in not in vocabulary else s.hook_out
             raise ValueError(f"cannot splice at unknown hook '{bad}'{suggest(bad, vocabulary)}")
         if vocabulary.index(s.hook_out) < vocabulary.index(s.hook_in):

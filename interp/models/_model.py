@@ -64,6 +64,19 @@ class Model(eqx.Module):
         return self.embed.W_E.shape[0]
 
     @property
+    def n_ctx(self) -> int | None:
+        """The longest sequence the checkpoint was trained for (None if its config does not say).
+
+        Learned positions (GPT-2): the rows of ``W_pos`` (``config.n_ctx``); no position past them exists.
+        Rotary families (Llama, Qwen, Mistral, GPT-NeoX, Gemma): ``config.max_position``, the checkpoint's
+        ``max_position_embeddings`` (already the extended context when its rope scaling extends it). Rotary
+        positions can be computed past it, so passing ``positions`` explicitly runs there deliberately.
+        """
+        if self.embed.W_pos is not None:
+            return self.embed.W_pos.shape[0]
+        return getattr(self.config, "max_position", None)
+
+    @property
     def W_E(self) -> Float[Array, "V D"]:
         return self.embed.W_E
 
@@ -83,6 +96,9 @@ class Model(eqx.Module):
         kv: KVCache | None = None,
     ):
         """Pure forward pass (no jit, no checks): compose it under your own ``jit``/``vmap``/``grad``.
+
+        Nothing is checked here: an out-of-range token id reads NaN from the embedding, and positions past
+        :attr:`n_ctx` run unchecked. Wrap the tokens in :func:`interp.check_tokens` to get an error instead.
 
         ``hk(name, x) -> x`` is called at every hook point. With ``stop_at_layer=k`` the blocks from k on
         are skipped and the residual stream entering block k (``[B T D]``) is returned instead of logits.
@@ -192,6 +208,12 @@ class Model(eqx.Module):
 
         ``tokens``: int array ``[batch, pos]`` or ``[pos]``, or text (tokenized with the model's tokenizer).
         With ``hooks`` the result is ``(output, cache)``.
+
+        Checks: token ids must lie in ``0..d_vocab-1`` and positions below :attr:`n_ctx` (learned positions
+        always; rotary models unless ``positions`` are passed explicitly, which runs past the context on purpose).
+        The ids can only be checked when they are concrete: under ``jax.jit`` an out-of-range id gives NaN
+        logits, so check them inside the jitted function with :func:`interp.check_tokens`. The length is static
+        and is checked under ``jit`` too.
         """
         out, cache = self.run(
             tokens, hooks, attention_mask=attention_mask, positions=positions, stop_at_layer=stop_at_layer
@@ -306,9 +328,6 @@ class Model(eqx.Module):
                 )
             if tokens.shape[1] == 0:
                 raise ValueError("tokens are empty: need at least one position")
-            if self.embed.W_pos is not None and positions is None and tokens.shape[1] > self.embed.W_pos.shape[0]:
-                raise ValueError(f"{tokens.shape[1]} tokens exceed this model's {self.embed.W_pos.shape[0]} learned "
-                                 "positions; pass a shorter sequence")
             tokens = jnp.asarray(tokens, jnp.int32)
         elif tokens.ndim != 2:
             raise ValueError(f"tokens must have shape [batch, pos]; got shape {tokens.shape}")
@@ -324,7 +343,38 @@ class Model(eqx.Module):
             attention_mask = jnp.asarray(attention_mask, jnp.int32)
         if positions is not None:
             positions = jnp.broadcast_to(jnp.asarray(positions, jnp.int32), tokens.shape)
+        self._check_context(tokens.shape[1], attention_mask, positions)
         return tokens, attention_mask, positions
+
+    def _check_context(self, T: int, attention_mask, positions) -> None:
+        """Refuse positions at or past :attr:`n_ctx` (see there for what each family supports)."""
+        n, learned = self.n_ctx, self.embed.W_pos is not None
+        if n is None:
+            return
+        if positions is not None:  # explicit: a rotary model extrapolates on purpose; a learned table cannot
+            if not learned or isinstance(positions, jax.core.Tracer):
+                return
+            p = np.asarray(positions)
+            if 0 <= p.min() and p.max() < n:
+                return
+            bad = int(p.min() if p.min() < 0 else p.max())
+            raise ValueError(f"position {bad} is outside this model's {n} learned positions (0..{n - 1}); "
+                             "learned positions have no row past the table, pass positions inside it")
+        if attention_mask is None:
+            length = T
+        elif not isinstance(attention_mask, jax.core.Tracer):
+            length = int(np.asarray(attention_mask).sum(axis=1).max())  # positions count real tokens only
+        else:
+            return
+        if length <= n:
+            return
+        if learned:
+            raise ValueError(f"{length} tokens exceed this model's {n} learned positions; pass a shorter sequence")
+        raise ValueError(
+            f"{length} tokens exceed this model's context of {n} positions (config.max_position: what the "
+            "checkpoint was trained for); pass a shorter sequence, or pass positions= explicitly to run past the "
+            "context on purpose (rotary positions extend, but the model never saw them)"
+        )
 
     def _check_stop(self, stop_at_layer, resolved: Resolved) -> int | None:
         if stop_at_layer is None:
@@ -339,6 +389,23 @@ class Model(eqx.Module):
                 "raise stop_at_layer or drop those names"
             )
         return stop
+
+
+def check_tokens(model: Model, tokens: Int[Array, "*B T"]) -> Int[Array, "*B T"]:
+    """``tokens`` unchanged, or an error if an id lies outside ``0..model.d_vocab - 1`` -- also under ``jax.jit``,
+    where ``model(tokens)`` cannot look at the values and an out-of-range id silently gives NaN logits::
+
+        @jax.jit
+        def logits(model, tokens):
+            return model.forward(interp.check_tokens(model, tokens))
+    """
+    tokens = jnp.asarray(tokens)
+    if not jnp.issubdtype(tokens.dtype, jnp.integer):
+        raise ValueError(f"tokens must be integer ids; got dtype {tokens.dtype}")
+    V = model.d_vocab
+    return eqx.error_if(tokens, (tokens < 0) | (tokens >= V),
+                        f"a token id is out of range for this model's vocabulary of {V} (valid ids are 0..{V - 1}); "
+                        "were the ids made by another tokenizer?")
 
 
 def attention_inputs(

@@ -14,6 +14,7 @@ Edit functions see ``[B, T, ...]`` activations with ``T`` = the prompt length on
 from __future__ import annotations
 
 import dataclasses
+import math
 from collections.abc import Sequence
 
 import equinox as eqx
@@ -22,6 +23,22 @@ import jax.numpy as jnp
 import numpy as np
 
 from interp.hooks import HookRunner, Hooks
+
+
+def _integer(name: str, value, at_least: int | None = None) -> int:
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
+        raise TypeError(f"{name} must be an int, got {value!r} ({type(value).__name__})")
+    if at_least is not None and value < at_least:
+        raise ValueError(f"{name} must be >= {at_least}, got {value}")
+    return int(value)
+
+
+def _real(name: str, value) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)):
+        raise TypeError(f"{name} must be a number, got {value!r} ({type(value).__name__})")
+    if not math.isfinite(value):
+        raise ValueError(f"{name} must be finite, got {value}")
+    return float(value)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -97,15 +114,24 @@ def generate(model, prompts, max_new_tokens: int = 32, *, temperature: float = 0
              top_p: float = 1.0, seed: int = 0, stop_tokens: Sequence[int] | int | None = None, edits=(),
              splices=(), attention_mask=None, return_logits: bool = False) -> Generation:
     """Continue ``prompts`` (a string, a list of strings, or ids ``[B, P]`` with an optional left-padding
-    ``attention_mask``) by ``max_new_tokens`` tokens. See the module docstring."""
-    if max_new_tokens < 1:
-        raise ValueError(f"max_new_tokens must be at least 1, got {max_new_tokens}")
+    ``attention_mask``) by ``max_new_tokens`` tokens (0 returns the prompts). See the module docstring.
+
+    ``temperature``: 0 is greedy, else a finite positive number; ``top_k``: the most likely tokens kept when
+    sampling, 1..vocab (None or 0: all); ``top_p``: in (0, 1]; ``seed``: an int. The prompt and the new tokens
+    together must fit the model's context (``model.n_ctx``).
+    """
+    max_new_tokens = _integer("max_new_tokens", max_new_tokens, 0)
+    temperature = _real("temperature", temperature)
     if temperature < 0:
         raise ValueError(f"temperature must be >= 0 (0 is greedy), got {temperature}")
+    top_p = _real("top_p", top_p)
     if not 0.0 < top_p <= 1.0:
-        raise ValueError(f"top_p must lie in (0, 1], got {top_p}")
-    if top_k is not None and not 1 <= top_k <= model.d_vocab:
-        raise ValueError(f"top_k must lie in 1..{model.d_vocab}, got {top_k}")
+        raise ValueError(f"top_p must lie in (0, 1] (1 keeps every token), got {top_p}")
+    if top_k is not None:
+        top_k = _integer("top_k", top_k, 0) or None
+        if top_k is not None and top_k > model.d_vocab:
+            raise ValueError(f"top_k must lie in 0..{model.d_vocab} (the vocabulary; 0 keeps every token), got {top_k}")
+    seed = _integer("seed", seed)
     if isinstance(prompts, str):
         prompts = [prompts]
     if isinstance(prompts, (list, tuple)) and prompts and isinstance(prompts[0], str):
@@ -119,6 +145,11 @@ def generate(model, prompts, max_new_tokens: int = 32, *, temperature: float = 0
     if (np.diff(m, axis=1) < 0).any():
         raise ValueError("prompts must be left-padded (padding before the tokens): the new tokens follow each "
                          "row's last position; tokenize with padding_side='left'")
+    longest = int(m.sum(axis=1).max())
+    if model.n_ctx is not None and longest + max_new_tokens > model.n_ctx:
+        raise ValueError(f"a prompt of {longest} tokens and max_new_tokens={max_new_tokens} need "
+                         f"{longest + max_new_tokens} positions, past this model's context of {model.n_ctx}; ask for "
+                         f"at most {max(model.n_ctx - longest, 0)} new tokens or shorten the prompt")
     cfg = model.config
     eos = getattr(cfg, "eos_token_id", None)
     if stop_tokens is None:
@@ -129,12 +160,15 @@ def generate(model, prompts, max_new_tokens: int = 32, *, temperature: float = 0
     pad = pad if pad is not None else (eos if eos is not None else 0)
     resolved = Hooks(capture=(), edits=edits, splices=splices).resolve(model.hook_names)
     stop = jnp.asarray(list(stop_tokens) or [-1], jnp.int32)
-    new, dists = _generate(model, tokens, attention_mask, resolved, jax.random.key(seed),
-                           jnp.float32(max(temperature, 1e-6)), jnp.float32(top_p), stop, jnp.int32(pad),
-                           int(max_new_tokens), temperature == 0.0, top_k, return_logits)
+    if max_new_tokens:
+        new, dists = _generate(model, tokens, attention_mask, resolved, jax.random.key(seed),
+                               jnp.float32(max(temperature, 1e-6)), jnp.float32(top_p), stop, jnp.int32(pad),
+                               max_new_tokens, temperature == 0.0, top_k, return_logits)
+    else:
+        new, dists = np.zeros((len(m), 0), np.int32), np.zeros((len(m), 0, model.d_vocab), np.float32)
     new = np.asarray(new)
     stops = np.isin(new, list(stop_tokens)) if stop_tokens else np.zeros(new.shape, bool)
-    first = np.where(stops.any(1), stops.argmax(1) + 1, new.shape[1])
+    first = np.where(stops.any(1), stops.argmax(1) + 1, new.shape[1]) if new.shape[1] else np.zeros(len(new), int)
     texts = None
     if model.tokenizer is not None:
         texts = [model.to_string([int(t) for t in row[: n - int(stops[i, n - 1])]]) if n else ""
