@@ -1,5 +1,5 @@
-"""Inputs that used to do something silently: edits and splices that touch no hook point, prompts past the
-model's context, generation options out of range, and out-of-range token ids under ``jax.jit``."""
+"""Inputs that fail early instead of doing something silently: edits and splices that touch no hook point,
+prompts past the model's context, generation options out of range, and out-of-range token ids under ``jax.jit``."""
 
 from __future__ import annotations
 
@@ -13,12 +13,17 @@ import pytest
 import interp
 from interp import edits, sae
 from interp.hooks import Splice
-from tests.conftest import make_hf_model, random_tokens, saved_checkpoints
-from tests.models.test_gemma_qwen3_parity import FAMILIES as GEMMA_FAMILIES
-from tests.models.test_gemma_qwen3_parity import TINY as GEMMA_TINY
-from tests.models.test_gpt2_neox_parity import VARIANTS as GPT2_NEOX
+from tests.conftest import TINY, make_hf_model, random_tokens, saved_checkpoints
 
 CONTEXT = 16  # max_position_embeddings / n_positions of the tiny checkpoints below
+# family -> (transformers config class, arguments)
+FAMILIES = {
+    "gpt2": ("GPT2Config", dict(vocab_size=97, n_embd=32, n_layer=2, n_head=4, n_inner=48, n_positions=CONTEXT)),
+    "neox": ("GPTNeoXConfig", dict(vocab_size=97, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
+                                   intermediate_size=48, rotary_pct=0.5, max_position_embeddings=CONTEXT)),
+    "gemma3": ("Gemma3TextConfig", {**TINY, "num_key_value_heads": 2, "head_dim": 8, "sliding_window": 4,
+                                    "sliding_window_pattern": 2, "max_position_embeddings": CONTEXT}),
+}
 # how a failed equinox.error_if surfaces from a compiled function (a runtime error carrying its message)
 RUNTIME_ERRORS = (eqx.EquinoxRuntimeError, jax.errors.JaxRuntimeError)
 
@@ -35,11 +40,7 @@ def make_family(family: str):
 
     if family == "llama":
         return make_hf_model("gqa", max_position_embeddings=CONTEXT)
-    if family == "gemma3":
-        cls_name, kwargs = "Gemma3TextConfig", {**GEMMA_TINY, **GEMMA_FAMILIES["gemma3"][1]}
-    else:
-        cls_name, kwargs = GPT2_NEOX[family]
-    kwargs = {**kwargs, ("n_positions" if family == "gpt2" else "max_position_embeddings"): CONTEXT}
+    cls_name, kwargs = FAMILIES[family]
     torch.manual_seed(0)
     cfg = getattr(transformers, cls_name)(**kwargs, initializer_range=0.1)
     return transformers.AutoModelForCausalLM.from_config(cfg, attn_implementation="eager").eval()
@@ -84,7 +85,7 @@ def test_splices_name_one_hook_point(tiny):
 
 
 # ----------------------------------------------------------------------------------- context length
-@pytest.mark.parametrize("family", ["llama", "neox_parallel", "gemma3"])
+@pytest.mark.parametrize("family", ["llama", "neox", "gemma3"])
 def test_rotary_models_refuse_prompts_past_their_context_unless_positions_are_given(families, family):
     model = families(family)
     assert model.n_ctx == CONTEXT
