@@ -9,6 +9,12 @@ import pytest
 import interp
 from interp.circuits import edge_attribution, metrics, path_patch, receivers, senders
 from interp.circuits.edges import _out_names
+from tests.numerics import assert_close, model_bound
+
+
+def logits_bound(model, *tokens):
+    """Rounding of a metric computed from logits: the logits' magnitude sets it."""
+    return model_bound(*[model(t) for t in tokens], n_layers=model.n_layers)
 
 
 def test_node_lists(tiny3):
@@ -21,7 +27,7 @@ def test_all_senders_into_logits_is_the_source_run(tiny3, pair, answers):
     clean, corrupted = pair
     metric = metrics.logit_diff(*answers)
     value = path_patch(tiny3, clean, corrupted, metric, senders(tiny3), "logits")
-    assert value == pytest.approx(float(metric(tiny3(clean))), abs=1e-5)
+    assert_close(value, float(metric(tiny3(clean))), logits_bound(tiny3, clean), "all senders")
 
 
 def test_embed_into_layer0_heads_is_patching_ln1(tiny3, pair, answers):
@@ -33,7 +39,7 @@ def test_embed_into_layer0_heads_is_patching_ln1(tiny3, pair, answers):
     _, cache = tiny3.run_with_cache(clean, "blocks.0.ln1.hook_normalized")
     expect = metric(tiny3.run_with_hooks(corrupted, [("blocks.0.ln1.hook_normalized", interp.edits.replace,
                                                       cache["blocks.0.ln1.hook_normalized"])]))
-    assert value == pytest.approx(float(expect), abs=1e-5)
+    assert_close(value, float(expect), logits_bound(tiny3, clean, corrupted), "embed into layer 0")
     assert abs(value - float(metric(tiny3(corrupted)))) > 1e-3
 
 
@@ -45,7 +51,7 @@ def test_everything_before_an_mlp_into_it_is_patching_its_output(tiny3, pair, an
     _, cache = tiny3.run_with_cache(clean, "blocks.1.hook_mlp_out")
     expect = metric(tiny3.run_with_hooks(corrupted, [("blocks.1.hook_mlp_out", interp.edits.replace,
                                                       cache["mlp_out", 1])]))
-    assert value == pytest.approx(float(expect), abs=1e-5)
+    assert_close(value, float(expect), logits_bound(tiny3, clean, corrupted), "into MLP1")
 
 
 def test_sender_sweep_and_bad_paths(tiny3, pair, answers):
@@ -54,7 +60,7 @@ def test_sender_sweep_and_bad_paths(tiny3, pair, answers):
     grid = path_patch(tiny3, clean, corrupted, metric, "heads", "L2H1.q")
     assert grid.values.shape == (3, 4) and np.isnan(grid.values[2]).all()
     one = path_patch(tiny3, clean, corrupted, metric, "L1H3", "L2H1.q")
-    assert grid.values[1, 3] == pytest.approx(one, abs=1e-6)
+    assert_close(grid.values[1, 3], one, logits_bound(tiny3, clean, corrupted), "sweep vs one")
     with pytest.raises(ValueError, match="forward"):
         path_patch(tiny3, clean, corrupted, metric, "MLP2", "L1H0.q")
     with pytest.raises(ValueError, match="unknown component"):

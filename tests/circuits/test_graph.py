@@ -9,6 +9,7 @@ import pytest
 
 from interp.circuits import graph as G
 from tests.conftest import random_transcoders
+from tests.numerics import assert_model_close
 
 
 @pytest.fixture(scope="module")
@@ -24,9 +25,9 @@ def traced(tiny3, tc, pair):
 def test_replacement_reproduces_the_model(tiny3, tc, pair):
     tokens = pair[0][:1]
     frozen = G.intervene(tiny3, tc, tokens, [], mode="frozen")
-    np.testing.assert_allclose(frozen.after, frozen.before, rtol=1e-5, atol=1e-5)
+    assert_model_close(frozen.after, frozen.before, tiny3, "frozen replacement")
     real = G.intervene(tiny3, tc, tokens, [], mode="real")
-    np.testing.assert_allclose(real.after, real.before, rtol=1e-5, atol=1e-5)
+    assert_model_close(real.after, real.before, tiny3, "spliced model")
 
 
 def _targets(model, tc, tokens, graph, zero_sources):
@@ -57,8 +58,9 @@ def test_edges_sum_to_their_targets(tiny3, tc, pair, traced):
     assert (g.feature_layer < 2).any() and set(g.feature_pos[g.feature_layer == 2]) == {5}
     full, const = _targets(tiny3, tc, tokens, g, False), _targets(tiny3, tc, tokens, g, True)
     s = g.slices()
-    np.testing.assert_allclose(g.adjacency[s["feature"]].sum(1) + const[0], full[0], rtol=1e-4, atol=1e-4)
-    np.testing.assert_allclose(g.adjacency[s["logit"]].sum(1) + const[1], full[1], rtol=1e-4, atol=1e-4)
+    n = g.adjacency.shape[1]
+    assert_model_close(g.adjacency[s["feature"]].sum(1) + const[0], full[0], tiny3, "feature inputs", terms=n)
+    assert_model_close(g.adjacency[s["logit"]].sum(1) + const[1], full[1], tiny3, "logit inputs", terms=n)
     # feature activations match the transcoders run on the model's own MLP inputs
     _, cache = tiny3.run_with_cache(tokens, [tc.hook_in.format(layer=l) for l in range(3)])
     for j in range(0, g.n_features, 7):

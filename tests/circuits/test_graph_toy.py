@@ -31,6 +31,7 @@ import pytest
 from interp import sae
 from interp.circuits import graph as G
 from interp.models.llama import LlamaConfig, from_hf_weights, hf_weight_names
+from tests.numerics import assert_model_close
 
 MOD = 6
 A0, B0, NOISE0, ANS0 = 0, MOD, 2 * MOD, 2 * MOD + 16  # token ranges: operand a, operand b, distractors, answers
@@ -170,7 +171,7 @@ def test_transcoders_reconstruct_the_mlps(toy):
     assert max(fvu(toy.model, toy.tc, toy.tokens[:500], list(range(1, T)))) < 0.2
     # spliced in with their error terms they leave the model unchanged
     real = G.intervene(toy.model, toy.tc, toy.tokens[0], [], mode="real")
-    np.testing.assert_allclose(real.after, real.before, rtol=1e-4, atol=1e-4)
+    assert_model_close(real.after, real.before, toy.model, "spliced model")
 
 
 def test_the_graph_explains_the_answer(graphs):

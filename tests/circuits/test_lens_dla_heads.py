@@ -10,6 +10,7 @@ import pytest
 import interp
 from interp.circuits import (ablate_heads, decompose_resid, direct_logit_attribution, head_scores, logit_lens,
                              per_token_loss, prompts)
+from tests.numerics import assert_model_close
 
 
 def test_decomposition_sums_to_final_residual(tiny3, pair):
@@ -17,7 +18,8 @@ def test_decomposition_sums_to_final_residual(tiny3, pair):
     _, cache = tiny3.run_with_cache(tokens, ["blocks.2.hook_resid_post"])
     for per in ("layer", "head"):
         dec = decompose_resid(tiny3, tokens, per=per)
-        np.testing.assert_allclose(dec.components.sum(0), cache["resid_post", 2], rtol=1e-5, atol=1e-5)
+        assert_model_close(dec.components.sum(0), cache["resid_post", 2], tiny3, f"components per {per}",
+                           terms=dec.components.shape[0])
     assert len(dec.labels) == dec.components.shape[0] == 1 + 3 * (4 + 1)
     assert dec.labels[:3] == ("embed", "L0H0", "L0H1")
 
@@ -29,8 +31,8 @@ def test_dla_sums_to_logits(tiny3, pair, answers, per):
     res = direct_logit_attribution(tiny3, tokens, targets, per=per, pos=np.array([5, 3, 4]))
     logits = np.asarray(tiny3(tokens))
     expect = logits[np.arange(3), [5, 3, 4]][np.arange(3)[:, None], targets]
-    np.testing.assert_allclose(res.values.sum(0), expect, rtol=1e-5, atol=1e-5)
-    np.testing.assert_allclose(res.logits, expect, rtol=1e-6)
+    assert_model_close(res.values.sum(0), expect, tiny3, "DLA sum", terms=res.values.shape[0])
+    assert_model_close(res.logits, expect, tiny3, "DLA logits")
     assert res.logit_diff().shape == (len(res.labels), 3)
     # each component's contribution is its own unembedded share, not an even split
     assert np.ptp(res.values[:, 0, 0]) > 1e-3
@@ -40,14 +42,14 @@ def test_logit_lens_rows(tiny3, pair):
     tokens = pair[0]
     logits = np.asarray(tiny3(tokens))
     own = logit_lens(tiny3, tokens)
-    np.testing.assert_allclose(own.logits[-1], logits, rtol=1e-5, atol=1e-5)
+    assert_model_close(own.logits[-1], logits, tiny3, "own-scale lens, last row")
     final = logit_lens(tiny3, tokens, scale="final")
-    np.testing.assert_allclose(final.logits[-1], logits, rtol=1e-5, atol=1e-5)
+    assert_model_close(final.logits[-1], logits, tiny3, "final-scale lens, last row")
     # with the final scale, consecutive rows differ by exactly what that block writes
     dec = direct_logit_attribution(tiny3, tokens, np.arange(5)[None].repeat(3, 0), pos=-1)
     per_block = dec.values[1:-1:2] + dec.values[2:-1:2]  # attn l + mlp l
     step = np.diff(np.asarray(final.logits[:, :, -1, :5]), axis=0)
-    np.testing.assert_allclose(per_block, step, rtol=1e-4, atol=1e-5)
+    assert_model_close(per_block, step, tiny3, "lens steps", terms=2)
     with pytest.raises(ValueError, match="scale"):
         logit_lens(tiny3, tokens, scale="mine")
 
@@ -107,8 +109,7 @@ def test_ablating_heads_matches_zeroed_outputs(tiny3, pair):
     loss = per_token_loss(tiny3, tokens)
     assert loss.shape == (3, 5)
     logits = jax.nn.log_softmax(np.asarray(tiny3(tokens))[:, :-1], axis=-1)
-    np.testing.assert_allclose(loss, -np.take_along_axis(np.asarray(logits), tokens[:, 1:, None], -1)[..., 0],
-                               rtol=1e-5)
+    assert_model_close(loss, -np.take_along_axis(np.asarray(logits), tokens[:, 1:, None], -1)[..., 0], tiny3, "loss")
     heads = [(1, 2), (2, 0), (2, 3)]
     ablated = per_token_loss(tiny3, tokens, edits_=ablate_heads(tiny3, heads))
 
@@ -116,7 +117,7 @@ def test_ablating_heads_matches_zeroed_outputs(tiny3, pair):
         return x.at[:, :, hs].set(0.0)
 
     by_hand = [("blocks.1.attn.hook_z", zero_z, jnp.array([2])), ("blocks.2.attn.hook_z", zero_z, jnp.array([0, 3]))]
-    np.testing.assert_allclose(ablated, per_token_loss(tiny3, tokens, edits_=by_hand), rtol=1e-6)
+    assert_model_close(ablated, per_token_loss(tiny3, tokens, edits_=by_hand), tiny3, "ablated loss")
     assert np.abs(ablated - loss).max() > 1e-4
     _, cache = tiny3.run_with_cache(tokens, "blocks.1.attn.hook_z")
     means = {1: cache["z", 1].mean((0, 1))}
