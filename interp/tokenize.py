@@ -11,6 +11,8 @@ import numpy as np
 from tokenizers import AddedToken, Regex, decoders, models, pre_tokenizers, processors
 from tokenizers import Tokenizer as _HFTokenizer
 
+# Longest SentencePiece piece read from a GGUF file: real vocabularies stay far below it.
+_MAX_PIECE = 1024
 # GGUF token types (llama.cpp): 1 normal, 2 unknown, 3 control, 4 user-defined, 5 unused, 6 byte.
 _CONTROL, _USER_DEFINED = 3, 4
 
@@ -216,6 +218,9 @@ def _check_gguf_vocab(meta: Mapping) -> None:
     if not isinstance(tokens, list) or not tokens or not all(isinstance(t, str) for t in tokens):
         raise bad("tokenizer.ggml.tokens", "must be a non-empty list of strings")
     n = len(tokens)
+    longest = max(tokens, key=len)
+    if meta.get("tokenizer.ggml.model") == "llama" and len(longest) > _MAX_PIECE:  # merges cost its length squared
+        raise bad("tokenizer.ggml.tokens", f"holds a piece of {len(longest)} characters (at most {_MAX_PIECE})")
     for key, ok in (("token_type", is_int), ("scores", lambda v: isinstance(v, (int, float)) and not isinstance(v, bool))):
         v = meta.get(f"tokenizer.ggml.{key}")
         if v is not None and (not isinstance(v, list) or len(v) != n or not all(map(ok, v))):

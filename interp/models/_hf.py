@@ -136,6 +136,37 @@ def _short(v) -> str:
     return text if len(text) <= 80 else text[:77] + "..."
 
 
+def llama_layout_shapes(config, *, qkv_bias: bool, o_bias: bool, mlp_bias: bool, qk_norm: bool) -> dict:
+    """The tensors (and shapes, torch's ``[out, in]``) of a checkpoint in the layout Llama, Mistral, Qwen and Gemma
+    share: ``model.embed_tokens``, ``model.norm``, ``lm_head`` unless tied, and per layer two norms, ``self_attn``'s
+    four projections and ``mlp``'s three, with optional biases and per-head query/key norms."""
+    V, D, F, E = config.vocab_size, config.d_model, config.d_mlp, config.d_head
+    HE, KE = config.n_heads * E, config.n_kv_heads * E
+    shapes = {"model.embed_tokens.weight": (V, D), "model.norm.weight": (D,)}
+    if not config.tie_embeddings:
+        shapes["lm_head.weight"] = (V, D)
+    for i in range(config.n_layers):
+        p, a, m = f"model.layers.{i}", f"model.layers.{i}.self_attn", f"model.layers.{i}.mlp"
+        shapes.update({f"{p}.input_layernorm.weight": (D,), f"{p}.post_attention_layernorm.weight": (D,),
+                       f"{a}.q_proj.weight": (HE, D), f"{a}.k_proj.weight": (KE, D), f"{a}.v_proj.weight": (KE, D),
+                       f"{a}.o_proj.weight": (D, HE),
+                       f"{m}.gate_proj.weight": (F, D), f"{m}.up_proj.weight": (F, D), f"{m}.down_proj.weight": (D, F)})
+        if qk_norm:
+            shapes.update({f"{a}.q_norm.weight": (E,), f"{a}.k_norm.weight": (E,)})
+        if qkv_bias:
+            shapes.update({f"{a}.q_proj.bias": (HE,), f"{a}.k_proj.bias": (KE,), f"{a}.v_proj.bias": (KE,)})
+        if o_bias:
+            shapes[f"{a}.o_proj.bias"] = (D,)
+        if mlp_bias:
+            shapes.update({f"{m}.gate_proj.bias": (F,), f"{m}.up_proj.bias": (F,), f"{m}.down_proj.bias": (D,)})
+    return shapes
+
+
+# Names checkpoints in that layout may hold that carry no weights of the model: a tied head saved anyway (transformers
+# ties it to the embedding on load), rotary frequencies older transformers versions stored as buffers.
+LLAMA_LAYOUT_IGNORED = (r"lm_head\.weight", r"model\.layers\.\d+\.self_attn\.rotary_emb\.inv_freq")
+
+
 def check_config(config, ints: tuple[str, ...], floats: tuple[str, ...]) -> None:
     """``__post_init__`` checks of a family config: sizes are positive integers, epsilons and rotary bases
     positive finite numbers (``None`` skips an optional one)."""

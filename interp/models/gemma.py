@@ -18,7 +18,9 @@ import jax.numpy as jnp
 import numpy as np
 
 from interp.models._blocks import Attention, Embed, GatedMLP, PreNormBlock, RMSNorm, Rope
-from interp.models._hf import Fields, check_config, gguf_fields, rope_scaling
+from interp.models._hf import (
+    LLAMA_LAYOUT_IGNORED, Fields, check_config, gguf_fields, llama_layout_shapes, rope_scaling,
+)
 from interp.models._model import Model
 
 HF_ARCHITECTURES = ("GemmaForCausalLM", "Gemma2ForCausalLM", "Gemma3ForCausalLM")
@@ -211,35 +213,16 @@ class GemmaConfig:
 
 def hf_weight_shapes(config: GemmaConfig) -> dict[str, tuple[int, ...]]:
     """Every tensor a Hugging Face checkpoint of this config holds, with its shape (torch's ``[out, in]``)."""
-    V, D, F, E = config.vocab_size, config.d_model, config.d_mlp, config.d_head
-    HE, KE = config.n_heads * E, config.n_kv_heads * E
-    shapes = {"model.embed_tokens.weight": (V, D), "model.norm.weight": (D,)}
-    if not config.tie_embeddings:
-        shapes["lm_head.weight"] = (V, D)
-    for i in range(config.n_layers):
-        p, a, m = f"model.layers.{i}", f"model.layers.{i}.self_attn", f"model.layers.{i}.mlp"
-        shapes.update({f"{p}.input_layernorm.weight": (D,), f"{p}.post_attention_layernorm.weight": (D,),
-                       f"{a}.q_proj.weight": (HE, D), f"{a}.k_proj.weight": (KE, D), f"{a}.v_proj.weight": (KE, D),
-                       f"{a}.o_proj.weight": (D, HE),
-                       f"{m}.gate_proj.weight": (F, D), f"{m}.up_proj.weight": (F, D), f"{m}.down_proj.weight": (D, F)})
-        if config.post_norms:
-            shapes.update({f"{p}.pre_feedforward_layernorm.weight": (D,), f"{p}.post_feedforward_layernorm.weight": (D,)})
-        if config.attention_bias:
-            shapes.update({f"{a}.q_proj.bias": (HE,), f"{a}.k_proj.bias": (KE,), f"{a}.v_proj.bias": (KE,),
-                           f"{a}.o_proj.bias": (D,)})
-        if config.qk_norm:
-            shapes.update({f"{a}.q_norm.weight": (E,), f"{a}.k_norm.weight": (E,)})
+    b = config.attention_bias
+    shapes = llama_layout_shapes(config, qkv_bias=b, o_bias=b, mlp_bias=False, qk_norm=config.qk_norm)
+    if config.post_norms:
+        for i in range(config.n_layers):
+            for norm in ("pre_feedforward_layernorm", "post_feedforward_layernorm"):
+                shapes[f"model.layers.{i}.{norm}.weight"] = (config.d_model,)
     return shapes
 
 
-def hf_weight_names(config: GemmaConfig) -> list[str]:
-    """The tensor names a Hugging Face checkpoint of this config holds."""
-    return list(hf_weight_shapes(config))
-
-
-# Names some checkpoints hold that carry no weights of the model: a tied head saved anyway, rotary frequencies
-# older transformers versions stored as buffers.
-HF_IGNORED = (r"lm_head\.weight", r"model\.layers\.\d+\.self_attn\.rotary_emb\.inv_freq")
+HF_IGNORED = LLAMA_LAYOUT_IGNORED
 
 
 def from_hf_weights(config: GemmaConfig, get, *, dtype=jnp.float32, tokenizer=None) -> Model:

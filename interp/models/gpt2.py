@@ -137,11 +137,6 @@ def hf_weight_shapes(config: GPT2Config) -> dict[str, tuple[int, ...]]:
     return shapes
 
 
-def hf_weight_names(config: GPT2Config) -> list[str]:
-    """The tensor names a Hugging Face checkpoint of this config holds."""
-    return list(hf_weight_shapes(config))
-
-
 # Names some checkpoints hold that carry no weights of the model: a tied head saved anyway, and the causal-mask
 # buffers older transformers versions stored (openai-community/gpt2's own files, without the prefix).
 HF_IGNORED = (r"lm_head\.weight", r"(transformer\.)?h\.\d+\.attn\.(masked_)?bias")

@@ -153,11 +153,6 @@ def hf_weight_shapes(config: NeoXConfig) -> dict[str, tuple[int, ...]]:
     return shapes
 
 
-def hf_weight_names(config: NeoXConfig) -> list[str]:
-    """The tensor names a Hugging Face checkpoint of this config holds."""
-    return list(hf_weight_shapes(config))
-
-
 # Names some checkpoints hold that carry no weights of the model: a tied head saved anyway, and the causal-mask and
 # rotary buffers older transformers versions stored (Pythia's files).
 HF_IGNORED = (r"embed_out\.weight",

@@ -20,12 +20,14 @@ class Stored:
     origin: str
 
 
-def check_tensors(stored: Mapping[str, Stored], family, config, *, where: str, config_name: str) -> None:
+def check_tensors(stored: Mapping[str, Stored], family, config, *, where: str, config_name: str,
+                  fix: str = "use the config saved with these weights") -> None:
     """Refuse a checkpoint whose tensors are not exactly those ``family.hf_weight_shapes(config)`` lists.
 
     ``stored`` maps Hugging Face names (or, for a family with ``HF_OPTIONAL_PREFIXES``, those names without the
     prefix) to what the file declares; names matching ``family.HF_IGNORED`` carry no weights and are skipped.
-    ``where`` names the checkpoint and ``config_name`` what its expectations come from, in errors.
+    ``where`` names the checkpoint, ``config_name`` what its expectations come from and ``fix`` the remedy for a
+    shape that disagrees, in errors.
     """
     if config.n_layers > len(stored):  # every layer holds a tensor: no need to list what cannot all be there
         raise ValueError(
@@ -68,8 +70,7 @@ def check_tensors(stored: Mapping[str, Stored], family, config, *, where: str, c
         name, s = wrong[0]
         raise ValueError(
             f"{s.origin}: tensor '{s.name}' has shape {list(s.shape)}, but {config_name} implies "
-            f"{list(expected[name])}{_more(wrong)}; the weights and {config_name} do not belong together: use the "
-            "config saved with these weights"
+            f"{list(expected[name])}{_more(wrong)}; the weights and {config_name} do not belong together: {fix}"
         )
 
 

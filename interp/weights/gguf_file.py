@@ -233,7 +233,8 @@ def hf_tensors(f: GGUFFile, family) -> dict[str, np.ndarray]:
             f"{' ...' if len(unknown) > 5 else ''}; its architecture '{f.arch}' may need support first"
         )
     check_tensors({hf: f.stored(name) for hf, name in hf_names.items()}, family, config,
-                  where=f"GGUF file {f.path}", config_name="its metadata")
+                  where=f"GGUF file {f.path}", config_name="its metadata",
+                  fix="the file is damaged or its converter wrote inconsistent metadata; convert or download it again")
     out: dict[str, np.ndarray] = {}
     for hf, name in hf_names.items():
         w = f.tensor(name)

@@ -185,16 +185,17 @@ def test_damaged_checkpoints_load_or_fail_clearly(bases, tmp_path):
     folders, ggufs = bases
     rng = np.random.default_rng(SEED)
     failures, slowest = [], [0.0]
+    base_sigs = {path: signature(interp.load(path)) for path in [*folders, *ggufs]}
     rss0 = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     for folder in folders:
-        base_sig = signature(interp.load(folder))
+        base_sig = base_sigs[folder]
         for i in range(90):
             dest = tmp_path / f"{folder.name}-{i}"
             what = f"{folder.name} #{i} ({mutate_folder(folder, dest, rng)})"
             run_case(dest, base_sig, what, failures, slowest)
             shutil.rmtree(dest)
     for path in ggufs:
-        base_sig = signature(interp.load(path))
+        base_sig = base_sigs[path]
         data, fields = path.read_bytes(), header_fields(path)
         header_end = max(pos + width for pos, width in fields)
         for i in range(120):

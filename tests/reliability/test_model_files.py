@@ -188,6 +188,17 @@ def test_gguf_metadata_is_validated(tmp_path, key, value, message):
         interp.load(path)
 
 
+def test_gguf_sentencepiece_pieces_are_bounded(tmp_path):
+    """Building merges costs a piece's length squared: one huge piece must not stall the load."""
+    from tests.weights.tiny_files import TOKENS
+
+    path = tiny_llama_gguf(tmp_path / "long.gguf", meta={
+        "tokenizer.ggml.model": "llama", "tokenizer.ggml.merges": None,
+        "tokenizer.ggml.tokens": [*TOKENS[:-1], "ab" * 100_000]})
+    with deadline(10), pytest.raises(ValueError, match=r"(?s)long.gguf.*'tokenizer.ggml.tokens' .*200000 characters"):
+        interp.load(path)
+
+
 # ---------------------------------------------------------------------------------------------- hostile GGUF headers
 def _hostile(tmp_path, name, data):
     path = tmp_path / f"{name}.gguf"
