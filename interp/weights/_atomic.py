@@ -84,9 +84,10 @@ def atomic_dir(final: Path):
     """Yield a temporary folder beside ``final``; on success it takes the place of ``final`` in one step.
 
     On any error the temporary folder is removed, so a half-written result is never at ``final``. An existing
-    ``final`` is replaced without a moment where it is missing (on Linux; elsewhere for an instant between two
-    renames, see ``_put_in_place``), and deleted only once it is no longer at ``final``: a process that lists
-    ``final`` sees the old or the new folder whole, and files it already opened stay readable.
+    ``final`` is replaced without a moment where it is missing (on Linux; elsewhere it is missing for an instant
+    between two renames, see ``_put_in_place``) and deleted only once it is no longer at ``final``: every path
+    looked up under ``final`` lies in a complete folder, old or new, and files already open stay readable. Only a
+    listing already under way when the folder is replaced goes on reading the old folder while it is deleted.
     """
     final = Path(final)
     final.parent.mkdir(parents=True, exist_ok=True)
