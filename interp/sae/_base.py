@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import abc
 import dataclasses
+import math
+import numbers
 from typing import Any, ClassVar
 
 import equinox as eqx
@@ -43,6 +45,35 @@ def architecture(name: str) -> tuple[type, type]:
         raise ValueError(f"unknown dictionary architecture '{name}'; known: {', '.join(sorted(REGISTRY))}") from None
 
 
+def out_of_range(value, lo=None, hi=None, *, integer: bool = False, lo_open: bool = False,
+                 hi_open: bool = False) -> str | None:
+    """Why ``value`` is not a number in the range, as ``"must be ..."`` (None when it is). Booleans are not
+    numbers here, and NaN and infinities are outside every range."""
+    if hi is None:
+        where = f"{'>' if lo_open else '>='} {lo}"
+    else:
+        where = f"in {'(' if lo_open else '['}{lo}, {hi}{')' if hi_open else ']'}"
+    if integer and hi is None and lo == 1 and not lo_open:
+        need = "must be a positive integer (>= 1)"
+    else:
+        need = f"must be {'an integer' if integer else 'a finite number'} {where}"
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral if integer else numbers.Real):
+        return need
+    if not integer and not math.isfinite(value):
+        return need
+    if (lo is not None and (value <= lo if lo_open else value < lo)) or \
+            (hi is not None and (value >= hi if hi_open else value > hi)):
+        return need
+    return None
+
+
+def check_range(name: str, value, lo=None, hi=None, *, note: str = "", **kw) -> None:
+    """Raise ``ValueError("name=value must be ...")`` unless ``value`` is in the range (see ``out_of_range``)."""
+    problem = out_of_range(value, lo, hi, **kw)
+    if problem:
+        raise ValueError(f"{name}={value!r} {problem}{note}")
+
+
 @dataclasses.dataclass(frozen=True)
 class DictConfig:
     """What every dictionary needs. Subclasses add the fields of their architecture."""
@@ -58,8 +89,10 @@ class DictConfig:
     arch: ClassVar[str] = ""
 
     def __post_init__(self):
-        if self.d_in <= 0 or self.width <= 0:
-            raise ValueError(f"d_in and width must be positive, got d_in={self.d_in}, width={self.width}")
+        check_range("d_in", self.d_in, 1, integer=True)
+        check_range("width", self.width, 1, integer=True)
+        if self.d_out is not None:
+            check_range("d_out", self.d_out, 1, integer=True)
         if self.skip and not self.is_transcoder:
             raise ValueError("skip=True needs a transcoder: set hook_name_out to the hook it reconstructs")
 

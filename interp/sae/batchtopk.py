@@ -16,7 +16,7 @@ import jax.numpy as jnp
 from jaxtyping import Array, Float
 
 from interp.kernels import sparse_decode
-from interp.sae._base import Dictionary, LossContext, init_affine, register, total_variance
+from interp.sae._base import Dictionary, LossContext, check_range, init_affine, register, total_variance
 from interp.sae.topk import TopKConfig, auxk_loss, fired_from_sparse
 
 
@@ -25,6 +25,11 @@ class BatchTopKConfig(TopKConfig):
     candidate_factor: int = 4
     threshold_decay: float = 0.99
     arch: ClassVar[str] = "batchtopk"
+
+    def __post_init__(self):
+        super().__post_init__()
+        check_range("candidate_factor", self.candidate_factor, 1, integer=True)
+        check_range("threshold_decay", self.threshold_decay, 0, 1)
 
 
 def batch_select(pre, k: int, factor: int):

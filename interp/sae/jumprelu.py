@@ -11,7 +11,8 @@ import jax
 import jax.numpy as jnp
 from jaxtyping import Array, Float
 
-from interp.sae._base import DictConfig, Dictionary, LossContext, init_affine, mse, register, total_variance
+from interp.sae._base import (DictConfig, Dictionary, LossContext, check_range, init_affine, mse, register,
+                              total_variance)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -23,8 +24,9 @@ class JumpReLUConfig(DictConfig):
 
     def __post_init__(self):
         super().__post_init__()
-        if self.bandwidth <= 0 or self.init_threshold <= 0:
-            raise ValueError("bandwidth and init_threshold must be positive")
+        check_range("l0_coeff", self.l0_coeff, 0)
+        check_range("bandwidth", self.bandwidth, 0, lo_open=True)
+        check_range("init_threshold", self.init_threshold, 0, lo_open=True)
 
 
 def _rect(u):

@@ -8,7 +8,7 @@ from typing import ClassVar
 
 import jax.numpy as jnp
 
-from interp.sae._base import LossContext, register, total_variance
+from interp.sae._base import LossContext, check_range, register, total_variance
 from interp.sae.batchtopk import BatchTopKConfig, BatchTopKSAE, batch_select
 from interp.sae.topk import fired_from_sparse, scatter_dense
 
@@ -20,6 +20,8 @@ class MatryoshkaConfig(BatchTopKConfig):
 
     def __post_init__(self):
         super().__post_init__()
+        for i, size in enumerate(self.prefixes):
+            check_range(f"prefixes[{i}]", size, 1, integer=True)
         p = self.prefix_sizes
         if list(p) != sorted(set(p)) or p[-1] != self.width or p[0] <= 0:
             raise ValueError(f"prefixes must be strictly ascending positive sizes ending at width={self.width}, got {p}")

@@ -8,7 +8,8 @@ from typing import ClassVar
 import jax
 import jax.numpy as jnp
 
-from interp.sae._base import DictConfig, Dictionary, LossContext, init_affine, mse, register, total_variance
+from interp.sae._base import (DictConfig, Dictionary, LossContext, check_range, init_affine, mse, register,
+                              total_variance)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -18,8 +19,7 @@ class StandardConfig(DictConfig):
 
     def __post_init__(self):
         super().__post_init__()
-        if self.l1_coeff < 0:
-            raise ValueError(f"l1_coeff must be >= 0, got {self.l1_coeff}")
+        check_range("l1_coeff", self.l1_coeff, 0)
 
 
 @register("standard", StandardConfig)

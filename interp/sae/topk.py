@@ -15,7 +15,7 @@ import jax
 import jax.numpy as jnp
 
 from interp.kernels import sparse_decode
-from interp.sae._base import DictConfig, Dictionary, LossContext, init_affine, register, total_variance
+from interp.sae._base import DictConfig, Dictionary, LossContext, check_range, init_affine, register, total_variance
 
 
 @dataclasses.dataclass(frozen=True)
@@ -29,6 +29,11 @@ class TopKConfig(DictConfig):
 
     def __post_init__(self):
         super().__post_init__()
+        check_range("k", self.k, 1, integer=True)
+        if self.aux_k is not None:
+            check_range("aux_k", self.aux_k, 1, integer=True)
+        check_range("aux_coeff", self.aux_coeff, 0)
+        check_range("aux_batch_fraction", self.aux_batch_fraction, 0, 1, lo_open=True)
         if not 0 < self.k < self.width:
             raise ValueError(f"k={self.k} must be between 1 and width-1={self.width - 1}")
 

@@ -17,6 +17,7 @@ import equinox as eqx
 import jax.numpy as jnp
 import numpy as np
 
+from interp.sae._base import check_range
 from interp.sae.topk import TopKConfig
 from interp.sae.trainer import TrainConfig, init_state, make_optimizer, make_step
 from interp.weights._atomic import atomic_dir
@@ -38,6 +39,7 @@ class Transcoders(eqx.Module):
     skip_positions: int = eqx.field(static=True, default=1)
 
     def __check_init__(self):
+        check_range("skip_positions", self.skip_positions, 0, integer=True)
         for l, d in enumerate(self.dictionaries):
             cfg = d.cfg
             want_in, want_out = self.hook_in.format(layer=l), self.hook_out.format(layer=l)
