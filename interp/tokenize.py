@@ -195,7 +195,8 @@ def _json_object(path: Path) -> dict:
     try:
         value = json.loads(path.read_bytes())
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise ValueError(f"{path} is not valid JSON ({e}): fix it, or remove it to use the tokenizer's defaults") from None
+        raise ValueError(f"{path} is not valid JSON ({e}): fix it, or remove it to use the tokenizer's "
+                         "defaults") from None
     if not isinstance(value, dict):
         raise ValueError(f"{path} must hold a JSON object, got {type(value).__name__}: fix it, or remove it to use the "
                          "tokenizer's defaults")
@@ -221,7 +222,10 @@ def _check_gguf_vocab(meta: Mapping) -> None:
     longest = max(tokens, key=len)
     if meta.get("tokenizer.ggml.model") == "llama" and len(longest) > _MAX_PIECE:  # merges cost its length squared
         raise bad("tokenizer.ggml.tokens", f"holds a piece of {len(longest)} characters (at most {_MAX_PIECE})")
-    for key, ok in (("token_type", is_int), ("scores", lambda v: isinstance(v, (int, float)) and not isinstance(v, bool))):
+    def is_number(v):
+        return isinstance(v, (int, float)) and not isinstance(v, bool)
+
+    for key, ok in (("token_type", is_int), ("scores", is_number)):
         v = meta.get(f"tokenizer.ggml.{key}")
         if v is not None and (not isinstance(v, list) or len(v) != n or not all(map(ok, v))):
             size = f"{len(v)} entries" if isinstance(v, list) else repr(v)[:40]

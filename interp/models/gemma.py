@@ -156,7 +156,8 @@ class GemmaConfig:
             query_pre_attn_scalar=f.opt_float("query_pre_attn_scalar", 256) if version >= 2 else None,
             # transformers soft-caps attention scores in Gemma 2 only (its Gemma 3 ignores the setting)
             attn_softcap=f.opt_float("attn_logit_softcapping", 50.0) if version == 2 else None,
-            final_softcap=f.opt_float("final_logit_softcapping", 30.0 if version == 2 else None) if version >= 2 else None,
+            final_softcap=(f.opt_float("final_logit_softcapping", 30.0 if version == 2 else None)
+                           if version >= 2 else None),
             attention_bias=f.bool("attention_bias", False),
             act=_ACTS[act_name],
             tie_embeddings=f.bool("tie_word_embeddings", True),

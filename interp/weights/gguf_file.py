@@ -115,7 +115,7 @@ class _Header:
         from gguf import GGML_QUANT_SIZES, GGMLQuantizationType
 
         if self.buf[:4] != b"GGUF":
-            raise ValueError(f"{self.file.path} is not a GGUF file (it starts with {bytes(self.buf[:4])!r}, not b'GGUF')")
+            raise ValueError(f"{self.file.path} is not a GGUF file: it starts with {bytes(self.buf[:4])!r}, not b'GGUF'")
         self.pos = 4
         version = self.unpack("I", "the version")
         if version not in _VERSIONS:

@@ -19,9 +19,12 @@ from safetensors.numpy import load_file, save_file
 import interp
 from interp.models import gemma, gpt2, llama, neox
 from tests.conftest import random_tokens
-from tests.weights.tiny_files import gguf_bytes, gguf_string, tiny_llama_gguf
+from tests.weights.tiny_files import (
+    MERGES, TOKEN_TYPES, TOKENS, gguf_bytes, gguf_string, llama_gguf_meta, llama_gguf_tensors, tiny_llama_gguf,
+    write_gguf,
+)
 
-U8, U32, F32, STRING, ARRAY, U64 = 0, 4, 6, 8, 9, 10  # GGUF value types
+U8, U32, STRING, ARRAY = 0, 4, 8, 9  # GGUF value types
 
 
 @contextlib.contextmanager
@@ -165,8 +168,6 @@ def test_gguf_integer_tensors_are_refused(tmp_path):
     import gguf
 
     path = tmp_path / "int.gguf"
-    from tests.weights.tiny_files import llama_gguf_meta, llama_gguf_tensors, write_gguf
-
     tensors = llama_gguf_tensors()
     tensors["blk.0.ffn_up.weight"] = tensors["blk.0.ffn_up.weight"].view(np.int32)
     write_gguf(path, llama_gguf_meta(), tensors, raw_types={"blk.0.ffn_up.weight": gguf.GGMLQuantizationType.I32})
@@ -190,8 +191,6 @@ def test_gguf_metadata_is_validated(tmp_path, key, value, message):
 
 def test_gguf_sentencepiece_pieces_are_bounded(tmp_path):
     """Building merges costs a piece's length squared: one huge piece must not stall the load."""
-    from tests.weights.tiny_files import TOKENS
-
     path = tiny_llama_gguf(tmp_path / "long.gguf", meta={
         "tokenizer.ggml.model": "llama", "tokenizer.ggml.merges": None,
         "tokenizer.ggml.tokens": [*TOKENS[:-1], "ab" * 100_000]})
@@ -229,7 +228,8 @@ HOSTILE = {
     "tensor_past_end": (gguf_bytes([("general.architecture", STRING, gguf_string("llama"))], n_tensors=1,
                                    tensor_infos=gguf_string("t") + struct.pack("<I1QIQ", 1, 4, 0, 4096)),
                         r"'t'.*ends at byte"),
-    "tensor_many_dims": (gguf_bytes([], n_tensors=1, tensor_infos=gguf_string("t") + struct.pack("<I", 2**31) + b"\0" * 64),
+    "tensor_many_dims": (gguf_bytes([], n_tensors=1,
+                                    tensor_infos=gguf_string("t") + struct.pack("<I", 2**31) + b"\0" * 64),
                          r"'t'.*2147483648 dimensions"),
     "nested_arrays": (gguf_bytes([("x", ARRAY, struct.pack("<IQ", ARRAY, 1) * 100 + struct.pack("<IQ", U8, 0))]),
                       r"'x'.*nested"),
@@ -333,8 +333,6 @@ def test_configs_refuse_a_bad_epsilon(make, eps):
 # ---------------------------------------------------------------------------------------------- tokenizer.json
 @pytest.fixture(scope="module")
 def folder_with_tokenizer(hf_checkpoints, tmp_path_factory):
-    from tests.weights.tiny_files import MERGES, TOKEN_TYPES, TOKENS
-
     _, folder = hf_checkpoints("gqa")
     out = tmp_path_factory.mktemp("tok") / "ckpt"
     shutil.copytree(folder, out)

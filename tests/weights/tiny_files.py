@@ -1,9 +1,8 @@
-"""Tiny checkpoint files built from numpy alone (no transformers): GGUF files with chosen metadata and tensors,
-Hugging Face folders from tensors and a config dict, and a byte-level GGUF writer for headers no tool would write."""
+"""Tiny GGUF files built from numpy alone (no transformers): through the ``gguf`` writer with chosen metadata and
+tensors, or byte by byte for headers no tool would write."""
 
 from __future__ import annotations
 
-import json
 import struct
 from pathlib import Path
 
@@ -95,15 +94,3 @@ def gguf_bytes(kvs: list[tuple[str, int, bytes]], tensor_infos: bytes = b"", n_t
 def gguf_string(s: str | bytes) -> bytes:
     b = s.encode() if isinstance(s, str) else s
     return struct.pack("<Q", len(b)) + b
-
-
-def save_hf_folder(folder: Path, config: dict, tensors: dict[str, np.ndarray], tokenizer_json: str | None = None) -> Path:
-    """A Hugging Face checkpoint folder: ``config.json``, ``model.safetensors`` and optionally ``tokenizer.json``."""
-    from safetensors.numpy import save_file
-
-    folder.mkdir(parents=True, exist_ok=True)
-    (folder / "config.json").write_text(json.dumps(config))
-    save_file({k: np.ascontiguousarray(v) for k, v in tensors.items()}, str(folder / "model.safetensors"))
-    if tokenizer_json is not None:
-        (folder / "tokenizer.json").write_text(tokenizer_json)
-    return folder
