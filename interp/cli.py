@@ -7,6 +7,7 @@ from __future__ import annotations
 import argparse
 import sys
 import time
+from pathlib import Path
 
 from interp.demo import DEFAULT_TRANSCODERS, DemoConfig
 
@@ -46,30 +47,53 @@ def predict(model_name: str = "smollm2-135m", prompts=PREDICT_PROMPTS, k: int = 
     print(f"\ndone in {time.perf_counter() - t0:.1f} s", file=out)
 
 
+def number(kind: type, lo, hi=None, **bounds):
+    """An argparse type that parses with ``kind`` (int or float) and refuses values outside the range (NaN and
+    infinities included), so a bad value stops the command before it loads or trains anything."""
+
+    def parse(text: str):
+        from interp.sae._base import out_of_range
+
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not {'an integer' if kind is int else 'a number'}") from None
+        problem = out_of_range(value, lo, hi, integer=kind is int, **bounds)
+        if problem:
+            raise argparse.ArgumentTypeError(f"{text} {problem}")
+        return value
+
+    return parse
+
+
+POSITIVE, NONNEGATIVE, SEED = number(int, 1), number(int, 0), number(int, 0, 2**32 - 1)
+RATE, COEFF = number(float, 0, lo_open=True), number(float, 0)  # a learning rate; a loss coefficient
+
+
 def add_train_sae_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", default="smollm2-135m", help="packaged name, checkpoint folder or .gguf file")
     p.add_argument("--hook", required=True, help="hook point to read, e.g. blocks.15.hook_resid_post")
     p.add_argument("--hook-out", default=None, help="for a transcoder: the hook point to reconstruct")
     p.add_argument("--arch", default="topk", help="standard, topk, batchtopk, matryoshka or jumprelu")
-    p.add_argument("--width", type=int, default=4096, help="number of latents (d_sae)")
-    p.add_argument("--k", type=int, default=32, help="active latents per token (TopK family)")
-    p.add_argument("--l1-coeff", type=float, default=None, help="L1 coefficient (standard)")
-    p.add_argument("--l0-coeff", type=float, default=None, help="L0 coefficient (jumprelu)")
+    p.add_argument("--width", type=POSITIVE, default=4096, help="number of latents (d_sae)")
+    p.add_argument("--k", type=POSITIVE, default=32, help="active latents per token (TopK family)")
+    p.add_argument("--l1-coeff", type=COEFF, default=None, help="L1 coefficient (standard)")
+    p.add_argument("--l0-coeff", type=COEFF, default=None, help="L0 coefficient (jumprelu)")
     p.add_argument("--skip", action="store_true", help="transcoder skip connection")
-    p.add_argument("--tokens", type=int, default=2_000_000, help="training tokens")
-    p.add_argument("--batch-size", type=int, default=4096)
-    p.add_argument("--context-size", type=int, default=128)
-    p.add_argument("--buffer-tokens", type=int, default=2**16, help="activations shuffled together")
-    p.add_argument("--lr", type=float, default=2e-4)
-    p.add_argument("--lr-warmup-steps", type=int, default=50)
-    p.add_argument("--sparsity-warmup-steps", type=int, default=0)
+    p.add_argument("--tokens", type=POSITIVE, default=2_000_000, help="training tokens")
+    p.add_argument("--batch-size", type=POSITIVE, default=4096)
+    p.add_argument("--context-size", type=POSITIVE, default=128)
+    p.add_argument("--buffer-tokens", type=POSITIVE, default=2**16, help="activations shuffled together")
+    p.add_argument("--lr", type=RATE, default=2e-4)
+    p.add_argument("--lr-warmup-steps", type=NONNEGATIVE, default=50)
+    p.add_argument("--sparsity-warmup-steps", type=NONNEGATIVE, default=0)
     p.add_argument("--normalize", default="none", choices=["none", "expected_average_only_in"])
     p.add_argument("--corpus", default=None, help="text file, folder, JSONL or Parquet; default: built-in text")
     p.add_argument("--activation-cache", default=None, help="read cached activations from this folder")
-    p.add_argument("--checkpoint-every", type=int, default=100)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--data-parallel", type=int, default=1)
-    p.add_argument("--latent-parallel", type=int, default=1)
+    p.add_argument("--checkpoint-every", type=NONNEGATIVE, default=100, help="steps between checkpoints (0: only at the end)")
+    p.add_argument("--seed", type=SEED, default=0)
+    p.add_argument("--data-parallel", type=POSITIVE, default=1)
+    p.add_argument("--latent-parallel", type=POSITIVE, default=1)
     p.add_argument("--out", required=True, help="output folder (checkpoints/, final/, history.json)")
     p.add_argument("--resume", action="store_true", help="continue the latest checkpoint in --out")
 
@@ -77,6 +101,7 @@ def add_train_sae_args(p: argparse.ArgumentParser) -> None:
 def train_sae(args) -> None:
     import interp
     from interp import sae
+    from interp.sae.trainer import prepare_out_dir
 
     config_cls, _ = sae.architecture(args.arch)
     extra = {}
@@ -86,6 +111,7 @@ def train_sae(args) -> None:
         extra["l1_coeff"] = args.l1_coeff
     if args.l0_coeff is not None:
         extra["l0_coeff"] = args.l0_coeff
+    prepare_out_dir(Path(args.out))  # before the model loads: an output folder that cannot be written fails now
     model = None if args.activation_cache else interp.load(args.model)
     hook_shapes = model.hook_shapes() if model is not None else None
     if hook_shapes is not None and args.hook not in hook_shapes:
@@ -98,7 +124,7 @@ def train_sae(args) -> None:
     else:
         from interp.sae.store import CachedActivationStore
 
-        info = CachedActivationStore(args.activation_cache).info
+        info = CachedActivationStore(args.activation_cache, batch_size=args.batch_size).info
         d_in, d_out = info["d"][0], (info["d"][1] if len(info["d"]) > 1 else None)
     dcfg = config_cls(d_in=d_in, width=args.width, hook_name=args.hook, hook_name_out=args.hook_out, d_out=d_out,
                       skip=args.skip, **extra)
@@ -118,7 +144,9 @@ def train_sae(args) -> None:
 def train_transcoders(args) -> None:
     import interp
     from interp.sae import train_transcoders as train
+    from interp.sae.trainer import check_writable
 
+    check_writable(Path(args.out))  # before the model loads and trains
     model = interp.load(args.model)
     tc, summary = train(model, width=args.width, k=args.k, total_tokens=args.tokens, corpus=args.corpus,
                         context_size=args.context_size, model_batch=args.model_batch, lr=args.lr, seed=args.seed,
@@ -135,8 +163,8 @@ def main(argv=None) -> int:
     d.add_argument("--model", default="smollm2-135m", help="packaged name, checkpoint folder or .gguf file")
     d.add_argument("--out", default="report.html", help="where to write the report (default: ./report.html)")
     d.add_argument("--corpus", default=None, help="text file, folder, JSONL or Parquet; default: built-in text")
-    d.add_argument("--sae-tokens", type=int, default=DemoConfig.sae_tokens, help="SAE training tokens")
-    d.add_argument("--sae-layer", type=int, default=None, help="layer whose residual stream the SAE reads")
+    d.add_argument("--sae-tokens", type=POSITIVE, default=DemoConfig.sae_tokens, help="SAE training tokens")
+    d.add_argument("--sae-layer", type=NONNEGATIVE, default=None, help="layer whose residual stream the SAE reads")
     d.add_argument("--transcoders", default=None,
                    help=f"transcoder set for the attribution graph (default: {DEFAULT_TRANSCODERS} when present)")
     p = sub.add_parser("predict", help="next-token predictions and a logit lens for a few prompts")
@@ -146,20 +174,20 @@ def main(argv=None) -> int:
     add_train_sae_args(t)
     tt = sub.add_parser("train-transcoders", help="train one TopK transcoder per layer (for attribution graphs)")
     tt.add_argument("--model", default="smollm2-135m", help="packaged name, checkpoint folder or .gguf file")
-    tt.add_argument("--width", type=int, default=2048)
-    tt.add_argument("--k", type=int, default=16)
-    tt.add_argument("--tokens", type=int, default=200_000, help="training tokens (per layer; one model pass serves all)")
-    tt.add_argument("--context-size", type=int, default=64)
-    tt.add_argument("--model-batch", type=int, default=16, help="contexts per step")
-    tt.add_argument("--lr", type=float, default=2e-3)
-    tt.add_argument("--seed", type=int, default=0)
+    tt.add_argument("--width", type=POSITIVE, default=2048)
+    tt.add_argument("--k", type=POSITIVE, default=16)
+    tt.add_argument("--tokens", type=POSITIVE, default=200_000, help="training tokens (per layer; one model pass serves all)")
+    tt.add_argument("--context-size", type=POSITIVE, default=64)
+    tt.add_argument("--model-batch", type=POSITIVE, default=16, help="contexts per step")
+    tt.add_argument("--lr", type=RATE, default=2e-3)
+    tt.add_argument("--seed", type=SEED, default=0)
     tt.add_argument("--corpus", default=None, help="text file, folder, JSONL or Parquet; default: built-in text")
     tt.add_argument("--out", required=True, help="output folder (layer_{l}/ in SAELens layout + transcoders.json)")
     args = parser.parse_args(argv)
     if args.command == "train-transcoders":
         try:
             train_transcoders(args)
-        except (ValueError, FileNotFoundError, FileExistsError) as e:
+        except (ValueError, OSError) as e:
             raise SystemExit(f"interp train-transcoders: {e}") from None
     elif args.command == "demo":
         from interp.demo import run
@@ -175,7 +203,7 @@ def main(argv=None) -> int:
     elif args.command == "train-sae":
         try:
             train_sae(args)
-        except (ValueError, FileNotFoundError, FileExistsError) as e:
+        except (ValueError, OSError) as e:
             raise SystemExit(f"interp train-sae: {e}") from None
     return 0
 

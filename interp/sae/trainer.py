@@ -1,19 +1,26 @@
 """Training dictionaries: optax, one jitted step with donated buffers, atomic checkpoints, exact resume.
 
 ``train(TrainConfig(...))`` streams activations from the hooked model (or an activation cache), trains,
-evaluates periodically, checkpoints atomically to ``out_dir/checkpoints/step-NNNNNNNN`` and saves the final
-dictionary in SAELens's layout to ``out_dir/final``. ``train(..., resume=True)`` continues the latest
-checkpoint: same data position, optimizer state, dead-latent counters; for a seed the result is
-bit-identical to an uninterrupted run.
-"""
+evaluates periodically, checkpoints atomically to ``out_dir/checkpoints/step-NNNNNNNN`` (with sha256 checksums
+in its ``meta.json``) and saves the final dictionary in SAELens's layout to ``out_dir/final``. The output folder
+is checked for writing before the first step. ``train(..., resume=True)`` continues the newest checkpoint that
+verifies: same data position, optimizer state, dead-latent counters, metric window; for a seed the weights and
+the reported history (all but the wall-clock ``elapsed_s``) are identical to an uninterrupted run's. A run is
+known by its settings and its data, not by where its files live (``run_identity``), so a run folder can be
+copied or moved and resumed there."""
 
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 import math
+import os
+import re
+import secrets
 import shutil
 import time
+import warnings
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -24,8 +31,8 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from interp.sae._base import DictConfig, Dictionary, LossContext, create
-from interp.weights._atomic import atomic_dir
+from interp.sae._base import DictConfig, Dictionary, LossContext, check_range, create
+from interp.weights._atomic import atomic_dir, atomic_file
 
 
 @dataclasses.dataclass(frozen=True)
@@ -59,13 +66,27 @@ class TrainConfig:
     latent_parallel: int = 1  # devices over which the latent dimension is split
 
     def __post_init__(self):
-        if self.batch_size <= 0 or self.total_tokens < self.batch_size:
-            raise ValueError(f"total_tokens={self.total_tokens} must be at least one batch of {self.batch_size}")
+        if not isinstance(self.dictionary, DictConfig):
+            raise TypeError(f"dictionary must be a DictConfig (e.g. TopKConfig(...)), got {type(self.dictionary).__name__}")
+        for name in ("batch_size", "context_size", "model_batch", "buffer_tokens", "dead_after_tokens",
+                     "keep_checkpoints", "data_parallel", "latent_parallel"):
+            check_range(name, getattr(self, name), 1, integer=True)
+        for name in ("lr_warmup_steps", "sparsity_warmup_steps", "checkpoint_every", "eval_every"):
+            check_range(name, getattr(self, name), 0, integer=True)
+        check_range("total_tokens", self.total_tokens, self.batch_size, integer=True, note=" (one batch)")
+        check_range("skip_positions", self.skip_positions, 0, self.context_size, integer=True, hi_open=True)
+        check_range("seed", self.seed, 0, 2**32 - 1, integer=True)  # jax.random.PRNGKey wraps larger seeds
+        check_range("lr", self.lr, 0, lo_open=True)
+        if not isinstance(self.betas, (tuple, list)) or len(self.betas) != 2:
+            raise ValueError(f"betas={self.betas!r} must be a pair (beta1, beta2) of numbers in [0, 1)")
+        for i, beta in enumerate(self.betas):
+            check_range(f"betas[{i}]", beta, 0, 1, hi_open=True)
+        check_range("lr_decay_fraction", self.lr_decay_fraction, 0, 1)
         if self.normalize not in ("none", "expected_average_only_in"):
             raise ValueError(f"normalize must be 'none' or 'expected_average_only_in', got {self.normalize!r}")
-        if self.batch_size % max(self.data_parallel, 1):
+        if self.batch_size % self.data_parallel:
             raise ValueError(f"batch_size {self.batch_size} must divide evenly over {self.data_parallel} devices")
-        if self.dictionary.width % max(self.latent_parallel, 1):
+        if self.dictionary.width % self.latent_parallel:
             raise ValueError(f"width {self.dictionary.width} must divide evenly over {self.latent_parallel} devices")
 
     @property
@@ -190,11 +211,36 @@ def _flat(tree) -> dict[str, np.ndarray]:
     return {jax.tree_util.keystr(p): np.asarray(v) for p, v in leaves}
 
 
+STATE = "state.safetensors"
+_STEP_DIR = re.compile(r"step-\d+")
+# what an interrupted atomic write leaves beside its target (interp.weights._atomic): the temporary folder or
+# file, or the folder it was replacing
+_LEFTOVER = re.compile(r"\..+\.(partial|old)-[A-Za-z0-9_]+")
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def _meta_sha256(meta: dict) -> str:
+    """Checksum of the metadata's own fields (all but ``sha256``), over their canonical JSON."""
+    body = {k: v for k, v in meta.items() if k != "sha256"}
+    return hashlib.sha256(json.dumps(body, sort_keys=True).encode()).hexdigest()
+
+
 def save_checkpoint(folder: Path, state: TrainState, meta: dict) -> Path:
+    """Write ``state`` and ``meta`` to ``folder`` atomically; ``meta.json`` records the sha256 of the state file
+    and of its own fields, which ``checkpoint_problem`` verifies."""
     from safetensors.numpy import save_file
 
     with atomic_dir(folder) as tmp:
-        save_file({k: np.ascontiguousarray(v) for k, v in _flat(state).items()}, str(tmp / "state.safetensors"))
+        save_file({k: np.ascontiguousarray(v) for k, v in _flat(state).items()}, str(tmp / STATE))
+        meta = {**meta, "sha256": {STATE: _sha256(tmp / STATE)}}
+        meta["sha256"]["meta"] = _meta_sha256(meta)
         (tmp / "meta.json").write_text(json.dumps(meta, indent=2))
     return folder
 
@@ -202,7 +248,7 @@ def save_checkpoint(folder: Path, state: TrainState, meta: dict) -> Path:
 def load_checkpoint(folder: Path, template: TrainState) -> tuple[TrainState, dict]:
     from safetensors.numpy import load_file
 
-    arrays = load_file(str(folder / "state.safetensors"))
+    arrays = load_file(str(folder / STATE))
     paths_leaves, treedef = jax.tree_util.tree_flatten_with_path(template)
     names = [jax.tree_util.keystr(p) for p, _ in paths_leaves]
     missing = [n for n in names if n not in arrays]
@@ -212,10 +258,139 @@ def load_checkpoint(folder: Path, template: TrainState) -> tuple[TrainState, dic
     return jax.tree_util.tree_unflatten(treedef, leaves), json.loads((folder / "meta.json").read_text())
 
 
+def checkpoint_problem(folder: Path) -> str | None:
+    """Why the checkpoint in ``folder`` cannot be trusted (None: it verifies against its checksums)."""
+    try:
+        meta = json.loads((folder / "meta.json").read_text())
+    except FileNotFoundError:
+        return "meta.json is missing"
+    except ValueError:
+        return "meta.json is not valid JSON"
+    if not isinstance(meta, dict):
+        return "meta.json holds no checkpoint metadata"
+    sums = meta.get("sha256")
+    if sums is not None and (not isinstance(sums, dict) or sums.get("meta") != _meta_sha256(meta)):
+        return "meta.json does not match its sha256 checksum (corrupted)"
+    if not (folder / STATE).is_file():
+        return f"{STATE} is missing"
+    if sums is None:  # written before checkpoints carried checksums: only the file's structure can be checked
+        from safetensors import safe_open
+
+        try:
+            with safe_open(str(folder / STATE), "numpy"):
+                pass
+        except Exception as e:  # safetensors raises its own error types for damaged files
+            return f"{STATE} cannot be read ({e})"
+        return None
+    if sums.get(STATE) != _sha256(folder / STATE):
+        return f"{STATE} does not match its sha256 checksum (truncated or corrupted)"
+    return None
+
+
+def _checkpoint_dirs(out_dir: Path) -> list[Path]:
+    """The run's checkpoint folders, oldest first, whether or not they verify."""
+    folder = out_dir / "checkpoints"
+    if not folder.is_dir():
+        return []
+    return sorted((p for p in folder.iterdir() if _STEP_DIR.fullmatch(p.name) and p.is_dir()),
+                  key=lambda p: int(p.name[5:]))
+
+
+def find_checkpoint(out_dir: Path) -> tuple[Path | None, list[str]]:
+    """The newest checkpoint under ``out_dir/checkpoints`` that verifies, and why each newer one does not."""
+    skipped = []
+    for folder in reversed(_checkpoint_dirs(out_dir)):
+        problem = checkpoint_problem(folder)
+        if problem is None:
+            return folder, skipped
+        skipped.append(f"{folder} ({problem})")
+    return None, skipped
+
+
 def latest_checkpoint(out_dir: Path) -> Path | None:
-    ckpts = sorted((out_dir / "checkpoints").glob("step-*")) if (out_dir / "checkpoints").exists() else []
-    ckpts = [c for c in ckpts if (c / "meta.json").exists()]
-    return ckpts[-1] if ckpts else None
+    return find_checkpoint(out_dir)[0]
+
+
+def check_writable(folder: Path) -> None:
+    """Create ``folder`` and write and remove a file there, so a run learns that it cannot save before it trains."""
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        probe = folder / f".write-probe.partial-{secrets.token_hex(6)}"  # a leftover name: a kill here leaves nothing
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as e:
+        blocker = next((p for p in (folder, *folder.parents) if p.exists() and not p.is_dir()), None)
+        why = f"{blocker} is a file, not a folder" if blocker else (e.strerror or str(e))
+        raise type(e)(f"cannot write the output folder {folder}: {why}; choose another out_dir (--out)") from None
+
+
+def prepare_out_dir(out_dir: Path) -> None:
+    """Check that the run can write ``out_dir`` and its checkpoints, and remove what writes interrupted by a crash
+    or a kill left there: the leftovers of atomic writes in those two folders, nothing else."""
+    for folder in (out_dir, out_dir / "checkpoints"):
+        check_writable(folder)
+        for entry in folder.iterdir():
+            if _LEFTOVER.fullmatch(entry.name):
+                if entry.is_dir() and not entry.is_symlink():
+                    shutil.rmtree(entry, ignore_errors=True)
+                else:
+                    entry.unlink(missing_ok=True)
+
+
+_DATA = ("corpus", "activation_cache")
+
+
+def _fingerprint(path) -> str:
+    """The data at ``path``, wherever it lives: how many files, their bytes, and a checksum of their names (relative
+    to ``path``) and sizes. Reading every byte would take minutes on a large corpus or cache."""
+    path = Path(path).expanduser()
+    if not path.exists():
+        return "missing"
+    files = [path] if path.is_file() else sorted(p for p in path.rglob("*") if p.is_file())
+    listing = [(p.relative_to(path).as_posix(), p.stat().st_size) for p in files]
+    digest = hashlib.sha256(json.dumps(listing).encode()).hexdigest()[:16]
+    return f"{len(files)} files, {sum(size for _, size in listing)} bytes, names and sizes sha256 {digest}"
+
+
+def run_identity(cfg: TrainConfig) -> dict:
+    """What makes a checkpoint belong to ``cfg``'s run: every setting that changes the numbers, and not where files
+    live. ``out_dir`` is left out, and a corpus or activation cache given as a path counts by its content (see
+    ``_fingerprint``), so a run folder and its data can be copied, moved or renamed and the run resumed there;
+    other data is another run."""
+    d = json.loads(json.dumps(cfg.to_dict()))
+    del d["out_dir"]
+    for key in _DATA:
+        if isinstance(getattr(cfg, key), (str, os.PathLike)):
+            d[key] = _fingerprint(getattr(cfg, key))
+    return d
+
+
+def _differences(saved: dict, now: dict, prefix: str = "") -> list[str]:
+    def show(v):
+        return v if isinstance(v, str) else repr(v)
+
+    out = []
+    for key in [*now, *(k for k in saved if k not in now)]:
+        a, b = saved.get(key, "(absent)"), now.get(key, "(absent)")
+        if isinstance(a, dict) and isinstance(b, dict):
+            out += _differences(a, b, f"{prefix}{key}.")
+        elif a != b:
+            name = f"{key} (the data, not its location)" if key in _DATA and not prefix else prefix + key
+            out.append(f"{name}: checkpoint {show(a)}, now {show(b)}")
+    return out
+
+
+def check_same_run(meta: dict, cfg: TrainConfig, folder: Path) -> None:
+    """Refuse to resume ``cfg`` from a checkpoint of another run, naming each setting that differs."""
+    now = run_identity(cfg)
+    saved = meta.get("identity")
+    if saved is None:  # written before checkpoints recorded their identity: paths are all they say of the data
+        saved = {k: v for k, v in meta["config"].items() if k != "out_dir"}
+        saved.update({k: now[k] for k in _DATA if isinstance(getattr(cfg, k), (str, os.PathLike))})
+    diffs = _differences(saved, now)
+    if diffs:
+        raise ValueError(f"--resume with a different config than the checkpoint {folder}: {'; '.join(diffs)}. "
+                         "Resume with the checkpoint's settings, or start a new run in another out_dir")
 
 
 # ----------------------------------------------------------------------------- the loop
@@ -291,32 +466,41 @@ def train(cfg: TrainConfig, *, model=None, store=None, resume: bool = False, pro
     from interp.sae.store import estimate_norm_scale
 
     out_dir = Path(cfg.out_dir) if cfg.out_dir else None
+    if resume and out_dir is None:
+        raise ValueError("resume=True needs out_dir: the folder of the run to continue")
+    if out_dir:
+        prepare_out_dir(out_dir)
+        if not resume and _checkpoint_dirs(out_dir):
+            raise FileExistsError(f"{out_dir} already holds checkpoints; pass resume=True (--resume) or another out_dir")
     store = store or make_store(cfg, model)
     check_dimensions(cfg, store)
     optimizer = make_optimizer(cfg)
     step_fn = make_step(cfg, optimizer)
     shard = _shardings(cfg)
 
-    ckpt = latest_checkpoint(out_dir) if (resume and out_dir) else None
-    if resume and ckpt is None:
-        raise FileNotFoundError(f"nothing to resume: no checkpoint under {out_dir}/checkpoints")
-    if ckpt is not None:
-        saved_cfg = json.loads((ckpt / "meta.json").read_text())["config"]
-        if saved_cfg != json.loads(json.dumps(cfg.to_dict())):
-            raise ValueError(f"--resume with a different config than the checkpoint in {ckpt}; use the same settings")
-        template = init_state(cfg, optimizer)
-        state, meta = load_checkpoint(ckpt, template)
+    if resume:
+        ckpt, skipped = find_checkpoint(out_dir)
+        if ckpt is None and skipped:
+            raise ValueError(f"no intact checkpoint to resume under {out_dir / 'checkpoints'}: {'; '.join(skipped)}. "
+                             f"Remove {out_dir / 'checkpoints'} to start the run over")
+        if ckpt is None:
+            raise FileNotFoundError(f"nothing to resume: no checkpoint under {out_dir / 'checkpoints'}")
+        check_same_run(json.loads((ckpt / "meta.json").read_text()), cfg, ckpt)
+        if skipped:
+            warnings.warn(f"skipped checkpoints that fail verification: {'; '.join(skipped)}; resuming from {ckpt}",
+                          stacklevel=2)
+        state, meta = load_checkpoint(ckpt, init_state(cfg, optimizer))
         store.restore(meta["store"])
         scale, history = meta["scale"], meta["history"]
+        # the metric window and the clock continue, so the report equals an uninterrupted run's
+        acc, elapsed = meta.get("window", {}), meta.get("elapsed_s", 0.0)
     else:
         scale = estimate_norm_scale(store) if cfg.normalize != "none" else 1.0
-        if out_dir and latest_checkpoint(out_dir):
-            raise FileExistsError(f"{out_dir} already holds checkpoints; pass resume=True (--resume) or another out_dir")
         saved = store.state()
         x0, _ = store.next_batch()
         store.restore(saved)
         state = init_state(cfg, optimizer, mean=np.asarray(x0, np.float32).mean(0) * scale)
-        history = []
+        history, acc, elapsed = [], {}, 0.0
     batch_sharding = None
     if shard is not None:
         batch_sharding, spec = shard
@@ -329,10 +513,19 @@ def train(cfg: TrainConfig, *, model=None, store=None, resume: bool = False, pro
         return jnp.asarray(a) if batch_sharding is None else jax.device_put(a, batch_sharding)
 
     start = int(state.step)
-    acc: dict[str, list] = {}
     bar = tqdm(total=cfg.steps, initial=start, desc=f"train {cfg.dictionary.arch} {cfg.dictionary.width}",
                disable=not progress, unit="step")
-    t0 = time.perf_counter()
+    t0 = time.perf_counter() - elapsed
+    identity = run_identity(cfg) if out_dir else None
+
+    def checkpoint():
+        meta = {"step": int(state.step), "store": store.state(), "scale": scale, "history": history, "window": acc,
+                "elapsed_s": time.perf_counter() - t0, "config": json.loads(json.dumps(cfg.to_dict())),
+                "identity": identity}
+        save_checkpoint(out_dir / "checkpoints" / f"step-{int(state.step):08d}", state, meta)
+        for old in _checkpoint_dirs(out_dir)[: -cfg.keep_checkpoints]:
+            shutil.rmtree(old, ignore_errors=True)
+
     same_io = not cfg.dictionary.is_transcoder
     for i in range(start, cfg.steps):
         x, y = store.next_batch()
@@ -363,20 +556,12 @@ def train(cfg: TrainConfig, *, model=None, store=None, resume: bool = False, pro
         if callback is not None:
             callback(step, metrics, state.dictionary)
         if out_dir and cfg.checkpoint_every and step % cfg.checkpoint_every == 0 and step < cfg.steps:
-            _checkpoint(out_dir, state, store, cfg, scale, history)
+            checkpoint()
     bar.close()
     final = fold_scale(state.dictionary, scale)
     if out_dir:
-        _checkpoint(out_dir, state, store, cfg, scale, history)
+        checkpoint()
         save_dictionary(final, out_dir / "final", metadata={"train_config": cfg.to_dict(), "history": history[-1:]})
-        (out_dir / "history.json").write_text(json.dumps(history, indent=2))
+        with atomic_file(out_dir / "history.json", "w") as fh:
+            json.dump(history, fh, indent=2)
     return TrainResult(final, history, out_dir, scale)
-
-
-def _checkpoint(out_dir: Path, state, store, cfg, scale, history):
-    meta = {"step": int(state.step), "store": store.state(), "scale": scale, "history": history,
-            "config": json.loads(json.dumps(cfg.to_dict()))}
-    save_checkpoint(out_dir / "checkpoints" / f"step-{int(state.step):08d}", state, meta)
-    ckpts = sorted((out_dir / "checkpoints").glob("step-*"))
-    for old in ckpts[: -cfg.keep_checkpoints]:
-        shutil.rmtree(old, ignore_errors=True)
