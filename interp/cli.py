@@ -90,7 +90,8 @@ def add_train_sae_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--normalize", default="none", choices=["none", "expected_average_only_in"])
     p.add_argument("--corpus", default=None, help="text file, folder, JSONL or Parquet; default: built-in text")
     p.add_argument("--activation-cache", default=None, help="read cached activations from this folder")
-    p.add_argument("--checkpoint-every", type=NONNEGATIVE, default=100, help="steps between checkpoints (0: only at the end)")
+    p.add_argument("--checkpoint-every", type=NONNEGATIVE, default=100,
+                   help="steps between checkpoints (0: only at the end)")
     p.add_argument("--seed", type=SEED, default=0)
     p.add_argument("--data-parallel", type=POSITIVE, default=1)
     p.add_argument("--latent-parallel", type=POSITIVE, default=1)
@@ -176,7 +177,8 @@ def main(argv=None) -> int:
     tt.add_argument("--model", default="smollm2-135m", help="packaged name, checkpoint folder or .gguf file")
     tt.add_argument("--width", type=POSITIVE, default=2048)
     tt.add_argument("--k", type=POSITIVE, default=16)
-    tt.add_argument("--tokens", type=POSITIVE, default=200_000, help="training tokens (per layer; one model pass serves all)")
+    tt.add_argument("--tokens", type=POSITIVE, default=200_000,
+                    help="training tokens (per layer; one model pass serves all)")
     tt.add_argument("--context-size", type=POSITIVE, default=64)
     tt.add_argument("--model-batch", type=POSITIVE, default=16, help="contexts per step")
     tt.add_argument("--lr", type=RATE, default=2e-3)

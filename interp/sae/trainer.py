@@ -67,7 +67,8 @@ class TrainConfig:
 
     def __post_init__(self):
         if not isinstance(self.dictionary, DictConfig):
-            raise TypeError(f"dictionary must be a DictConfig (e.g. TopKConfig(...)), got {type(self.dictionary).__name__}")
+            raise TypeError(f"dictionary must be a DictConfig such as TopKConfig(...), "
+                            f"got {type(self.dictionary).__name__}")
         for name in ("batch_size", "context_size", "model_batch", "buffer_tokens", "dead_after_tokens",
                      "keep_checkpoints", "data_parallel", "latent_parallel"):
             check_range(name, getattr(self, name), 1, integer=True)
@@ -471,7 +472,8 @@ def train(cfg: TrainConfig, *, model=None, store=None, resume: bool = False, pro
     if out_dir:
         prepare_out_dir(out_dir)
         if not resume and _checkpoint_dirs(out_dir):
-            raise FileExistsError(f"{out_dir} already holds checkpoints; pass resume=True (--resume) or another out_dir")
+            raise FileExistsError(f"{out_dir} already holds checkpoints; pass resume=True (--resume) "
+                                  "or another out_dir")
     store = store or make_store(cfg, model)
     check_dimensions(cfg, store)
     optimizer = make_optimizer(cfg)

@@ -76,8 +76,9 @@ def write_activation_cache(folder, x, context_size=16):
     chunk = 1024
     n = len(x) // chunk
     for i in range(n):
-        (folder / f"shard-{i:05d}").mkdir(parents=True)
-        save_file({"a0": np.ascontiguousarray(x[i * chunk:(i + 1) * chunk])}, str(folder / f"shard-{i:05d}" / "acts.safetensors"))
+        shard = folder / f"shard-{i:05d}"
+        shard.mkdir(parents=True)
+        save_file({"a0": np.ascontiguousarray(x[i * chunk:(i + 1) * chunk])}, str(shard / "acts.safetensors"))
     (folder / "manifest.json").write_text(json.dumps({
         "hooks": ["blocks.0.hook_resid_post"], "context_size": context_size, "skipped_positions": 0,
         "chunk_size": chunk, "n_chunks": n, "d": [x.shape[1]]}))
