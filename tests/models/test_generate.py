@@ -11,6 +11,7 @@ import torch
 import interp
 from interp import edits
 from tests.conftest import random_tokens
+from tests.numerics import assert_close, model_bound
 
 PAD = 0
 
@@ -32,7 +33,8 @@ def check_against_full(model, out, edit_list=()):
                       if edit_list else model(out.tokens, attention_mask=out.attention_mask))
     for i in range(out.new_tokens.shape[1]):
         live = out.attention_mask[:, P + i - 1] == 1 if i else np.ones(len(full), bool)
-        np.testing.assert_allclose(out.logits[live, i], full[live, P - 1 + i], rtol=1e-4, atol=1e-4)
+        assert_close(out.logits[live, i], full[live, P - 1 + i], model_bound(full, n_layers=model.n_layers),
+                     f"step {i}")
 
 
 @pytest.mark.parametrize("variant", ["gqa", "mistral_window"])
