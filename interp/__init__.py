@@ -8,8 +8,7 @@
 
 from interp import hooks, models, weights
 from interp.hooks import Cache, Edit, Hooks, act_name, compile_count, edits
-from interp.models import LlamaConfig, Model
-from interp.models._model import check_tokens
+from interp.models import LlamaConfig, Model, check_tokens
 from interp.tokenize import Tokenizer
 from interp.weights import load, load_gguf, load_hf_dir
 

@@ -2,7 +2,7 @@
 
 from interp.models import gemma, gpt2, llama, neox, transforms
 from interp.models._blocks import Attention, Embed, GatedMLP, PreNormBlock, RMSNorm, Rope
-from interp.models._model import Model
+from interp.models._model import Model, check_tokens
 from interp.models.llama import LlamaConfig
 
 # config.json "architectures" entry -> family module
@@ -12,5 +12,5 @@ GGUF_FAMILIES = {arch: family for family in (llama, gemma) for arch in family.GG
 
 __all__ = [
     "Attention", "Embed", "GatedMLP", "GGUF_FAMILIES", "HF_FAMILIES", "LlamaConfig", "Model",
-    "PreNormBlock", "RMSNorm", "Rope", "gemma", "gpt2", "llama", "neox", "transforms",
+    "PreNormBlock", "RMSNorm", "Rope", "check_tokens", "gemma", "gpt2", "llama", "neox", "transforms",
 ]

@@ -16,7 +16,6 @@ text.
 from __future__ import annotations
 
 import datetime as _dt
-import hashlib
 import html as _html
 import json
 import platform
@@ -25,11 +24,11 @@ from collections.abc import Iterable, Mapping
 from importlib import metadata
 from pathlib import Path
 
-import numpy as np
 
 from interp.viz._figures import escape
 from interp.viz.features import FeatureCard
 from interp.viz.views import HTML, Linked, feature_view, patching_view
+from interp.weights.fingerprint import weights_hash
 
 __all__ = ["HTML", "Linked", "Report", "provenance", "weights_hash"]
 
@@ -54,20 +53,6 @@ white-space: pre-wrap; margin: .15em 0; }
 def _json_for_script(obj) -> str:
     """JSON safe inside a <script> element: no '<', '>' or '&' survives as such."""
     return json.dumps(obj).replace("<", "\\u003c").replace(">", "\\u003e").replace("&", "\\u0026")
-
-
-def weights_hash(tree) -> str:
-    """sha256 over every array of a pytree (model or dictionary): path, dtype, shape and bytes."""
-    import equinox as eqx
-    import jax
-
-    h = hashlib.sha256()
-    leaves = jax.tree_util.tree_leaves_with_path(eqx.filter(tree, eqx.is_array))
-    for path, leaf in leaves:
-        a = np.asarray(leaf)
-        h.update(f"{jax.tree_util.keystr(path)}|{a.dtype}|{a.shape}".encode())
-        h.update(np.ascontiguousarray(a).tobytes())
-    return h.hexdigest()
 
 
 def _git_revision() -> str | None:

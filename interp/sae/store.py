@@ -20,19 +20,19 @@ from pathlib import Path
 
 import numpy as np
 
+from interp.sae._base import check_range
 from interp.weights._atomic import atomic_dir, atomic_file
+from interp.weights.fingerprint import weights_hash
 
 
 def _positive(**values) -> None:
     for name, v in values.items():
-        if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v <= 0:
-            raise ValueError(f"{name} must be a positive integer, got {v!r}")
+        check_range(name, v, 1, integer=True)
 
 
 def _skip_ok(skip: int, context_size: int) -> None:
-    if isinstance(skip, bool) or not isinstance(skip, (int, np.integer)) or not 0 <= skip < context_size:
-        raise ValueError(f"skip_positions={skip!r} must be between 0 and {context_size - 1}: it leaves out the first "
-                         f"positions of each context of {context_size}, and at least one must remain")
+    check_range("skip_positions", skip, 0, context_size, integer=True, hi_open=True,
+                note=f": it leaves out the first positions of each context of {context_size}, and one must remain")
 
 
 # ----------------------------------------------------------------------------- text sources
@@ -291,19 +291,6 @@ class ActivationStore(_ChunkedStore):
         return self.model.hook_shapes()[self.names[0]][-1]
 
 
-def _weights_sha256(model) -> str:
-    """sha256 over every array of the model (path, dtype, shape and bytes), the digest ``interp.report`` records."""
-    import equinox as eqx
-    import jax
-
-    h = hashlib.sha256()
-    for path, leaf in jax.tree_util.tree_leaves_with_path(eqx.filter(model, eqx.is_array)):
-        a = np.asarray(leaf)
-        h.update(f"{jax.tree_util.keystr(path)}|{a.dtype}|{a.shape}".encode())
-        h.update(np.ascontiguousarray(a).tobytes())
-    return h.hexdigest()
-
-
 def _read_manifest(path: Path) -> dict:
     try:
         info = json.loads(path.read_text())
@@ -350,7 +337,7 @@ def cache_activations(store: ActivationStore, n_tokens: int, out_dir: str | Path
     identity = {"hooks": list(store.names), "context_size": store.context_size - store.skip_positions,
                 "skipped_positions": store.skip_positions, "chunk_size": store.chunk_size,
                 "d": [store.model.hook_shapes()[n][-1] for n in store.names], "dtype": "float32",
-                "model_weights_sha256": _weights_sha256(store.model),
+                "model_weights_sha256": weights_hash(store.model),
                 "corpus_sha256": hashlib.sha256(first.tobytes()).hexdigest()}
     manifest = out / "manifest.json"
     _check_same_stream(out, manifest, identity)

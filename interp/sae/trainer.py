@@ -410,19 +410,23 @@ def fold_scale(d: Dictionary, scale: float) -> Dictionary:
 def make_store(cfg: TrainConfig, model=None):
     from interp.sae.store import ActivationStore, CachedActivationStore
 
+    d = cfg.dictionary
     if cfg.activation_cache:
-        return CachedActivationStore(cfg.activation_cache, batch_size=cfg.batch_size, seed=cfg.seed,
-                                     skip_positions=cfg.skip_positions)
+        store = CachedActivationStore(cfg.activation_cache, batch_size=cfg.batch_size, seed=cfg.seed,
+                                      skip_positions=cfg.skip_positions)
+        wanted = [d.hook_name] + ([d.hook_name_out] if d.hook_name_out else [])
+        if d.hook_name and list(store.names) != wanted:  # a dictionary that names no hook takes what is cached
+            raise ValueError(f"the activation cache {cfg.activation_cache} holds {list(store.names)}, but the dictionary "
+                             f"reads {wanted}; cache those hooks, or set the dictionary's hook names to the cache's")
+        return store
     if model is None:
         from interp.weights import load
 
         model = load(cfg.model)
-    d = cfg.dictionary
-    store = ActivationStore(model, d.hook_name, cfg.corpus, hook_name_out=d.hook_name_out,
-                            context_size=cfg.context_size, model_batch=cfg.model_batch,
-                            buffer_tokens=cfg.buffer_tokens, batch_size=cfg.batch_size, seed=cfg.seed,
-                            skip_positions=cfg.skip_positions)
-    return store
+    return ActivationStore(model, d.hook_name, cfg.corpus, hook_name_out=d.hook_name_out,
+                           context_size=cfg.context_size, model_batch=cfg.model_batch,
+                           buffer_tokens=cfg.buffer_tokens, batch_size=cfg.batch_size, seed=cfg.seed,
+                           skip_positions=cfg.skip_positions, n_tokens=cfg.total_tokens)
 
 
 def check_dimensions(cfg: TrainConfig, store) -> None:

@@ -135,9 +135,11 @@ def train_transcoders(
     from tqdm.auto import tqdm
 
     L, D = model.n_layers, model.d_model
+    for name, value in (("context_size", context_size), ("model_batch", model_batch), ("total_tokens", total_tokens)):
+        check_range(name, value, 1, integer=True)
+    check_range("skip_positions", skip_positions, 0, context_size, integer=True, hi_open=True,
+                note=": at least one position of each context must remain")
     rows = model_batch * (context_size - skip_positions)
-    if rows <= 0:
-        raise ValueError(f"context_size={context_size} leaves no positions after skip_positions={skip_positions}")
     # every layer trains with the same step function: hook names are set only when the set is assembled
     proto = TopKConfig(d_in=D, width=width, k=k, hook_name="in", hook_name_out="out")
     cfg = TrainConfig(proto, total_tokens=total_tokens, batch_size=rows, lr=lr, context_size=context_size,

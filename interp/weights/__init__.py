@@ -10,6 +10,7 @@ from interp.models import GGUF_FAMILIES, HF_FAMILIES, Model
 from interp.tokenize import Tokenizer
 from interp.weights._check import check_tensors
 from interp.weights.default import DEFAULT_MODELS, cache_dir, default_gguf_path, ensure_default
+from interp.weights.fingerprint import weights_hash
 from interp.weights.gguf_file import GGUFFile, hf_tensors
 from interp.weights.hf import SafetensorsReader, read_config, safetensor_files
 
@@ -81,5 +82,5 @@ def load_gguf(path: str | Path, *, dtype=jnp.float32) -> Model:
 
 __all__ = [
     "DEFAULT_MODELS", "GGUFFile", "SafetensorsReader", "cache_dir", "default_gguf_path", "ensure_default",
-    "load", "load_gguf", "load_hf_dir",
+    "load", "load_gguf", "load_hf_dir", "weights_hash",
 ]

@@ -4,7 +4,6 @@ equal its value."""
 
 from __future__ import annotations
 
-import numpy as np
 import pytest
 
 import interp

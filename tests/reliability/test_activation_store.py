@@ -162,11 +162,11 @@ def test_skip_positions_count_from_the_start_of_each_context(model, tmp_path):
 
 
 @pytest.mark.parametrize("kw, match", [
-    (dict(context_size=0), "context_size must be a positive integer, got 0"),
-    (dict(batch_size=0), "batch_size must be a positive integer, got 0"),
-    (dict(model_batch=0), "model_batch must be a positive integer, got 0"),
-    (dict(skip_positions=-1), r"skip_positions=-1 must be between 0 and 15"),
-    (dict(skip_positions=16), r"skip_positions=16 must be between 0 and 15"),
+    (dict(context_size=0), r"context_size=0 must be a positive integer \(>= 1\)"),
+    (dict(batch_size=0), r"batch_size=0 must be a positive integer \(>= 1\)"),
+    (dict(model_batch=0), r"model_batch=0 must be a positive integer \(>= 1\)"),
+    (dict(skip_positions=-1), r"skip_positions=-1 must be an integer in \[0, 16\)"),
+    (dict(skip_positions=16), r"skip_positions=16 must be an integer in \[0, 16\)"),
     (dict(batch_size=128, skip_positions=1), r"gives 120 activations per chunk, fewer than one batch of 128"),
 ])
 def test_activation_store_numbers(model, kw, match):
@@ -176,37 +176,37 @@ def test_activation_store_numbers(model, kw, match):
 
 @pytest.mark.parametrize("n", [0, -5])
 def test_cache_activations_needs_tokens(model, tmp_path, n):
-    with pytest.raises(ValueError, match=f"n_tokens must be a positive integer, got {n}"):
+    with pytest.raises(ValueError, match=rf"n_tokens={n} must be a positive integer \(>= 1\)"):
         cache(model, tmp_path / "acts", n_tokens=n)
     assert not (tmp_path / "acts").exists()
 
 
 def test_cached_store_numbers(model, tmp_path):
     cache(model, tmp_path / "acts")
-    with pytest.raises(ValueError, match="batch_size must be a positive integer, got 0"):
+    with pytest.raises(ValueError, match=r"batch_size=0 must be a positive integer \(>= 1\)"):
         sae.CachedActivationStore(tmp_path / "acts", batch_size=0)
-    with pytest.raises(ValueError, match="skip_positions=-1 must be between 0 and 15"):
+    with pytest.raises(ValueError, match=r"skip_positions=-1 must be an integer in \[0, 16\)"):
         sae.CachedActivationStore(tmp_path / "acts", batch_size=32, skip_positions=-1)
-    with pytest.raises(ValueError, match="skip_positions=16 must be between 0 and 15"):
+    with pytest.raises(ValueError, match=r"skip_positions=16 must be an integer in \[0, 16\)"):
         sae.CachedActivationStore(tmp_path / "acts", batch_size=32, skip_positions=16)
 
 
 def test_array_store_and_norm_scale_numbers():
     x = np.ones((100, 4), np.float32)
-    with pytest.raises(ValueError, match="batch_size must be a positive integer, got 0"):
+    with pytest.raises(ValueError, match=r"batch_size=0 must be a positive integer \(>= 1\)"):
         sae.ArrayActivationStore(x, batch_size=0)
-    with pytest.raises(ValueError, match="chunk_size must be a positive integer, got 0"):
+    with pytest.raises(ValueError, match=r"chunk_size=0 must be a positive integer \(>= 1\)"):
         sae.ArrayActivationStore(x, batch_size=10, chunk_size=0)
     with pytest.raises(ValueError, match=r"x must be \[N, d\], got shape \(100,\)"):
         sae.ArrayActivationStore(x[:, 0], batch_size=10)
     with pytest.raises(ValueError, match=r"y has 99 rows but x has 100"):
         sae.ArrayActivationStore(x, x[:99], batch_size=10)
-    with pytest.raises(ValueError, match="n_batches must be a positive integer, got 0"):
+    with pytest.raises(ValueError, match=r"n_batches=0 must be a positive integer \(>= 1\)"):
         estimate_norm_scale(sae.ArrayActivationStore(x, batch_size=10), n_batches=0)
 
 
 def test_iter_contexts_needs_a_positive_context_size():
-    with pytest.raises(ValueError, match="context_size must be a positive integer, got 0"):
+    with pytest.raises(ValueError, match=r"context_size=0 must be a positive integer \(>= 1\)"):
         next(iter_contexts(CharTokenizer(), TEXTS, 0))
 
 
@@ -279,3 +279,35 @@ def test_an_exhausted_generator_is_named():
         first = [next(it) for _ in range(100)]
     np.testing.assert_array_equal(first[0], iter_contexts(CharTokenizer(), gen, 64).__next__())
     assert list(sae.iter_texts(gen)) == TEXTS[:10]
+
+
+# ----------------------------------------------------------------------------- training from a cache
+
+
+def test_training_on_a_cache_of_another_hook_is_refused(model, tmp_path):
+    folder = cache(model, tmp_path / "acts", n_tokens=512)
+    d_in = model.d_model
+    other = sae.TopKConfig(d_in=d_in, width=16, k=2, hook_name="blocks.1.hook_resid_post")
+    cfg = sae.TrainConfig(other, activation_cache=str(folder), total_tokens=64, batch_size=32, lr_warmup_steps=0)
+    with pytest.raises(ValueError, match=r"holds \['blocks\.0\.hook_resid_post'\].*reads \['blocks\.1\.hook_resid_post'\]"):
+        sae.train(cfg, progress=False)
+    same = dataclasses.replace(cfg, dictionary=dataclasses.replace(other, hook_name=HOOK))
+    assert sae.train(same, progress=False).dictionary.cfg.hook_name == HOOK
+
+
+def test_training_warns_how_often_a_small_corpus_repeats(model):
+    cfg = sae.TrainConfig(sae.TopKConfig(d_in=model.d_model, width=16, k=2, hook_name=HOOK), corpus=TEXTS[:2],
+                          total_tokens=2048, batch_size=32, context_size=16, buffer_tokens=128, model_batch=4,
+                          lr_warmup_steps=0)
+    with pytest.warns(UserWarning, match="tokens") as caught:
+        sae.train(cfg, model=model, progress=False)
+    assert len([w for w in caught if "tokens" in str(w.message)]) == 1
+    assert re.search(r"\d+ times", str(caught[0].message)), str(caught[0].message)
+
+
+@pytest.mark.parametrize("kw, match", [(dict(model_batch=0), "model_batch=0"), (dict(context_size=0), "context_size=0"),
+                                      (dict(skip_positions=8), "skip_positions=8")])
+def test_train_transcoders_numbers(model, kw, match):
+    with pytest.raises(ValueError, match=match):
+        sae.train_transcoders(model, **{"width": 16, "k": 2, "total_tokens": 64, "context_size": 8, **kw},
+                              corpus=TEXTS, progress=False)
