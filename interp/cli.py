@@ -52,7 +52,7 @@ def number(kind: type, lo, hi=None, **bounds):
     infinities included), so a bad value stops the command before it loads or trains anything."""
 
     def parse(text: str):
-        from interp.sae import out_of_range
+        from interp.checks import out_of_range
 
         try:
             value = kind(text)

@@ -14,7 +14,6 @@ Edit functions see ``[B, T, ...]`` activations with ``T`` = the prompt length on
 from __future__ import annotations
 
 import dataclasses
-import math
 from collections.abc import Sequence
 
 import equinox as eqx
@@ -22,23 +21,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from interp.checks import check_range
 from interp.hooks import HookRunner, Hooks
-
-
-def _integer(name: str, value, at_least: int | None = None) -> int:
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
-        raise TypeError(f"{name} must be an int, got {value!r} ({type(value).__name__})")
-    if at_least is not None and value < at_least:
-        raise ValueError(f"{name} must be >= {at_least}, got {value}")
-    return int(value)
-
-
-def _real(name: str, value) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)):
-        raise TypeError(f"{name} must be a number, got {value!r} ({type(value).__name__})")
-    if not math.isfinite(value):
-        raise ValueError(f"{name} must be finite, got {value}")
-    return float(value)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -120,18 +104,14 @@ def generate(model, prompts, max_new_tokens: int = 32, *, temperature: float = 0
     sampling, 1..vocab (None or 0: all); ``top_p``: in (0, 1]; ``seed``: an int. The prompt and the new tokens
     together must fit the model's context (``model.n_ctx``).
     """
-    max_new_tokens = _integer("max_new_tokens", max_new_tokens, 0)
-    temperature = _real("temperature", temperature)
-    if temperature < 0:
-        raise ValueError(f"temperature must be >= 0 (0 is greedy), got {temperature}")
-    top_p = _real("top_p", top_p)
-    if not 0.0 < top_p <= 1.0:
-        raise ValueError(f"top_p must lie in (0, 1] (1 keeps every token), got {top_p}")
+    check_range("max_new_tokens", max_new_tokens, 0, integer=True)
+    check_range("temperature", temperature, 0, note=" (0 is greedy)")
+    check_range("top_p", top_p, 0, 1, lo_open=True, note=" (1 keeps every token)")
     if top_k is not None:
-        top_k = _integer("top_k", top_k, 0) or None
-        if top_k is not None and top_k > model.d_vocab:
-            raise ValueError(f"top_k must lie in 0..{model.d_vocab} (the vocabulary; 0 keeps every token), got {top_k}")
-    seed = _integer("seed", seed)
+        check_range("top_k", top_k, 0, model.d_vocab, integer=True, note=" (the vocabulary; 0 keeps every token)")
+    check_range("seed", seed, integer=True)
+    max_new_tokens, temperature, top_p, seed = int(max_new_tokens), float(temperature), float(top_p), int(seed)
+    top_k = (int(top_k) or None) if top_k is not None else None
     if isinstance(prompts, str):
         prompts = [prompts]
     if isinstance(prompts, (list, tuple)) and prompts and isinstance(prompts[0], str):

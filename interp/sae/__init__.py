@@ -6,8 +6,7 @@
     >>> d = sae.load(result.out_dir / "final")     # SAELens layout
 """
 
-from interp.sae._base import (REGISTRY, DictConfig, Dictionary, LossContext, architecture, check_range, create,
-                              out_of_range)
+from interp.sae._base import REGISTRY, DictConfig, Dictionary, LossContext, architecture, create
 from interp.sae.batchtopk import BatchTopKConfig, BatchTopKSAE
 from interp.sae.files import load, save
 from interp.sae.jumprelu import JumpReLUConfig, JumpReLUSAE
@@ -23,6 +22,6 @@ __all__ = [
     "REGISTRY", "ActivationStore", "ArrayActivationStore", "BatchTopKConfig", "BatchTopKSAE", "CachedActivationStore", "DictConfig",
     "Dictionary", "DictionaryMetrics", "JumpReLUConfig", "JumpReLUSAE", "LossContext", "MatryoshkaConfig",
     "MatryoshkaSAE", "StandardConfig", "StandardSAE", "TopKConfig", "TopKSAE", "TrainConfig", "TrainResult",
-    "TrainingDiverged", "Transcoders", "architecture", "cache_activations", "check_range", "create", "evaluate", "iter_contexts",
-    "iter_texts", "load", "out_of_range", "reconstruction_metrics", "save", "train", "train_transcoders",
+    "TrainingDiverged", "Transcoders", "architecture", "cache_activations", "create", "evaluate", "iter_contexts",
+    "iter_texts", "load", "reconstruction_metrics", "save", "train", "train_transcoders",
 ]

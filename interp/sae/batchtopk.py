@@ -15,8 +15,9 @@ import jax
 import jax.numpy as jnp
 from jaxtyping import Array, Float
 
+from interp.checks import check_range
 from interp.kernels import sparse_decode
-from interp.sae._base import Dictionary, LossContext, check_range, init_affine, register, total_variance
+from interp.sae._base import Dictionary, LossContext, init_affine, register, total_variance
 from interp.sae.topk import TopKConfig, auxk_loss, fired_from_sparse
 
 

@@ -11,8 +11,8 @@ import jax
 import jax.numpy as jnp
 from jaxtyping import Array, Float
 
-from interp.sae._base import (DictConfig, Dictionary, LossContext, check_range, init_affine, mse, register,
-                              total_variance)
+from interp.checks import check_range
+from interp.sae._base import DictConfig, Dictionary, LossContext, init_affine, mse, register, total_variance
 
 
 @dataclasses.dataclass(frozen=True)

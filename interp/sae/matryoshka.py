@@ -8,7 +8,8 @@ from typing import ClassVar
 
 import jax.numpy as jnp
 
-from interp.sae._base import LossContext, check_range, register, total_variance
+from interp.checks import check_range
+from interp.sae._base import LossContext, register, total_variance
 from interp.sae.batchtopk import BatchTopKConfig, BatchTopKSAE, batch_select
 from interp.sae.topk import fired_from_sparse, scatter_dense
 

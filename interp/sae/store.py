@@ -20,7 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
-from interp.sae._base import check_range
+from interp.checks import check_range
 from interp.weights._atomic import atomic_dir, atomic_file
 from interp.weights.fingerprint import weights_hash
 

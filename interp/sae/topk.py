@@ -14,8 +14,9 @@ from typing import ClassVar
 import jax
 import jax.numpy as jnp
 
+from interp.checks import check_range
 from interp.kernels import sparse_decode
-from interp.sae._base import DictConfig, Dictionary, LossContext, check_range, init_affine, register, total_variance
+from interp.sae._base import DictConfig, Dictionary, LossContext, init_affine, register, total_variance
 
 
 @dataclasses.dataclass(frozen=True)

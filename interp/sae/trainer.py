@@ -31,8 +31,10 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from interp.sae._base import DictConfig, Dictionary, LossContext, check_range, create
+from interp.checks import check_range
+from interp.sae._base import DictConfig, Dictionary, LossContext, create
 from interp.weights._atomic import atomic_dir, atomic_file
+from interp.weights.fingerprint import file_sha256
 
 
 @dataclasses.dataclass(frozen=True)
@@ -219,14 +221,6 @@ _STEP_DIR = re.compile(r"step-\d+")
 _LEFTOVER = re.compile(r"\..+\.(partial|old)-[A-Za-z0-9_]+")
 
 
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
 def _meta_sha256(meta: dict) -> str:
     """Checksum of the metadata's own fields (all but ``sha256``), over their canonical JSON."""
     body = {k: v for k, v in meta.items() if k != "sha256"}
@@ -240,7 +234,7 @@ def save_checkpoint(folder: Path, state: TrainState, meta: dict) -> Path:
 
     with atomic_dir(folder) as tmp:
         save_file({k: np.ascontiguousarray(v) for k, v in _flat(state).items()}, str(tmp / STATE))
-        meta = {**meta, "sha256": {STATE: _sha256(tmp / STATE)}}
+        meta = {**meta, "sha256": {STATE: file_sha256(tmp / STATE)}}
         meta["sha256"]["meta"] = _meta_sha256(meta)
         (tmp / "meta.json").write_text(json.dumps(meta, indent=2))
     return folder
@@ -283,7 +277,7 @@ def checkpoint_problem(folder: Path) -> str | None:
         except Exception as e:  # safetensors raises its own error types for damaged files
             return f"{STATE} cannot be read ({e})"
         return None
-    if sums.get(STATE) != _sha256(folder / STATE):
+    if sums.get(STATE) != file_sha256(folder / STATE):
         return f"{STATE} does not match its sha256 checksum (truncated or corrupted)"
     return None
 

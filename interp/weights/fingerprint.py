@@ -18,3 +18,12 @@ def weights_hash(tree) -> str:
         h.update(f"{jax.tree_util.keystr(path)}|{a.dtype}|{a.shape}".encode())
         h.update(np.ascontiguousarray(a).tobytes())
     return h.hexdigest()
+
+
+def file_sha256(path) -> str:
+    """sha256 of a file's bytes, read in blocks."""
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 22), b""):
+            h.update(block)
+    return h.hexdigest()
