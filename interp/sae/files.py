@@ -16,6 +16,7 @@ import numpy as np
 
 from interp.sae._base import DictConfig, Dictionary, architecture
 from interp.weights._atomic import atomic_dir
+from interp.weights.hf import read_json
 
 _SAELENS_ARCH = {"standard": "standard", "topk": "topk", "jumprelu": "jumprelu", "batchtopk": "jumprelu",
                  "matryoshka": "jumprelu"}
@@ -74,7 +75,7 @@ def load(folder: str | Path, dtype=jnp.float32) -> Dictionary:
     cfg_path, w_path = folder / "cfg.json", folder / "sae_weights.safetensors"
     if not cfg_path.exists() or not w_path.exists():
         raise FileNotFoundError(f"{folder} is not a dictionary folder: it needs cfg.json and sae_weights.safetensors")
-    raw = _read_cfg(cfg_path)
+    raw = read_json(cfg_path, "a SAELens config", "write the dictionary again or fix the file")
     w = _read_weights(w_path)
     meta = raw.get("metadata") or {}
     if not isinstance(meta, dict):
@@ -98,16 +99,6 @@ def load(folder: str | Path, dtype=jnp.float32) -> Dictionary:
     elif cfg.arch in ("batchtopk", "matryoshka"):
         fields["threshold"] = arr(w["threshold"][0])
     return cls(**fields)
-
-
-def _read_cfg(path: Path) -> dict:
-    try:
-        raw = json.loads(path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise ValueError(f"{path} is not valid JSON ({e}); write the dictionary again or fix the file") from None
-    if not isinstance(raw, dict):
-        raise ValueError(f"{path} must hold a JSON object (SAELens's config), not {type(raw).__name__}")
-    return raw
 
 
 def _read_weights(path: Path) -> dict:

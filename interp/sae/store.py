@@ -23,6 +23,7 @@ import numpy as np
 from interp.checks import check_range
 from interp.weights._atomic import atomic_dir, atomic_file
 from interp.weights.fingerprint import weights_hash
+from interp.weights.hf import read_json
 
 
 def _positive(**values) -> None:
@@ -291,14 +292,7 @@ class ActivationStore(_ChunkedStore):
         return self.model.hook_shapes()[self.names[0]][-1]
 
 
-def _read_manifest(path: Path) -> dict:
-    try:
-        info = json.loads(path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise ValueError(f"{path} is not valid JSON ({e}); delete the cache folder and cache the activations again") from None
-    if not isinstance(info, dict):
-        raise ValueError(f"{path} must hold a JSON object; delete the cache folder and cache the activations again")
-    return info
+_MANIFEST = ("an activation cache manifest", "delete the cache folder and cache the activations again")
 
 
 def _show(v):
@@ -309,7 +303,7 @@ def _check_same_stream(out: Path, manifest: Path, identity: dict) -> None:
     """A folder holds one stream: resuming into it with another hook, model, corpus or layout would mix shards."""
     fix = "cache into another folder, or delete this one to start over"
     if manifest.exists():
-        old = _read_manifest(manifest)
+        old = read_json(manifest, *_MANIFEST)
         differ = [k for k in identity if old.get(k) != identity[k]]
         if differ:
             listing = "; ".join(f"{k}: {_show(old[k]) if k in old else '(not recorded)'} there, {_show(identity[k])} now"
@@ -379,7 +373,7 @@ class CachedActivationStore(_ChunkedStore):
         manifest = self.folder / "manifest.json"
         if not manifest.exists():
             raise FileNotFoundError(f"{self.folder} is not a complete activation cache (no manifest.json)")
-        self.info = info = _read_manifest(manifest)
+        self.info = info = read_json(manifest, *_MANIFEST)
         for key, kind in self._REQUIRED:
             if not isinstance(info.get(key), kind):
                 raise ValueError(f"{manifest} lacks '{key}' (or it is not a {kind.__name__}); it was not written by "

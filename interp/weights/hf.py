@@ -99,15 +99,14 @@ def safetensor_files(folder: Path) -> list[Path]:
     return files
 
 
-def read_json(path: Path, what: str = "a JSON file") -> dict:
-    """A JSON object from ``path``; damage is a ValueError that names the file."""
+def read_json(path: Path, what: str = "a JSON file", fix: str = "fix it, or copy it again") -> dict:
+    """A JSON object from ``path`` (``what`` it should be); damage is a ValueError that names the file and ``fix``."""
     try:
         value = json.loads(path.read_bytes())
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise ValueError(f"{path} is not valid JSON ({e}); it should be {what}: fix it, or copy it again") from None
+        raise ValueError(f"{path} is not valid JSON ({e}); it should be {what}: {fix}") from None
     if not isinstance(value, dict):
-        raise ValueError(f"{path} must hold a JSON object, got {type(value).__name__}; it should be {what}: fix it, "
-                         "or copy it again")
+        raise ValueError(f"{path} must hold a JSON object, got {type(value).__name__}; it should be {what}: {fix}")
     return value
 
 
