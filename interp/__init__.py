@@ -6,15 +6,35 @@
     >>> cache["resid_post", 5].shape
 """
 
+from interp._compilation_cache import compilation_cache_dir, enable_compilation_cache
+
+enable_compilation_cache()
+
 from interp import hooks, models, weights
-from interp.hooks import Cache, Edit, Hooks, act_name, compile_count, edits
-from interp.models import LlamaConfig, Model, check_tokens
+from interp.hooks import (
+    Cache,
+    Edit,
+    Hooks,
+    act_name,
+    any_length,
+    compile_count,
+    compile_stats,
+    edits,
+)
+from interp.models import (
+    LlamaConfig,
+    Model,
+    check_tokens,
+    length_buckets,
+    set_length_buckets,
+)
 from interp.tokenize import Tokenizer
 from interp.weights import load, load_gguf, load_hf_dir
 
 __version__ = "0.1.0"
 
 __all__ = [
-    "Cache", "Edit", "Hooks", "LlamaConfig", "Model", "Tokenizer", "act_name", "check_tokens", "compile_count", "edits",
-    "hooks", "load", "load_gguf", "load_hf_dir", "models", "weights",
+    "Cache", "Edit", "Hooks", "LlamaConfig", "Model", "Tokenizer", "act_name", "any_length", "check_tokens",
+    "compilation_cache_dir", "compile_count", "compile_stats", "edits", "enable_compilation_cache", "hooks",
+    "length_buckets", "load", "load_gguf", "load_hf_dir", "models", "set_length_buckets", "weights",
 ]

@@ -22,11 +22,14 @@ import equinox as eqx
 import jax
 import jax.numpy as jnp
 import numpy as np
+from tqdm.auto import tqdm
 
 from interp.circuits.metrics import PositionMetric
-from interp.hooks import Cache, act_name
-from interp.hooks._spec import NOOP, _note_compile
+from interp.hooks import Cache, Hooks, act_name
+from interp.hooks._spec import NOOP
+from interp.models import pad_positions, to_device
 from interp.models._model import attention_inputs
+from interp.results import Result, Summary, top_entries
 
 # hook short name -> layout of the activation (batch first)
 LAYOUTS = {
@@ -40,7 +43,7 @@ _PER = {"BTD": ("pos", "layer"), "BTHE": ("head", "head_pos", "pos", "layer"), "
 
 
 @dataclasses.dataclass(frozen=True)
-class PatchResult:
+class PatchResult(Result):
     """A patching (or attribution) sweep: ``values`` with one axis per entry of ``axes``.
 
     ``labels[i]`` names the entries along ``axes[i]``. ``base`` is the metric of the unpatched base run,
@@ -63,6 +66,12 @@ class PatchResult:
     def effect(self) -> np.ndarray:
         """Change of the metric caused by each patch (``values - base``)."""
         return self.values - self.base
+
+    def _summary(self) -> Summary:
+        kind = "attribution patching" if self.method == "attribution" else "activation patching"
+        return Summary(f"{kind} of {self.hook}", dict(zip(self.axes, self.values.shape)),
+                       {"base": self.base, "source": self.source},
+                       top_entries(self.effect, self.labels, self.axes, k=10), "largest effects (patched - base)")
 
     def top(self, k: int = 5) -> list[tuple[tuple[str, ...], float]]:
         """The ``k`` entries with the largest absolute effect, as (labels, effect)."""
@@ -180,22 +189,41 @@ def _tokens(model, x, attention_mask):
     return tokens, mask
 
 
+@eqx.filter_jit
+def _apply_metric(metric, logits):
+    return metric(logits)
+
+
 def _metric_value(metric, logits) -> float:
-    v = np.asarray(jax.jit(lambda m, l: m(l))(metric, logits) if isinstance(metric, eqx.Module) else metric(logits))
+    v = np.asarray(_apply_metric(metric, logits) if isinstance(metric, eqx.Module) else metric(logits))
     if v.shape != ():
         raise ValueError(f"the metric must return a scalar; it returned shape {v.shape} (average over the batch)")
     return float(v)
 
 
-def _source_acts(model, source, names, attention_mask, metric):
+def _source_acts(model, source, names, attention_mask, metric, padded: int):
+    """The source run's activations at ``names``, at the sweep's (padded) length, and its metric."""
     if isinstance(source, Cache):
         missing = [n for n in names if n not in source]
         if missing:
             raise ValueError(f"the source cache lacks {missing[:3]}...; capture them with run_with_cache first")
-        return source, float("nan")
+        axes = model.position_axes()
+        return Cache({n: pad_positions(source[n], axes[n], padded) for n in names}), float("nan")
     tokens, mask = _tokens(model, source, attention_mask)
-    logits, cache = model.run_with_cache(tokens, list(names), attention_mask=mask)
+    logits, cache = model.run(tokens, Hooks(capture=list(names)), attention_mask=mask, keep_padding=padded > 0)
     return cache, _metric_value(metric, logits)
+
+
+def _sweep_length(model, metric, T: int) -> tuple[int, Callable]:
+    """The length a sweep runs at, and the metric to use there.
+
+    Sweeps run at the prompt's length bucket (a prompt of a new length reuses the compiled sweep) when the
+    metric is a :class:`PositionMetric`: its positions are made absolute so that they read the same tokens
+    after padding. Any other metric sees the logits of the whole sequence and runs at the exact length."""
+    padded = model.bucket_length(T)
+    if padded == T or not isinstance(metric, PositionMetric):
+        return 0, metric
+    return padded, eqx.tree_at(lambda m: m.pos, metric, to_device(np.asarray(metric.pos) % T, np.int32))
 
 
 def _label_tokens(model, clean, base_tokens, mask):
@@ -241,7 +269,6 @@ def run_blocks(model, x, start, positions, mask, hook_fn=None):
 
 @eqx.filter_jit
 def _sweep(model, layers, base_resid, source_act, masks, positions, mask, metric, suffix, batch_size):
-    _note_compile()
 
     def per_layer(args):
         l, resid, src = args
@@ -273,6 +300,7 @@ def patch(
     direction: str = "denoise",
     attention_mask=None,
     batch_size: int | None = None,
+    progress: bool = True,
 ) -> PatchResult:
     """Activation patching of ``hook`` at every layer (or ``layers``), one target at a time.
 
@@ -281,39 +309,64 @@ def patch(
     (see ``interp.circuits.metrics``). ``per``: ``"pos"`` (layer x position) for residual-stream-shaped
     hooks; ``"head"`` (layer x head, all positions), ``"head_pos"`` (layer x position x head), ``"pos"`` or
     ``"layer"`` for ``z``/``q``/``k``/``v`` (kv heads for ``k``, ``v``) and ``pattern``. ``batch_size``
-    bounds how many patched runs execute at once (default: as many as fit in 8192 tokens).
+    bounds how many patched runs execute at once (default: as many as fit in 8192 tokens). A sweep that takes
+    more than two seconds shows a progress bar by layer with an estimate of the time left (``progress=False``:
+    none). With a position metric (``interp.circuits.metrics``) the sweep runs at the prompt's length bucket, so
+    a prompt of a new length reuses its compiled program.
     """
     target = _target(hook, per)
     base, source = _runs(model, clean, corrupted, direction, attention_mask)
     layers = _layers(model, layers)
     base_tokens, mask = _tokens(model, base, attention_mask)
+    T = base_tokens.shape[1]
+    padded, metric = _sweep_length(model, metric, T)
     names = [target.name(l) for l in layers]
     resid_names = [act_name("resid_pre", l) for l in layers]
-    base_logits, base_cache = model.run_with_cache(base_tokens, resid_names, attention_mask=mask)
-    src_cache, src_metric = _source_acts(model, source, names, mask, metric)
+    base_logits, base_cache = model.run(base_tokens, Hooks(capture=resid_names), attention_mask=mask,
+                                        keep_padding=padded > 0)
+    src_cache, src_metric = _source_acts(model, source, names, mask, metric, padded)
     shape = tuple(src_cache[names[0]].shape)
-    if shape[0] != base_tokens.shape[0] or (target.layout != "BHTS" and shape[1] != base_tokens.shape[1]):
+    if shape[0] != base_tokens.shape[0] or (target.layout != "BHTS" and shape[1] != max(padded, T)):
         raise ValueError(f"clean and corrupted runs differ in shape: {shape[:2]} vs {tuple(base_tokens.shape)}; "
                          "patching needs prompts of equal length (pad them with an attention_mask)")
     # both stacked over the swept layers only, in the order of ``layers``
     source_act = jnp.stack([src_cache[n] for n in names])
     base_resid = jnp.stack([base_cache[n] for n in resid_names])
-    positions, amask = attention_inputs(base_tokens.shape, mask)
-    masks = target.masks(shape)
+    if padded:
+        mask = pad_positions(mask if mask is not None else np.ones((shape[0], T), np.int32), (1,), padded)
+    positions, amask = attention_inputs((shape[0], max(padded, T)), mask)
+    masks = jnp.asarray(target.masks(shape))
     if batch_size is None:
-        batch_size = max(1, _TOKENS_PER_BATCH // base_tokens.size)
-    values = _sweep(model, jnp.asarray(layers, jnp.int32), base_resid, source_act, jnp.asarray(masks),
-                    positions, amask, metric, target.suffix(), batch_size)
-    values = np.asarray(values, np.float64).reshape((len(layers),) + target.out_shape(shape))
-    labels = _labels(model, _label_tokens(model, clean, base_tokens, mask), target, shape, layers)
+        batch_size = max(1, _TOKENS_PER_BATCH // (shape[0] * max(padded, T)))
+    # one compiled call per layer (the layer is traced), so that a long sweep can show its progress
+    bar = tqdm(total=len(layers), desc=f"patching {target.short}", unit="layer", delay=2.0, disable=not progress,
+               leave=False)
+    values = []
+    layer_ids = to_device(np.asarray(layers), np.int32)
+    with bar:
+        for i in range(len(layers)):
+            values.append(np.asarray(_sweep(model, layer_ids[i:i + 1], base_resid[i:i + 1], source_act[i:i + 1], masks,
+                                            positions, amask, metric, target.suffix(), batch_size), np.float64))
+            bar.update(1)
+    values = np.concatenate(values).reshape((len(layers),) + target.out_shape(shape))
+    if padded and target.per in ("pos", "head_pos"):
+        values = values[:, :T]
+    real_shape = _real_shape(shape, target, T)
+    labels = _labels(model, _label_tokens(model, clean, base_tokens, attention_mask), target, real_shape, layers)
     return PatchResult(values, target.axes(), labels, target.short, _metric_value(metric, base_logits), src_metric)
+
+
+def _real_shape(shape: tuple[int, ...], target: _Target, T: int) -> tuple[int, ...]:
+    """The activation shape at the prompt's own length (the sweep may run padded)."""
+    if target.layout == "BHTS":
+        return shape[:2] + (T, T)
+    return (shape[0], T) + shape[2:]
 
 
 # ---------------------------------------------------------------------------------------------- attribution
 @eqx.filter_jit
 def _grads(model, tokens, attention_mask, zeros: dict, metric):
     """Metric, activations and ``dmetric/dactivation`` at the hooks named in ``zeros`` (one forward + backward)."""
-    _note_compile()
 
     def f(deltas):
         acts = {}
@@ -351,19 +404,27 @@ def attribute(
     base, source = _runs(model, clean, corrupted, direction, attention_mask)
     layers = _layers(model, layers)
     base_tokens, mask = _tokens(model, base, attention_mask)
+    B, T = base_tokens.shape
+    padded, metric = _sweep_length(model, metric, T)
     names = sorted({t.name(l) for t in targets for l in layers})
-    shapes = model.hook_shapes(*base_tokens.shape)
-    zeros = {n: jnp.zeros(shapes[n], jnp.float32) for n in names}
-    value, acts, grads = _grads(model, base_tokens, mask, zeros, metric)
-    src_cache, src_metric = _source_acts(model, source, names, mask, metric)
+    run_tokens, run_mask = base_tokens, mask
+    if padded:  # the pass runs at the prompt's length bucket; padded positions get no gradient from the metric
+        run_mask = pad_positions(mask if mask is not None else np.ones((B, T), np.int32), (1,), padded)
+        run_tokens = pad_positions(base_tokens, (1,), padded)
+    shapes = model.hook_shapes(B, max(padded, T))
+    zeros = {n: to_device(np.zeros(shapes[n], np.float32)) for n in names}
+    value, acts, grads = _grads(model, run_tokens, run_mask, zeros, metric)
+    src_cache, src_metric = _source_acts(model, source, names, mask, metric, padded)
     out = {}
-    label_tokens = _label_tokens(model, clean, base_tokens, mask)
+    label_tokens = _label_tokens(model, clean, base_tokens, attention_mask)
     for t, h in zip(targets, hooks):
         ln = [t.name(l) for l in layers]
         diff = jnp.stack([src_cache[n].astype(jnp.float32) - acts[n].astype(jnp.float32) for n in ln])
         grad = jnp.stack([grads[n] for n in ln])
         effect = np.asarray(t.reduce(diff * grad), np.float64)
-        shape = shapes[ln[0]]
+        if padded and t.per in ("pos", "head_pos"):
+            effect = effect[:, :T]
+        shape = _real_shape(shapes[ln[0]], t, T)
         out[h] = PatchResult(float(value) + effect, t.axes(), _labels(model, label_tokens, t, shape, layers), t.short,
                              float(value), src_metric, method="attribution")
     return out[hooks[0]] if isinstance(hook, str) else out

@@ -6,20 +6,33 @@ The vocabulary follows TransformerLens (``blocks.{l}.hook_resid_post``, ``blocks
 
 from interp.hooks import edits
 from interp.hooks._cache import Cache
+from interp.hooks._compiles import CompileStats, compile_count, compile_stats
 from interp.hooks._names import act_name, layer_of
-from interp.hooks._spec import Edit, HookRunner, Hooks, Resolved, ShapeRecorder, compile_count
+from interp.hooks._spec import (
+    Edit,
+    EditFn,
+    HookRunner,
+    Hooks,
+    Resolved,
+    ShapeRecorder,
+    any_length,
+)
 from interp.hooks._splice import Splice
 
 __all__ = [
     "Cache",
+    "CompileStats",
     "Edit",
+    "EditFn",
     "HookRunner",
     "Hooks",
     "Resolved",
     "ShapeRecorder",
     "Splice",
     "act_name",
+    "any_length",
     "compile_count",
+    "compile_stats",
     "edits",
     "layer_of",
 ]

@@ -8,6 +8,8 @@ with new values reuses the compiled function. Capture is a static set of names.
 from __future__ import annotations
 
 import dataclasses
+import functools
+import types
 from collections.abc import Callable, Sequence
 from typing import Any, NamedTuple
 
@@ -19,20 +21,110 @@ from interp.hooks._names import act_name, layer_of, suggest
 
 NameSpec = str | tuple | Callable[[str], bool]
 
-_COMPILES = [0]
-
-
-def compile_count() -> int:
-    """How many times a hooked forward pass has been traced and compiled in this process.
-
-    Each cache miss of the compiled-function cache adds one; calling again with the same shapes, the
-    same capture names and the same edit functions (with any parameter values) adds nothing.
-    """
-    return _COMPILES[0]
-
 
 def _note_compile() -> None:
-    _COMPILES[0] += 1
+    """Kept for callers that marked their traces; compilations are counted from JAX's events (``_compiles``)."""
+
+
+def any_length(fn: Callable) -> Callable:
+    """Mark an edit function as safe to run on a prompt padded to its length bucket, and return it.
+
+    By default a run whose edits include a function of yours runs at the prompt's exact length (so
+    ``x[:, -1]`` means the last token), compiling once per length. A function marked ``any_length`` promises
+    that it acts position by position (or on positions it is given) and does not care what follows the
+    prompt: it then sees the activation padded at the end to the bucket length, and its array parameters are
+    broadcast from the right as NumPy does, those with the prompt's length along the activation's position
+    axis padded with zeros to match. The edits in :mod:`interp.hooks.edits` that meet this are marked.
+    """
+    fn.__interp_any_length__ = True
+    return fn
+
+
+class _Same:
+    """Compares by identity: a key part for objects whose equality is not a safe test of sameness (arrays)."""
+
+    __slots__ = ("obj",)
+
+    def __init__(self, obj):
+        self.obj = obj
+
+    def __eq__(self, other):
+        return isinstance(other, _Same) and other.obj is self.obj
+
+    def __hash__(self):
+        return id(self.obj)
+
+
+_PLAIN = (bool, int, float, complex, str, bytes, type(None))
+
+
+def _value_key(v, depth: int):
+    if type(v) in _PLAIN:
+        return (type(v), v)
+    if type(v) in (tuple, frozenset) and depth < 4:
+        return (type(v), tuple(_value_key(x, depth + 1) for x in v))
+    if callable(v) and depth < 4:
+        return _function_key(v, depth + 1)
+    return _Same(v)
+
+
+def _function_key(fn, depth: int = 0):
+    """What decides what ``fn`` computes when traced: its code, defaults, closure values and globals.
+
+    Two functions with equal keys trace to the same program, so the compiled one is reused: a lambda or
+    closure created anew on every call (same source, same captured values) does not recompile. Captured
+    numbers and strings compare by value; anything else captured (arrays, modules, objects) compares by
+    identity, because its value is baked into the program. Globals are read at trace time, exactly as with
+    ``jax.jit``: rebinding a global a function reads does not recompile it.
+    """
+    if isinstance(fn, functools.partial):
+        return ("partial", _function_key(fn.func, depth + 1), _value_key(fn.args, depth),
+                tuple(sorted((k, _value_key(v, depth)) for k, v in fn.keywords.items())))
+    if isinstance(fn, types.MethodType):
+        return ("method", _function_key(fn.__func__, depth + 1), _Same(fn.__self__))
+    if not isinstance(fn, types.FunctionType):
+        return _Same(fn)
+    closure = tuple(_value_key(c.cell_contents, depth) if _cell_full(c) else None for c in fn.__closure__ or ())
+    kw = tuple(sorted((k, _value_key(v, depth)) for k, v in (fn.__kwdefaults__ or {}).items()))
+    return ("function", fn.__code__, _Same(fn.__globals__), _value_key(fn.__defaults__ or (), depth), kw, closure,
+            getattr(fn, "__interp_any_length__", False))
+
+
+def _cell_full(cell) -> bool:
+    try:
+        _ = cell.cell_contents
+    except ValueError:  # a cell not yet bound
+        return False
+    return True
+
+
+class EditFn:
+    """An edit function as the compiled program sees it: calls ``fn``; equal to another ``EditFn`` when both
+    compute the same thing by the rule of :func:`_function_key`, so the compiled program is reused."""
+
+    __slots__ = ("_key", "fn")
+
+    def __init__(self, fn: Callable):
+        self.fn = fn
+        self._key = _function_key(fn)
+
+    def __call__(self, *args):
+        return self.fn(*args)
+
+    def __eq__(self, other):
+        return isinstance(other, EditFn) and other._key == self._key
+
+    def __hash__(self):
+        return hash(self._key)
+
+    @property
+    def any_length(self) -> bool:
+        f = self.fn.func if isinstance(self.fn, functools.partial) else self.fn
+        return bool(getattr(f, "__interp_any_length__", False))
+
+    @property
+    def __name__(self) -> str:
+        return getattr(self.fn, "__name__", repr(self.fn))
 
 
 class Edit(NamedTuple):
@@ -74,7 +166,7 @@ class Hooks:
     edits: Sequence[Any] = ()
     splices: Sequence[Any] = ()
 
-    def resolve(self, vocabulary: Sequence[str]) -> "Resolved":
+    def resolve(self, vocabulary: Sequence[str]) -> Resolved:
         """Bind names to the model's hook vocabulary; fail before any compute on unknown names."""
         from interp.hooks._splice import extend_vocabulary
 
@@ -90,7 +182,7 @@ class Hooks:
                     f"{getattr(e.fn, '__name__', e.fn)!r} matches none of the {len(vocabulary)} hook points, so the "
                     f"edit would change nothing; test it against model.hook_names (e.g. {vocabulary[-1]!r})"
                 )
-            static.extend((name, e.fn) for name in names)
+            static.extend((name, EditFn(e.fn)) for name in names)
             params.extend(jax.tree.map(_to_array, tuple(e.params)) for _ in names)
         order = {n: i for i, n in enumerate(vocabulary)}
         capture = tuple(sorted(set(capture), key=order.__getitem__))

@@ -1,8 +1,23 @@
 """Model families over shared blocks, and the registries that map checkpoints onto them."""
 
 from interp.models import gemma, gpt2, llama, neox, transforms
-from interp.models._blocks import Attention, Embed, GatedMLP, PreNormBlock, RMSNorm, Rope
-from interp.models._model import Model, check_tokens
+from interp.models._blocks import (
+    Attention,
+    Embed,
+    GatedMLP,
+    PreNormBlock,
+    RMSNorm,
+    Rope,
+)
+from interp.models._buckets import (
+    DEFAULT_BUCKETS,
+    bucket_length,
+    length_buckets,
+    pad_positions,
+    set_length_buckets,
+    slice_positions,
+)
+from interp.models._model import Model, check_tokens, to_device
 from interp.models.llama import LlamaConfig
 
 # config.json "architectures" entry -> family module
@@ -11,6 +26,27 @@ HF_FAMILIES = {arch: family for family in (llama, gpt2, neox, gemma) for arch in
 GGUF_FAMILIES = {arch: family for family in (llama, gemma) for arch in family.GGUF_ARCHITECTURES}
 
 __all__ = [
-    "Attention", "Embed", "GatedMLP", "GGUF_FAMILIES", "HF_FAMILIES", "LlamaConfig", "Model",
-    "PreNormBlock", "RMSNorm", "Rope", "check_tokens", "gemma", "gpt2", "llama", "neox", "transforms",
+    "DEFAULT_BUCKETS",
+    "GGUF_FAMILIES",
+    "HF_FAMILIES",
+    "Attention",
+    "Embed",
+    "GatedMLP",
+    "LlamaConfig",
+    "Model",
+    "PreNormBlock",
+    "RMSNorm",
+    "Rope",
+    "bucket_length",
+    "check_tokens",
+    "gemma",
+    "gpt2",
+    "length_buckets",
+    "llama",
+    "neox",
+    "pad_positions",
+    "set_length_buckets",
+    "slice_positions",
+    "to_device",
+    "transforms",
 ]

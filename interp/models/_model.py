@@ -12,8 +12,14 @@ import numpy as np
 from jaxtyping import Array, Bool, Float, Int
 
 from interp.hooks import Cache, HookRunner, Hooks, Resolved, ShapeRecorder
-from interp.hooks._spec import NOOP, _note_compile
+from interp.hooks._spec import NOOP
 from interp.models._blocks import Embed, LayerNorm, RMSNorm
+from interp.models._buckets import (
+    bucket_length,
+    length_buckets,
+    pad_positions,
+    slice_positions,
+)
 from interp.models._user_api import UserAPI
 
 _VOCABULARY: dict[Any, dict[str, tuple]] = {}
@@ -188,11 +194,18 @@ class Model(UserAPI, eqx.Module):
         positions=None,
         stop_at_layer: int | None = None,
         return_output: bool = True,
+        keep_padding: bool = False,
     ) -> tuple[Array | None, Cache]:
         """Compiled forward with ``hooks``: returns ``(logits or residual, Cache)``.
 
         With ``return_output=False`` and no ``stop_at_layer``, blocks after the deepest captured or edited
         hook are skipped and the output is None.
+
+        The prompt runs padded at its end to its length bucket (see :mod:`interp.models._buckets`;
+        ``interp.set_length_buckets``), so a prompt of a new length usually reuses a compiled program; outputs
+        and captured activations are cut back to the prompt's length (``keep_padding=True`` leaves them at the
+        bucket length: positions past the prompt are padding). Runs whose edits include a function not marked
+        :func:`interp.hooks.any_length`, and runs on traced tokens, run at the exact length.
         """
         tokens, attention_mask, positions = self._check_inputs(tokens, attention_mask, positions)
         resolved = (hooks or Hooks()).resolve(self.hook_names)
@@ -201,15 +214,66 @@ class Model(UserAPI, eqx.Module):
             deepest = resolved.deepest_layer()
             if deepest is not None:
                 stop = deepest + 1
+        T = padded = tokens.shape[1]
+        if self._can_bucket(resolved, tokens, attention_mask, positions):
+            # always with a mask, so a prompt that fills its bucket exactly shares the padded prompts' program
+            padded = bucket_length(T, self.n_ctx)
+            tokens, attention_mask, positions, resolved = self._pad_inputs(padded, tokens, attention_mask, positions,
+                                                                           resolved)
         out, cache = _run(self, tokens, attention_mask, positions, resolved, stop, return_output)
+        if padded > T and not keep_padding:
+            axes = self.position_axes()
+            if out is not None:
+                out = slice_positions(out, (1,), T)
+            cache = Cache({name: slice_positions(a, axes.get(name, (1,)), T) for name, a in cache.items()})
         return out, cache
+
+    # ----------------------------------------------------------------- length buckets
+    def bucket_length(self, T: int, hooks: Hooks | None = None) -> int:
+        """The length a run of ``T`` positions with ``hooks`` executes at: its bucket, or ``T`` itself when the
+        run cannot be padded safely (an edit function not marked :func:`interp.hooks.any_length`)."""
+        resolved = (hooks or Hooks()).resolve(self.hook_names)
+        return bucket_length(T, self.n_ctx) if self._can_bucket(resolved) else T
+
+    def _can_bucket(self, resolved: Resolved, *inputs) -> bool:
+        if length_buckets() is None or any(isinstance(a, jax.core.Tracer) for a in inputs):
+            return False
+        return all(fn.any_length for _, fn in resolved.edits)
+
+    def position_axes(self) -> dict[str, tuple[int, ...]]:
+        """For every hook point, the axes of its activation that run along positions (queries or keys),
+        found by comparing the hook shapes at two lengths."""
+        key = ("position_axes", self.config, self.n_layers)
+        if key not in _VOCABULARY:
+            a, b = self.hook_shapes(1, 4), self.hook_shapes(1, 5)
+            _VOCABULARY[key] = {n: tuple(i for i, (x, y) in enumerate(zip(a[n], b[n])) if x != y) for n in a}
+        return _VOCABULARY[key]
+
+    def _pad_inputs(self, padded: int, tokens, attention_mask, positions, resolved: Resolved):
+        T = tokens.shape[1]
+        if attention_mask is None:  # built on the host: an eager jnp.ones would compile for every new shape
+            attention_mask = _to_device(np.ones(tokens.shape, np.int32))
+        if padded == T:
+            return tokens, attention_mask, positions, resolved
+        tokens = pad_positions(tokens, (1,), padded)
+        attention_mask = pad_positions(attention_mask, (1,), padded)
+        if positions is not None:  # the padding repeats the last position (hidden by the mask in any case)
+            positions = _to_device(np.pad(np.asarray(positions), [(0, 0), (0, padded - T)], mode="edge"), np.int32)
+        axes, shapes = self.position_axes(), self.hook_shapes()
+        params = []
+        for (name, _), p in zip(resolved.edits, resolved.params):
+            ndim, pos = len(shapes.get(name, (0, 0, 0))), axes.get(name, (1,))
+            params.append(jax.tree.map(lambda a, ndim=ndim, pos=pos: _pad_param(a, ndim, pos, T, padded), p))
+        resolved = Resolved(resolved.capture, resolved.edits, tuple(params), resolved.splices)
+        return tokens, attention_mask, positions, resolved
 
     # ----------------------------------------------------------------- quick looks
     def top_next(self, prompt, k: int = 5) -> list[tuple[str, float]]:
         """The ``k`` most likely next tokens after ``prompt`` with their probabilities."""
-        logits = self(prompt)[0, -1]
-        probs = jax.nn.softmax(logits.astype(jnp.float32))
-        top = np.argsort(-np.asarray(probs))[:k]
+        logits = np.asarray(self(prompt))[0, -1].astype(np.float64)  # host-side: a new length compiles nothing here
+        probs = np.exp(logits - logits.max())
+        probs /= probs.sum()
+        top = np.argsort(-probs)[:k]
         return [(self.to_string([int(i)]) if self.tokenizer else str(int(i)), float(probs[i])) for i in top]
 
     def generate(self, prompts, max_new_tokens: int = 32, **kwargs):
@@ -221,7 +285,7 @@ class Model(UserAPI, eqx.Module):
 
     def next_token(self, tokens) -> Array:
         """Greedy next token id for each sequence in the batch (``[batch]``)."""
-        return jnp.argmax(self(tokens)[:, -1], axis=-1)
+        return _to_device(np.argmax(np.asarray(self(tokens))[:, -1], axis=-1), np.int32)
 
     # ----------------------------------------------------------------- input checks (host side)
     def _check_inputs(self, tokens, attention_mask, positions):
@@ -248,7 +312,7 @@ class Model(UserAPI, eqx.Module):
                 )
             if tokens.shape[1] == 0:
                 raise ValueError("tokens are empty: need at least one position")
-            tokens = jnp.asarray(tokens, jnp.int32)
+            tokens = _to_device(tokens, np.int32)
         elif tokens.ndim != 2:
             raise ValueError(f"tokens must have shape [batch, pos]; got shape {tokens.shape}")
         if attention_mask is not None:
@@ -260,9 +324,12 @@ class Model(UserAPI, eqx.Module):
                 raise ValueError(
                     f"attention_mask shape {tuple(attention_mask.shape)} must equal tokens shape {tuple(tokens.shape)}"
                 )
-            attention_mask = jnp.asarray(attention_mask, jnp.int32)
+            attention_mask = _to_device(attention_mask, np.int32)
         if positions is not None:
-            positions = jnp.broadcast_to(jnp.asarray(positions, jnp.int32), tokens.shape)
+            if isinstance(positions, jax.core.Tracer):
+                positions = jnp.broadcast_to(positions.astype(jnp.int32), tokens.shape)
+            else:
+                positions = _to_device(np.broadcast_to(np.asarray(positions), tokens.shape), np.int32)
         self._check_context(tokens.shape[1], attention_mask, positions)
         return tokens, attention_mask, positions
 
@@ -328,6 +395,29 @@ def check_tokens(model: Model, tokens: Int[Array, "*B T"]) -> Int[Array, "*B T"]
                         "were the ids made by another tokenizer?")
 
 
+def to_device(a, dtype=None):
+    """A host array (or a concrete device array) on the default device, converted on the host.
+
+    ``jnp.asarray`` of a NumPy array compiles a small program for every new shape; ``jax.device_put`` of a
+    NumPy array compiles nothing, so inputs of a new length cost no compilation. Traced values pass through."""
+    if isinstance(a, jax.core.Tracer):
+        return a if dtype is None else a.astype(dtype)
+    return jax.device_put(np.asarray(a, dtype))
+
+
+_to_device = to_device
+
+
+def _pad_param(a, ndim: int, pos_axes: tuple[int, ...], T: int, padded: int):
+    """An edit parameter broadcast from the right against an activation of ``ndim`` axes: padded with zeros
+    along the axes that meet the activation's position axes and have the prompt's length."""
+    if not hasattr(a, "shape") or getattr(a, "ndim", 0) == 0:
+        return a
+    offset = ndim - a.ndim
+    axes = [ax - offset for ax in pos_axes if 0 <= ax - offset < a.ndim and a.shape[ax - offset] == T]
+    return pad_positions(a, axes, padded) if axes else a
+
+
 def attention_inputs(
     shape: tuple[int, int], attention_mask: Int[Array, "B T"] | None = None, positions: Int[Array, "B T"] | None = None
 ) -> tuple[Int[Array, "B T"], Bool[Array, "B T S"]]:
@@ -346,7 +436,6 @@ def attention_inputs(
 
 @eqx.filter_jit
 def _run(model: Model, tokens, attention_mask, positions, hooks: Resolved, stop_at_layer, return_output):
-    _note_compile()  # runs only while tracing, i.e. once per compilation
     hk = HookRunner(hooks)
     out = model.forward(tokens, hk, attention_mask=attention_mask, positions=positions, stop_at_layer=stop_at_layer)
     return (out if return_output else None), Cache(hk.cache)

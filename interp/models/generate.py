@@ -8,7 +8,10 @@ a direction is one call:
 Decoding: greedy (``temperature=0``) or sampling with temperature, top-k and top-p (nucleus), from ``seed``.
 Batched prompts are left-padded, so every row's next token comes from its own last position; a row stops at
 any of ``stop_tokens`` (default: the checkpoint's end-of-sequence token) and is padded after it.
-Edit functions see ``[B, T, ...]`` activations with ``T`` = the prompt length on the first call and 1 after.
+Edit functions see ``[B, T, ...]`` activations with ``T`` = the prompt length on the first call and 1 after; the
+prompt is left-padded to its length bucket (``interp.models.length_buckets``), so ``T`` is the bucket length and
+``x[:, -1]`` is still each row's last prompt token. Prompts of new lengths, new ``max_new_tokens`` within their
+bucket and new ``temperature``/``top_k``/``top_p``/``seed`` reuse the compiled program.
 """
 
 from __future__ import annotations
@@ -23,6 +26,8 @@ import numpy as np
 
 from interp.checks import check_range
 from interp.hooks import HookRunner, Hooks
+from interp.models._buckets import bucket_length
+from interp.models._model import to_device
 
 
 @dataclasses.dataclass(frozen=True)
@@ -40,58 +45,68 @@ class Generation:
     logits: np.ndarray | None = None
 
 
-def _sample(logits, key, greedy: bool, temperature, top_k: int | None, top_p):
+def _sample(logits, key, greedy: bool, temperature, top_k, top_p):
+    """The next token of each row from ``logits [B V]``; ``temperature``, ``top_k`` and ``top_p`` are traced, so
+    new values reuse the compiled program (``top_k`` = V keeps every token)."""
     logits = logits.astype(jnp.float32)
     if greedy:
         return jnp.argmax(logits, axis=-1).astype(jnp.int32)
     logits = logits / temperature
-    if top_k is not None:
-        kth = jax.lax.top_k(logits, top_k)[0][:, -1:]
-        logits = jnp.where(logits < kth, -jnp.inf, logits)
-    # nucleus: keep the smallest set of most likely tokens whose probability reaches top_p (always the top one)
     order = jnp.argsort(-logits, axis=-1)
     sorted_logits = jnp.take_along_axis(logits, order, axis=-1)
+    # top-k: keep what reaches the k-th largest logit (ties with it included, as the reference does)
+    kth = jax.lax.dynamic_index_in_dim(sorted_logits, top_k - 1, axis=-1)
+    sorted_logits = jnp.where(sorted_logits < kth, -jnp.inf, sorted_logits)
+    # nucleus: keep the smallest set of most likely tokens whose probability reaches top_p (always the top one)
     probs = jax.nn.softmax(sorted_logits, axis=-1)
     before = jnp.cumsum(probs, axis=-1) - probs
-    drop_sorted = before >= top_p
+    drop_sorted = (before >= top_p) | (sorted_logits == -jnp.inf)
     drop = jnp.zeros_like(drop_sorted).at[jnp.arange(logits.shape[0])[:, None], order].set(drop_sorted)
     logits = jnp.where(drop, -jnp.inf, logits)
     return jax.random.categorical(key, logits, axis=-1).astype(jnp.int32)
 
 
 @eqx.filter_jit
-def _generate(model, tokens, mask, resolved, key, temperature, top_p, stop, pad, n_new: int, greedy: bool,
-              top_k: int | None, return_logits: bool):
+def _generate(model, tokens, mask, resolved, key, temperature, top_k, top_p, stop, pad, n_new, capacity: int,
+              greedy: bool, return_logits: bool):
+    """``n_new`` (traced, at most ``capacity``) new tokens after the left-padded prompts ``tokens [B P]``.
+
+    The loop runs while a row is still live, so every ``n_new`` up to ``capacity`` shares one program; the
+    key/value cache has ``P + capacity`` slots."""
     B, P = tokens.shape
-    cache = model.init_cache(B, P + n_new)
+    cache = model.init_cache(B, P + capacity)
     positions = jnp.maximum(jnp.cumsum(mask, axis=-1) - 1, 0).astype(jnp.int32)
     logits, cache = model.forward(tokens, HookRunner(resolved), attention_mask=mask, positions=positions, kv=cache)
-    last = logits[:, -1]
-    pos = positions[:, -1] + 1
+    V = logits.shape[-1]
+    new = jnp.full((B, capacity), pad, jnp.int32)
+    dists = jnp.zeros((B, capacity if return_logits else 0, V), logits.dtype)
 
-    def draw(last, done, key):
+    def live(carry):
+        i, _, _, _, done, _, _, _ = carry
+        # with return_logits every step is kept, as the distributions after a stop are returned too
+        return (i < n_new) & (return_logits | ~jnp.all(done))
+
+    def step(carry):
+        i, cache, last, pos, done, key, new, dists = carry
         key, sub = jax.random.split(key)
         tok = jnp.where(done, pad, _sample(last, sub, greedy, temperature, top_k, top_p))
-        return tok, done | jnp.isin(tok, stop), key
+        new = jax.lax.dynamic_update_index_in_dim(new, tok, i, axis=1)
+        if return_logits:
+            dists = jax.lax.dynamic_update_index_in_dim(dists, last, i, axis=1)
+        finished = done | jnp.isin(tok, stop)
 
-    def kept(last):
-        return last if return_logits else jnp.zeros((B, 0), last.dtype)
+        def feed(cache):  # the last new token is only drawn, never fed back
+            rows = (~done).astype(jnp.int32)[:, None]
+            logits, cache = model.forward(tok[:, None], HookRunner(resolved), attention_mask=rows,
+                                          positions=pos[:, None], kv=cache)
+            return cache, logits[:, -1]
 
-    def step(carry, _):
-        cache, last, pos, done, key = carry
-        tok, finished, key = draw(last, done, key)
-        live = (~done).astype(jnp.int32)[:, None]
-        logits, cache = model.forward(tok[:, None], HookRunner(resolved), attention_mask=live, positions=pos[:, None],
-                                      kv=cache)
-        return (cache, logits[:, -1], pos + 1, finished, key), (tok, kept(last))
+        cache, last = jax.lax.cond(i + 1 < n_new, feed, lambda cache: (cache, last), cache)
+        return i + 1, cache, last, pos + 1, finished, key, new, dists
 
-    # every token but the last is fed back through the model; the last one is only drawn
-    init = (cache, last, pos, jnp.zeros((B,), bool), key)
-    (_, last, _, done, key), (new, dists) = jax.lax.scan(step, init, None, length=n_new - 1)
-    tok, _, _ = draw(last, done, key)
-    new = jnp.concatenate([new, tok[None]])
-    dists = jnp.concatenate([dists, kept(last)[None]])
-    return new.T, jnp.swapaxes(dists, 0, 1)
+    init = (jnp.int32(0), cache, logits[:, -1], positions[:, -1] + 1, jnp.zeros((B,), bool), key, new, dists)
+    *_, new, dists = jax.lax.while_loop(live, step, init)
+    return new, dists
 
 
 def generate(model, prompts, max_new_tokens: int = 32, *, temperature: float = 0.0, top_k: int | None = None,
@@ -139,14 +154,24 @@ def generate(model, prompts, max_new_tokens: int = 32, *, temperature: float = 0
     pad = getattr(cfg, "pad_token_id", None)
     pad = pad if pad is not None else (eos if eos is not None else 0)
     resolved = Hooks(capture=(), edits=edits, splices=splices).resolve(model.hook_names)
-    stop = jnp.asarray(list(stop_tokens) or [-1], jnp.int32)
+    stop = to_device(list(stop_tokens) or [-1], np.int32)
     if max_new_tokens:
-        new, dists = _generate(model, tokens, attention_mask, resolved, jax.random.key(seed),
-                               jnp.float32(max(temperature, 1e-6)), jnp.float32(top_p), stop, jnp.int32(pad),
-                               max_new_tokens, temperature == 0.0, top_k, return_logits)
+        # the prompt is left-padded to its length bucket and the new tokens get a bucket of slots, so prompts
+        # of new lengths and new max_new_tokens reuse the compiled program (edits see the padded prompt)
+        P = tokens.shape[1]
+        padded = bucket_length(P)
+        capacity = bucket_length(max_new_tokens)
+        tokens_in = np.pad(np.asarray(tokens), [(0, 0), (padded - P, 0)], constant_values=pad)
+        mask_in = np.pad(m, [(0, 0), (padded - P, 0)])
+        new, dists = _generate(model, to_device(tokens_in, np.int32), to_device(mask_in, np.int32), resolved,
+                               jax.random.key(seed), to_device(max(temperature, 1e-6), np.float32),
+                               to_device(top_k or model.d_vocab, np.int32), to_device(top_p, np.float32), stop,
+                               to_device(pad, np.int32), to_device(max_new_tokens, np.int32), capacity,
+                               temperature == 0.0, return_logits)
+        new = np.asarray(new)[:, :max_new_tokens]
+        dists = np.asarray(dists)[:, :max_new_tokens]
     else:
         new, dists = np.zeros((len(m), 0), np.int32), np.zeros((len(m), 0, model.d_vocab), np.float32)
-    new = np.asarray(new)
     stops = np.isin(new, list(stop_tokens)) if stop_tokens else np.zeros(new.shape, bool)
     first = np.where(stops.any(1), stops.argmax(1) + 1, new.shape[1]) if new.shape[1] else np.zeros(len(new), int)
     texts = None
