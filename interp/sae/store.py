@@ -232,7 +232,13 @@ class ActivationStore(_ChunkedStore):
     """Activations at ``hook_name`` (and ``hook_name_out`` for transcoders) of ``model`` on ``corpus``.
 
     ``n_tokens``, the number of activations the caller will draw, is used only to say how often a corpus too small
-    for it is repeated."""
+    for it is repeated. ``on_harvest``, when set, is called with the number of activations each forward pass of
+    the model yields (progress bars count with it).
+
+    Contexts are cut from the documents' tokens joined by the end-of-text token, with no BOS token put at their
+    start (SAELens's ``prepend_bos=False``), whatever the tokenizer does for a single prompt."""
+
+    prepend_bos = False
 
     def __init__(self, model, hook_name: str, corpus=None, *, hook_name_out: str | None = None,
                  context_size: int = 128, model_batch: int = 16, buffer_tokens: int = 2**16,
@@ -258,6 +264,21 @@ class ActivationStore(_ChunkedStore):
         self.skip_positions, self.n_tokens = skip_positions, n_tokens
         self._contexts = None
         self._next_context = 0
+        self.on_harvest = None
+
+    def rows_ahead(self, n_batches: int) -> int:
+        """Activations the model yields while the next ``n_batches`` batches are served (a chunk that is loaded
+        already is not harvested again)."""
+        if n_batches <= 0:
+            return 0
+        last = self.chunk + (self.batch + n_batches - 1) // (self.rows_per_chunk // self.batch_size)
+        loaded = self._loaded is not None and self._loaded[0] == self.chunk
+        return (last - self.chunk + 1 - loaded) * self.rows_per_chunk
+
+    def stream_metadata(self) -> dict:
+        """The facts about these activations that SAELens keeps in a dictionary's ``cfg.json`` metadata."""
+        return {"context_size": self.context_size, "prepend_bos": self.prepend_bos,
+                "seqpos_slice": [self.skip_positions, None]}
 
     def _contexts_for(self, i: int) -> np.ndarray:
         start = i * self.contexts_per_chunk
@@ -285,6 +306,8 @@ class ActivationStore(_ChunkedStore):
             for n in self.names:
                 a = np.asarray(cache[n], np.float32)[:, self.skip_positions:]
                 outs[n].append(a.reshape(-1, a.shape[-1]))
+            if self.on_harvest is not None:
+                self.on_harvest(len(outs[self.names[0]][-1]))
         return tuple(np.concatenate(outs[n]) for n in self.names)
 
     @property
@@ -343,10 +366,17 @@ def cache_activations(store: ActivationStore, n_tokens: int, out_dir: str | Path
     missing = [i for i in range(n_chunks) if not (out / f"shard-{i:05d}" / "acts.safetensors").exists()]
     if missing:
         write_manifest(False)
-    for i in tqdm(missing, desc="caching activations", disable=not progress):
-        arrays = store._activations(first if i == 0 else store._contexts_for(i))
-        with atomic_dir(out / f"shard-{i:05d}") as tmp:
-            save_file({f"a{j}": a for j, a in enumerate(arrays)}, str(tmp / "acts.safetensors"))
+    bar = tqdm(total=len(missing) * store.rows_per_chunk, desc="caching activations", unit="tok", unit_scale=True,
+               disable=not progress)
+    store.on_harvest = bar.update
+    try:
+        for i in missing:
+            arrays = store._activations(first if i == 0 else store._contexts_for(i))
+            with atomic_dir(out / f"shard-{i:05d}") as tmp:
+                save_file({f"a{j}": a for j, a in enumerate(arrays)}, str(tmp / "acts.safetensors"))
+    finally:
+        store.on_harvest = None
+        bar.close()
     write_manifest(True)
     return out
 
@@ -439,6 +469,13 @@ class CachedActivationStore(_ChunkedStore):
             keep = np.arange(arrays[0].shape[0]) % self.info["context_size"] >= self.extra_skip
             arrays = tuple(a[keep] for a in arrays)
         return arrays
+
+    def stream_metadata(self) -> dict:
+        """The facts about these activations that SAELens keeps in a dictionary's ``cfg.json`` metadata
+        (``cache_activations`` writes an ``ActivationStore``'s stream: no BOS at the start of a context)."""
+        skipped = self.info["skipped_positions"]
+        return {"context_size": self.info["context_size"] + skipped, "prepend_bos": ActivationStore.prepend_bos,
+                "seqpos_slice": [max(skipped, self.skip_positions), None]}
 
     @property
     def d_in(self) -> int:

@@ -37,60 +37,192 @@ from interp.weights._atomic import atomic_dir, atomic_file
 from interp.weights.fingerprint import file_sha256
 
 
+# Defaults that follow the token budget (see TrainConfig): a run of ``total_tokens`` gets at least MIN_STEPS
+# optimizer steps where the batch can shrink that far, and a warm-up of a fraction of those steps.
+MIN_STEPS = 200
+MIN_BATCH, MAX_BATCH = 64, 4096
+MAX_WARMUP, WARMUP_FRACTION = 50, 1 / 8
+
+
+class _Derived(int):
+    """A number ``TrainConfig`` worked out itself because the field was left unset. ``dataclasses.replace`` hands
+    the old value back to ``__init__``; marking it lets the new config derive it again from the new settings
+    instead of taking it for the user's choice. It is an ``int`` everywhere else (JSON, comparisons, repr)."""
+
+
+def _pow2_floor(n: int) -> int:
+    return 1 << (max(int(n), 1).bit_length() - 1)
+
+
+def derived_batch_size(total_tokens: int, *, data_parallel: int = 1, chunk_rows: int | None = None) -> int:
+    """``batch_size`` for a run of ``total_tokens`` when none is given: the largest power of two that still gives
+    ``MIN_STEPS`` (200) steps, kept within [``MIN_BATCH``, ``MAX_BATCH``] = [64, 4096], never above
+    ``total_tokens`` nor above ``chunk_rows`` (the activations one buffer holds), and rounded down to a multiple of
+    ``data_parallel``. 2,000,000 tokens: 4096 (488 steps); 50,000 tokens: 128 (390 steps)."""
+    b = max(_pow2_floor(total_tokens // MIN_STEPS), MIN_BATCH)
+    b = min(b, MAX_BATCH, _pow2_floor(total_tokens), *([_pow2_floor(chunk_rows)] if chunk_rows else []))
+    return max(data_parallel, b - b % data_parallel)
+
+
+def derived_warmup_steps(steps: int, lr_decay_fraction: float) -> int:
+    """``lr_warmup_steps`` for a run of ``steps`` when none is given: an eighth of the steps, at most 50, and never
+    more than the steps left before the decay starts. 488 steps: 50; 390 steps: 48; 12 steps: 1."""
+    return max(0, min(MAX_WARMUP, int(steps * WARMUP_FRACTION), steps - int(steps * lr_decay_fraction)))
+
+
 @dataclasses.dataclass(frozen=True)
 class TrainConfig:
-    """Everything a run needs. ``dictionary`` carries the architecture, width, k, hooks."""
+    """Everything a run needs.
+
+    Data
+        dictionary: the dictionary to train (a ``DictConfig`` such as ``TopKConfig``): architecture, width
+            (latents), k, d_in, and the hook point(s) it reads (and, for a transcoder, writes).
+        model: the model whose activations are read: a packaged name, a checkpoint folder or a ``.gguf`` file.
+            Saved dictionaries record it as ``metadata.model_name``; when ``train`` is given ``model=`` or an
+            activation cache, name that model here.
+        corpus: the text: None (the built-in default corpus), a text/JSONL/Parquet file or a folder of them, an
+            iterable of strings or a callable returning one (see ``interp.sae.iter_texts``).
+        activation_cache: a folder written by ``cache_activations``; activations are read from it instead of
+            running the model (None: run the model).
+        total_tokens: activations (tokens) the run trains on; the run is ``total_tokens // batch_size`` steps.
+        context_size: tokens per context fed to the model.
+        skip_positions: positions left out at the start of each context (tokens): their attention-sink activations
+            are outliers (at SmolLM2's layer 15 position 0 has ~140x the typical norm and ~98% of the variance).
+        model_batch: contexts per forward pass of the model while harvesting activations.
+        buffer_tokens: tokens of contexts whose activations are harvested and shuffled together (one chunk); a
+            multiple of ``context_size``.
+        normalize: "none", or "expected_average_only_in" (SAELens): activations are scaled so their mean norm is
+            sqrt(d_in) during training; the factor is folded into the weights on save.
+
+    Optimisation
+        batch_size: activations (tokens) per optimizer step. Unset (None): derived from ``total_tokens`` by
+            ``derived_batch_size``: the largest power of two giving at least 200 steps, within [64, 4096] (and no
+            more than one buffer of activations), rounded down to a multiple of ``data_parallel``.
+        lr: peak learning rate of Adam.
+        betas: Adam's (beta1, beta2), each in [0, 1).
+        lr_warmup_steps: steps over which the learning rate rises linearly to ``lr``. Unset (None): derived from
+            the number of steps by ``derived_warmup_steps``: an eighth of the steps, at most 50, and no more than
+            the steps before the decay.
+        lr_decay_fraction: fraction (0 to 1) of the steps, at the end of the run, over which the learning rate
+            decays linearly to zero.
+        sparsity_warmup_steps: steps over which the L1 / L0 coefficient ramps from 0 to its value (architectures
+            with a sparsity penalty; 0: no ramp).
+        dead_after_tokens: a latent silent for this many tokens counts as dead (for AuxK and ``dead_fraction``).
+        seed: seeds the initialisation and the shuffling of activations (0 to 2**32 - 1).
+
+    Output
+        out_dir: folder for ``checkpoints/``, ``final/`` (SAELens layout) and ``history.json``; None: nothing is
+            written.
+        checkpoint_every: steps between checkpoints (0: only at the end).
+        keep_checkpoints: how many of the newest checkpoints are kept.
+        eval_every: steps between the averages logged to the history and the progress bar (0: only at the end).
+
+    Devices
+        data_parallel: devices over which the batch is split.
+        latent_parallel: devices over which the latent dimension is split.
+
+    Defaults that follow the token budget keep a short run from being a handful of steps that never leave their
+    warm-up: 50,000 tokens become 390 steps of 128 with a 48-step warm-up rather than 12 steps of 4096 with 50.
+    A value you set is never changed; ``train`` warns (``schedule_problems``) when the run is shorter than the
+    schedule you set. ``dataclasses.replace`` derives the unset fields again from the new settings.
+    """
 
     dictionary: DictConfig
     model: str = "smollm2-135m"
-    corpus: Any = None  # None: the built-in default corpus
-    activation_cache: str | None = None  # read activations from here instead of running the model
+    corpus: Any = None
+    activation_cache: str | None = None
     total_tokens: int = 2_000_000
-    batch_size: int = 4096
+    batch_size: int | None = None
     context_size: int = 128
     model_batch: int = 16
     buffer_tokens: int = 2**16
     lr: float = 2e-4
     betas: tuple[float, float] = (0.9, 0.999)
-    lr_warmup_steps: int = 50
-    lr_decay_fraction: float = 0.2  # linear decay to zero over the last fraction of steps
-    sparsity_warmup_steps: int = 0  # L1 / L0 coefficient ramps from 0 over these steps
-    dead_after_tokens: int = 1_000_000  # a latent silent for this many tokens counts as dead
-    normalize: str = "none"  # or "expected_average_only_in" (SAELens); folded into the weights on save
-    skip_positions: int = 1  # leave out each context's first positions: their attention-sink activations are
-    # outliers (at SmolLM2's layer 15 position 0 has ~140x the typical norm and ~98% of the variance)
+    lr_warmup_steps: int | None = None
+    lr_decay_fraction: float = 0.2
+    sparsity_warmup_steps: int = 0
+    dead_after_tokens: int = 1_000_000
+    normalize: str = "none"
+    skip_positions: int = 1
     seed: int = 0
     out_dir: str | None = None
-    checkpoint_every: int = 0  # steps; 0: only at the end
+    checkpoint_every: int = 0
     keep_checkpoints: int = 2
-    eval_every: int = 100  # steps between logged averages
-    data_parallel: int = 1  # devices over which the batch is split
-    latent_parallel: int = 1  # devices over which the latent dimension is split
+    eval_every: int = 100
+    data_parallel: int = 1
+    latent_parallel: int = 1
 
     def __post_init__(self):
         if not isinstance(self.dictionary, DictConfig):
             raise TypeError(f"dictionary must be a DictConfig such as TopKConfig(...), "
                             f"got {type(self.dictionary).__name__}")
-        for name in ("batch_size", "context_size", "model_batch", "buffer_tokens", "dead_after_tokens",
+        for name in ("total_tokens", "context_size", "model_batch", "buffer_tokens", "dead_after_tokens",
                      "keep_checkpoints", "data_parallel", "latent_parallel"):
             check_range(name, getattr(self, name), 1, integer=True)
+        check_range("skip_positions", self.skip_positions, 0, self.context_size, integer=True, hi_open=True)
+        check_range("lr_decay_fraction", self.lr_decay_fraction, 0, 1)
+        if self.batch_size is None or isinstance(self.batch_size, _Derived):
+            rows = None if self.activation_cache else \
+                self.buffer_tokens // self.context_size * (self.context_size - self.skip_positions)
+            object.__setattr__(self, "batch_size", _Derived(derived_batch_size(
+                self.total_tokens, data_parallel=self.data_parallel, chunk_rows=rows)))
+        check_range("batch_size", self.batch_size, 1, integer=True)
+        check_range("total_tokens", self.total_tokens, self.batch_size, integer=True, note=" (one batch)")
+        if self.lr_warmup_steps is None or isinstance(self.lr_warmup_steps, _Derived):
+            object.__setattr__(self, "lr_warmup_steps",
+                               _Derived(derived_warmup_steps(self.steps, self.lr_decay_fraction)))
         for name in ("lr_warmup_steps", "sparsity_warmup_steps", "checkpoint_every", "eval_every"):
             check_range(name, getattr(self, name), 0, integer=True)
-        check_range("total_tokens", self.total_tokens, self.batch_size, integer=True, note=" (one batch)")
-        check_range("skip_positions", self.skip_positions, 0, self.context_size, integer=True, hi_open=True)
         check_range("seed", self.seed, 0, 2**32 - 1, integer=True)  # jax.random.PRNGKey wraps larger seeds
         check_range("lr", self.lr, 0, lo_open=True)
         if not isinstance(self.betas, (tuple, list)) or len(self.betas) != 2:
             raise ValueError(f"betas={self.betas!r} must be a pair (beta1, beta2) of numbers in [0, 1)")
         for i, beta in enumerate(self.betas):
             check_range(f"betas[{i}]", beta, 0, 1, hi_open=True)
-        check_range("lr_decay_fraction", self.lr_decay_fraction, 0, 1)
         if self.normalize not in ("none", "expected_average_only_in"):
             raise ValueError(f"normalize must be 'none' or 'expected_average_only_in', got {self.normalize!r}")
         if self.batch_size % self.data_parallel:
             raise ValueError(f"batch_size {self.batch_size} must divide evenly over {self.data_parallel} devices")
         if self.dictionary.width % self.latent_parallel:
             raise ValueError(f"width {self.dictionary.width} must divide evenly over {self.latent_parallel} devices")
+
+    @property
+    def derived(self) -> tuple[str, ...]:
+        """The fields left unset and derived from the token budget (``batch_size``, ``lr_warmup_steps``)."""
+        return tuple(n for n in ("batch_size", "lr_warmup_steps") if isinstance(getattr(self, n), _Derived))
+
+    def schedule_problems(self) -> list[str]:
+        """Why this run is shorter than its schedule (empty: it is not), each with the numbers and the fix.
+        ``train`` warns with these."""
+        steps, batch, warm = self.steps, self.batch_size, self.lr_warmup_steps
+        run = f"the run is {steps:,} steps (total_tokens={self.total_tokens:,} / batch_size={batch:,})"
+        unset = [n for n in ("batch_size", "lr_warmup_steps") if n not in self.derived]
+        auto = dataclasses.replace(self, batch_size=None, lr_warmup_steps=None)
+        follow = (f"leave {' and '.join(unset)} unset so the schedule follows total_tokens (here batch_size="
+                  f"{auto.batch_size:,} and lr_warmup_steps={auto.lr_warmup_steps}: {auto.steps:,} steps), or ")
+        problems = []
+        decay = int(steps * self.lr_decay_fraction)
+        if warm + decay > steps:
+            fixes = [f"lower lr_warmup_steps to at most {max(steps - decay, 0)}"]
+            if self.lr_decay_fraction < 1:
+                fits = lambda n: warm + int(n * self.lr_decay_fraction) <= n  # noqa: E731
+                need = math.ceil(warm / (1 - self.lr_decay_fraction))
+                while need > 1 and fits(need - 1):  # the decay's steps are rounded down: a step or two less may do
+                    need -= 1
+                fixes.insert(0, f"pass total_tokens >= {need * batch:,} ({need} steps of {batch:,})")
+            problems.append(
+                f"{run}, shorter than its learning-rate schedule: lr_warmup_steps={warm} warm-up steps and {decay} "
+                f"decay steps (lr_decay_fraction={self.lr_decay_fraction}) need {warm + decay}, so the learning rate "
+                f"never completes its warm-up to lr={self.lr} and never decays to zero, and the dictionary ends "
+                f"undertrained. Fix: {follow}{', or '.join(fixes)}")
+        if self.sparsity_warmup_steps > steps:
+            need = self.sparsity_warmup_steps
+            problems.append(
+                f"{run}, shorter than sparsity_warmup_steps={need}: the sparsity coefficient never reaches its full "
+                f"value (at most {steps / need:.0%} of it), so the dictionary ends less sparse than configured. Fix: "
+                f"pass total_tokens >= {need * batch:,} ({need} steps of {batch:,}), or lower sparsity_warmup_steps "
+                f"to at most {steps}")
+        return problems
 
     @property
     def steps(self) -> int:
@@ -456,14 +588,29 @@ def _shardings(cfg: TrainConfig):
     return NamedSharding(mesh, P("data")), state_spec
 
 
+def _saelens_metadata(cfg: TrainConfig, store) -> dict:
+    """What SAELens reads from ``cfg.json``'s metadata about the activations the dictionary was trained on, as far as
+    ``store`` knows them: none for activations handed over as arrays."""
+    stream = getattr(store, "stream_metadata", dict)()
+    return {"model_name": str(cfg.model), **stream} if stream else {}
+
+
 def train(cfg: TrainConfig, *, model=None, store=None, resume: bool = False, progress: bool = True,
           callback: Callable[[int, dict, Dictionary], None] | None = None) -> TrainResult:
-    """Train a dictionary. ``callback(step, metrics, dictionary)`` runs after every step."""
+    """Train a dictionary. ``callback(step, metrics, dictionary)`` runs after every step.
+
+    With ``progress`` (default) a bar reports from the start: loading the model, then harvesting activations from
+    it (tokens and tokens/s; harvesting continues chunk by chunk while the run trains), and a second bar the
+    training steps (steps/s, loss, FVU, L0, dead fraction). They are ``tqdm.auto`` bars, on stderr in a terminal
+    and as widgets in a notebook; ``progress=False`` shows none. A run shorter than the schedule it was given
+    warns first (``TrainConfig.schedule_problems``)."""
     from tqdm.auto import tqdm
 
     from interp.sae.files import save as save_dictionary
     from interp.sae.store import estimate_norm_scale
 
+    for problem in cfg.schedule_problems():
+        warnings.warn(problem, UserWarning, stacklevel=2)
     out_dir = Path(cfg.out_dir) if cfg.out_dir else None
     if resume and out_dir is None:
         raise ValueError("resume=True needs out_dir: the folder of the run to continue")
@@ -472,96 +619,116 @@ def train(cfg: TrainConfig, *, model=None, store=None, resume: bool = False, pro
         if not resume and _checkpoint_dirs(out_dir):
             raise FileExistsError(f"{out_dir} already holds checkpoints; pass resume=True (--resume) "
                                   "or another out_dir")
-    store = store or make_store(cfg, model)
-    check_dimensions(cfg, store)
-    optimizer = make_optimizer(cfg)
-    step_fn = make_step(cfg, optimizer)
-    shard = _shardings(cfg)
+    runs_model = hasattr(store, "on_harvest") if store is not None else not cfg.activation_cache
+    loads = store is None and model is None and runs_model
+    harvest = tqdm(desc=f"load {cfg.model}" if loads else "harvest activations", unit="tok", unit_scale=True,
+                   disable=not (progress and runs_model))
+    bar = None
+    try:
+        if loads:
+            from interp.weights import load
 
-    if resume:
-        ckpt, skipped = find_checkpoint(out_dir)
-        if ckpt is None and skipped:
-            raise ValueError(f"no intact checkpoint to resume under {out_dir / 'checkpoints'}: {'; '.join(skipped)}. "
-                             f"Remove {out_dir / 'checkpoints'} to start the run over")
-        if ckpt is None:
-            raise FileNotFoundError(f"nothing to resume: no checkpoint under {out_dir / 'checkpoints'}")
-        check_same_run(json.loads((ckpt / "meta.json").read_text()), cfg, ckpt)
-        if skipped:
-            warnings.warn(f"skipped checkpoints that fail verification: {'; '.join(skipped)}; resuming from {ckpt}",
-                          stacklevel=2)
-        state, meta = load_checkpoint(ckpt, init_state(cfg, optimizer))
-        store.restore(meta["store"])
-        scale, history = meta["scale"], meta["history"]
-        # the metric window and the clock continue, so the report equals an uninterrupted run's
-        acc, elapsed = meta.get("window", {}), meta.get("elapsed_s", 0.0)
-    else:
-        scale = estimate_norm_scale(store) if cfg.normalize != "none" else 1.0
-        saved = store.state()
-        x0, _ = store.next_batch()
-        store.restore(saved)
-        state = init_state(cfg, optimizer, mean=np.asarray(x0, np.float32).mean(0) * scale)
-        history, acc, elapsed = [], {}, 0.0
-    batch_sharding = None
-    if shard is not None:
-        batch_sharding, spec = shard
-        state = jax.tree_util.tree_map_with_path(lambda p, l: jax.device_put(l, spec(p, l)), state)
+            model = load(cfg.model)
+        store = store or make_store(cfg, model)
+        check_dimensions(cfg, store)
+        optimizer = make_optimizer(cfg)
+        step_fn = make_step(cfg, optimizer)
+        shard = _shardings(cfg)
 
-    def to_device(a):
-        a = np.asarray(a, np.float32)
-        if scale != 1.0:
-            a = a * np.float32(scale)
-        return jnp.asarray(a) if batch_sharding is None else jax.device_put(a, batch_sharding)
+        if resume:
+            ckpt, skipped = find_checkpoint(out_dir)
+            if ckpt is None and skipped:
+                raise ValueError(f"no intact checkpoint to resume under {out_dir / 'checkpoints'}: "
+                                 f"{'; '.join(skipped)}. Remove {out_dir / 'checkpoints'} to start the run over")
+            if ckpt is None:
+                raise FileNotFoundError(f"nothing to resume: no checkpoint under {out_dir / 'checkpoints'}")
+            check_same_run(json.loads((ckpt / "meta.json").read_text()), cfg, ckpt)
+            if skipped:
+                warnings.warn(f"skipped checkpoints that fail verification: {'; '.join(skipped)}; resuming from "
+                              f"{ckpt}", stacklevel=2)
+            state, meta = load_checkpoint(ckpt, init_state(cfg, optimizer))
+            store.restore(meta["store"])
+            scale, history = meta["scale"], meta["history"]
+            # the metric window and the clock continue, so the report equals an uninterrupted run's
+            acc, elapsed = meta.get("window", {}), meta.get("elapsed_s", 0.0)
+        start = int(state.step) if resume else 0
+        if runs_model and not harvest.disable:
+            harvest.set_description_str("harvest activations", refresh=False)
+            harvest.reset(total=store.rows_ahead(cfg.steps - start))  # restarts the clock: the rate leaves out loading
+            store.on_harvest = harvest.update
+        if not resume:
+            scale = estimate_norm_scale(store) if cfg.normalize != "none" else 1.0
+            saved = store.state()
+            x0, _ = store.next_batch()
+            store.restore(saved)
+            state = init_state(cfg, optimizer, mean=np.asarray(x0, np.float32).mean(0) * scale)
+            history, acc, elapsed = [], {}, 0.0
+        batch_sharding = None
+        if shard is not None:
+            batch_sharding, spec = shard
+            state = jax.tree_util.tree_map_with_path(lambda p, l: jax.device_put(l, spec(p, l)), state)
 
-    start = int(state.step)
-    bar = tqdm(total=cfg.steps, initial=start, desc=f"train {cfg.dictionary.arch} {cfg.dictionary.width}",
-               disable=not progress, unit="step")
-    t0 = time.perf_counter() - elapsed
-    identity = run_identity(cfg) if out_dir else None
+        def to_device(a):
+            a = np.asarray(a, np.float32)
+            if scale != 1.0:
+                a = a * np.float32(scale)
+            return jnp.asarray(a) if batch_sharding is None else jax.device_put(a, batch_sharding)
 
-    def checkpoint():
-        meta = {"step": int(state.step), "store": store.state(), "scale": scale, "history": history, "window": acc,
-                "elapsed_s": time.perf_counter() - t0, "config": json.loads(json.dumps(cfg.to_dict())),
-                "identity": identity}
-        save_checkpoint(out_dir / "checkpoints" / f"step-{int(state.step):08d}", state, meta)
-        for old in _checkpoint_dirs(out_dir)[: -cfg.keep_checkpoints]:
-            shutil.rmtree(old, ignore_errors=True)
+        bar = tqdm(total=cfg.steps, initial=start, desc=f"train {cfg.dictionary.arch} {cfg.dictionary.width}",
+                   disable=not progress, unit="step")
+        t0 = time.perf_counter() - elapsed
+        identity = run_identity(cfg) if out_dir else None
 
-    same_io = not cfg.dictionary.is_transcoder
-    for i in range(start, cfg.steps):
-        x, y = store.next_batch()
-        xb = to_device(x)
-        yb = xb if same_io else to_device(y)
-        new_state, metrics = step_fn(state, xb, yb)
-        metrics = {k: float(v) for k, v in metrics.items()}  # one host transfer per step, also for the NaN check
-        loss = metrics["loss"]
-        if not math.isfinite(loss):
-            where = latest_checkpoint(out_dir) if out_dir else None
-            raise TrainingDiverged(
-                f"the loss became {loss} at step {i + 1}; training stopped"
-                + (f" and the last good checkpoint ({where}) is intact" if where else "")
-                + ". Lower the learning rate (lr) or check the activations for NaN/inf."
-            )
-        state = new_state
-        for k, v in metrics.items():
-            acc.setdefault(k, []).append(v)
-        step = i + 1
-        if step % max(cfg.eval_every, 1) == 0 or step == cfg.steps:
-            row = {"step": step, "tokens": step * cfg.batch_size, **{k: float(np.mean(v)) for k, v in acc.items()},
-                   "elapsed_s": time.perf_counter() - t0}
-            history.append(row)
-            acc = {}
-            bar.set_postfix(loss=f"{row['loss']:.4f}", fvu=f"{row.get('fvu', float('nan')):.3f}",
-                            l0=f"{row['l0']:.1f}", dead=f"{row['dead_fraction']:.3f}")
-        bar.update(1)
-        if callback is not None:
-            callback(step, metrics, state.dictionary)
-        if out_dir and cfg.checkpoint_every and step % cfg.checkpoint_every == 0 and step < cfg.steps:
-            checkpoint()
-    bar.close()
+        def checkpoint():
+            meta = {"step": int(state.step), "store": store.state(), "scale": scale, "history": history,
+                    "window": acc, "elapsed_s": time.perf_counter() - t0,
+                    "config": json.loads(json.dumps(cfg.to_dict())), "identity": identity}
+            save_checkpoint(out_dir / "checkpoints" / f"step-{int(state.step):08d}", state, meta)
+            for old in _checkpoint_dirs(out_dir)[: -cfg.keep_checkpoints]:
+                shutil.rmtree(old, ignore_errors=True)
+
+        same_io = not cfg.dictionary.is_transcoder
+        for i in range(start, cfg.steps):
+            x, y = store.next_batch()
+            xb = to_device(x)
+            yb = xb if same_io else to_device(y)
+            new_state, metrics = step_fn(state, xb, yb)
+            metrics = {k: float(v) for k, v in metrics.items()}  # one host transfer per step, also for the NaN check
+            loss = metrics["loss"]
+            if not math.isfinite(loss):
+                where = latest_checkpoint(out_dir) if out_dir else None
+                raise TrainingDiverged(
+                    f"the loss became {loss} at step {i + 1}; training stopped"
+                    + (f" and the last good checkpoint ({where}) is intact" if where else "")
+                    + ". Lower the learning rate (lr) or check the activations for NaN/inf."
+                )
+            state = new_state
+            for k, v in metrics.items():
+                acc.setdefault(k, []).append(v)
+            step = i + 1
+            if step % max(cfg.eval_every, 1) == 0 or step == cfg.steps:
+                row = {"step": step, "tokens": step * cfg.batch_size,
+                       **{k: float(np.mean(v)) for k, v in acc.items()}, "elapsed_s": time.perf_counter() - t0}
+                history.append(row)
+                acc = {}
+                bar.set_postfix(loss=f"{row['loss']:.4f}", fvu=f"{row.get('fvu', float('nan')):.3f}",
+                                l0=f"{row['l0']:.1f}", dead=f"{row['dead_fraction']:.3f}")
+            bar.update(1)
+            if callback is not None:
+                callback(step, metrics, state.dictionary)
+            if out_dir and cfg.checkpoint_every and step % cfg.checkpoint_every == 0 and step < cfg.steps:
+                checkpoint()
+    finally:
+        if store is not None and getattr(store, "on_harvest", None) is not None:
+            store.on_harvest = None  # a store handed in may be used again without these bars
+        for b in (harvest, bar):
+            if b is not None:
+                b.close()
     final = fold_scale(state.dictionary, scale)
     if out_dir:
         checkpoint()
-        save_dictionary(final, out_dir / "final", metadata={"train_config": cfg.to_dict(), "history": history[-1:]})
+        save_dictionary(final, out_dir / "final", metadata={**_saelens_metadata(cfg, store),
+                                                            "train_config": cfg.to_dict(), "history": history[-1:]})
         with atomic_file(out_dir / "history.json", "w") as fh:
             json.dump(history, fh, indent=2)
     return TrainResult(final, history, out_dir, scale)
