@@ -4,6 +4,10 @@ Dictionaries saved here open in SAELens (``SAE.load_from_disk``) and SAELens dic
 SAELens keeps only inference architectures, so BatchTopK and Matryoshka dictionaries are written as
 JumpReLU with their single threshold repeated per latent (the same function at inference); the full
 training config travels in ``cfg.json``'s ``metadata.interp`` so they load back as what they were.
+
+``cfg.json`` follows the layout of SAELens 6: ``metadata.sae_lens_version`` tells SAELens to read ``metadata`` as
+written (without it SAELens converts the file as an older one and keeps only top-level fields, so the hook name is
+lost and ``prepend_bos`` becomes True). Files written before they carried it still load here.
 """
 
 from __future__ import annotations
@@ -17,6 +21,10 @@ import numpy as np
 from interp.sae._base import DictConfig, Dictionary, architecture
 from interp.weights._atomic import atomic_dir
 from interp.weights.hf import read_json
+
+# SAELens reads ``metadata`` as written from this version of its layout on (sae_lens.loading.pretrained_sae_loaders:
+# handle_config_defaulting); 6.0.0 is the first release with that layout.
+SAELENS_VERSION = "6.0.0"
 
 _SAELENS_ARCH = {"standard": "standard", "topk": "topk", "jumprelu": "jumprelu", "batchtopk": "jumprelu",
                  "matryoshka": "jumprelu"}
@@ -41,7 +49,14 @@ def _saelens_fields(cfg: DictConfig) -> dict:
 
 
 def save(dictionary: Dictionary, folder: str | Path, *, metadata: dict | None = None) -> Path:
-    """Write ``dictionary`` to ``folder`` atomically (a complete folder appears, or nothing)."""
+    """Write ``dictionary`` to ``folder`` atomically (a complete folder appears, or nothing).
+
+    ``cfg.json``'s ``metadata`` always carries ``sae_lens_version``, ``hook_name`` (and ``hook_name_out`` for a
+    transcoder) and the dictionary's config (``interp``). ``metadata`` adds to it what the caller knows of the
+    activations, in SAELens's names: ``model_name``, ``context_size`` (tokens per context), ``prepend_bos``
+    (whether each context began with a BOS token) and ``seqpos_slice`` (the positions trained on, as
+    ``[start, stop]``); ``train`` fills these in. A fact not given is left out, and SAELens reads it as None
+    (unknown)."""
     from safetensors.numpy import save_file
 
     cfg: DictConfig = dictionary.cfg
@@ -58,7 +73,9 @@ def save(dictionary: Dictionary, folder: str | Path, *, metadata: dict | None = 
         weights["threshold"] = np.asarray(jnp.exp(dictionary.log_threshold), np.float32)
     elif arch in ("batchtopk", "matryoshka"):
         weights["threshold"] = np.full((cfg.width,), float(dictionary.threshold), np.float32)
-    meta = {"hook_name": cfg.hook_name, "interp": cfg.to_dict(), **(metadata or {})}
+    meta = {"sae_lens_version": SAELENS_VERSION, "sae_lens_training_version": None, "hook_name": cfg.hook_name,
+            **({"hook_name_out": cfg.hook_name_out} if cfg.is_transcoder else {}), "interp": cfg.to_dict(),
+            **(metadata or {})}
     saelens_cfg = {**_saelens_fields(cfg), "metadata": meta}
     with atomic_dir(Path(folder)) as tmp:
         save_file(weights, str(tmp / "sae_weights.safetensors"))
@@ -85,9 +102,13 @@ def load(folder: str | Path, dtype=jnp.float32) -> Dictionary:
         _check_agrees(cfg_path, raw, _saelens_fields(cfg))
     else:
         cfg = _config_from_saelens(cfg_path, raw, meta, w)
-    for where, value in (("hook_name", raw.get("hook_name")), ("metadata.hook_name", meta.get("hook_name"))):
-        if value is not None and value != cfg.hook_name:
-            raise ValueError(f"{cfg_path}: '{where}' is {value!r} but the dictionary's config says {cfg.hook_name!r}; "
+    named = [("hook_name", raw.get("hook_name"), cfg.hook_name), ("metadata.hook_name", meta.get("hook_name"),
+                                                                   cfg.hook_name)]
+    if meta.get("interp"):
+        named.append(("metadata.hook_name_out", meta.get("hook_name_out"), cfg.hook_name_out))
+    for where, value, want in named:
+        if value is not None and value != want:
+            raise ValueError(f"{cfg_path}: '{where}' is {value!r} but the dictionary's config says {want!r}; "
                              "make them agree")
     _check_weights(w_path, w, cfg)
     _, cls = architecture(cfg.arch)

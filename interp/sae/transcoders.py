@@ -60,14 +60,15 @@ class Transcoders(eqx.Module):
     def latent_hook(self, layer: int) -> str:
         return f"{self.hook_in.format(layer=layer)}.sae.hook_latents"
 
-    def save(self, folder: str | Path, *, info: dict | None = None) -> Path:
-        """``folder/layer_{l}`` in SAELens layout, plus ``transcoders.json``; written atomically."""
+    def save(self, folder: str | Path, *, info: dict | None = None, metadata: dict | None = None) -> Path:
+        """``folder/layer_{l}`` in SAELens layout, plus ``transcoders.json``; written atomically. ``metadata``
+        goes into every layer's ``cfg.json`` (see ``interp.sae.save``)."""
         from interp.sae import files
 
         folder = Path(folder)
         with atomic_dir(folder) as tmp:
             for l, d in enumerate(self.dictionaries):
-                files.save(d, tmp / f"layer_{l}")
+                files.save(d, tmp / f"layer_{l}", metadata=metadata)
             (tmp / "transcoders.json").write_text(json.dumps(
                 {"n_layers": len(self), "hook_in": self.hook_in, "hook_out": self.hook_out,
                  "skip_positions": self.skip_positions, **(info or {})}, indent=1))
@@ -175,7 +176,12 @@ def train_transcoders(
         summary.append({"layer": l, **avg})
     tc = Transcoders(tuple(dictionaries), skip_positions=skip_positions)
     if out_dir is not None:
+        from interp.sae.store import ActivationStore
+
+        stream = {"context_size": context_size, "seqpos_slice": [skip_positions, None]}
+        if not isinstance(corpus, np.ndarray):  # text is cut into contexts as an ActivationStore cuts it
+            stream["prepend_bos"] = ActivationStore.prepend_bos
         tc.save(out_dir, info={"trained": {"width": width, "k": k, "total_tokens": total_tokens,
                                            "context_size": context_size, "lr": lr, "seconds": time.perf_counter() - t0,
-                                           "layers": summary}})
+                                           "layers": summary}}, metadata=stream)
     return tc, summary

@@ -12,6 +12,7 @@ import pytest
 
 from interp import sae
 from interp.hooks import Splice, edits
+from tests.numerics import assert_close, reduction_bound
 
 
 def randomized(cfg, seed=0):
@@ -61,6 +62,89 @@ def test_ours_opens_in_saelens(arch, tmp_path):
         y = theirs.decode(torch.tensor(z)).numpy()
     np.testing.assert_allclose(z, np.asarray(d.encode(jnp.asarray(x))), atol=1e-5)
     np.testing.assert_allclose(y, np.asarray(d(jnp.asarray(x))), atol=1e-5)
+    # SAELens reads our metadata as written: the hook, and no claim about facts a bare save does not know
+    meta = theirs.cfg.metadata
+    assert meta.hook_name == "blocks.1.hook_resid_post"
+    assert meta.sae_lens_version == "6.0.0" and meta.sae_lens_training_version is None
+    assert meta.prepend_bos is None and meta.model_name is None and meta.context_size is None
+
+
+def test_metadata_given_to_save_reaches_saelens(tmp_path):
+    pytest.importorskip("torch")
+    sae_lens = pytest.importorskip("sae_lens")
+    d = randomized(CONFIGS["jumprelu"])
+    facts = {"model_name": "smollm2-135m", "context_size": 64, "prepend_bos": False, "seqpos_slice": [1, None]}
+    sae.save(d, tmp_path / "d", metadata=facts)
+    meta = sae_lens.SAE.load_from_disk(str(tmp_path / "d"), device="cpu").cfg.metadata
+    assert {k: meta[k] for k in facts} == facts and meta.hook_name == CONFIGS["jumprelu"].hook_name
+    assert meta["interp"] == CONFIGS["jumprelu"].to_dict()  # our own config travels along
+
+
+def test_transcoder_files_name_both_hooks(tmp_path):
+    cfg = sae.TopKConfig(d_in=12, width=40, k=5, hook_name="blocks.1.ln2.hook_normalized",
+                         hook_name_out="blocks.1.hook_mlp_out", d_out=12)
+    sae.save(randomized(cfg), tmp_path / "t")
+    meta = json.loads((tmp_path / "t" / "cfg.json").read_text())["metadata"]
+    assert (meta["hook_name"], meta["hook_name_out"]) == ("blocks.1.ln2.hook_normalized", "blocks.1.hook_mlp_out")
+    assert "hook_name_out" not in json.loads((sae.save(randomized(CONFIGS["topk"]), tmp_path / "s") / "cfg.json")
+                                             .read_text())["metadata"]
+    raw = json.loads((tmp_path / "t" / "cfg.json").read_text())
+    raw["metadata"]["hook_name_out"] = "blocks.2.hook_mlp_out"
+    (tmp_path / "t" / "cfg.json").write_text(json.dumps(raw))
+    with pytest.raises(ValueError, match="'metadata.hook_name_out' is 'blocks.2.hook_mlp_out' but the dictionary's "
+                                         "config says 'blocks.1.hook_mlp_out'"):
+        sae.load(tmp_path / "t")
+
+
+@pytest.mark.parametrize("arch", list(CONFIGS))
+def test_files_written_before_the_saelens_version_field_still_load(arch, tmp_path):
+    d = randomized(CONFIGS[arch])
+    folder = sae.save(d, tmp_path / arch)
+    raw = json.loads((folder / "cfg.json").read_text())
+    # the metadata as it was written before: the hook, our config and the training record only
+    raw["metadata"] = {"hook_name": raw["metadata"]["hook_name"], "interp": raw["metadata"]["interp"],
+                       "train_config": {"total_tokens": 1}}
+    (folder / "cfg.json").write_text(json.dumps(raw, indent=2))
+    back = sae.load(folder)
+    assert back.cfg == d.cfg
+    x = jax.random.normal(jax.random.PRNGKey(2), (5, 12))
+    np.testing.assert_array_equal(np.asarray(back(x)), np.asarray(d(x)))
+
+
+def test_a_trained_dictionary_tells_saelens_how_it_was_trained(default_model, corpus_text, tmp_path):
+    torch = pytest.importorskip("torch")
+    sae_lens = pytest.importorskip("sae_lens")
+    from interp.sae.store import iter_contexts
+
+    texts = corpus_text[:20000].split("\n\n")
+    hook = "blocks.1.hook_resid_post"
+    cfg = sae.TrainConfig(sae.TopKConfig(d_in=576, width=64, k=4, hook_name=hook), corpus=texts, total_tokens=512,
+                          batch_size=256, context_size=32, buffer_tokens=1024, model_batch=8, lr_warmup_steps=1,
+                          out_dir=str(tmp_path))
+    result = sae.train(cfg, model=default_model, progress=False)
+    theirs = sae_lens.SAE.load_from_disk(str(tmp_path / "final"), device="cpu")
+    meta = theirs.cfg.metadata
+    assert (meta.hook_name, meta.model_name, meta.context_size) == (hook, "smollm2-135m", 32)
+    assert list(meta.seqpos_slice) == [1, None]  # skip_positions=1: training left out each context's first token
+    # the contexts it was trained on are the text's tokens with no BOS put in front, which is prepend_bos=False
+    assert meta.prepend_bos is False
+    tok = default_model.tokenizer
+    first = next(iter_contexts(tok, texts, 32))
+    np.testing.assert_array_equal(first, tok.encode(texts[0], prepend_bos=False)[:32])
+    assert first[0] != tok.bos_id and not tok.add_bos  # SmolLM2's tokenizer adds no BOS either
+    # and SAELens computes what we compute
+    _, cache = default_model.run_with_cache(default_model.to_tokens("The capital of France is Paris."), names=[hook])
+    x = np.asarray(cache[hook])[0]
+    with torch.no_grad():
+        z = theirs.encode(torch.tensor(x)).numpy()
+        y = theirs.decode(torch.tensor(z)).numpy()
+    ours = result.dictionary
+    w_enc, w_dec = np.abs(np.asarray(ours.W_enc)).max(), np.abs(np.asarray(ours.W_dec)).max()
+    z_bound = reduction_bound(np.abs(x).max() * w_enc, ours.b_enc, length=576)
+    assert_close(z, ours.encode(jnp.asarray(x)), z_bound, "latents")
+    y_bound = reduction_bound(np.abs(z).max() * w_dec, ours.b_dec, length=4) + 4 * z_bound * w_dec
+    assert_close(y, ours(jnp.asarray(x)), y_bound, "reconstructions")
+    assert (z > 0).sum(-1).max() == 4
 
 
 @pytest.mark.parametrize("arch", ["standard", "topk", "jumprelu"])
