@@ -5,8 +5,10 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import sys
 import time
+import warnings
 from pathlib import Path
 
 from interp.demo import DEFAULT_TRANSCODERS, DemoConfig
@@ -70,33 +72,64 @@ POSITIVE, NONNEGATIVE, SEED = number(int, 1), number(int, 0), number(int, 0, 2**
 RATE, COEFF = number(float, 0, lo_open=True), number(float, 0)  # a learning rate; a loss coefficient
 
 
+class DefaultsHelp(argparse.ArgumentDefaultsHelpFormatter):
+    """``--help`` ends each option's line with its default, except where there is none to show (a flag that is off,
+    an option whose help says what happens when it is not given)."""
+
+    def _get_help_string(self, action):
+        if action.default is None or action.default is False or action.required:
+            return action.help
+        return super()._get_help_string(action)
+
+
 def add_train_sae_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", default="smollm2-135m", help="packaged name, checkpoint folder or .gguf file")
     p.add_argument("--hook", required=True, help="hook point to read, e.g. blocks.15.hook_resid_post")
-    p.add_argument("--hook-out", default=None, help="for a transcoder: the hook point to reconstruct")
+    p.add_argument("--hook-out", default=None, help="for a transcoder: the hook point to reconstruct (default: none, "
+                                                    "an SAE)")
     p.add_argument("--arch", default="topk", help="standard, topk, batchtopk, matryoshka or jumprelu")
     p.add_argument("--width", type=POSITIVE, default=4096, help="number of latents (d_sae)")
     p.add_argument("--k", type=POSITIVE, default=32, help="active latents per token (TopK family)")
-    p.add_argument("--l1-coeff", type=COEFF, default=None, help="L1 coefficient (standard)")
-    p.add_argument("--l0-coeff", type=COEFF, default=None, help="L0 coefficient (jumprelu)")
-    p.add_argument("--skip", action="store_true", help="transcoder skip connection")
-    p.add_argument("--tokens", type=POSITIVE, default=2_000_000, help="training tokens")
-    p.add_argument("--batch-size", type=POSITIVE, default=4096)
-    p.add_argument("--context-size", type=POSITIVE, default=128)
-    p.add_argument("--buffer-tokens", type=POSITIVE, default=2**16, help="activations shuffled together")
-    p.add_argument("--lr", type=RATE, default=2e-4)
-    p.add_argument("--lr-warmup-steps", type=NONNEGATIVE, default=50)
-    p.add_argument("--sparsity-warmup-steps", type=NONNEGATIVE, default=0)
-    p.add_argument("--normalize", default="none", choices=["none", "expected_average_only_in"])
-    p.add_argument("--corpus", default=None, help="text file, folder, JSONL or Parquet; default: built-in text")
-    p.add_argument("--activation-cache", default=None, help="read cached activations from this folder")
+    p.add_argument("--l1-coeff", type=COEFF, default=None, help="L1 coefficient (standard; default: the config's)")
+    p.add_argument("--l0-coeff", type=COEFF, default=None, help="L0 coefficient (jumprelu; default: the config's)")
+    p.add_argument("--skip", action="store_true", help="transcoder skip connection (default: off)")
+    p.add_argument("--tokens", type=POSITIVE, default=2_000_000, help="training tokens (activations)")
+    p.add_argument("--batch-size", type=POSITIVE, default=None,
+                   help="activations per step (default: from --tokens: the largest power of two giving at least 200 "
+                        "steps, between 64 and 4096; 4096 for 2,000,000 tokens)")
+    p.add_argument("--context-size", type=POSITIVE, default=128, help="tokens per context")
+    p.add_argument("--buffer-tokens", type=POSITIVE, default=2**16,
+                   help="tokens whose activations are shuffled together (a multiple of --context-size)")
+    p.add_argument("--lr", type=RATE, default=2e-4, help="peak learning rate (Adam)")
+    p.add_argument("--lr-warmup-steps", type=NONNEGATIVE, default=None,
+                   help="steps of linear learning-rate warm-up (default: an eighth of the steps, at most 50)")
+    p.add_argument("--sparsity-warmup-steps", type=NONNEGATIVE, default=0,
+                   help="steps over which the L1/L0 coefficient ramps up from 0")
+    p.add_argument("--normalize", default="none", choices=["none", "expected_average_only_in"],
+                   help="input scaling during training, folded into the saved weights")
+    p.add_argument("--corpus", default=None, help="text file, folder, JSONL or Parquet (default: built-in text)")
+    p.add_argument("--activation-cache", default=None,
+                   help="read cached activations from this folder (default: run the model)")
     p.add_argument("--checkpoint-every", type=NONNEGATIVE, default=100,
                    help="steps between checkpoints (0: only at the end)")
-    p.add_argument("--seed", type=SEED, default=0)
-    p.add_argument("--data-parallel", type=POSITIVE, default=1)
-    p.add_argument("--latent-parallel", type=POSITIVE, default=1)
+    p.add_argument("--seed", type=SEED, default=0, help="seeds initialisation and shuffling")
+    p.add_argument("--data-parallel", type=POSITIVE, default=1, help="devices over which the batch is split")
+    p.add_argument("--latent-parallel", type=POSITIVE, default=1, help="devices over which the latents are split")
     p.add_argument("--out", required=True, help="output folder (checkpoints/, final/, history.json)")
     p.add_argument("--resume", action="store_true", help="continue the latest checkpoint in --out")
+    p.add_argument("--progress", action=argparse.BooleanOptionalAction, default=True,
+                   help="progress bars on stderr: loading, harvesting activations (tokens/s), training (steps/s)")
+
+
+@contextlib.contextmanager
+def plain_warnings(prog: str):
+    """Warnings as ``prog: warning: message`` lines, without the source location a library user would want."""
+    before = warnings.formatwarning
+    warnings.formatwarning = lambda message, category, *args, **kwargs: f"{prog}: warning: {message}\n"
+    try:
+        yield
+    finally:
+        warnings.formatwarning = before
 
 
 def train_sae(args) -> None:
@@ -113,6 +146,8 @@ def train_sae(args) -> None:
     if args.l0_coeff is not None:
         extra["l0_coeff"] = args.l0_coeff
     prepare_out_dir(Path(args.out))  # before the model loads: an output folder that cannot be written fails now
+    if args.progress and not args.activation_cache:
+        print(f"interp train-sae: loading {args.model}", file=sys.stderr, flush=True)
     model = None if args.activation_cache else interp.load(args.model)
     hook_shapes = model.hook_shapes() if model is not None else None
     if hook_shapes is not None and args.hook not in hook_shapes:
@@ -125,7 +160,7 @@ def train_sae(args) -> None:
     else:
         from interp.sae.store import CachedActivationStore
 
-        info = CachedActivationStore(args.activation_cache, batch_size=args.batch_size).info
+        info = CachedActivationStore(args.activation_cache, batch_size=args.batch_size or 1).info
         d_in, d_out = info["d"][0], (info["d"][1] if len(info["d"]) > 1 else None)
     dcfg = config_cls(d_in=d_in, width=args.width, hook_name=args.hook, hook_name_out=args.hook_out, d_out=d_out,
                       skip=args.skip, **extra)
@@ -136,7 +171,7 @@ def train_sae(args) -> None:
         normalize=args.normalize, seed=args.seed, out_dir=args.out, checkpoint_every=args.checkpoint_every,
         data_parallel=args.data_parallel, latent_parallel=args.latent_parallel,
     )
-    result = sae.train(cfg, model=model, resume=args.resume)
+    result = sae.train(cfg, model=model, resume=args.resume, progress=args.progress)
     last = result.history[-1] if result.history else {}
     print(f"saved {result.out_dir / 'final'}: fvu {last.get('fvu', float('nan')):.4f}, "
           f"L0 {last.get('l0', float('nan')):.1f}, dead {last.get('dead_fraction', float('nan')):.3f}")
@@ -157,35 +192,43 @@ def train_transcoders(args) -> None:
     print(f"saved {len(tc)} transcoders to {args.out} (load with interp.sae.Transcoders.load)")
 
 
-def main(argv=None) -> int:
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="interp", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
-    d = sub.add_parser("demo", help="the main job: model, circuits, an SAE and its features, in report.html")
+    d = sub.add_parser("demo", help="the main job: model, circuits, an SAE and its features, in report.html",
+                       formatter_class=DefaultsHelp)
     d.add_argument("--model", default="smollm2-135m", help="packaged name, checkpoint folder or .gguf file")
-    d.add_argument("--out", default="report.html", help="where to write the report (default: ./report.html)")
-    d.add_argument("--corpus", default=None, help="text file, folder, JSONL or Parquet; default: built-in text")
+    d.add_argument("--out", default="report.html", help="where to write the report")
+    d.add_argument("--corpus", default=None, help="text file, folder, JSONL or Parquet (default: built-in text)")
     d.add_argument("--sae-tokens", type=POSITIVE, default=DemoConfig.sae_tokens, help="SAE training tokens")
-    d.add_argument("--sae-layer", type=NONNEGATIVE, default=None, help="layer whose residual stream the SAE reads")
+    d.add_argument("--sae-layer", type=NONNEGATIVE, default=None, help="layer whose residual stream the SAE reads (default: the middle layer)")
     d.add_argument("--transcoders", default=None,
                    help=f"transcoder set for the attribution graph (default: {DEFAULT_TRANSCODERS} when present)")
-    p = sub.add_parser("predict", help="next-token predictions and a logit lens for a few prompts")
+    p = sub.add_parser("predict", help="next-token predictions and a logit lens for a few prompts",
+                       formatter_class=DefaultsHelp)
     p.add_argument("--model", default="smollm2-135m", help="packaged name, checkpoint folder or .gguf file")
-    p.add_argument("--prompt", action="append", help="a prompt (repeatable); default: a built-in set")
-    t = sub.add_parser("train-sae", help="train a sparse dictionary (SAE or transcoder) on a hook point")
+    p.add_argument("--prompt", action="append", help="a prompt (repeatable; default: a built-in set)")
+    t = sub.add_parser("train-sae", help="train a sparse dictionary (SAE or transcoder) on a hook point",
+                       formatter_class=DefaultsHelp)
     add_train_sae_args(t)
-    tt = sub.add_parser("train-transcoders", help="train one TopK transcoder per layer (for attribution graphs)")
+    tt = sub.add_parser("train-transcoders", help="train one TopK transcoder per layer (for attribution graphs)",
+                        formatter_class=DefaultsHelp)
     tt.add_argument("--model", default="smollm2-135m", help="packaged name, checkpoint folder or .gguf file")
-    tt.add_argument("--width", type=POSITIVE, default=2048)
-    tt.add_argument("--k", type=POSITIVE, default=16)
+    tt.add_argument("--width", type=POSITIVE, default=2048, help="latents per transcoder")
+    tt.add_argument("--k", type=POSITIVE, default=16, help="active latents per token")
     tt.add_argument("--tokens", type=POSITIVE, default=200_000,
                     help="training tokens (per layer; one model pass serves all)")
-    tt.add_argument("--context-size", type=POSITIVE, default=64)
+    tt.add_argument("--context-size", type=POSITIVE, default=64, help="tokens per context")
     tt.add_argument("--model-batch", type=POSITIVE, default=16, help="contexts per step")
-    tt.add_argument("--lr", type=RATE, default=2e-3)
-    tt.add_argument("--seed", type=SEED, default=0)
-    tt.add_argument("--corpus", default=None, help="text file, folder, JSONL or Parquet; default: built-in text")
+    tt.add_argument("--lr", type=RATE, default=2e-3, help="peak learning rate (Adam)")
+    tt.add_argument("--seed", type=SEED, default=0, help="seeds initialisation and the order of contexts")
+    tt.add_argument("--corpus", default=None, help="text file, folder, JSONL or Parquet (default: built-in text)")
     tt.add_argument("--out", required=True, help="output folder (layer_{l}/ in SAELens layout + transcoders.json)")
-    args = parser.parse_args(argv)
+    return parser
+
+
+def main(argv=None) -> int:
+    args = build_parser().parse_args(argv)
     if args.command == "train-transcoders":
         try:
             train_transcoders(args)
@@ -204,7 +247,8 @@ def main(argv=None) -> int:
         predict(args.model, tuple(args.prompt) if args.prompt else PREDICT_PROMPTS)
     elif args.command == "train-sae":
         try:
-            train_sae(args)
+            with plain_warnings("interp train-sae"):
+                train_sae(args)
         except (ValueError, OSError) as e:
             raise SystemExit(f"interp train-sae: {e}") from None
     return 0
