@@ -26,7 +26,7 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["Result", "Summary", "format_value", "top_entries"]
+__all__ = ["Result", "Summary", "format_value", "token_texts", "top_entries"]
 
 _TOP_IN_REPR = 8  # entries a repr lists; the HTML table shows every entry the summary gives
 
@@ -59,6 +59,15 @@ def format_value(v: Any, signed: bool = False) -> str:
     if isinstance(v, (tuple, list)):
         return " ".join(format_value(x, signed) for x in v)
     return str(v)
+
+
+def token_texts(tokenizer, ids) -> list[str]:
+    """Each id as its own text, quoted (``' Paris'``: spaces and newlines stay visible), through ``tokenizer``
+    (a ``Tokenizer`` or a model); ``"#id"`` when there is none."""
+    ids = [int(i) for i in np.asarray(ids).reshape(-1)]
+    if tokenizer is None or getattr(tokenizer, "tokenizer", tokenizer) is None:
+        return [f"#{i}" for i in ids]
+    return [repr(tokenizer.to_string([i])) for i in ids]
 
 
 def _shape_text(shape: Mapping[str, int]) -> str:
@@ -114,7 +123,7 @@ class Result:
             width = max(len(str(label)) for label, _ in shown)
             signed = any(isinstance(v, (float, np.floating)) and v < 0 for _, v in shown)
             lines.append(f"  {s.top_title}:")
-            lines += [f"    {str(label):<{width}}  {format_value(v, signed)}" for label, v in shown]
+            lines += [f"    {label!s:<{width}}  {format_value(v, signed)}" for label, v in shown]
             if len(s.top) > len(shown):
                 lines.append(f"    ... {len(s.top) - len(shown)} more")
         return "\n".join(lines)

@@ -9,6 +9,7 @@ component maps to its own logits and the components' logits sum to the model's l
 from __future__ import annotations
 
 import dataclasses
+from typing import Any
 
 import equinox as eqx
 import jax
@@ -17,32 +18,73 @@ import numpy as np
 from jaxtyping import Array, Float
 
 from interp.hooks import act_name
+from interp.results import Result, Summary, token_texts, top_entries
 
 
 @dataclasses.dataclass(frozen=True)
-class Decomposition:
-    """``components [C B T D]`` whose sum over C is the final residual stream; ``labels`` names them."""
+class Decomposition(Result):
+    """``components [C B T D]`` whose sum over C is the final residual stream; ``labels`` names them;
+    ``final_scale [B T 1]`` is the final norm's scale in the run (``ln_final.hook_scale``)."""
 
     components: Float[Array, "C B T D"]
     labels: tuple[str, ...]
     final_scale: Float[Array, "B T 1"]
 
+    def norms(self, batch: int = 0, pos: int = -1) -> np.ndarray:
+        """``[C]``: the L2 norm of each component at one prompt and position."""
+        return np.linalg.norm(np.asarray(self.components[:, batch, pos], np.float64), axis=-1)
+
+    def _summary(self) -> Summary:
+        C, B, T, D = self.components.shape
+        return Summary("residual stream decomposition", {"component": C, "batch": B, "pos": T, "d_model": D},
+                       top=top_entries(self.norms(), [self.labels], k=8),
+                       top_title="largest components (norm at the last position of prompt 0)")
+
 
 @dataclasses.dataclass(frozen=True)
-class DLAResult:
+class DLAResult(Result):
     """Direct logit attribution: ``values [C B K]`` is component C's contribution to the logit of token
     ``tokens[b, k]`` at ``pos[b]``; ``values.sum(0)`` equals those logits (the ``constant`` row holds what
-    no component writes, e.g. a LayerNorm bias; zero for RMSNorm)."""
+    no component writes, e.g. a LayerNorm bias; zero for RMSNorm). ``tokenizer`` (optional) names the tokens
+    in figures and the summary."""
 
     values: np.ndarray
     labels: tuple[str, ...]
     tokens: np.ndarray
     pos: np.ndarray
     logits: np.ndarray
+    tokenizer: Any = dataclasses.field(default=None, repr=False, compare=False)
 
     def logit_diff(self) -> np.ndarray:
         """``[C B]``: contributions to ``logit[tokens[:, 0]] - logit[tokens[:, 1]]``."""
         return self.values[..., 0] - self.values[..., 1]
+
+    def contributions(self, batch: int = 0, answer: int = 0, foil: int | None = None) -> np.ndarray:
+        """``[C]``: each component's contribution to the logit of ``tokens[batch, answer]``, or with ``foil`` to
+        the logit difference ``tokens[batch, answer]`` minus ``tokens[batch, foil]``."""
+        K = self.values.shape[2]
+        for name, k in (("answer", answer), ("foil", foil)):
+            if k is not None and not -K <= k < K:
+                raise IndexError(f"{name}={k} is out of range: this result holds {K} target token(s) per prompt")
+        v = self.values[:, batch, answer]
+        return v if foil is None else v - self.values[:, batch, foil]
+
+    def token_texts(self, batch: int = 0) -> list[str]:
+        """The target tokens of prompt ``batch`` as quoted text (``#id`` without a tokenizer)."""
+        return token_texts(self.tokenizer, self.tokens[batch])
+
+    def _summary(self) -> Summary:
+        C, B, K = self.values.shape
+        names = self.token_texts(0)
+        facts = {"position": int(self.pos[0])}
+        facts.update({f"logit {n}": float(self.logits[0, k]) for k, n in enumerate(names[:4])})
+        if K >= 2:
+            facts[f"logit diff {names[0]} - {names[1]}"] = float(self.logits[0, 0] - self.logits[0, 1])
+            vals, what = self.contributions(0, 0, 1), f"the logit difference {names[0]} - {names[1]}"
+        else:
+            vals, what = self.contributions(0, 0), f"the logit of {names[0]}"
+        return Summary("direct logit attribution", {"component": C, "batch": B, "answer": K}, facts,
+                       top_entries(vals, [self.labels], k=8), f"largest contributions to {what} (prompt 0)")
 
 
 def _components(model, cache, per: str):
@@ -137,4 +179,4 @@ def direct_logit_attribution(
     values = _dla(model, dec.components, dec.final_scale, jnp.asarray(pos, jnp.int32), jnp.asarray(targets, jnp.int32))
     logits = np.asarray(model(toks, attention_mask=mask))[np.arange(B), pos]
     return DLAResult(np.asarray(values, np.float64), dec.labels + ("constant",), targets, pos,
-                     np.take_along_axis(logits, targets, axis=1))
+                     np.take_along_axis(logits, targets, axis=1), getattr(model, "tokenizer", None))

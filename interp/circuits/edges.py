@@ -27,13 +27,16 @@ import jax.numpy as jnp
 import numpy as np
 
 from interp.circuits.patching import PatchResult, _metric_value, _readout, _runs, _source_acts, _tokens, run_blocks
-from interp.hooks import act_name
+from interp.hooks import Cache, act_name
 from interp.hooks._spec import NOOP, _note_compile
 from interp.models._model import attention_inputs
+from interp.results import Result, Summary
 
 
 # ---------------------------------------------------------------------------------------------- nodes
 def senders(model) -> list[str]:
+    """Labels of every component that writes to the residual stream, upstream first: ``embed``, then each
+    layer's heads ``L{l}H{h}`` and its MLP ``MLP{l}``."""
     out = ["embed"]
     for l in range(model.n_layers):
         out += [f"L{l}H{h}" for h in range(model.blocks[l].attn.n_heads)] + [f"MLP{l}"]
@@ -41,6 +44,8 @@ def senders(model) -> list[str]:
 
 
 def receivers(model) -> list[str]:
+    """Labels of every input that reads the residual stream: each head's query ``L{l}H{h}.q``, each kv head's
+    key and value ``L{l}H{k}.k``/``.v``, each MLP ``MLP{l}``, and finally ``logits``."""
     out = []
     for l in range(model.n_layers):
         a = model.blocks[l].attn
@@ -109,9 +114,10 @@ def _normalized(norm, x):
 
 # ---------------------------------------------------------------------------------------------- EAP
 @dataclasses.dataclass(frozen=True)
-class EdgeResult:
+class EdgeResult(Result):
     """``scores [U V]``: estimated change of the metric from patching edge ``senders[u] -> receivers[v]``
-    alone (NaN where ``u`` does not precede ``v``)."""
+    alone (NaN where ``u`` does not precede ``v``). ``base`` and ``source`` are the metric of the base run and
+    of the source run; ``method`` is ``"eap"`` or ``"eap-ig"``."""
 
     scores: np.ndarray
     senders: tuple[str, ...]
@@ -121,12 +127,20 @@ class EdgeResult:
     method: str
 
     def score(self, sender: str, receiver: str) -> float:
+        """The score of one edge, by its end points' labels."""
         return float(self.scores[self.senders.index(sender), self.receivers.index(receiver)])
 
     def top(self, k: int = 10) -> list[tuple[str, str, float]]:
+        """The ``k`` edges with the largest absolute score, as (sender, receiver, score)."""
         s = np.nan_to_num(self.scores, nan=0.0)
         order = np.argsort(-np.abs(s), axis=None)[:k]
         return [(self.senders[u], self.receivers[v], float(s[u, v])) for u, v in zip(*np.unravel_index(order, s.shape))]
+
+    def _summary(self) -> Summary:
+        U, V = self.scores.shape
+        return Summary(f"edge attribution ({self.method})", {"sender": U, "receiver": V},
+                       {"base": self.base, "source": self.source, "edges": int(np.isfinite(self.scores).sum())},
+                       [(f"{u} -> {v}", s) for u, v, s in self.top(8)], "largest edges (estimated change of the metric)")
 
 
 def _hook_points(model):
@@ -198,7 +212,7 @@ def edge_attribution(
     base, source = _runs(model, clean, corrupted, direction, attention_mask)
     base_tokens, mask = _tokens(model, base, attention_mask)
     base_logits, bc = model.run_with_cache(base_tokens, _out_names(model), attention_mask=mask)
-    sc, src_metric = _source_acts(model, source, _out_names(model), mask, metric)
+    sc, src_metric = _source_outputs(model, source, mask, metric)
     _same_shape(bc, sc)
     diff = _sender_outputs(model, sc) - _sender_outputs(model, bc)
     deltas, _ = _hook_points(model)
@@ -210,6 +224,18 @@ def edge_attribution(
     scores[~_valid(model)] = np.nan
     return EdgeResult(scores, tuple(senders(model)), tuple(receivers(model)), _metric_value(metric, base_logits),
                       src_metric, method)
+
+
+def _source_outputs(model, source, mask, metric):
+    """The source run's sender outputs (hooks ``_out_names``) at the prompt's own length, and its metric (NaN
+    when the source is a ``Cache``)."""
+    names = _out_names(model)
+    if isinstance(source, Cache):
+        missing = [n for n in names if n not in source]
+        if missing:
+            raise ValueError(f"the source cache lacks {missing[:3]}...; capture them with run_with_cache first")
+        return source, float("nan")
+    return _source_acts(model, source, names, mask, metric, 0)
 
 
 def _same_shape(base_cache, source_cache):
@@ -305,7 +331,7 @@ def path_patch(
     L = model.n_layers
     keep = [act_name(s, l) for l in range(L) for s in ("resid_pre", "resid_mid")] + [act_name("resid_post", L - 1)]
     base_logits, bc = model.run_with_cache(base_tokens, keep + _out_names(model), attention_mask=mask)
-    sc, src_metric = _source_acts(model, source, _out_names(model), mask, metric)
+    sc, src_metric = _source_outputs(model, source, mask, metric)
     _same_shape(bc, sc)
     index = {s: i for i, s in enumerate(senders(model))}
     diff = _sender_outputs(model, sc) - _sender_outputs(model, bc)

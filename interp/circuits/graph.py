@@ -28,6 +28,7 @@ import numpy as np
 
 from interp.hooks import act_name
 from interp.hooks._spec import _note_compile
+from interp.results import Result, Summary
 from interp.sae.transcoders import HOOK_IN, HOOK_OUT, Transcoders
 from interp.weights._atomic import atomic_file
 
@@ -167,8 +168,15 @@ class _Rows:
 
 # ---------------------------------------------------------------------------------------------- the graph
 @dataclasses.dataclass
-class Graph:
-    """An attribution graph for one prompt (see the module docstring for the node order)."""
+class Graph(Result):
+    """An attribution graph for one prompt (see the module docstring for the node order).
+
+    ``tokens [T]`` and ``str_tokens`` are the prompt; feature node ``i`` is latent ``feature_id[i]`` of layer
+    ``feature_layer[i]``'s transcoder at position ``feature_pos[i]``, active at ``feature_act[i]``; the logit
+    nodes are ``logit_tokens [K]`` with their probabilities ``logit_probs``. ``adjacency [N N]`` holds the direct
+    effects (row target, column source); ``node_mask`` and ``edge_mask`` are what :func:`prune` kept;
+    ``supernodes`` are named groups of feature nodes; ``info`` is free-form metadata saved with the graph.
+    """
 
     tokens: np.ndarray  # [T]
     str_tokens: list[str]
@@ -186,28 +194,51 @@ class Graph:
     supernodes: dict[str, list[int]] = dataclasses.field(default_factory=dict)
     info: dict = dataclasses.field(default_factory=dict)
 
+    def _summary(self) -> Summary:
+        pruned = self.node_mask is not None
+        prompt = "".join(self.str_tokens)
+        facts: dict = {"prompt": prompt if len(prompt) <= 80 else prompt[:77] + "...",
+                       "logits": ", ".join(f"{s!r} {p:.3f}" for s, p in zip(self.logit_strs, self.logit_probs))}
+        if pruned:
+            facts["kept nodes"] = int(self.node_mask.sum())
+        facts["edges"] = len(self.edges(pruned))
+        facts.update(self.scores(pruned=pruned))
+        influence = self.influence(pruned=pruned)
+        feats = [int(i) for i in self.kept() if self.kind(int(i)) == "feature"]
+        best = sorted(feats, key=lambda i: -influence[i])[:8]
+        return Summary("attribution graph", {"feature": self.n_features, "node": self.n_nodes, "pos": self.n_pos,
+                                             "layer": self.n_layers}, facts,
+                       [(self.label(i), float(influence[i])) for i in best], "most influential features")
+
     # node bookkeeping
     @property
     def n_features(self) -> int:
+        """Number of feature nodes."""
         return len(self.feature_id)
 
     @property
     def n_pos(self) -> int:
+        """Number of prompt positions."""
         return len(self.tokens)
 
     @property
     def n_nodes(self) -> int:
+        """Number of nodes of every kind."""
         return self.adjacency.shape[0]
 
     def slices(self) -> dict[str, slice]:
+        """Node index range of each kind: ``feature``, ``error``, ``embed``, ``logit``."""
         F, E, T = self.n_features, self.n_layers * self.n_pos, self.n_pos
         return {"feature": slice(0, F), "error": slice(F, F + E), "embed": slice(F + E, F + E + T),
                 "logit": slice(F + E + T, self.n_nodes)}
 
     def kind(self, i: int) -> str:
+        """The kind of node ``i``: ``feature``, ``error``, ``embed`` or ``logit``."""
         return next(k for k, s in self.slices().items() if s.start <= i < s.stop)
 
     def label(self, i: int) -> str:
+        """A short name for node ``i``: ``L3/F17@5`` (layer, feature, position), ``err L3@5``, ``emb ' the'@2``,
+        ``logit ' Paris'``."""
         s = self.slices()
         kind = self.kind(i)
         j = i - s[kind].start
@@ -232,6 +263,7 @@ class Graph:
         return self.n_layers, self.n_pos - 1
 
     def logit_weights(self) -> np.ndarray:
+        """``[N]``: each logit node's probability, zero elsewhere (the weights influence is measured with)."""
         w = np.zeros(self.n_nodes)
         w[self.slices()["logit"]] = self.logit_probs
         return w
@@ -266,6 +298,7 @@ class Graph:
                 "completeness": float((non_error * out * has_inputs).sum() / (out * has_inputs).sum())}
 
     def kept(self) -> np.ndarray:
+        """Indices of the nodes pruning kept (every node of an unpruned graph)."""
         return np.arange(self.n_nodes) if self.node_mask is None else np.flatnonzero(self.node_mask)
 
     def edges(self, pruned: bool = True) -> list[tuple[int, int, float]]:
@@ -304,6 +337,7 @@ class Graph:
         self.supernodes[name] = nodes
 
     def ungroup(self, name: str) -> None:
+        """Remove the supernode ``name`` (its features stay in the graph)."""
         self.supernodes.pop(name)
 
     # files
@@ -345,6 +379,7 @@ class Graph:
         }
 
     def save(self, path: str | Path) -> Path:
+        """Write :meth:`to_json` to ``path`` atomically; :meth:`load` reads it back."""
         path = Path(path)
         with atomic_file(path, "w") as fh:
             fh.write(json.dumps(self.to_json()))
@@ -352,6 +387,7 @@ class Graph:
 
     @classmethod
     def load(cls, path: str | Path) -> "Graph":
+        """A graph written by :meth:`save`."""
         d = json.loads(Path(path).read_text())
         if "interp" not in d:
             raise ValueError(f"{path} holds no interp graph data (it was not written by Graph.save)")
@@ -618,11 +654,19 @@ def feature_changes(graph: Graph, nodes, scale: float = 0.0) -> list[tuple[int, 
 
 
 @dataclasses.dataclass(frozen=True)
-class Intervention:
-    """Next-token logits at the last position before and after an intervention."""
+class Intervention(Result):
+    """Next-token logits ``before [V]`` and ``after [V]`` an intervention, at the last position."""
 
     before: np.ndarray  # [V]
     after: np.ndarray
+
+    def _summary(self) -> Summary:
+        d = self.after - self.before
+        order = np.argsort(-np.abs(d), kind="stable")[:8]
+        facts = {"top before": f"#{int(np.argmax(self.before))}", "top after": f"#{int(np.argmax(self.after))}",
+                 "largest |logit change|": float(np.abs(d).max())}
+        return Summary("intervention on the next-token logits", {"vocab": len(self.before)}, facts,
+                       [(f"#{int(t)}", float(d[t])) for t in order], "largest logit changes")
 
     def change(self, token: int) -> float:
         """Change of the token's raw logit."""

@@ -14,13 +14,15 @@ import jax.numpy as jnp
 import numpy as np
 
 from interp.hooks import act_name, edits
+from interp.results import Result, Summary
 
 KINDS = ("previous_token", "duplicate_token", "induction")
 
 
 @dataclasses.dataclass(frozen=True)
-class HeadScores:
-    """``values [kind, layer, head]``: mean attention weight on each kind's target position."""
+class HeadScores(Result):
+    """``values [kind, layer, head]``: mean attention weight on each kind's target position; ``kinds`` names the
+    detectors (``previous_token``, ``duplicate_token``, ``induction``)."""
 
     values: np.ndarray
     kinds: tuple[str, ...]
@@ -35,6 +37,12 @@ class HeadScores:
         v = self[kind]
         order = np.argsort(-v, axis=None)[:k]
         return [(int(l), int(h), float(v[l, h])) for l, h in zip(*np.unravel_index(order, v.shape))]
+
+    def _summary(self) -> Summary:
+        _, L, H = self.values.shape
+        top = [(f"{kind}: L{l}H{h}", s) for kind in self.kinds for l, h, s in self.top(kind, 2)]
+        return Summary("attention head scores", {"kind": len(self.kinds), "layer": L, "head": H}, top=top,
+                       top_title="best heads of each kind (mean attention on the target)")
 
 
 def _targets(T: int, half: int, offset: int) -> tuple[np.ndarray, np.ndarray]:

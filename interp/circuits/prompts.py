@@ -29,6 +29,8 @@ from typing import Any
 
 import numpy as np
 
+from interp.results import Result, Summary, token_texts
+
 __all__ = ["PromptSet", "capitals", "induction", "ioi", "load_json"]
 
 _NAME_SLOTS = ("[A]", "[B]")
@@ -36,7 +38,7 @@ _IOI_CORRUPTIONS = ("abc", "swap")
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
-class PromptSet:
+class PromptSet(Result):
     """``N`` clean prompts and their corrupted partners, all ``T`` tokens long.
 
     ``answer[i]`` is the correct next token after ``clean[i]``; ``wrong[i]`` the foil the metric compares it
@@ -80,6 +82,14 @@ class PromptSet:
         n, t = self.clean.shape
         example = f", e.g. {self.clean_text[0]!r}" if n else ""
         return f"PromptSet({self.name!r}, n={n}, T={t}{example})"
+
+    def _summary(self) -> Summary:
+        n, t = self.clean.shape
+        answers, wrongs = token_texts(self.tokenizer, self.answer[:6]), token_texts(self.tokenizer, self.wrong[:6])
+        top = [(f"{c!r} / {k!r}", f"{a} vs {w}")
+               for c, k, a, w in zip(self.clean_text, self.corrupted_text, answers, wrongs)]
+        return Summary(f"prompt set {self.name!r}", {"prompt": n, "pos": t}, top=top,
+                       top_title="clean / corrupted prompt: answer vs wrong")
 
     def str_tokens(self, i: int = 0) -> list[str]:
         """Token strings of clean prompt ``i`` (axis labels for position-wise plots)."""
