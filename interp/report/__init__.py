@@ -3,7 +3,8 @@ and text into one file that renders offline (plotly.js is inlined; nothing is fe
 (model and weight hash, dictionaries, corpus, package versions, git revision, date).
 
     report = Report("IOI in SmolLM2")
-    report.add(patching_result, title="Residual stream patching")
+    report.add(patching_result, title="Residual stream patching")   # any result: its summary and figures
+    report.add(lens_result)                    # LensResult, DLAResult, HeadScores, EdgeResult, Graph, ...
     report.add(graph_explorer)                 # a widget: its static view
     report.add_metrics({"FVU": 0.12, "L0": 32})
     report.set_provenance(model=model, model_name="smollm2-135m", corpus="wikitext-2")
@@ -24,10 +25,8 @@ from collections.abc import Iterable, Mapping
 from importlib import metadata
 from pathlib import Path
 
-
 from interp.viz._figures import escape
-from interp.viz.features import FeatureCard
-from interp.viz.views import HTML, Linked, feature_view, patching_view
+from interp.viz.views import HTML, Linked, result_view
 from interp.weights.fingerprint import weights_hash
 
 __all__ = ["HTML", "Linked", "Report", "provenance", "weights_hash"]
@@ -128,16 +127,20 @@ class Report:
 
     # ------------------------------------------------------------------ building
     def add(self, item, title: str | None = None, note: str | None = None) -> Report:
-        """Add a section: a plotly figure (or FigureWidget), a widget from :mod:`interp.widgets` (its static
-        view), a ``PatchResult``, a ``FeatureCard``, an :class:`HTML` fragment, a :class:`Linked` figure, a dict
-        of metrics, plain text, or a list of these."""
+        """Add a section: any result the library returns (``PatchResult``, ``LensResult``, ``DLAResult``,
+        ``Decomposition``, ``HeadScores``, ``EdgeResult``, ``PromptSet``, ``Graph``, ``Intervention``,
+        ``FeatureCard``, ``FeatureIndex``, ``DictionaryMetrics``, ``TrainResult``: its summary table and figures),
+        a plotly figure (or FigureWidget), a widget from :mod:`interp.widgets` (its static view), an :class:`HTML`
+        fragment, a :class:`Linked` figure, a dict of metrics, plain text, or a list of these."""
         self.sections.append((title, note, self._parts(item)))
         return self
 
     def add_metrics(self, metrics: Mapping, title: str = "Metrics", note: str | None = None) -> Report:
+        """Add a table of named values."""
         return self.add(dict(metrics), title=title, note=note)
 
     def add_text(self, text: str, title: str | None = None) -> Report:
+        """Add paragraphs of text (separated by blank lines), escaped."""
         return self.add(text, title=title)
 
     def set_provenance(self, meta: Mapping | None = None, **kwargs) -> Report:
@@ -146,16 +149,13 @@ class Report:
         return self
 
     def _parts(self, item) -> list:
-        from interp.circuits.patching import PatchResult
-
         if isinstance(item, (list, tuple)):
             return [p for x in item for p in self._parts(x)]
         if hasattr(item, "static") and callable(item.static):
             return self._parts(item.static())
-        if isinstance(item, PatchResult):
-            return patching_view(item)
-        if isinstance(item, FeatureCard):
-            return feature_view(item)
+        parts = result_view(item)
+        if parts is not None:
+            return parts
         if isinstance(item, (HTML, Linked)):
             return [item]
         if isinstance(item, Mapping):
@@ -166,11 +166,12 @@ class Report:
             import plotly.graph_objects as go
 
             return [go.Figure(item.to_plotly_json())]  # a FigureWidget becomes a plain figure
-        raise TypeError(f"a report cannot show a {type(item).__name__}: pass a plotly figure, a widget, a "
-                        "PatchResult, a FeatureCard, HTML(...), a dict of metrics or text")
+        raise TypeError(f"a report cannot show a {type(item).__name__}: pass a result of the library (PatchResult, "
+                        "LensResult, Graph, ...), a plotly figure, a widget, HTML(...), a dict of metrics or text")
 
     # ------------------------------------------------------------------ rendering
     def to_html(self) -> str:
+        """The whole report as one HTML page (plotly.js inlined)."""
         import plotly.io as pio
         from plotly.offline import get_plotlyjs
 

@@ -4,13 +4,17 @@ and :mod:`interp.report` collects them into one self-contained HTML file."""
 from interp.viz._figures import (
     attention_figure,
     bar_figure,
+    decomposition_figure,
     dla_figure,
     edge_circuit_figure,
     escape,
     graph_figure,
     graph_layout,
+    head_scores_figure,
     heatmap_figure,
     histogram_figure,
+    intervention_figure,
+    lens_cells,
     lens_figure,
     logit_effect_figure,
     patching_figure,
@@ -27,9 +31,12 @@ from interp.viz.features import (
     feature_indices,
     logit_effects,
 )
+from interp.viz.views import HTML, Linked, result_view
 
 __all__ = [
-    "FeatureCard", "FeatureIndex", "attention_figure", "bar_figure", "dla_figure", "edge_circuit_figure", "escape", "feature_card",
-    "feature_card_html", "feature_index", "feature_indices", "graph_figure", "graph_layout", "heatmap_figure", "histogram_figure", "lens_figure",
-    "logit_effect_figure", "logit_effects", "patching_figure", "token_strings", "token_ticks", "training_figure",
+    "HTML", "FeatureCard", "FeatureIndex", "Linked", "attention_figure", "bar_figure", "decomposition_figure",
+    "dla_figure", "edge_circuit_figure", "escape", "feature_card", "feature_card_html", "feature_index",
+    "feature_indices", "graph_figure", "graph_layout", "head_scores_figure", "heatmap_figure", "histogram_figure",
+    "intervention_figure", "lens_cells", "lens_figure", "logit_effect_figure", "logit_effects", "patching_figure",
+    "result_view", "token_strings", "token_ticks", "training_figure",
 ]

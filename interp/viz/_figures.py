@@ -21,11 +21,13 @@ def escape(s: str) -> str:
 
 
 def token_strings(model, ids) -> list[str]:
-    """Each id as its own text, or ``"#id"`` for a model without a tokenizer."""
+    """Each id as its own text through ``model`` (a model or a ``Tokenizer``), or ``"#id"`` without one (``None``
+    or a model without a tokenizer)."""
     ids = [int(i) for i in np.asarray(ids).reshape(-1)]
-    if getattr(model, "tokenizer", None) is None:
+    source = getattr(model, "tokenizer", model)
+    if source is None:
         return [f"#{i}" for i in ids]
-    return [model.to_string([i]) for i in ids]
+    return [source.to_string([i]) for i in ids]
 
 
 def _go():
@@ -79,11 +81,40 @@ def attention_figure(str_tokens: Sequence[str], pattern: np.ndarray, *, head_lab
 
 
 # ---------------------------------------------------------------------------------------------- lens and DLA
-def lens_figure(str_tokens: Sequence[str], top_strs: Sequence[Sequence[str]], top_probs: np.ndarray,
-                row_labels: Sequence[str], *, title: str | None = None, figure=None):
-    """Logit lens: rows are lens readouts (embedding, then each block), columns positions; the cell colour is the
-    probability of that row's top token, written in the cell."""
+def lens_cells(lens, batch: int = 0, tokenizer=None) -> tuple[list[str], list[list[str]], np.ndarray, tuple]:
+    """What :func:`lens_figure` draws for prompt ``batch`` of a :class:`interp.circuits.LensResult`: the prompt's
+    token strings, the top token's text at every readout row and position, its probability ``[L+1, T]``, and the
+    row labels. Text comes from ``tokenizer`` (a ``Tokenizer`` or a model), else the result's own."""
+    import jax
+
+    tokenizer = tokenizer if tokenizer is not None else lens.tokenizer
+    probs = np.asarray(jax.nn.softmax(np.asarray(lens.logits[:, batch], np.float32), axis=-1))  # [L+1 T V]
+    top = probs.argmax(-1)
+    T = probs.shape[1]
+    prompt = lens.tokens[batch] if lens.tokens is not None else None
+    str_tokens = token_strings(tokenizer, prompt) if prompt is not None else [f"pos {t}" for t in range(T)]
+    cells = [token_strings(tokenizer, row) for row in top]
+    return str_tokens, cells, np.take_along_axis(probs, top[..., None], -1)[..., 0], tuple(lens.labels)
+
+
+def lens_figure(lens, *tables, batch: int = 0, tokenizer=None, title: str | None = None, figure=None):
+    """Logit lens (:class:`interp.circuits.LensResult`) of prompt ``batch``: rows are readouts (embedding, then
+    each block), columns positions; the cell colour is the probability of that row's top token, written in the
+    cell. Token text comes from the result's tokenizer, or ``tokenizer`` (a ``Tokenizer`` or a model).
+
+    Precomputed tables still work: ``lens_figure(str_tokens, top_strs, top_probs, row_labels)``."""
     go = _go()
+    if hasattr(lens, "logits") and hasattr(lens, "labels"):
+        if tables:
+            raise TypeError("lens_figure takes a LensResult alone, or four tables (str_tokens, top_strs, top_probs, "
+                            "row_labels)")
+        str_tokens, top_strs, top_probs, row_labels = lens_cells(lens, batch, tokenizer)
+        title = title if title is not None else f"Logit lens ({lens.scale} scale)"
+    elif len(tables) == 3:
+        str_tokens, (top_strs, top_probs, row_labels) = lens, tables
+    else:
+        raise TypeError(f"lens_figure takes a LensResult, or str_tokens, top_strs, top_probs and row_labels; got "
+                        f"{type(lens).__name__} and {len(tables)} more argument(s)")
     top_probs = np.asarray(top_probs, np.float32)
     ticks, text = token_ticks(str_tokens)
     cells = [[escape(s) for s in row] for row in top_strs]
@@ -124,11 +155,54 @@ def bar_figure(labels: Sequence[str], values: np.ndarray, *, title: str | None =
     return _layout(fig, title, height=max(300, 18 * len(labels) + 120) if horizontal else 360)
 
 
-def dla_figure(result, *, batch: int = 0, answer: int = 0, title: str | None = None, top: int | None = 40, figure=None):
-    """Direct logit attribution (:func:`interp.circuits.direct_logit_attribution`) of one answer of one prompt."""
-    vals = np.asarray(result.values)[:, batch, answer]
-    return bar_figure(result.labels, vals, title=title, xaxis="contribution to the logit", horizontal=True,
-                      top=top, figure=figure)
+def dla_figure(result, *, batch: int = 0, answer: int = 0, foil: int | None = None, title: str | None = None,
+               top: int | None = 40, figure=None):
+    """Direct logit attribution (:class:`interp.circuits.DLAResult`) of one prompt: each component's
+    contribution to the logit of target ``answer`` (an index into the result's targets), or with ``foil`` to the
+    logit difference ``answer`` minus ``foil`` (``foil=1`` draws ``result.logit_diff()``). ``top`` keeps the
+    components with the largest magnitude."""
+    vals = result.contributions(batch, answer, foil)
+    names = token_strings(getattr(result, "tokenizer", None), np.asarray(result.tokens)[batch])
+    what = f"{names[answer]!r}" if foil is None else f"{names[answer]!r} − {names[foil]!r}"
+    if title is None:
+        title = f"Direct logit attribution of {what} (prompt {batch}, position {int(result.pos[batch])})"
+    xaxis = "contribution to the logit" if foil is None else "contribution to the logit difference"
+    return bar_figure(result.labels, vals, title=title, xaxis=xaxis, horizontal=True, top=top, figure=figure)
+
+
+def decomposition_figure(decomposition, *, batch: int = 0, pos: int = -1, title: str | None = None,
+                         top: int | None = 40, figure=None):
+    """The norm of each residual-stream component (:class:`interp.circuits.Decomposition`) at one prompt and
+    position."""
+    T = decomposition.components.shape[2]
+    title = title if title is not None else f"Residual stream components (prompt {batch}, position {pos % T})"
+    fig = bar_figure(decomposition.labels, decomposition.norms(batch, pos), title=title, xaxis="norm",
+                     horizontal=True, top=top, figure=figure)
+    return fig
+
+
+def head_scores_figure(scores, *, kind: str | None = None, title: str | None = None, figure=None):
+    """Head detector scores (:class:`interp.circuits.HeadScores`) as layer x head heatmaps, one per detector
+    kind with a menu to switch (or only ``kind``)."""
+    go = _go()
+    kinds = list(scores.kinds) if kind is None else [kind]
+    fig = figure if figure is not None else go.Figure()
+    fig.data = []
+    _, L, H = np.asarray(scores.values).shape
+    for i, k in enumerate(kinds):
+        fig.add_trace(go.Heatmap(
+            z=np.asarray(scores[k], np.float64), x=list(range(H)), y=list(range(L)), zmin=0.0, zmax=1.0,
+            colorscale="Blues", visible=i == 0, name=escape(k), colorbar={"title": "score"},
+            hovertemplate="L%{y}H%{x}: %{z:.3f}<extra>" + escape(k) + "</extra>"))
+    if len(kinds) > 1:
+        fig.update_layout(updatemenus=[{
+            "buttons": [{"label": escape(k), "method": "update", "args": [{"visible": [j == i for j in range(len(kinds))]}]}
+                        for i, k in enumerate(kinds)], "x": 1.0, "xanchor": "right", "y": 1.15, "yanchor": "top"}])
+    fig.update_xaxes(tickvals=list(range(H)), ticktext=[f"H{h}" for h in range(H)], title="head")
+    fig.update_yaxes(tickvals=list(range(L)), ticktext=[f"L{l}" for l in range(L)], title="layer",
+                     autorange="reversed")
+    return _layout(fig, title if title is not None else "Attention head scores" + (f": {kind}" if kind else ""),
+                   height=max(340, 16 * L + 160))
 
 
 def heatmap_figure(z: np.ndarray, row_labels: Sequence[str], col_labels: Sequence[str], *, title: str | None = None,
@@ -196,6 +270,7 @@ def patching_figure(result, *, normalized: bool = True, title: str | None = None
 # ---------------------------------------------------------------------------------------------- features
 def histogram_figure(counts: np.ndarray, edges: np.ndarray, *, title: str | None = None, xaxis: str = "activation",
                      figure=None):
+    """A histogram from ``counts [n]`` and bin ``edges [n + 1]`` (as ``numpy.histogram`` returns them)."""
     go = _go()
     centers = (np.asarray(edges[:-1]) + np.asarray(edges[1:])) / 2
     fig = figure if figure is not None else go.Figure()
@@ -221,12 +296,14 @@ def logit_effect_figure(promoted: Sequence[tuple[str, float]], suppressed: Seque
 TRAINING_METRICS = ("loss", "fvu", "l0", "dead_fraction")
 
 
-def training_figure(history: Sequence[dict], *, metrics: Sequence[str] = TRAINING_METRICS, x: str = "step",
+def training_figure(history, *, metrics: Sequence[str] = TRAINING_METRICS, x: str = "step",
                     title: str | None = None, figure=None):
-    """Training curves (one panel per metric) from a list of rows such as ``TrainResult.history``."""
+    """Training curves (one panel per metric) of a ``TrainResult`` (:func:`interp.sae.train`) or a list of rows
+    such as its ``history``."""
     go = _go()
     from plotly.subplots import make_subplots
 
+    history = list(getattr(history, "history", history))
     metrics = [m for m in metrics if any(m in row for row in history)] or list(metrics)
     if figure is None:
         figure = go.Figure(make_subplots(rows=1, cols=len(metrics), subplot_titles=[escape(m) for m in metrics]))
@@ -336,12 +413,23 @@ def _component_xy(label: str, n_layers: int, n_heads: int) -> tuple[float, float
     return (float(h), float(layer), part)
 
 
-def edge_circuit_figure(result, n_layers: int, n_heads: int, *, top: int = 40, title: str | None = None,
-                        figure=None):
+def _edge_grid(result) -> tuple[int, int]:
+    """(layers, heads) of the model an edge result came from, read off its sender labels."""
+    heads = [s[1:].split("H") for s in result.senders if s.startswith("L")]
+    mlps = [int(s[3:]) for s in result.senders if s.startswith("MLP")]
+    n_layers = max([int(l) for l, _ in heads] + mlps, default=-1) + 1
+    return n_layers, max((int(h) for _, h in heads), default=-1) + 1
+
+
+def edge_circuit_figure(result, n_layers: int | None = None, n_heads: int | None = None, *, top: int = 40,
+                        title: str | None = None, figure=None):
     """The ``top`` edges of an edge attribution (:class:`interp.circuits.EdgeResult`) by magnitude, drawn between
     components laid out by layer (heads by index, MLPs to the right); blue edges move the metric towards the
-    source run, red ones away."""
+    source run, red ones away. The layer and head counts are read off the result's labels unless given."""
     go = _go()
+    grid = _edge_grid(result)
+    n_layers = grid[0] if n_layers is None else n_layers
+    n_heads = grid[1] if n_heads is None else n_heads
     s = np.nan_to_num(np.asarray(result.scores), nan=0.0)
     order = np.argsort(-np.abs(s), axis=None)[:top]
     us, vs = np.unravel_index(order, s.shape)
@@ -373,3 +461,26 @@ def edge_circuit_figure(result, n_layers: int, n_heads: int, *, top: int = 40, t
                      ticktext=["embed"] + [f"L{l}" for l in range(n_layers)] + ["logits"], zeroline=False)
     return _layout(fig, title or f"Top {top} edges ({result.method}); dotted: into keys, dashed: into values",
                    height=max(420, 18 * n_layers + 200))
+
+
+def intervention_figure(intervention, tokens: Sequence[int] | None = None, *, k: int = 8, tokenizer=None,
+                        title: str | None = None, figure=None):
+    """Next-token logits before and after an intervention (:class:`interp.circuits.graph.Intervention`), as
+    paired bars over ``tokens`` (default: the ``k`` tokens whose logit changed most). Token text comes from
+    ``tokenizer`` (a ``Tokenizer`` or a model), else ``#id``."""
+    go = _go()
+    before, after = np.asarray(intervention.before), np.asarray(intervention.after)
+    if tokens is None:
+        tokens = np.argsort(-np.abs(after - before), kind="stable")[:k]
+    tokens = [int(t) for t in tokens]
+    names = [escape(n) for n in token_strings(tokenizer, tokens)]
+    fig = figure if figure is not None else go.Figure()
+    fig.data = []
+    fig.add_trace(go.Bar(name="before", x=names, y=before[tokens], customdata=tokens,
+                         hovertemplate="%{x}: %{y:.4g}<extra>before</extra>"))
+    fig.add_trace(go.Bar(name="after", x=names, y=after[tokens], customdata=tokens,
+                         hovertemplate="%{x}: %{y:.4g}<extra>after</extra>"))
+    fig.update_xaxes(type="category", title="next token")
+    fig.update_yaxes(title="logit")
+    return _layout(fig, title if title is not None else "Next-token logits before and after the intervention",
+                   height=360)

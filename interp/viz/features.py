@@ -15,6 +15,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from interp.results import Result, Summary, top_entries
 from interp.viz._figures import (
     escape,
     histogram_figure,
@@ -24,8 +25,10 @@ from interp.viz._figures import (
 
 
 @dataclasses.dataclass
-class FeatureIndex:
-    """Every nonzero latent activation of ``dictionary`` over ``tokens [N, T]``, sorted by latent."""
+class FeatureIndex(Result):
+    """Every nonzero latent activation of ``dictionary`` over ``tokens [N, T]``, sorted by latent: entry ``i`` is
+    latent ``latent[i]`` firing at ``value[i]`` on token ``flat_pos[i]`` of ``tokens.reshape(-1)``; the entries
+    of latent ``f`` are ``starts[f]:starts[f + 1]``. The first ``skip_positions`` of each row are not indexed."""
 
     tokens: np.ndarray  # [N T]
     width: int
@@ -37,9 +40,11 @@ class FeatureIndex:
 
     @property
     def n_tokens(self) -> int:
+        """Number of indexed tokens (positions past ``skip_positions``)."""
         return int(self.tokens.shape[0] * max(self.tokens.shape[1] - self.skip_positions, 0))
 
     def entries(self, f: int) -> tuple[np.ndarray, np.ndarray]:
+        """(flat token positions, activations) where latent ``f`` fires."""
         if not 0 <= f < self.width:
             raise IndexError(f"latent {f} is out of range: the dictionary has {self.width} latents")
         s = slice(self.starts[f], self.starts[f + 1])
@@ -55,6 +60,16 @@ class FeatureIndex:
         pos, val = self.entries(f)
         out[pos] = val
         return out.reshape(self.tokens.shape)
+
+    def _summary(self) -> Summary:
+        N, T = self.tokens.shape
+        density = self.density()
+        facts = {"indexed tokens": self.n_tokens, "activations": len(self.value),
+                 "latents that fire": int((density > 0).sum()), "skipped positions": self.skip_positions}
+        return Summary("feature index", {"row": N, "pos": T, "latent": self.width}, facts,
+                       [(f"latent {f}", d) for f, d in top_entries(density, [range(self.width)], k=8,
+                                                                     by_magnitude=False) if d > 0],
+                       "densest latents (fraction of tokens)")
 
 
 @jax.jit
@@ -114,8 +129,11 @@ def feature_indices(model, dictionaries: Mapping, tokens, *, batch: int = 8, ski
 
 
 @dataclasses.dataclass
-class FeatureCard:
-    """What a feature dashboard shows for one latent."""
+class FeatureCard(Result):
+    """What a feature dashboard shows for one latent: its density and activations over the indexed tokens, the
+    top-activating ``contexts`` (token strings with per-token activations), the activation histogram
+    (``hist_counts``, ``hist_edges``), and the tokens its decoder direction ``promoted`` and ``suppressed``
+    through the unembedding, with an optional ``explanation``."""
 
     latent: int
     label: str
@@ -130,6 +148,7 @@ class FeatureCard:
     explanation: str | None = None
 
     def figures(self) -> list:
+        """The activation histogram (when the latent fires) and the direct logit effect, as plotly figures."""
         figs = []
         if self.n_active:
             figs.append(histogram_figure(self.hist_counts, self.hist_edges, title=f"{self.label}: activations"))
@@ -139,6 +158,18 @@ class FeatureCard:
     def html(self) -> str:
         """Header, statistics and highlighted contexts as an HTML fragment (figures not included)."""
         return feature_card_html(self)
+
+    def _summary(self) -> Summary:
+        facts = {"density": self.density, "active tokens": self.n_active, "max activation": self.max_act}
+        if self.explanation:
+            facts["explanation"] = self.explanation
+        if self.contexts:
+            c = self.contexts[0]
+            facts["top context"] = "".join(c["tokens"][:c["center"] + 1])[-60:]
+        top = [(f"promotes {t!r}", v) for t, v in self.promoted[:4]] + [(f"suppresses {t!r}", v)
+                                                                         for t, v in self.suppressed[:4]]
+        return Summary(f"feature card, {self.label}", {"context": len(self.contexts)}, facts, top,
+                       "direct logit effect")
 
 
 def logit_effects(model, direction) -> np.ndarray:
@@ -189,6 +220,7 @@ def _highlight(tokens: Sequence[str], acts: Sequence[float], center: int, scale:
 
 
 def feature_card_html(card: FeatureCard) -> str:
+    """A card's header, statistics and highlighted contexts as an HTML fragment; every token is escaped."""
     rows = []
     for c in card.contexts:
         rows.append(f'<div class="ctx"><span class="ctx-val">{c["value"]:.2f}</span> '

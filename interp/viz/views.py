@@ -11,8 +11,14 @@ import numpy as np
 
 from interp.viz._figures import (
     attention_figure,
+    decomposition_figure,
     dla_figure,
+    edge_circuit_figure,
+    escape,
     graph_figure,
+    head_scores_figure,
+    intervention_figure,
+    lens_cells,
     lens_figure,
     patching_figure,
     token_strings,
@@ -49,11 +55,8 @@ def lens_table(model, tokens, scale: str = "own") -> tuple[list[list[str]], np.n
     """Top token (as text) and its probability at every lens row and position of one prompt."""
     from interp.circuits.lens import logit_lens
 
-    lens = logit_lens(model, tokens, scale=scale)
-    probs = np.asarray(lens.probs()[:, 0], np.float32)  # [L+1 T V]
-    top = probs.argmax(-1)
-    strs = [token_strings(model, row) for row in top]
-    return strs, np.take_along_axis(probs, top[..., None], -1)[..., 0], lens.labels
+    _, strs, p, labels = lens_cells(logit_lens(model, tokens, scale=scale), 0, model)
+    return strs, p, labels
 
 
 def _tokens(model, prompt):
@@ -77,28 +80,33 @@ def lens_view(model, prompt, *, answer: str | int | None = None, scale: str = "o
     """Logit lens over every layer and position, and the direct logit attribution of ``answer`` (default: the
     model's top prediction) at the last position."""
     from interp.circuits.dla import direct_logit_attribution
+    from interp.circuits.lens import logit_lens
 
-    tokens, strs = _tokens(model, prompt)
-    top_strs, top_p, labels = lens_table(model, tokens, scale)
+    tokens, _ = _tokens(model, prompt)
+    lens = logit_lens(model, tokens, scale=scale)
     if answer is None:
         answer = int(np.asarray(model(tokens)[0, -1]).argmax())
     elif isinstance(answer, str):
         answer = model.to_single_token(answer)
     dla = direct_logit_attribution(model, tokens, np.array([answer]), per=per)
     name = token_strings(model, [answer])[0]
-    return [lens_figure(strs, top_strs, top_p, labels, title=f"Logit lens ({scale} scale)"),
+    return [lens_figure(lens, tokenizer=model),
             dla_figure(dla, title=f"Direct logit attribution of {name!r} at the last position", top=top)]
 
 
 def patching_view(result, *, normalized: bool = True) -> list:
+    """A patching or attribution sweep: its figure."""
     return [patching_figure(result, normalized=normalized)]
 
 
 def feature_view(card: FeatureCard) -> list:
+    """A feature card: its HTML (contexts, statistics) and figures (histogram, logit effects)."""
     return [HTML(feature_card_html(card)), *card.figures()]
 
 
-def training_view(history: Sequence[dict]) -> list:
+def training_view(history) -> list:
+    """Training curves of a ``TrainResult`` or of its ``history`` rows (x axis: tokens when recorded)."""
+    history = list(getattr(history, "history", history))
     return [training_figure(history, x="tokens" if history and "tokens" in history[0] else "step",
                             title="Dictionary training")]
 
@@ -135,3 +143,77 @@ def graph_cards(model, transcoders, graph, tokens, *, indices: dict | None = Non
 def graph_explorer_view(model, transcoders, graph, tokens=None) -> list:
     """The static form of the graph explorer: the graph, with each kept feature's dashboard on click."""
     return graph_view(graph, graph_cards(model, transcoders, graph, tokens) if tokens is not None else None)
+
+
+# ---------------------------------------------------------------------------------------------- any result
+def summary_html(result) -> HTML:
+    """A result's summary table (its ``_repr_html_``), as a report part."""
+    return HTML(result._repr_html_())
+
+
+def _dla_parts(r) -> list:
+    parts = [dla_figure(r)]
+    if r.values.shape[2] >= 2:
+        parts.append(dla_figure(r, foil=1))
+    return parts
+
+
+def _prompt_set_table(ps, limit: int = 50) -> HTML:
+    answers = token_strings(ps.tokenizer, ps.answer[:limit])
+    wrongs = token_strings(ps.tokenizer, ps.wrong[:limit])
+    rows = "".join(f"<tr><td>{i}</td><td>{escape(c)}</td><td>{escape(k)}</td><td>{escape(a)}</td><td>{escape(w)}</td></tr>"
+                   for i, (c, k, a, w) in enumerate(zip(ps.clean_text, ps.corrupted_text, answers, wrongs)))
+    more = f'<p class="note">{len(ps) - limit} more prompts not shown</p>' if len(ps) > limit else ""
+    return HTML('<table class="kv"><tr><th>#</th><th>clean</th><th>corrupted</th><th>answer</th><th>wrong</th></tr>'
+                f"{rows}</table>{more}")
+
+
+def _metrics_table(metrics: dict) -> HTML:
+    rows = "".join(f"<tr><th>{escape(k)}</th><td>{escape(f'{v:.6g}' if isinstance(v, float) else v)}</td></tr>"
+                   for k, v in metrics.items())
+    return HTML(f'<table class="kv">{rows}</table>')
+
+
+def _train_parts(r) -> list:
+    last = r.history[-1] if r.history else {}
+    facts = {"dictionary": type(r.dictionary).__name__, "output folder": str(r.out_dir) if r.out_dir else "(none)",
+             "input scale": float(r.scale), **{f"final {k}": v for k, v in last.items() if isinstance(v, (int, float))}}
+    return [_metrics_table(facts), *training_view(r)]
+
+
+def _views() -> list[tuple[type, object]]:
+    """(result type, function -> report parts); the first type an item is an instance of decides."""
+    from interp.circuits import Decomposition, DLAResult, EdgeResult, HeadScores, LensResult, PatchResult, PromptSet
+    from interp.circuits.graph import Graph, Intervention
+    from interp.sae import DictionaryMetrics, TrainResult
+    from interp.viz.features import FeatureIndex
+
+    return [
+        (PatchResult, lambda r: [summary_html(r), *patching_view(r)]),
+        (LensResult, lambda r: [summary_html(r), lens_figure(r)]),
+        (DLAResult, lambda r: [summary_html(r), *_dla_parts(r)]),
+        (Decomposition, lambda r: [summary_html(r), decomposition_figure(r)]),
+        (HeadScores, lambda r: [summary_html(r), head_scores_figure(r)]),
+        (EdgeResult, lambda r: [summary_html(r), edge_circuit_figure(r)]),
+        (Graph, lambda r: [summary_html(r), *graph_view(r)]),
+        (Intervention, lambda r: [summary_html(r), intervention_figure(r)]),
+        (PromptSet, lambda r: [summary_html(r), _prompt_set_table(r)]),
+        (FeatureCard, feature_view),
+        (FeatureIndex, lambda r: [summary_html(r)]),
+        (DictionaryMetrics, lambda r: [_metrics_table({k: v for k, v in r.as_dict().items() if v is not None})]),
+        (TrainResult, _train_parts),
+    ]
+
+
+def result_view(item) -> list | None:
+    """The report parts (summary table, figures) of any result the library returns, or ``None`` for an object
+    that is not one. A result type not listed here but built on :class:`interp.results.Result` shows its summary
+    table."""
+    from interp.results import Result
+
+    for cls, view in _views():
+        if isinstance(item, cls):
+            return view(item)
+    if isinstance(item, Result):
+        return [summary_html(item)]
+    return None

@@ -117,11 +117,14 @@ class LensView(W.VBox):
         return self.model.to_single_token(text)
 
     def update_lens(self) -> None:
-        strs, p, labels = views.lens_table(self.model, self.tokens, self.scale.value)
-        _replace(self.lens_figure, F.lens_figure(self.str_tokens, strs, p, labels,
-                                                 title=f"Logit lens ({self.scale.value} scale)"))
+        """Recompute the logit lens at the chosen scale (kept as ``self.lens``) and redraw it."""
+        from interp.circuits.lens import logit_lens
+
+        self.lens = logit_lens(self.model, self.tokens, scale=self.scale.value)
+        _replace(self.lens_figure, F.lens_figure(self.lens, tokenizer=self.model))
 
     def update_dla(self) -> None:
+        """Recompute the direct logit attribution of the typed answer (kept as ``self.dla``) and redraw it."""
         from interp.circuits.dla import direct_logit_attribution
 
         try:
@@ -353,10 +356,8 @@ class GraphExplorer(W.VBox):
         shown = list(dict.fromkeys([*map(int, self.graph.logit_tokens),
                                     *map(int, np.argsort(-iv.after)[: self.k])]))[: 2 * self.k]
         names = F.token_strings(self.model, shown)
-        fig = go.Figure([go.Bar(name="before", x=[F.escape(n) for n in names], y=iv.before[shown]),
-                         go.Bar(name="after", x=[F.escape(n) for n in names], y=iv.after[shown])])
-        fig.update_xaxes(type="category")
-        F._layout(fig, f"Next-token logits, {len(changes)} feature(s) scaled by {self.scale.value:g} ({self.mode.value})")
+        fig = F.intervention_figure(iv, shown, tokenizer=self.model, title=f"Next-token logits, {len(changes)} "
+                                    f"feature(s) scaled by {self.scale.value:g} ({self.mode.value})")
         _replace(self.logits, fig)
         rows = "".join(f"<tr><td>{F.escape(n)}</td><td>{iv.change(t):+.3f}</td><td>{iv.logprob_change(t):+.3f}</td></tr>"
                        for n, t in zip(names, shown))
