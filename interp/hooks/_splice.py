@@ -24,6 +24,14 @@ from interp.hooks._names import act_name, suggest
 
 @jax.tree_util.register_pytree_node_class
 class Splice:
+    """A dictionary spliced into the forward pass (see the module docstring): ``dictionary`` encodes the
+    activation at ``hook_in`` and its reconstruction replaces the activation at ``hook_out`` (default: the same
+    hook, as for an SAE; a later one for a transcoder). With ``error_term`` the error ``x - reconstruction`` is
+    added back, so the output is the model's own until latents are edited. The first ``skip_positions``
+    positions keep the model's activation (e.g. BOS, for a dictionary trained without it). Pass splices to
+    ``run_with_cache``/``run_with_hooks`` (``splices=[...]``); the new hook points are listed by :meth:`names`.
+    A pytree: the dictionary's arrays are leaves, the hook names and options static."""
+
     def __init__(self, dictionary: Any, hook_in: str, hook_out: str | None = None, error_term: bool = False,
                  skip_positions: int = 0):
         self.dictionary = dictionary
