@@ -22,6 +22,7 @@ from interp.hooks import (
     edits,
 )
 from interp.models import (
+    FactoredMatrix,
     LlamaConfig,
     Model,
     check_tokens,
@@ -37,4 +38,5 @@ __all__ = [
     "Cache", "Edit", "Hooks", "LlamaConfig", "Model", "Tokenizer", "act_name", "any_length", "check_tokens",
     "compilation_cache_dir", "compile_count", "compile_stats", "edits", "enable_compilation_cache", "hooks",
     "length_buckets", "load", "load_gguf", "load_hf_dir", "models", "set_length_buckets", "weights",
+    "FactoredMatrix",
 ]

@@ -18,6 +18,7 @@ from interp.models._buckets import (
     slice_positions,
 )
 from interp.models._model import Model, check_tokens, to_device
+from interp.models.factored import FactoredMatrix
 from interp.models.llama import LlamaConfig
 
 # config.json "architectures" entry -> family module
@@ -31,6 +32,7 @@ __all__ = [
     "HF_FAMILIES",
     "Attention",
     "Embed",
+    "FactoredMatrix",
     "GatedMLP",
     "LlamaConfig",
     "Model",
