@@ -51,7 +51,7 @@ class Tokenizer:
 
     # ------------------------------------------------------------------ construction
     @classmethod
-    def from_file(cls, path: str | Path, config: Mapping | None = None) -> "Tokenizer":
+    def from_file(cls, path: str | Path, config: Mapping | None = None) -> Tokenizer:
         """From ``tokenizer.json``; BOS/EOS/pad ids from the checkpoint's config (and tokenizer_config.json)."""
         path = Path(path)
         try:
@@ -80,7 +80,7 @@ class Tokenizer:
         return cls(tok, bos_id=bos, eos_id=eos, pad_id=pad, add_bos=add_bos)
 
     @classmethod
-    def from_gguf_metadata(cls, meta: Mapping) -> "Tokenizer":
+    def from_gguf_metadata(cls, meta: Mapping) -> Tokenizer:
         """From a GGUF file's ``tokenizer.ggml.*`` metadata: byte-level BPE ("gpt2") or SentencePiece ("llama")."""
         _check_gguf_vocab(meta)
         kind = meta.get("tokenizer.ggml.model")
@@ -177,11 +177,34 @@ class Tokenizer:
             return [self.hf.decode(row.tolist(), skip_special_tokens=False) for row in arr]
         return self.hf.decode(arr.reshape(-1).tolist(), skip_special_tokens=False)
 
-    def to_str_tokens(self, text_or_ids, *, prepend_bos=None) -> list[str]:
+    def to_str_tokens(self, text_or_ids, *, prepend_bos=None, attention_mask=None) -> list[str] | list[list[str]]:
+        """Each token as its text, as TransformerLens's ``to_str_tokens``.
+
+        A string, ``[pos]`` ids or ``[1, pos]`` ids give one list; a list of strings or ``[batch, pos]`` ids give one
+        list per row. Rows of ids keep their pad tokens (a pad id cannot be told from the same id used as a real
+        token, e.g. EOS); pass ``attention_mask`` (``to_tokens(..., return_mask=True)``) to drop the positions it
+        marks 0. ``prepend_bos`` applies to text only.
+        """
         if isinstance(text_or_ids, str):
-            ids = self.encode(text_or_ids, prepend_bos=prepend_bos)
-        else:
-            ids = np.asarray(text_or_ids).reshape(-1).tolist()
+            if attention_mask is not None:
+                raise ValueError("attention_mask applies to token ids, not to text (text has no padding)")
+            return self._pieces(self.encode(text_or_ids, prepend_bos=prepend_bos))
+        if isinstance(text_or_ids, (list, tuple)) and text_or_ids and isinstance(text_or_ids[0], str):
+            if attention_mask is not None:
+                raise ValueError("attention_mask applies to token ids, not to text (text has no padding)")
+            return [self.to_str_tokens(t, prepend_bos=prepend_bos) for t in text_or_ids]
+        ids = np.asarray(text_or_ids)
+        if ids.ndim > 2 or not (ids.size == 0 or np.issubdtype(ids.dtype, np.integer)):
+            raise ValueError(f"to_str_tokens takes text or integer ids [pos] or [batch, pos], got {ids.dtype} "
+                             f"of shape {ids.shape}")
+        keep = np.ones(ids.shape, bool) if attention_mask is None else np.asarray(attention_mask).astype(bool)
+        if keep.shape != ids.shape:
+            raise ValueError(f"attention_mask shape {keep.shape} must equal the ids' shape {ids.shape}")
+        if ids.ndim < 2 or ids.shape[0] == 1:
+            return self._pieces(ids.reshape(-1)[keep.reshape(-1)].tolist())
+        return [self._pieces(row[k].tolist()) for row, k in zip(ids, keep)]
+
+    def _pieces(self, ids: list[int]) -> list[str]:
         return [self.hf.decode([i], skip_special_tokens=False) for i in ids]
 
     def to_single_token(self, text: str) -> int:
