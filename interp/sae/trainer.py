@@ -620,14 +620,15 @@ def train(cfg: TrainConfig, *, model=None, store=None, resume: bool = False, pro
             raise FileExistsError(f"{out_dir} already holds checkpoints; pass resume=True (--resume) "
                                   "or another out_dir")
     runs_model = hasattr(store, "on_harvest") if store is not None else not cfg.activation_cache
+    show_harvest = progress and runs_model
     loads = store is None and model is None and runs_model
-    harvest = tqdm(desc=f"load {cfg.model}" if loads else "harvest activations", unit="tok", unit_scale=True,
-                   disable=not (progress and runs_model))
-    bar = None
+    harvest = bar = None
     try:
         if loads:
             from interp.weights import load
 
+            # the bar that will count harvested activations names the model while it loads
+            harvest = tqdm(desc=f"load {cfg.model}", unit="tok", unit_scale=True, disable=not show_harvest)
             model = load(cfg.model)
         store = store or make_store(cfg, model)
         check_dimensions(cfg, store)
@@ -652,9 +653,13 @@ def train(cfg: TrainConfig, *, model=None, store=None, resume: bool = False, pro
             # the metric window and the clock continue, so the report equals an uninterrupted run's
             acc, elapsed = meta.get("window", {}), meta.get("elapsed_s", 0.0)
         start = int(state.step) if resume else 0
-        if runs_model and not harvest.disable:
-            harvest.set_description_str("harvest activations", refresh=False)
-            harvest.reset(total=store.rows_ahead(cfg.steps - start))  # restarts the clock: the rate leaves out loading
+        if show_harvest:
+            total = store.rows_ahead(cfg.steps - start)
+            if harvest is None:
+                harvest = tqdm(total=total, desc="harvest activations", unit="tok", unit_scale=True)
+            else:
+                harvest.set_description_str("harvest activations", refresh=False)
+                harvest.reset(total=total)  # restarts the clock: the rate leaves out loading
             store.on_harvest = harvest.update
         if not resume:
             scale = estimate_norm_scale(store) if cfg.normalize != "none" else 1.0

@@ -157,6 +157,7 @@ def test_progress_reports_harvesting_then_training(default_model, texts, capsys)
     err = capsys.readouterr().err
     # 8 steps of 3 batches per chunk draw on 3 chunks of 992 activations, harvested 8 contexts (248) at a time
     assert "harvest activations" in err and "2.98k/2.98k" in err and "tok/s" in err
+    assert not re.search(r"harvest activations: [\d.]+k?tok \[", err)  # the bar knows its total from the start
     assert "train topk 64" in err and "8/8" in err and re.search(r"step/s|s/step", err)
     assert err.index("harvest activations") < err.index("train topk 64")
     assert "fvu=" in err and "l0=" in err
