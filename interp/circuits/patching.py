@@ -201,15 +201,21 @@ def _metric_value(metric, logits) -> float:
     return float(v)
 
 
-def _source_acts(model, source, names, attention_mask, metric, padded: int):
-    """The source run's activations at ``names``, at the sweep's (padded) length, and its metric."""
+def _source_acts(model, source, names, attention_mask, metric, padded: int, base_shape: tuple[int, int] | None = None):
+    """The source run's activations at ``names``, at the sweep's length (``padded``, or the prompt's own when 0),
+    and its metric."""
     if isinstance(source, Cache):
         missing = [n for n in names if n not in source]
         if missing:
             raise ValueError(f"the source cache lacks {missing[:3]}...; capture them with run_with_cache first")
+        if not padded:
+            return source, float("nan")
         axes = model.position_axes()
         return Cache({n: pad_positions(source[n], axes[n], padded) for n in names}), float("nan")
     tokens, mask = _tokens(model, source, attention_mask)
+    if base_shape is not None and tuple(tokens.shape) != tuple(base_shape):
+        raise ValueError(f"clean and corrupted runs differ in shape: {tuple(tokens.shape)} vs {tuple(base_shape)}; "
+                         "patching needs prompts of equal length (pad them with an attention_mask)")
     logits, cache = model.run(tokens, Hooks(capture=list(names)), attention_mask=mask, keep_padding=padded > 0)
     return cache, _metric_value(metric, logits)
 
@@ -324,7 +330,7 @@ def patch(
     resid_names = [act_name("resid_pre", l) for l in layers]
     base_logits, base_cache = model.run(base_tokens, Hooks(capture=resid_names), attention_mask=mask,
                                         keep_padding=padded > 0)
-    src_cache, src_metric = _source_acts(model, source, names, mask, metric, padded)
+    src_cache, src_metric = _source_acts(model, source, names, mask, metric, padded, base_tokens.shape)
     shape = tuple(src_cache[names[0]].shape)
     if shape[0] != base_tokens.shape[0] or (target.layout != "BHTS" and shape[1] != max(padded, T)):
         raise ValueError(f"clean and corrupted runs differ in shape: {shape[:2]} vs {tuple(base_tokens.shape)}; "
@@ -414,7 +420,7 @@ def attribute(
     shapes = model.hook_shapes(B, max(padded, T))
     zeros = {n: to_device(np.zeros(shapes[n], np.float32)) for n in names}
     value, acts, grads = _grads(model, run_tokens, run_mask, zeros, metric)
-    src_cache, src_metric = _source_acts(model, source, names, mask, metric, padded)
+    src_cache, src_metric = _source_acts(model, source, names, mask, metric, padded, base_tokens.shape)
     out = {}
     label_tokens = _label_tokens(model, clean, base_tokens, attention_mask)
     for t, h in zip(targets, hooks):

@@ -39,7 +39,8 @@ def act_name(name: str, layer: int | None = None, layer_type: str | None = None)
             )
         return f"blocks.{layer}.{layer_type}.hook_{name}"
     if layer is None:
-        raise KeyError(f"'{name}' needs a layer index, e.g. cache['{name}', 0]")
+        raise KeyError(f"the short name {name!r} needs a layer index: ({name!r}, 0) or act_name({name!r}, 0); "
+                       f"run_with_cache(tokens, names={name!r}) captures it at every layer")
     if name in _BLOCK:
         return f"blocks.{layer}.hook_{name}"
     if name in _ATTN:

@@ -148,8 +148,11 @@ def _as_edit(e) -> Edit:
 def _to_array(p):
     """Python scalars and numpy arrays become traced arrays; weak types are made strong, so that
     ``2.0``, ``jnp.float32(2)`` and ``jnp.full(n, 0.5)`` all reuse one compiled function."""
-    if isinstance(p, (bool, int, float, complex, np.ndarray, np.generic, jax.Array)):
-        p = jnp.asarray(p)
+    if isinstance(p, (np.ndarray, np.generic)):  # put on the device as is: jnp.asarray compiles for each new shape
+        return jax.device_put(np.asarray(p))
+    if isinstance(p, (bool, int, float, complex)):  # a strong dtype, converted on the host (no compile)
+        return jax.device_put(np.asarray(p))
+    if isinstance(p, jax.Array):
         return jnp.asarray(p, dtype=p.dtype)
     return p
 
@@ -206,7 +209,7 @@ def _select(spec, vocabulary: Sequence[str], vocab_set: set[str]) -> list[str]:
         try:
             name = act_name(*item) if isinstance(item, tuple) else act_name(item)
         except KeyError as e:
-            raise ValueError(str(e).strip("'\"")) from None
+            raise ValueError(e.args[0]) from None
         if name not in vocab_set:
             raise ValueError(
                 f"unknown hook '{name}'{suggest(name, vocabulary)} "

@@ -20,6 +20,7 @@ from interp.models._buckets import (
     pad_positions,
     slice_positions,
 )
+from interp.models._tl_compat import check_hook_leaks
 from interp.models._user_api import UserAPI
 
 _VOCABULARY: dict[Any, dict[str, tuple]] = {}
@@ -56,6 +57,15 @@ class Model(UserAPI, eqx.Module):
     tokenizer: Any = eqx.field(static=True, default=None)
     logit_softcap: float | None = eqx.field(static=True, default=None)  # logits -> tanh(l / c) * c (Gemma 2)
     b_U: Float[Array, V] | None = None  # unembedding bias (set by folding a LayerNorm bias into it)
+
+    def __repr__(self) -> str:
+        """A short summary: family, sizes, context, dtype and parameter count (not every array)."""
+        a = self.blocks[0].attn if self.blocks else None
+        heads = f", {a.n_heads} heads ({a.n_kv_heads} kv) of {a.W_Q.shape[2]}" if a is not None else ""
+        n = sum(x.size for x in jax.tree.leaves(eqx.filter(self, eqx.is_array)))
+        name = getattr(self.config, "name", None) or type(self.config).__name__.removesuffix("Config")
+        return (f"Model({name}: {self.n_layers} layers, d_model {self.d_model}{heads}, vocab {self.d_vocab}, "
+                f"context {self.n_ctx}, {self.W_E.dtype}, {n / 1e6:.1f}M parameters)")
 
     # ----------------------------------------------------------------- sizes and weights
     @property
@@ -207,6 +217,7 @@ class Model(UserAPI, eqx.Module):
         bucket length: positions past the prompt are padding). Runs whose edits include a function not marked
         :func:`interp.hooks.any_length`, and runs on traced tokens, run at the exact length.
         """
+        hooks = self._with_context_edits(hooks)  # the edits of an active `with model.hooks(...)` block, once
         tokens, attention_mask, positions = self._check_inputs(tokens, attention_mask, positions)
         resolved = (hooks or Hooks()).resolve(self.hook_names)
         stop = self._check_stop(stop_at_layer, resolved)
@@ -221,6 +232,7 @@ class Model(UserAPI, eqx.Module):
             tokens, attention_mask, positions, resolved = self._pad_inputs(padded, tokens, attention_mask, positions,
                                                                            resolved)
         out, cache = _run(self, tokens, attention_mask, positions, resolved, stop, return_output)
+        check_hook_leaks()  # a TransformerLens-style hook that kept a traced activation is refused
         if padded > T and not keep_padding:
             axes = self.position_axes()
             if out is not None:

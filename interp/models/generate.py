@@ -28,6 +28,7 @@ from interp.checks import check_range
 from interp.hooks import HookRunner, Hooks
 from interp.models._buckets import bucket_length
 from interp.models._model import to_device
+from interp.models._tl_compat import check_hook_leaks
 
 
 @dataclasses.dataclass(frozen=True)
@@ -135,7 +136,7 @@ def generate(model, prompts, max_new_tokens: int = 32, *, temperature: float = 0
         tokens = prompts
     tokens, attention_mask, _ = model._check_inputs(tokens, attention_mask, None)
     if attention_mask is None:
-        attention_mask = jnp.ones(tokens.shape, jnp.int32)
+        attention_mask = np.ones(tokens.shape, np.int32)
     m = np.asarray(attention_mask)
     if (np.diff(m, axis=1) < 0).any():
         raise ValueError("prompts must be left-padded (padding before the tokens): the new tokens follow each "
@@ -153,7 +154,7 @@ def generate(model, prompts, max_new_tokens: int = 32, *, temperature: float = 0
         stop_tokens = [int(stop_tokens)]
     pad = getattr(cfg, "pad_token_id", None)
     pad = pad if pad is not None else (eos if eos is not None else 0)
-    resolved = Hooks(capture=(), edits=edits, splices=splices).resolve(model.hook_names)
+    resolved = model._with_context_edits(Hooks(capture=(), edits=edits, splices=splices)).resolve(model.hook_names)
     stop = to_device(list(stop_tokens) or [-1], np.int32)
     if max_new_tokens:
         # the prompt is left-padded to its length bucket and the new tokens get a bucket of slots, so prompts
@@ -168,6 +169,7 @@ def generate(model, prompts, max_new_tokens: int = 32, *, temperature: float = 0
                                to_device(top_k or model.d_vocab, np.int32), to_device(top_p, np.float32), stop,
                                to_device(pad, np.int32), to_device(max_new_tokens, np.int32), capacity,
                                temperature == 0.0, return_logits)
+        check_hook_leaks()
         new = np.asarray(new)[:, :max_new_tokens]
         dists = np.asarray(dists)[:, :max_new_tokens]
     else:

@@ -365,3 +365,13 @@ def test_test_prompt_reports_ranks_as_transformer_lens_prints_them(smol_tokenize
     several = model.test_prompt(prompt, ["Paris", "London"], print_details=False)
     assert capsys.readouterr().out.strip() == f"Ranks of the answer tokens: {several.ranks}"
     assert [a for a, _ in several.ranks[0]] == [model.to_str_tokens(" Paris")[0], model.to_str_tokens(" London")[0]]
+
+
+def test_print_model_is_a_short_summary(tiny):
+    text = repr(tiny)
+    n_params = sum(x.size for x in jax.tree.leaves(eqx.filter(tiny, eqx.is_array)))
+    assert text.startswith("Model(") and len(text) < 200 and "\n" not in text
+    for part in (f"{tiny.n_layers} layers", f"d_model {tiny.d_model}", "4 heads (2 kv) of 8", f"vocab {tiny.d_vocab}",
+                 f"context {tiny.n_ctx}", "float32", f"{n_params / 1e6:.1f}M parameters"):
+        assert part in text, (part, text)
+    assert "Array" not in text and "f32[" not in text  # no pytree dump

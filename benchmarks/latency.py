@@ -1,0 +1,147 @@
+"""Time to first result in a notebook-like session: a fresh process, then a second fresh process, then new prompts.
+
+Ten prompts of different lengths (sentences of WikiText-2, 5 to ~60 tokens) go through four operations on the
+default model (SmolLM2-135M-Instruct), each timed until its result is on the host:
+
+* ``forward``: ``model(prompt)`` logits;
+* ``cache``: ``model.run_with_cache(prompt)``, every hook point;
+* ``generate``: ``model.generate(prompt, 20)``, greedy, 20 new tokens;
+* ``patch``: a residual-stream patching sweep over every layer and position (``circuits.patch``, ``resid_pre``,
+  a logit-difference metric; the corrupted prompt changes one token).
+
+Each process runs the ten prompts in order and reports every call's seconds and the compilations it triggered
+(``interp.compile_stats``). Two fresh processes share one new persistent compilation cache folder: the first
+compiles, the second loads the programs from disk. Printed: the time from process start to the first result of
+each operation in both processes and their ratio (target: the second >= 3x faster), and, within a warm process,
+what a prompt of a new length costs (target: no compilation when its length bucket is already compiled).
+
+    python benchmarks/latency.py [--prompts 10] [--keep-cache DIR]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+START = time.perf_counter()
+CORPUS = Path(__file__).resolve().parents[2] / "shared" / "data" / "corpora" / "wikitext2" / "test.txt"
+OPS = ("forward", "cache", "generate", "patch")
+
+
+def prompt_texts(n: int) -> list[str]:
+    """``n`` prompts of spread-out lengths: WikiText-2 sentences cut to 4, 10, 16, ... words."""
+    text = CORPUS.read_text(encoding="utf-8") if CORPUS.exists() else " ".join(["The quick brown fox jumps."] * 400)
+    words = [w for w in re.sub(r"\s+", " ", text.replace("@", "")).split(" ") if w and not w.startswith("=")]
+    out, start = [], 200
+    for i in range(n):
+        size = 4 + 6 * i
+        out.append(" ".join(words[start:start + size]))
+        start += size + 17
+    return out
+
+
+def child(n: int) -> None:
+    """One process: the four operations on every prompt, as JSON lines on stdout."""
+    import numpy as np
+
+    import interp
+    from interp.circuits import metrics, patch
+
+    t_import = time.perf_counter() - START
+    model = interp.load()
+    t_load = time.perf_counter() - START
+    paris, london = model.to_single_token(" Paris"), model.to_single_token(" London")
+    rows = []
+    for i, text in enumerate(prompt_texts(n)):
+        tokens = np.asarray(model.to_tokens(text))
+        corrupted = tokens.copy()
+        corrupted[0, tokens.shape[1] // 2] = paris  # one token changed
+        ops = {
+            "forward": lambda: np.asarray(model(tokens)),
+            "cache": lambda: [np.asarray(a) for a in model.run_with_cache(tokens)[1].values()],
+            "generate": lambda: model.generate(tokens, 20, stop_tokens=[]).new_tokens,
+            "patch": lambda: patch(model, tokens, corrupted, metrics.logit_diff(paris, london), "resid_pre",
+                                   progress=False).values,
+        }
+        for op, fn in ops.items():
+            before = interp.compile_stats()
+            t0 = time.perf_counter()
+            fn()
+            t1 = time.perf_counter()
+            after = interp.compile_stats()
+            rows.append({"prompt": i, "length": int(tokens.shape[1]), "bucket": model.bucket_length(tokens.shape[1]),
+                         "op": op, "seconds": t1 - t0, "since_start": t1 - START,
+                         "compiled": after.compiled - before.compiled, "loaded": after.loaded - before.loaded})
+    print(json.dumps({"import": t_import, "load": t_load, "rows": rows}))
+
+
+def run_child(n: int, cache: Path) -> dict:
+    env = {**os.environ, "INTERP_COMPILATION_CACHE": str(cache), "HF_HUB_OFFLINE": "1"}
+    t0 = time.perf_counter()
+    out = subprocess.run([sys.executable, __file__, "--child", "--prompts", str(n)], env=env, capture_output=True,
+                         text=True, check=True)
+    result = json.loads(out.stdout.strip().splitlines()[-1])
+    result["wall"] = time.perf_counter() - t0
+    return result
+
+
+def first_results(run: dict) -> dict[str, float]:
+    """Seconds from process start until each operation's first result."""
+    firsts = {}
+    for r in run["rows"]:
+        firsts.setdefault(r["op"], r["since_start"])
+    return firsts
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--prompts", type=int, default=10)
+    ap.add_argument("--keep-cache", type=Path, default=None, help="use this compilation cache folder (kept)")
+    ap.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
+    args = ap.parse_args()
+    if args.child:
+        return child(args.prompts)
+
+    with tempfile.TemporaryDirectory() as tmp:
+        cache = args.keep_cache or Path(tmp) / "programs"
+        print(f"compilation cache: {cache} (new)" if not cache.exists() else f"compilation cache: {cache}")
+        cold = run_child(args.prompts, cache)
+        warm = run_child(args.prompts, cache)
+
+    print(f"\nfresh processes: import {cold['import']:.1f} s / {warm['import']:.1f} s, "
+          f"model load {cold['load'] - cold['import']:.1f} s / {warm['load'] - warm['import']:.1f} s")
+    print(f"{'time to first result (s, from process start)':<48}{'1st process':>12}{'2nd process':>12}{'ratio':>8}")
+    fc, fw = first_results(cold), first_results(warm)
+    for op in OPS:
+        print(f"  {op:<46}{fc[op]:>12.1f}{fw[op]:>12.1f}{fc[op] / fw[op]:>7.1f}x")
+    print(f"  {'all four on the first prompt':<46}{max(fc.values()):>12.1f}{max(fw.values()):>12.1f}"
+          f"{max(fc.values()) / max(fw.values()):>7.1f}x   (target >= 3x)")
+    print(f"  {'whole run (' + str(args.prompts) + ' prompts, process wall)':<46}{cold['wall']:>12.1f}"
+          f"{warm['wall']:>12.1f}{cold['wall'] / warm['wall']:>7.1f}x")
+
+    print("\nin the first process, per prompt (seconds; compilations in brackets):")
+    print(f"  {'prompt':>6}{'tokens':>7}{'bucket':>7}" + "".join(f"{op:>14}" for op in OPS))
+    seen: set[int] = set()
+    new_length_in_known_bucket = []
+    for i in range(args.prompts):
+        rows = {r["op"]: r for r in cold["rows"] if r["prompt"] == i}
+        length, bucket = rows["forward"]["length"], rows["forward"]["bucket"]
+        cells = "".join(f"{rows[op]['seconds']:>9.2f} [{rows[op]['compiled'] + rows[op]['loaded']:>2}]" for op in OPS)
+        print(f"  {i:>6}{length:>7}{bucket:>7}{cells}")
+        if bucket in seen:
+            new_length_in_known_bucket.append(sum(rows[op]["compiled"] + rows[op]["loaded"] for op in OPS))
+        seen.add(bucket)
+    if new_length_in_known_bucket:
+        print(f"\nprompts of a new length in an already compiled bucket: {len(new_length_in_known_bucket)}, "
+              f"compilations they triggered: {sum(new_length_in_known_bucket)} (target 0)")
+
+
+if __name__ == "__main__":
+    main()
