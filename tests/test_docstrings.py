@@ -19,9 +19,6 @@ PACKAGES = ("interp", "interp.hooks", "interp.models", "interp.circuits", "inter
 
 # Public names whose docstrings are still to be written; each is expected to fail until it has one.
 AWAITING_DOCSTRINGS = {
-    "interp.models.llama.LlamaConfig", "interp.models.gemma.GemmaConfig", "interp.models.gpt2.GPT2Config",
-    "interp.models.neox.NeoXConfig",
-    "interp.circuits.metrics.logit_of", "interp.circuits.metrics.prob", "interp.circuits.metrics.log_prob",
     "interp.sae.batchtopk.BatchTopKConfig", "interp.sae.batchtopk.BatchTopKSAE", "interp.sae.jumprelu.JumpReLUConfig",
     "interp.sae.jumprelu.JumpReLUSAE", "interp.sae.matryoshka.MatryoshkaConfig", "interp.sae.matryoshka.MatryoshkaSAE",
     "interp.sae.standard.StandardConfig", "interp.sae.standard.StandardSAE", "interp.sae.topk.TopKConfig",

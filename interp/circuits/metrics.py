@@ -109,16 +109,19 @@ def logit_diff(answer, wrong, pos=-1) -> LogitDiff:
 
 
 def logit_of(answer, pos=-1) -> LogitOf:
+    """``logit[answer]`` at ``pos`` (default: the last position), averaged over the batch."""
     answer = _ids(answer, "answer")
     return LogitOf(_positions(pos, answer.shape[0]), answer)
 
 
 def prob(answer, pos=-1) -> Prob:
+    """``softmax(logits)[answer]`` at ``pos`` (default: the last position), averaged over the batch."""
     answer = _ids(answer, "answer")
     return Prob(_positions(pos, answer.shape[0]), answer)
 
 
 def log_prob(answer, pos=-1) -> LogProb:
+    """``log_softmax(logits)[answer]`` at ``pos`` (default: the last position), averaged over the batch."""
     answer = _ids(answer, "answer")
     return LogProb(_positions(pos, answer.shape[0]), answer)
 

@@ -35,6 +35,9 @@ _ACTS = {"gelu_pytorch_tanh": "gelu_tanh", "gelu_new": "gelu_tanh", "gelu": "gel
 
 @dataclasses.dataclass(frozen=True)
 class GemmaConfig:
+    """Configuration of a Gemma 1, 2 or 3 model (``version``): sizes, global and local rotary settings, the sliding
+    window, soft-caps, ``query_pre_attn_scalar`` and the family's norm and embedding-scaling options."""
+
     version: int  # 1, 2 or 3
     vocab_size: int
     d_model: int

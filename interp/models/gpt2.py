@@ -28,6 +28,9 @@ _ACTIVATIONS = {
 
 @dataclasses.dataclass(frozen=True)
 class GPT2Config:
+    """Configuration of a GPT-2 model: sizes, learned positions (``n_ctx`` rows), LayerNorm epsilon, activation and
+    the attention-scaling options."""
+
     vocab_size: int
     d_model: int
     n_layers: int

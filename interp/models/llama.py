@@ -22,6 +22,10 @@ HF_ARCHITECTURES = ("LlamaForCausalLM", "MistralForCausalLM", "Qwen2ForCausalLM"
 
 @dataclasses.dataclass(frozen=True)
 class LlamaConfig:
+    """Configuration of a Llama-layout model (Llama, SmolLM2, Mistral, Qwen2/3): sizes, rotary settings, norm
+    epsilon, biases, tied embeddings and optional QK-norm and sliding layers; read from a checkpoint's config.json or
+    GGUF metadata, or made by a named constructor such as ``LlamaConfig.smollm2_135m()``."""
+
     vocab_size: int
     d_model: int
     n_layers: int

@@ -27,6 +27,9 @@ _ACTIVATIONS = {
 
 @dataclasses.dataclass(frozen=True)
 class NeoXConfig:
+    """Configuration of a GPT-NeoX / Pythia model: sizes, partial rotary (``rotary_pct``), parallel or sequential
+    residual, rope scaling and LayerNorm epsilon."""
+
     vocab_size: int
     d_model: int
     n_layers: int
