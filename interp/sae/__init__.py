@@ -6,14 +6,28 @@
     >>> d = sae.load(result.out_dir / "final")     # SAELens layout
 """
 
-from interp.sae._base import REGISTRY, DictConfig, Dictionary, LossContext, architecture, create
+from interp.sae._base import (
+    REGISTRY,
+    DictConfig,
+    Dictionary,
+    LossContext,
+    architecture,
+    create,
+)
 from interp.sae.batchtopk import BatchTopKConfig, BatchTopKSAE
 from interp.sae.files import load, save
 from interp.sae.jumprelu import JumpReLUConfig, JumpReLUSAE
 from interp.sae.matryoshka import MatryoshkaConfig, MatryoshkaSAE
 from interp.sae.metrics import DictionaryMetrics, evaluate, reconstruction_metrics
 from interp.sae.standard import StandardConfig, StandardSAE
-from interp.sae.store import ActivationStore, ArrayActivationStore, CachedActivationStore, cache_activations, iter_contexts, iter_texts
+from interp.sae.store import (
+    ActivationStore,
+    ArrayActivationStore,
+    CachedActivationStore,
+    cache_activations,
+    iter_contexts,
+    iter_texts,
+)
 from interp.sae.topk import TopKConfig, TopKSAE
 from interp.sae.trainer import TrainConfig, TrainingDiverged, TrainResult, train
 from interp.sae.transcoders import Transcoders, train_transcoders

@@ -39,6 +39,7 @@ def register(name: str, config_cls: type):
 
 
 def architecture(name: str) -> tuple[type, type]:
+    """``(config class, dictionary class)`` registered under ``name``; an unknown name fails, listing the known ones."""
     try:
         return REGISTRY[name]
     except KeyError:
@@ -81,7 +82,7 @@ class DictConfig:
         return d
 
     @classmethod
-    def from_dict(cls, d: dict) -> "DictConfig":
+    def from_dict(cls, d: dict) -> DictConfig:
         d = dict(d)
         arch = d.pop("arch", None) or cls.arch
         config_cls, _ = architecture(arch)
@@ -96,9 +97,9 @@ class Dictionary(eqx.Module):
     """Abstract sparse dictionary: ``encode``, ``decode``, ``__call__`` on arrays of shape ``[..., d_in]``."""
 
     W_enc: Float[Array, "D M"]
-    b_enc: Float[Array, "M"]
+    b_enc: Float[Array, M]
     W_dec: Float[Array, "M O"]
-    b_dec: Float[Array, "O"]
+    b_dec: Float[Array, O]
     W_skip: Float[Array, "D O"] | None
     cfg: Any = eqx.field(static=True)
     arch: ClassVar[str] = ""
@@ -128,12 +129,12 @@ class Dictionary(eqx.Module):
         return self.decode(self.encode(x)) + self.skip_term(x)
 
     # --------------------------------------------------------------- training
-    def after_step(self, metrics: dict) -> "Dictionary":
+    def after_step(self, metrics: dict) -> Dictionary:
         """Non-gradient state updates after an optimizer step (e.g. a running threshold)."""
         return self
 
     @abc.abstractmethod
-    def loss(self, x: Float[Array, "N D"], y: Float[Array, "N O"], ctx: "LossContext") -> tuple[Array, dict]:
+    def loss(self, x: Float[Array, "N D"], y: Float[Array, "N O"], ctx: LossContext) -> tuple[Array, dict]:
         """Scalar training loss and metrics: scalars, ``fired`` (bool ``[M]``: latents active in the batch) and,
         for architectures with an auxiliary loss, ``error`` (``y - y_hat``, ``[N O]``)."""
 

@@ -17,12 +17,21 @@ from jaxtyping import Array, Float
 
 from interp.checks import check_range
 from interp.kernels import sparse_decode
-from interp.sae._base import Dictionary, LossContext, init_affine, register, total_variance
+from interp.sae._base import (
+    Dictionary,
+    LossContext,
+    init_affine,
+    register,
+    total_variance,
+)
 from interp.sae.topk import TopKConfig, auxk_loss, fired_from_sparse
 
 
 @dataclasses.dataclass(frozen=True)
 class BatchTopKConfig(TopKConfig):
+    """Config of a BatchTopK SAE: ``k`` active latents per activation on average over a batch;
+    ``candidate_factor`` bounds a row's latents per batch, ``threshold_decay`` the running inference threshold."""
+
     candidate_factor: int = 4
     threshold_decay: float = 0.99
     arch: ClassVar[str] = "batchtopk"
@@ -46,6 +55,9 @@ def batch_select(pre, k: int, factor: int):
 
 @register("batchtopk", BatchTopKConfig)
 class BatchTopKSAE(Dictionary):
+    """Keeps the ``k * N`` largest pre-activations over a batch of ``N`` activations; at inference one
+    learned threshold decides (Bussmann et al. 2024)."""
+
     threshold: Float[Array, ""]
 
     @classmethod
@@ -70,7 +82,7 @@ class BatchTopKSAE(Dictionary):
     def aux_loss(self, x, y, error, dead):
         return auxk_loss(self, x, y, error, dead, self.cfg.k_aux, self.cfg.aux_rows(x.shape[0]))
 
-    def after_step(self, metrics) -> "BatchTopKSAE":
+    def after_step(self, metrics) -> BatchTopKSAE:
         d = self.cfg.threshold_decay
         new = jnp.where(self.threshold == 0, metrics["batch_threshold"],
                         d * self.threshold + (1 - d) * metrics["batch_threshold"])

@@ -112,7 +112,7 @@ def load(folder: str | Path, dtype=jnp.float32) -> Dictionary:
                              "make them agree")
     _check_weights(w_path, w, cfg)
     _, cls = architecture(cfg.arch)
-    arr = lambda a: jnp.asarray(a, dtype)  # noqa: E731
+    arr = lambda a: jnp.asarray(a, dtype)
     fields = dict(W_enc=arr(w["W_enc"]), b_enc=arr(w["b_enc"]), W_dec=arr(w["W_dec"]), b_dec=arr(w["b_dec"]),
                   W_skip=arr(w["W_skip"]) if cfg.skip else None, cfg=cfg)
     if cfg.arch == "jumprelu":

@@ -12,11 +12,22 @@ import jax.numpy as jnp
 from jaxtyping import Array, Float
 
 from interp.checks import check_range
-from interp.sae._base import DictConfig, Dictionary, LossContext, init_affine, mse, register, total_variance
+from interp.sae._base import (
+    DictConfig,
+    Dictionary,
+    LossContext,
+    init_affine,
+    mse,
+    register,
+    total_variance,
+)
 
 
 @dataclasses.dataclass(frozen=True)
 class JumpReLUConfig(DictConfig):
+    """Config of a JumpReLU SAE: ``l0_coeff`` weights the L0 penalty, ``bandwidth`` is the width of the
+    straight-through kernel, ``init_threshold`` the initial threshold."""
+
     l0_coeff: float = 1.0
     bandwidth: float = 0.001
     init_threshold: float = 0.001
@@ -72,7 +83,10 @@ step.defvjp(_step_fwd, _step_bwd)
 
 @register("jumprelu", JumpReLUConfig)
 class JumpReLUSAE(Dictionary):
-    log_threshold: Float[Array, "M"]
+    """``z = pre * H(pre - theta)`` with a learned threshold per latent (``log_threshold``; Rajamanoharan
+    et al. 2024)."""
+
+    log_threshold: Float[Array, M]
 
     @classmethod
     def init(cls, cfg, key, dtype=jnp.float32):

@@ -16,6 +16,9 @@ from interp.sae.topk import fired_from_sparse, scatter_dense
 
 @dataclasses.dataclass(frozen=True)
 class MatryoshkaConfig(BatchTopKConfig):
+    """Config of a Matryoshka BatchTopK SAE: ``prefixes`` are the nested dictionary sizes, ascending to
+    ``width`` (default width/8, /4, /2, width)."""
+
     prefixes: tuple[int, ...] = ()  # ascending prefix sizes ending at width; default width/8, /4, /2, 1
     arch: ClassVar[str] = "matryoshka"
 
@@ -36,6 +39,8 @@ class MatryoshkaConfig(BatchTopKConfig):
 
 @register("matryoshka", MatryoshkaConfig)
 class MatryoshkaSAE(BatchTopKSAE):
+    """A BatchTopK SAE whose nested prefixes must each reconstruct the input on their own."""
+
     def loss(self, x, y, ctx: LossContext):
         pre = self.pre_acts(x)
         vals, idx, kth = batch_select(pre, self.cfg.k, self.cfg.candidate_factor)

@@ -10,10 +10,15 @@ import jax.numpy as jnp
 import numpy as np
 
 from interp.hooks import Splice
+from interp.results import Result, Summary
 
 
 @dataclasses.dataclass(frozen=True)
-class DictionaryMetrics:
+class DictionaryMetrics(Result):
+    """What ``evaluate`` measures over ``n_tokens`` tokens: FVU and explained variance, L0, dead and dense fractions,
+    and with the dictionary spliced into the model the next-token loss (clean, spliced, zero-ablated, the fraction
+    recovered) and the KL divergence to the clean run (None where not measured)."""
+
     fvu: float  # fraction of variance unexplained
     explained_variance: float
     l0: float  # mean active latents per activation
@@ -28,6 +33,10 @@ class DictionaryMetrics:
 
     def as_dict(self) -> dict:
         return dataclasses.asdict(self)
+
+    def _summary(self) -> Summary:
+        return Summary("dictionary metrics", {"tokens": self.n_tokens},
+                       {k: v for k, v in self.as_dict().items() if v is not None and k != "n_tokens"})
 
 
 def _next_token_ce(logits, tokens):

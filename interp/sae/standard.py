@@ -9,11 +9,21 @@ import jax
 import jax.numpy as jnp
 
 from interp.checks import check_range
-from interp.sae._base import DictConfig, Dictionary, LossContext, init_affine, mse, register, total_variance
+from interp.sae._base import (
+    DictConfig,
+    Dictionary,
+    LossContext,
+    init_affine,
+    mse,
+    register,
+    total_variance,
+)
 
 
 @dataclasses.dataclass(frozen=True)
 class StandardConfig(DictConfig):
+    """Config of a standard SAE: ``l1_coeff`` weights the L1 penalty on the latents times the decoder rows' norms."""
+
     l1_coeff: float = 5.0
     arch: ClassVar[str] = "standard"
 
@@ -24,6 +34,8 @@ class StandardConfig(DictConfig):
 
 @register("standard", StandardConfig)
 class StandardSAE(Dictionary):
+    """A ReLU sparse autoencoder trained with an L1 penalty weighted by the decoder rows' norms."""
+
     @classmethod
     def init(cls, cfg, key, dtype=jnp.float32):
         return cls(**init_affine(cfg, key, dtype), cfg=cfg)

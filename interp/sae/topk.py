@@ -16,11 +16,22 @@ import jax.numpy as jnp
 
 from interp.checks import check_range
 from interp.kernels import sparse_decode
-from interp.sae._base import DictConfig, Dictionary, LossContext, init_affine, register, total_variance
+from interp.sae._base import (
+    DictConfig,
+    Dictionary,
+    LossContext,
+    init_affine,
+    register,
+    total_variance,
+)
 
 
 @dataclasses.dataclass(frozen=True)
 class TopKConfig(DictConfig):
+    """Config of a TopK SAE: ``k`` active latents per activation; ``aux_k``, ``aux_coeff`` and
+    ``aux_batch_fraction`` set the AuxK loss that revives dead latents; ``normalize_decoder`` keeps decoder rows at
+    unit norm."""
+
     k: int = 32
     aux_k: int | None = None  # dead latents used by AuxK; default d_in // 2
     aux_coeff: float = 1 / 32
@@ -114,6 +125,9 @@ def fired_from_sparse(values, indices, width: int):
 
 @register("topk", TopKConfig)
 class TopKSAE(Dictionary):
+    """Keeps each activation's ``k`` largest pre-activations and decodes them sparsely (Gao et al. 2024);
+    AuxK revives dead latents."""
+
     @classmethod
     def init(cls, cfg, key, dtype=jnp.float32):
         return cls(**init_affine(cfg, key, dtype), cfg=cfg)

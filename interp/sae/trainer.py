@@ -32,10 +32,10 @@ import numpy as np
 import optax
 
 from interp.checks import check_range
+from interp.results import Result, Summary
 from interp.sae._base import DictConfig, Dictionary, LossContext, create
 from interp.weights._atomic import atomic_dir, atomic_file
 from interp.weights.fingerprint import file_sha256
-
 
 # Defaults that follow the token budget (see TrainConfig): a run of ``total_tokens`` gets at least MIN_STEPS
 # optimizer steps where the batch can shrink that far, and a warm-up of a fraction of those steps.
@@ -205,7 +205,7 @@ class TrainConfig:
         if warm + decay > steps:
             fixes = [f"lower lr_warmup_steps to at most {max(steps - decay, 0)}"]
             if self.lr_decay_fraction < 1:
-                fits = lambda n: warm + int(n * self.lr_decay_fraction) <= n  # noqa: E731
+                fits = lambda n: warm + int(n * self.lr_decay_fraction) <= n
                 need = math.ceil(warm / (1 - self.lr_decay_fraction))
                 while need > 1 and fits(need - 1):  # the decay's steps are rounded down: a step or two less may do
                     need -= 1
@@ -235,7 +235,7 @@ class TrainConfig:
         return d
 
     @classmethod
-    def from_dict(cls, d: dict) -> "TrainConfig":
+    def from_dict(cls, d: dict) -> TrainConfig:
         d = dict(d)
         d["dictionary"] = DictConfig.from_dict(d["dictionary"])
         d["betas"] = tuple(d["betas"])
@@ -250,15 +250,26 @@ class TrainState(eqx.Module):
 
 
 class TrainingDiverged(FloatingPointError):
-    pass
+    """Raised when training produces non-finite values; the message names the step and where the last checkpoint
+    is."""
 
 
 @dataclasses.dataclass
-class TrainResult:
+class TrainResult(Result):
+    """What :func:`train` returns: the trained ``dictionary`` (the input scale folded back in), ``history`` (the
+    metrics of each logged step), ``out_dir`` (None without one) and ``scale``, the input normalisation factor."""
+
     dictionary: Dictionary
     history: list[dict]
     out_dir: Path | None
     scale: float
+
+    def _summary(self) -> Summary:
+        last = self.history[-1] if self.history else {}
+        cfg = self.dictionary.cfg
+        return Summary(f"training of a {type(self.dictionary).__name__}", {"d_in": cfg.d_in, "width": cfg.width},
+                       {"output folder": str(self.out_dir or "(none)"), "scale": self.scale,
+                        **{k: v for k, v in last.items() if isinstance(v, (int, float))}})
 
 
 def make_optimizer(cfg: TrainConfig):
@@ -569,7 +580,8 @@ def _shardings(cfg: TrainConfig):
         return None
     if jax.device_count() < n:
         raise ValueError(f"data_parallel × latent_parallel = {n} devices requested, {jax.device_count()} available")
-    from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+    from jax.sharding import Mesh, NamedSharding
+    from jax.sharding import PartitionSpec as P
 
     mesh = Mesh(np.asarray(jax.devices()[:n]).reshape(cfg.data_parallel, cfg.latent_parallel), ("data", "latent"))
 

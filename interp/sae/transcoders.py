@@ -75,7 +75,7 @@ class Transcoders(eqx.Module):
         return folder
 
     @classmethod
-    def load(cls, folder: str | Path) -> "Transcoders":
+    def load(cls, folder: str | Path) -> Transcoders:
         from interp.sae import files
 
         folder = Path(folder)
