@@ -152,8 +152,10 @@ def _to_array(p):
         return jax.device_put(np.asarray(p))
     if isinstance(p, (bool, int, float, complex)):  # a strong dtype, converted on the host (no compile)
         return jax.device_put(np.asarray(p))
-    if isinstance(p, jax.Array):
-        return jnp.asarray(p, dtype=p.dtype)
+    if isinstance(p, jax.Array) and getattr(p, "weak_type", False):
+        if isinstance(p, jax.core.Tracer):
+            return jnp.asarray(p, dtype=p.dtype)
+        return jax.device_put(np.asarray(p))  # made strong on the host: no per-shape conversion program
     return p
 
 

@@ -153,3 +153,32 @@ def test_attribution_is_first_order_exact(tiny3, pair, answers):
     exact = patch(tiny3, clean, corrupted, metric, "resid_pre")
     r = np.corrcoef(both["resid_pre"].effect.ravel(), exact.effect.ravel())[0, 1]
     assert r > 0.5, r
+
+
+def test_a_sweep_reports_progress_by_layer(tiny3, pair, answers, monkeypatch):
+    import interp.circuits.patching as patching
+
+    bars = []
+
+    class Bar:
+        def __init__(self, **kw):
+            self.kw, self.n = kw, 0
+            bars.append(self)
+
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *exc):
+            return False
+
+        def update(self, n):
+            self.n += n
+
+    monkeypatch.setattr(patching, "tqdm", Bar)
+    clean, corrupted = pair
+    metric = metrics.logit_diff(*answers)
+    patch(tiny3, clean, corrupted, metric, "resid_pre", layers=[0, 2])
+    patch(tiny3, clean, corrupted, metric, "z", progress=False)
+    assert [(b.kw["total"], b.n, b.kw["disable"], b.kw["unit"]) for b in bars] == [(2, 2, False, "layer"),
+                                                                                    (3, 3, True, "layer")]
+    assert bars[0].kw["delay"] > 0  # a quick sweep shows nothing

@@ -51,7 +51,7 @@ class exact_lengths:
 
 def test_bucket_lengths_and_settings():
     assert [bucket_length(n) for n in (1, 16, 17, 33, 49, 100)] == [16, 16, 32, 48, 64, 128]
-    assert bucket_length(20, limit=18) == 18 and bucket_length(20, limit=12) == 20
+    assert bucket_length(17, limit=20) == 20 and bucket_length(20, limit=12) == 20
     previous = set_length_buckets([8, 24])
     try:
         assert [bucket_length(n) for n in (3, 9, 24, 25)] == [8, 24, 24, 25]
@@ -80,12 +80,15 @@ def test_bucketed_run_equals_exact_run(which, request):
     assert_close(np.asarray(logits)[live], np.asarray(ref_logits)[live],
                  model_bound(ref_logits, n_layers=model.n_layers), "logits")
     assert list(cache) == list(ref_cache)
+    axes = model.position_axes()
     for name in ref_cache:
         a, b = np.asarray(cache[name]), np.asarray(ref_cache[name])
         assert a.shape == b.shape, name
-        if "pattern" in name or "attn_scores" in name:
-            a, b = a[0], b[0]  # the left-padded row's masked scores hold the dtype's minimum in both
-        assert_close(a, b, model_bound(b, n_layers=model.n_layers), name)
+        bound = model_bound(b[0], n_layers=model.n_layers)
+        assert_close(a[0], b[0], bound, name)
+        # the padding queries of the left-padded row see no key at all, and their values are arbitrary
+        if axes[name] == (1,):
+            assert_close(a[1, 4:], b[1, 4:], bound, name)
 
 
 def test_new_lengths_in_a_bucket_compile_nothing(tiny):
@@ -163,7 +166,7 @@ def test_equivalent_edit_functions_share_a_program(tiny):
     out_b = tiny.run_with_hooks(tokens, [(name, lambda x, n: x + b)])
     ref_b = tiny.run_with_hooks(tokens, [(name, edits.add, b)])
     assert not np.allclose(np.asarray(out_a), np.asarray(out_b))
-    np.testing.assert_array_equal(np.asarray(out_b), np.asarray(ref_b))
+    assert_close(out_b, ref_b, model_bound(ref_b, n_layers=tiny.n_layers), "closure over b")
 
 
 def test_bucketed_generation_equals_exact_generation(tiny):

@@ -368,6 +368,7 @@ def test_test_prompt_reports_ranks_as_transformer_lens_prints_them(smol_tokenize
 
 
 def test_print_model_is_a_short_summary(tiny):
+    tiny, _ = tiny
     text = repr(tiny)
     n_params = sum(x.size for x in jax.tree.leaves(eqx.filter(tiny, eqx.is_array)))
     assert text.startswith("Model(") and len(text) < 200 and "\n" not in text
