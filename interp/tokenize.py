@@ -6,7 +6,7 @@ import json
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
-import jax.numpy as jnp
+import jax
 import numpy as np
 from tokenizers import AddedToken, Regex, decoders, models, pre_tokenizers, processors
 from tokenizers import Tokenizer as _HFTokenizer
@@ -169,7 +169,8 @@ class Tokenizer:
             sl = slice(T - len(s), T) if padding_side == "left" else slice(0, len(s))
             ids[i, sl] = s
             mask[i, sl] = 1
-        return (jnp.asarray(ids), jnp.asarray(mask)) if return_mask else jnp.asarray(ids)
+        # jax.device_put: jnp.asarray of a NumPy array would compile a small program for every new shape
+        return (jax.device_put(ids), jax.device_put(mask)) if return_mask else jax.device_put(ids)
 
     def to_string(self, ids):
         arr = np.asarray(ids)

@@ -130,7 +130,8 @@ def test_a_trained_dictionary_tells_saelens_how_it_was_trained(default_model, co
     assert meta.prepend_bos is False
     tok = default_model.tokenizer
     first = next(iter_contexts(tok, texts, 32))
-    np.testing.assert_array_equal(first, tok.encode(texts[0], prepend_bos=False)[:32])
+    joined = [i for t in texts[:40] for i in tok.encode(t, prepend_bos=False) + [tok.eos_id]]  # documents, EOS between
+    np.testing.assert_array_equal(first, joined[:32])
     assert first[0] != tok.bos_id and not tok.add_bos  # SmolLM2's tokenizer adds no BOS either
     # and SAELens computes what we compute
     _, cache = default_model.run_with_cache(default_model.to_tokens("The capital of France is Paris."), names=[hook])
