@@ -1,13 +1,13 @@
 """Time to first result in a notebook-like session: a fresh process, then a second fresh process, then new prompts.
 
-Ten prompts of different lengths (sentences of WikiText-2, 5 to ~60 tokens) go through four operations on the
-default model (SmolLM2-135M-Instruct), each timed until its result is on the host:
+Ten prompts of different lengths (WikiText-2 text, about 5 to 45 tokens) go through four operations on the default
+model (SmolLM2-135M-Instruct), each timed until its result is on the host:
 
 * ``forward``: ``model(prompt)`` logits;
 * ``cache``: ``model.run_with_cache(prompt)``, every hook point;
 * ``generate``: ``model.generate(prompt, 20)``, greedy, 20 new tokens;
-* ``patch``: a residual-stream patching sweep over every layer and position (``circuits.patch``, ``resid_pre``,
-  a logit-difference metric; the corrupted prompt changes one token).
+* ``patch``: a residual-stream patching sweep over every position of five layers (``circuits.patch``,
+  ``resid_pre``, layers 0, 6, ..., 24, a logit-difference metric; the corrupted prompt changes one token).
 
 Each process runs the ten prompts in order and reports every call's seconds and the compilations it triggered
 (``interp.compile_stats``). Two fresh processes share one new persistent compilation cache folder: the first
@@ -36,12 +36,12 @@ OPS = ("forward", "cache", "generate", "patch")
 
 
 def prompt_texts(n: int) -> list[str]:
-    """``n`` prompts of spread-out lengths: WikiText-2 sentences cut to 4, 10, 16, ... words."""
+    """``n`` prompts of spread-out lengths: WikiText-2 text cut to 4, 8, 12, ... words."""
     text = CORPUS.read_text(encoding="utf-8") if CORPUS.exists() else " ".join(["The quick brown fox jumps."] * 400)
     words = [w for w in re.sub(r"\s+", " ", text.replace("@", "")).split(" ") if w and not w.startswith("=")]
     out, start = [], 200
     for i in range(n):
-        size = 4 + 6 * i
+        size = 4 + 4 * i
         out.append(" ".join(words[start:start + size]))
         start += size + 17
     return out
@@ -68,7 +68,7 @@ def child(n: int) -> None:
             "cache": lambda: [np.asarray(a) for a in model.run_with_cache(tokens)[1].values()],
             "generate": lambda: model.generate(tokens, 20, stop_tokens=[]).new_tokens,
             "patch": lambda: patch(model, tokens, corrupted, metrics.logit_diff(paris, london), "resid_pre",
-                                   progress=False).values,
+                                   layers=range(0, model.n_layers, 6), progress=False).values,
         }
         for op, fn in ops.items():
             before = interp.compile_stats()
@@ -79,13 +79,14 @@ def child(n: int) -> None:
             rows.append({"prompt": i, "length": int(tokens.shape[1]), "bucket": model.bucket_length(tokens.shape[1]),
                          "op": op, "seconds": t1 - t0, "since_start": t1 - START,
                          "compiled": after.compiled - before.compiled, "loaded": after.loaded - before.loaded})
+            print(f"prompt {i} ({tokens.shape[1]} tokens) {op}: {t1 - t0:.2f} s", file=sys.stderr, flush=True)
     print(json.dumps({"import": t_import, "load": t_load, "rows": rows}))
 
 
 def run_child(n: int, cache: Path) -> dict:
     env = {**os.environ, "INTERP_COMPILATION_CACHE": str(cache), "HF_HUB_OFFLINE": "1"}
     t0 = time.perf_counter()
-    out = subprocess.run([sys.executable, __file__, "--child", "--prompts", str(n)], env=env, capture_output=True,
+    out = subprocess.run([sys.executable, __file__, "--child", "--prompts", str(n)], env=env, stdout=subprocess.PIPE,
                          text=True, check=True)
     result = json.loads(out.stdout.strip().splitlines()[-1])
     result["wall"] = time.perf_counter() - t0

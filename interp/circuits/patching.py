@@ -274,24 +274,22 @@ def run_blocks(model, x, start, positions, mask, hook_fn=None):
 
 
 @eqx.filter_jit
-def _sweep(model, layers, base_resid, source_act, masks, positions, mask, metric, suffix, batch_size):
+def _sweep(model, layer, resid, src, masks, attention_mask, metric, suffix, batch_size):
+    """The metric of every patch of one layer (``layer`` is traced, so every layer shares the program): ``resid``
+    is the base run's residual entering the layer and ``src`` the source activation to patch in."""
+    positions, mask = attention_inputs(resid.shape[:2], attention_mask)
 
-    def per_layer(args):
-        l, resid, src = args
+    def one(m):
+        def hook_fn(j, i, name, a):
+            if name != f"blocks.{j}.{suffix}":
+                return a
+            return jnp.where(m & (i == layer), src, a).astype(a.dtype)
 
-        def one(m):
-            def hook_fn(j, i, name, a):
-                if name != f"blocks.{j}.{suffix}":
-                    return a
-                return jnp.where(m & (i == l), src, a).astype(a.dtype)
+        return _readout(model, metric, run_blocks(model, resid, layer, positions, mask, hook_fn))
 
-            return _readout(model, metric, run_blocks(model, resid, l, positions, mask, hook_fn))
-
-        if batch_size >= masks.shape[0]:
-            return jax.vmap(one)(masks)
-        return jax.lax.map(one, masks, batch_size=batch_size)
-
-    return jax.lax.map(per_layer, (layers, base_resid, source_act))
+    if batch_size >= masks.shape[0]:
+        return jax.vmap(one)(masks)
+    return jax.lax.map(one, masks, batch_size=batch_size)
 
 
 def patch(
@@ -335,24 +333,20 @@ def patch(
     if shape[0] != base_tokens.shape[0] or (target.layout != "BHTS" and shape[1] != max(padded, T)):
         raise ValueError(f"clean and corrupted runs differ in shape: {shape[:2]} vs {tuple(base_tokens.shape)}; "
                          "patching needs prompts of equal length (pad them with an attention_mask)")
-    # both stacked over the swept layers only, in the order of ``layers``
-    source_act = jnp.stack([src_cache[n] for n in names])
-    base_resid = jnp.stack([base_cache[n] for n in resid_names])
     if padded:
         mask = pad_positions(mask if mask is not None else np.ones((shape[0], T), np.int32), (1,), padded)
-    positions, amask = attention_inputs((shape[0], max(padded, T)), mask)
-    masks = jnp.asarray(target.masks(shape))
+    masks = to_device(target.masks(shape))
     if batch_size is None:
         batch_size = max(1, _TOKENS_PER_BATCH // (shape[0] * max(padded, T)))
-    # one compiled call per layer (the layer is traced), so that a long sweep can show its progress
+    # one compiled call per layer (the layer is traced, the arrays are the cache's own: no eager stacking or
+    # slicing, which would compile programs of their own), so that a long sweep can show its progress
     bar = tqdm(total=len(layers), desc=f"patching {target.short}", unit="layer", delay=2.0, disable=not progress,
                leave=False)
     values = []
-    layer_ids = to_device(np.asarray(layers), np.int32)
     with bar:
-        for i in range(len(layers)):
-            values.append(np.asarray(_sweep(model, layer_ids[i:i + 1], base_resid[i:i + 1], source_act[i:i + 1], masks,
-                                            positions, amask, metric, target.suffix(), batch_size), np.float64))
+        for l, name, resid_name in zip(layers, names, resid_names):
+            values.append(np.asarray(_sweep(model, to_device(np.int32(l)), base_cache[resid_name], src_cache[name],
+                                            masks, mask, metric, target.suffix(), batch_size), np.float64))
             bar.update(1)
     values = np.concatenate(values).reshape((len(layers),) + target.out_shape(shape))
     if padded and target.per in ("pos", "head_pos"):

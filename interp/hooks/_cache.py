@@ -288,6 +288,11 @@ class Cache(Mapping):
         scale = _sliced(self._need(key, "apply_ln_to_stack"), pos_slice, -2)
         if batch_slice is not None and self.has_batch_dim:
             scale = _sliced(scale, batch_slice, 0)
+        if tuple(stack.shape[1:-1]) != tuple(scale.shape[:-1]):
+            raise ValueError(
+                f"the stack's batch and position axes {tuple(stack.shape[1:-1])} do not match the cached scale's "
+                f"{tuple(scale.shape[:-1])} ({key}); pass the pos_slice (and batch_slice) the stack was made with, "
+                "e.g. logit_attrs(stack, token, pos_slice=-1) for a stack from accumulated_resid(pos_slice=-1)")
         return stack / _f32(scale)
 
     def logit_attrs(self, residual_stack: Float[Array, "component ... D"], tokens,

@@ -13,6 +13,7 @@ from jaxtyping import Array, Bool, Float, Int
 
 from interp.hooks import Cache, HookRunner, Hooks, Resolved, ShapeRecorder
 from interp.hooks._spec import NOOP
+from interp.models import _shapes_cache
 from interp.models._blocks import Embed, LayerNorm, RMSNorm
 from interp.models._buckets import (
     bucket_length,
@@ -184,9 +185,14 @@ class Model(UserAPI, eqx.Module):
         """Every hook point of this model, in execution order, with its shape for ``[batch, pos]`` input."""
         key = (self.config, self.n_layers, batch, pos)
         if key not in _VOCABULARY:
-            rec = ShapeRecorder()
-            jax.eval_shape(lambda m, t: m.forward(t, rec), self, jnp.zeros((batch, pos), jnp.int32))
-            _VOCABULARY[key] = dict(rec.shapes)
+            disk_key = (repr(self.config), self.n_layers, batch, pos)
+            shapes = _shapes_cache.load(disk_key)
+            if shapes is None:
+                rec = ShapeRecorder()
+                jax.eval_shape(lambda m, t: m.forward(t, rec), self, jax.ShapeDtypeStruct((batch, pos), jnp.int32))
+                shapes = dict(rec.shapes)
+                _shapes_cache.store(disk_key, shapes)
+            _VOCABULARY[key] = shapes
         return dict(_VOCABULARY[key])
 
     @property

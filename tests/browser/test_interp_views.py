@@ -115,4 +115,5 @@ def test_quickstart_notebook_in_jupyterlab(context, jupyterlab, artifacts, defau
         return t && t.textContent.includes('L9H3');
     }""", timeout=60_000)
     assert outputs.locator(".js-plotly-plot").count() >= 3  # attention, logit lens and DLA figures
+    plot.scroll_into_view_if_needed()  # the picture shows the attention widget, not the end of the tour
     page.screenshot(path=str(artifacts / "jupyterlab_quickstart.png"), full_page=True)

@@ -267,3 +267,11 @@ def test_methods_need_a_bound_model(pair):
     _, partial = model.run_with_cache(np.zeros((1, 3), np.int32), names="resid_pre")
     with pytest.raises(KeyError, match="accumulated_resid needs 'blocks.2.hook_resid_post' in the cache"):
         partial.accumulated_resid()
+
+
+def test_a_stack_sliced_differently_from_the_scale_is_refused(pair):
+    model, cache, *_ = pair
+    stack = cache.decompose_resid(pos_slice=-1)  # positions already cut to the last one
+    with pytest.raises(ValueError, match=r"pass the pos_slice \(and batch_slice\) the stack was made with"):
+        cache.logit_attrs(stack, 5)  # without pos_slice the scale still has every position
+    assert cache.logit_attrs(stack, 5, pos_slice=-1).shape == stack.shape[:2]

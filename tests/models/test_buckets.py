@@ -240,6 +240,8 @@ def test_a_second_process_loads_compiled_programs_from_disk(tmp_path, hf_checkpo
     assert runs[0]["loaded"] == 0 and runs[0]["compiled"] >= 2
     assert runs[1]["loaded"] >= 2  # the forward and the generation program came from disk
     assert runs[1]["compiled"] < runs[0]["compiled"]
+    # the hook vocabulary is kept beside the programs, so the second process did not trace it again
+    assert list((tmp_path / "programs" / "interp-hook-shapes").glob("*.json"))
     off = subprocess.run([sys.executable, "-c", "import interp; print(interp.compilation_cache_dir())"],
                          env={**env, "INTERP_COMPILATION_CACHE": "0"}, capture_output=True, text=True, check=True)
     assert off.stdout.strip() == "None"
