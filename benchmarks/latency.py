@@ -101,6 +101,14 @@ def first_results(run: dict) -> dict[str, float]:
     return firsts
 
 
+def first_calls(run: dict) -> dict[str, float]:
+    """Seconds of each operation's first call (compilation or loading from disk included)."""
+    firsts = {}
+    for r in run["rows"]:
+        firsts.setdefault(r["op"], r["seconds"])
+    return firsts
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--prompts", type=int, default=10)
@@ -126,6 +134,12 @@ def main() -> None:
           f"{max(fc.values()) / max(fw.values()):>7.1f}x   (target >= 3x)")
     print(f"  {'whole run (' + str(args.prompts) + ' prompts, process wall)':<46}{cold['wall']:>12.1f}"
           f"{warm['wall']:>12.1f}{cold['wall'] / warm['wall']:>7.1f}x")
+    print(f"\n{'first call of each operation (s, its own latency)':<48}{'1st process':>12}{'2nd process':>12}{'ratio':>8}")
+    oc, ow = first_calls(cold), first_calls(warm)
+    for op in OPS:
+        print(f"  {op:<46}{oc[op]:>12.2f}{ow[op]:>12.2f}{oc[op] / ow[op]:>7.1f}x")
+    print(f"  {'all four':<46}{sum(oc.values()):>12.2f}{sum(ow.values()):>12.2f}"
+          f"{sum(oc.values()) / sum(ow.values()):>7.1f}x")
 
     print("\nin the first process, per prompt (seconds; compilations in brackets):")
     print(f"  {'prompt':>6}{'tokens':>7}{'bucket':>7}" + "".join(f"{op:>14}" for op in OPS))
