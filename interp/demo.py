@@ -209,7 +209,9 @@ def run(cfg: DemoConfig | None = None, out=sys.stdout) -> Path:
     tcfg = sae.TrainConfig(
         sae.TopKConfig(d_in=model.d_model, width=cfg.sae_width, k=cfg.sae_k, hook_name=hook), model=cfg.model,
         corpus=cfg.corpus, total_tokens=cfg.sae_tokens, batch_size=cfg.sae_batch, context_size=cfg.context_size,
-        lr=cfg.sae_lr, lr_warmup_steps=10, eval_every=5, seed=cfg.seed, buffer_tokens=BUFFER)
+        lr=cfg.sae_lr, eval_every=5, seed=cfg.seed, buffer_tokens=BUFFER,
+        # 10 warm-up steps, or an eighth of a short run (small settings), so the schedule always completes
+        lr_warmup_steps=min(10, max(1, cfg.sae_tokens // cfg.sae_batch // 8)))
     result = sae.train(tcfg, model=model, progress=True)
     d = result.dictionary
     # held-out text: contexts after the ones used for training
