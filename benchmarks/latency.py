@@ -64,16 +64,16 @@ def child(n: int) -> None:
         corrupted = tokens.copy()
         corrupted[0, tokens.shape[1] // 2] = paris  # one token changed
         ops = {
-            "forward": lambda: np.asarray(model(tokens)),
-            "cache": lambda: [np.asarray(a) for a in model.run_with_cache(tokens)[1].values()],
-            "generate": lambda: model.generate(tokens, 20, stop_tokens=[]).new_tokens,
-            "patch": lambda: patch(model, tokens, corrupted, metrics.logit_diff(paris, london), "resid_pre",
-                                   layers=range(0, model.n_layers, 6), progress=False).values,
+            "forward": lambda t, c: np.asarray(model(t)),
+            "cache": lambda t, c: [np.asarray(a) for a in model.run_with_cache(t)[1].values()],
+            "generate": lambda t, c: model.generate(t, 20, stop_tokens=[]).new_tokens,
+            "patch": lambda t, c: patch(model, t, c, metrics.logit_diff(paris, london), "resid_pre",
+                                        layers=range(0, model.n_layers, 6), progress=False).values,
         }
         for op, fn in ops.items():
             before = interp.compile_stats()
             t0 = time.perf_counter()
-            fn()
+            fn(tokens, corrupted)
             t1 = time.perf_counter()
             after = interp.compile_stats()
             rows.append({"prompt": i, "length": int(tokens.shape[1]), "bucket": model.bucket_length(tokens.shape[1]),
@@ -93,20 +93,13 @@ def run_child(n: int, cache: Path) -> dict:
     return result
 
 
-def first_results(run: dict) -> dict[str, float]:
-    """Seconds from process start until each operation's first result."""
-    firsts = {}
+def firsts(run: dict, field: str) -> dict[str, float]:
+    """Each operation's ``field`` at its first call: ``since_start`` (seconds from process start to its first
+    result) or ``seconds`` (the call's own latency, compilation or loading from disk included)."""
+    out = {}
     for r in run["rows"]:
-        firsts.setdefault(r["op"], r["since_start"])
-    return firsts
-
-
-def first_calls(run: dict) -> dict[str, float]:
-    """Seconds of each operation's first call (compilation or loading from disk included)."""
-    firsts = {}
-    for r in run["rows"]:
-        firsts.setdefault(r["op"], r["seconds"])
-    return firsts
+        out.setdefault(r["op"], r[field])
+    return out
 
 
 def main() -> None:
@@ -127,7 +120,7 @@ def main() -> None:
     print(f"\nfresh processes: import {cold['import']:.1f} s / {warm['import']:.1f} s, "
           f"model load {cold['load'] - cold['import']:.1f} s / {warm['load'] - warm['import']:.1f} s")
     print(f"{'time to first result (s, from process start)':<48}{'1st process':>12}{'2nd process':>12}{'ratio':>8}")
-    fc, fw = first_results(cold), first_results(warm)
+    fc, fw = firsts(cold, "since_start"), firsts(warm, "since_start")
     for op in OPS:
         print(f"  {op:<46}{fc[op]:>12.1f}{fw[op]:>12.1f}{fc[op] / fw[op]:>7.1f}x")
     print(f"  {'all four on the first prompt':<46}{max(fc.values()):>12.1f}{max(fw.values()):>12.1f}"
@@ -135,7 +128,7 @@ def main() -> None:
     print(f"  {'whole run (' + str(args.prompts) + ' prompts, process wall)':<46}{cold['wall']:>12.1f}"
           f"{warm['wall']:>12.1f}{cold['wall'] / warm['wall']:>7.1f}x")
     print(f"\n{'first call of each operation (s, its own latency)':<48}{'1st process':>12}{'2nd process':>12}{'ratio':>8}")
-    oc, ow = first_calls(cold), first_calls(warm)
+    oc, ow = firsts(cold, "seconds"), firsts(warm, "seconds")
     for op in OPS:
         print(f"  {op:<46}{oc[op]:>12.2f}{ow[op]:>12.2f}{oc[op] / ow[op]:>7.1f}x")
     print(f"  {'all four':<46}{sum(oc.values()):>12.2f}{sum(ow.values()):>12.2f}"
