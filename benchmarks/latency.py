@@ -102,6 +102,16 @@ def firsts(run: dict, field: str) -> dict[str, float]:
     return out
 
 
+def table(title: str, first: dict[str, float], second: dict[str, float], fmt: str, total: tuple) -> None:
+    """One row per operation (first process, second process, ratio), then ``total = (label, reduce, note)``."""
+    print(f"{title:<48}{'1st process':>12}{'2nd process':>12}{'ratio':>8}")
+    rows = [(op, first[op], second[op], "") for op in OPS]
+    label, reduce, note = total
+    rows.append((label, reduce(first.values()), reduce(second.values()), note))
+    for name, a, b, end in rows:
+        print(f"  {name:<46}{a:>12{fmt}}{b:>12{fmt}}{a / b:>7.1f}x{end}")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--prompts", type=int, default=10)
@@ -119,20 +129,14 @@ def main() -> None:
 
     print(f"\nfresh processes: import {cold['import']:.1f} s / {warm['import']:.1f} s, "
           f"model load {cold['load'] - cold['import']:.1f} s / {warm['load'] - warm['import']:.1f} s")
-    print(f"{'time to first result (s, from process start)':<48}{'1st process':>12}{'2nd process':>12}{'ratio':>8}")
     fc, fw = firsts(cold, "since_start"), firsts(warm, "since_start")
-    for op in OPS:
-        print(f"  {op:<46}{fc[op]:>12.1f}{fw[op]:>12.1f}{fc[op] / fw[op]:>7.1f}x")
-    print(f"  {'all four on the first prompt':<46}{max(fc.values()):>12.1f}{max(fw.values()):>12.1f}"
-          f"{max(fc.values()) / max(fw.values()):>7.1f}x   (target >= 3x)")
+    table("time to first result (s, from process start)", fc, fw, ".1f",
+          ("all four on the first prompt", max, "   (target >= 3x)"))
     print(f"  {'whole run (' + str(args.prompts) + ' prompts, process wall)':<46}{cold['wall']:>12.1f}"
           f"{warm['wall']:>12.1f}{cold['wall'] / warm['wall']:>7.1f}x")
-    print(f"\n{'first call of each operation (s, its own latency)':<48}{'1st process':>12}{'2nd process':>12}{'ratio':>8}")
-    oc, ow = firsts(cold, "seconds"), firsts(warm, "seconds")
-    for op in OPS:
-        print(f"  {op:<46}{oc[op]:>12.2f}{ow[op]:>12.2f}{oc[op] / ow[op]:>7.1f}x")
-    print(f"  {'all four':<46}{sum(oc.values()):>12.2f}{sum(ow.values()):>12.2f}"
-          f"{sum(oc.values()) / sum(ow.values()):>7.1f}x")
+    print()
+    table("first call of each operation (s, its own latency)", firsts(cold, "seconds"), firsts(warm, "seconds"),
+          ".2f", ("all four", sum, ""))
 
     print("\nin the first process, per prompt (seconds; compilations in brackets):")
     print(f"  {'prompt':>6}{'tokens':>7}{'bucket':>7}" + "".join(f"{op:>14}" for op in OPS))

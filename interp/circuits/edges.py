@@ -26,9 +26,17 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from interp.circuits.patching import PatchResult, _metric_value, _readout, _runs, _source_acts, _tokens, run_blocks
+from interp.circuits.patching import (
+    PatchResult,
+    _metric_value,
+    _readout,
+    _runs,
+    _source_acts,
+    _tokens,
+    run_blocks,
+)
 from interp.hooks import Cache, act_name
-from interp.hooks._spec import NOOP, _note_compile
+from interp.hooks._spec import NOOP
 from interp.models._model import attention_inputs
 from interp.results import Result, Summary
 
@@ -155,7 +163,6 @@ def _hook_points(model):
 def _receiver_grads(model, tokens, attention_mask, zeros, metric, embeds, alphas):
     """Mean over ``alphas`` of ``dmetric/d(receiver input)`` ``[V B T D]``, the embedding set to
     ``embeds[0] + alpha (embeds[1] - embeds[0])``."""
-    _note_compile()
     L = model.n_layers
     _, keep = _hook_points(model)
 
@@ -266,7 +273,6 @@ def _receiver_edit_fn(model, rec, base, delta):
 
 @eqx.filter_jit
 def _path_sweep(model, base, deltas, positions, mask, metric, recs, batch_size):
-    _note_compile()
     start = min(r[1] for r in recs)
 
     def one(delta):

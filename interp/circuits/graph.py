@@ -27,7 +27,6 @@ import jax.numpy as jnp
 import numpy as np
 
 from interp.hooks import act_name
-from interp.hooks._spec import _note_compile
 from interp.results import Result, Summary
 from interp.sae.transcoders import HOOK_IN, HOOK_OUT, Transcoders
 from interp.weights._atomic import atomic_file
@@ -112,7 +111,6 @@ def _rows(model, tc, tokens, frozen, embed_w, writes, at_final, layer, pos, vec,
     """Incoming direct effects of a batch of N targets. Target i reads direction ``vec[i] [D]`` at position
     ``pos[i]`` of the transcoder input of ``layer[i]`` (or of the final normalised stream when ``at_final[i]``).
     Returns (features [N L T k], errors [N L T], embeddings [N T])."""
-    _note_compile()
     L, T, D = act_writes.shape[0], act_writes.shape[1], act_writes.shape[-1]
 
     def f(e, w):

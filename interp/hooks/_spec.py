@@ -22,10 +22,6 @@ from interp.hooks._names import act_name, layer_of, suggest
 NameSpec = str | tuple | Callable[[str], bool]
 
 
-def _note_compile() -> None:
-    """Kept for callers that marked their traces; compilations are counted from JAX's events (``_compiles``)."""
-
-
 def any_length(fn: Callable) -> Callable:
     """Mark an edit function as safe to run on a prompt padded to its length bucket, and return it.
 

@@ -270,13 +270,13 @@ class Model(UserAPI, eqx.Module):
     def _pad_inputs(self, padded: int, tokens, attention_mask, positions, resolved: Resolved):
         T = tokens.shape[1]
         if attention_mask is None:  # built on the host: an eager jnp.ones would compile for every new shape
-            attention_mask = _to_device(np.ones(tokens.shape, np.int32))
+            attention_mask = to_device(np.ones(tokens.shape, np.int32))
         if padded == T:
             return tokens, attention_mask, positions, resolved
         tokens = pad_positions(tokens, (1,), padded)
         attention_mask = pad_positions(attention_mask, (1,), padded)
         if positions is not None:  # the padding repeats the last position (hidden by the mask in any case)
-            positions = _to_device(np.pad(np.asarray(positions), [(0, 0), (0, padded - T)], mode="edge"), np.int32)
+            positions = to_device(np.pad(np.asarray(positions), [(0, 0), (0, padded - T)], mode="edge"), np.int32)
         axes, shapes = self.position_axes(), self.hook_shapes()
         params = []
         for (name, _), p in zip(resolved.edits, resolved.params):
@@ -303,7 +303,7 @@ class Model(UserAPI, eqx.Module):
 
     def next_token(self, tokens) -> Array:
         """Greedy next token id for each sequence in the batch (``[batch]``)."""
-        return _to_device(np.argmax(np.asarray(self(tokens))[:, -1], axis=-1), np.int32)
+        return to_device(np.argmax(np.asarray(self(tokens))[:, -1], axis=-1), np.int32)
 
     # ----------------------------------------------------------------- input checks (host side)
     def _check_inputs(self, tokens, attention_mask, positions):
@@ -330,7 +330,7 @@ class Model(UserAPI, eqx.Module):
                 )
             if tokens.shape[1] == 0:
                 raise ValueError("tokens are empty: need at least one position")
-            tokens = _to_device(tokens, np.int32)
+            tokens = to_device(tokens, np.int32)
         elif tokens.ndim != 2:
             raise ValueError(f"tokens must have shape [batch, pos]; got shape {tokens.shape}")
         if attention_mask is not None:
@@ -342,12 +342,12 @@ class Model(UserAPI, eqx.Module):
                 raise ValueError(
                     f"attention_mask shape {tuple(attention_mask.shape)} must equal tokens shape {tuple(tokens.shape)}"
                 )
-            attention_mask = _to_device(attention_mask, np.int32)
+            attention_mask = to_device(attention_mask, np.int32)
         if positions is not None:
             if isinstance(positions, jax.core.Tracer):
                 positions = jnp.broadcast_to(positions.astype(jnp.int32), tokens.shape)
             else:
-                positions = _to_device(np.broadcast_to(np.asarray(positions), tokens.shape), np.int32)
+                positions = to_device(np.broadcast_to(np.asarray(positions), tokens.shape), np.int32)
         self._check_context(tokens.shape[1], attention_mask, positions)
         return tokens, attention_mask, positions
 
@@ -422,8 +422,6 @@ def to_device(a, dtype=None):
         return a if dtype is None else a.astype(dtype)
     return jax.device_put(np.asarray(a, dtype))
 
-
-_to_device = to_device
 
 
 def _pad_param(a, ndim: int, pos_axes: tuple[int, ...], T: int, padded: int):
