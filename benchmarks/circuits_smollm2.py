@@ -17,8 +17,19 @@ import time
 import numpy as np
 
 import interp
-from interp.circuits import (ablate_heads, attribute, direct_logit_attribution, edge_attribution, head_scores,
-                             metrics, patch, path_patch, per_token_loss, prompts, senders)
+from interp.circuits import (
+    ablate_heads,
+    attribute,
+    direct_logit_attribution,
+    edge_attribution,
+    head_scores,
+    metrics,
+    patch,
+    path_patch,
+    per_token_loss,
+    prompts,
+    senders,
+)
 
 
 def corr(a, b) -> float:

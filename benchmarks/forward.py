@@ -79,8 +79,8 @@ def main() -> None:
 
     try:
         import torch
-
         from _tl_peer import load_tl
+
         from interp.weights import ensure_default
 
         tl, note = load_tl(ensure_default())

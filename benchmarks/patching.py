@@ -21,9 +21,9 @@ import time
 
 import jax
 import numpy as np
+from _timing import timed
 
 import interp
-from _timing import timed
 from interp.circuits import metrics, patch, prompts
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -54,8 +54,8 @@ def main() -> None:
     if not args.no_peer:
         try:
             import torch
-
             from _tl_peer import load_tl, tl_head_sweep, tl_resid_sweep
+
             from interp.weights import ensure_default
 
             torch.set_num_threads(os.cpu_count() or 1)

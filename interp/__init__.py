@@ -29,8 +29,8 @@ from interp.models import (
     length_buckets,
     set_length_buckets,
 )
-from interp.tokenize import Tokenizer
 from interp.weights import load, load_gguf, load_hf_dir
+from interp.weights.tokenize import Tokenizer
 
 __version__ = "0.1.0"
 

@@ -151,7 +151,7 @@ def train_sae(args) -> None:
     model = None if args.activation_cache else interp.load(args.model)
     hook_shapes = model.hook_shapes() if model is not None else None
     if hook_shapes is not None and args.hook not in hook_shapes:
-        from interp.hooks._names import suggest
+        from interp.hooks import suggest
 
         raise SystemExit(f"interp train-sae: unknown hook '{args.hook}'{suggest(args.hook, hook_shapes)}")
     if model is not None:

@@ -122,9 +122,10 @@ def run(cfg: DemoConfig | None = None, out=sys.stdout) -> Path:
         patch,
         prompts,
     )
+    from interp.features import feature_card, feature_index
     from interp.report import HTML, Report
-    from interp.viz import _figures as F
-    from interp.viz import feature_card, feature_index, views
+    from interp.viz import figures as F
+    from interp.viz import views
 
     tc_dir = Path(cfg.transcoders).expanduser() if cfg.transcoders else default_transcoders()
     with_graph = (tc_dir / "transcoders.json").exists() and cfg.graph is not False

@@ -26,7 +26,7 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["Result", "Summary", "format_value", "token_texts", "top_entries"]
+__all__ = ["Result", "Summary", "format_value", "token_strings", "token_texts", "top_entries"]
 
 _TOP_IN_REPR = 8  # entries a repr lists; the HTML table shows every entry the summary gives
 
@@ -68,6 +68,16 @@ def token_texts(tokenizer, ids) -> list[str]:
     if tokenizer is None or getattr(tokenizer, "tokenizer", tokenizer) is None:
         return [f"#{i}" for i in ids]
     return [repr(tokenizer.to_string([i])) for i in ids]
+
+
+def token_strings(model, ids) -> list[str]:
+    """Each id as its own text through ``model`` (a model or a ``Tokenizer``), or ``"#id"`` without one (``None``
+    or a model without a tokenizer)."""
+    ids = [int(i) for i in np.asarray(ids).reshape(-1)]
+    source = getattr(model, "tokenizer", model)
+    if source is None:
+        return [f"#{i}" for i in ids]
+    return [source.to_string([i]) for i in ids]
 
 
 def _shape_text(shape: Mapping[str, int]) -> str:

@@ -167,7 +167,7 @@ def direct_logit_attribution(
 ) -> DLAResult:
     """Each component's direct contribution to the logits of ``targets`` (``[B]`` or ``[B K]`` token ids)
     at position ``pos`` (an int or ``[B]``), through the final norm with the run's own scale."""
-    toks, mask, _ = model._check_inputs(tokens, attention_mask, None)
+    toks, mask, _ = model.check_inputs(tokens, attention_mask, None)
     B, T = toks.shape
     targets = np.asarray(targets)
     if targets.ndim == 1:

@@ -35,9 +35,8 @@ from interp.circuits.patching import (
     _tokens,
     run_blocks,
 )
-from interp.hooks import Cache, act_name
-from interp.hooks._spec import NOOP
-from interp.models._model import attention_inputs
+from interp.hooks import NOOP, Cache, act_name
+from interp.models import attention_inputs
 from interp.results import Result, Summary
 
 

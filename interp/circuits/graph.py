@@ -26,10 +26,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from interp._io import atomic_file
 from interp.hooks import act_name
 from interp.results import Result, Summary
 from interp.sae.transcoders import HOOK_IN, HOOK_OUT, Transcoders
-from interp.weights._atomic import atomic_file
 
 __all__ = ["HOOK_IN", "HOOK_OUT", "Graph", "Intervention", "Transcoders", "auto_supernodes", "feature_changes",
            "frozen_forward", "intervene", "prune", "trace"]
@@ -384,7 +384,7 @@ class Graph(Result):
         return path
 
     @classmethod
-    def load(cls, path: str | Path) -> "Graph":
+    def load(cls, path: str | Path) -> Graph:
         """A graph written by :meth:`save`."""
         d = json.loads(Path(path).read_text())
         if "interp" not in d:
@@ -439,7 +439,7 @@ def trace(
     """
     if len(tc) != model.n_layers:
         raise ValueError(f"{len(tc)} transcoders for a {model.n_layers}-layer model; need one per layer")
-    tokens, _, _ = model._check_inputs(prompt, None, None)
+    tokens, _, _ = model.check_inputs(prompt, None, None)
     if tokens.shape[0] != 1:
         raise ValueError(f"trace takes one prompt; got a batch of {tokens.shape[0]}")
     L, T = model.n_layers, tokens.shape[1]
@@ -696,7 +696,7 @@ def intervene(model, tc: Transcoders, prompt, changes: Sequence[tuple[int, int, 
     ``mode="frozen"``: the replacement model with attention patterns, norm scales and all other feature
     activations frozen, so only the direct linear effects of the changes propagate.
     """
-    tokens, _, _ = model._check_inputs(prompt, None, None)
+    tokens, _, _ = model.check_inputs(prompt, None, None)
     before = np.asarray(model(tokens)[0, -1], np.float32)
     if mode == "real":
         by_layer: dict[int, list] = {}

@@ -55,7 +55,7 @@ def _targets(T: int, half: int, offset: int) -> tuple[np.ndarray, np.ndarray]:
 def head_scores(model, tokens, *, half: int | None = None, offset: int = 0) -> HeadScores:
     """Detector scores for every head on ``tokens [B T]``: ``offset`` positions (e.g. BOS) then a random block
     of ``half`` tokens repeated once (``half`` defaults to ``(T - offset) // 2``)."""
-    toks, _, _ = model._check_inputs(tokens, None, None)
+    toks, _, _ = model.check_inputs(tokens, None, None)
     B, T = toks.shape
     half = (T - offset) // 2 if half is None else half
     if half < 2 or offset + 2 * half != T:
@@ -76,7 +76,7 @@ def head_scores(model, tokens, *, half: int | None = None, offset: int = 0) -> H
 
 def per_token_loss(model, tokens, *, edits_=(), attention_mask=None) -> np.ndarray:
     """Next-token cross-entropy ``[B T-1]`` of ``tokens`` (with optional edits applied)."""
-    toks, mask, _ = model._check_inputs(tokens, attention_mask, None)
+    toks, mask, _ = model.check_inputs(tokens, attention_mask, None)
     logits = model.run_with_hooks(toks, edits_, attention_mask=mask)
     lp = jax.nn.log_softmax(logits[:, :-1].astype(jnp.float32), axis=-1)
     return -np.asarray(jnp.take_along_axis(lp, toks[:, 1:, None], axis=-1)[..., 0])

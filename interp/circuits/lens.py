@@ -11,7 +11,7 @@ import numpy as np
 from jaxtyping import Array, Float
 
 from interp.circuits.dla import apply_final_norm
-from interp.hooks._spec import NOOP
+from interp.hooks import NOOP
 from interp.results import Result, Summary, token_texts
 
 
@@ -61,7 +61,7 @@ def logit_lens(model, tokens, *, scale: str = "own", **kwargs) -> LensResult:
     names = ["blocks.0.hook_resid_pre"] + [f"blocks.{l}.hook_resid_post" for l in range(model.n_layers)]
     if scale == "final":
         names.append("ln_final.hook_scale")
-    toks, mask, _ = model._check_inputs(tokens, kwargs.pop("attention_mask", None), None)
+    toks, mask, _ = model.check_inputs(tokens, kwargs.pop("attention_mask", None), None)
     _, cache = model.run_with_cache(toks, names, return_logits=scale == "final", attention_mask=mask, **kwargs)
     resid = jnp.stack([cache[n] for n in names if n != "ln_final.hook_scale"])
     logits = _read_out(model, resid) if scale == "own" else _read_out_frozen(model, resid, cache["ln_final.hook_scale"])

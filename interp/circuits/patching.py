@@ -25,10 +25,8 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from interp.circuits.metrics import PositionMetric
-from interp.hooks import Cache, Hooks, act_name
-from interp.hooks._spec import NOOP
-from interp.models import pad_positions, to_device
-from interp.models._model import attention_inputs
+from interp.hooks import NOOP, Cache, Hooks, act_name
+from interp.models import attention_inputs, pad_positions, to_device
 from interp.results import Result, Summary, top_entries
 
 # hook short name -> layout of the activation (batch first)
@@ -185,7 +183,7 @@ def _runs(model, clean, corrupted, direction: str, attention_mask):
 
 
 def _tokens(model, x, attention_mask):
-    tokens, mask, _ = model._check_inputs(x, attention_mask, None)
+    tokens, mask, _ = model.check_inputs(x, attention_mask, None)
     return tokens, mask
 
 

@@ -7,8 +7,9 @@ The vocabulary follows TransformerLens (``blocks.{l}.hook_resid_post``, ``blocks
 from interp.hooks import edits
 from interp.hooks._cache import Cache
 from interp.hooks._compiles import CompileStats, compile_count, compile_stats
-from interp.hooks._names import act_name, layer_of
+from interp.hooks._names import act_name, layer_of, suggest
 from interp.hooks._spec import (
+    NOOP,
     Edit,
     EditFn,
     HookRunner,
@@ -25,6 +26,7 @@ __all__ = [
     "Edit",
     "EditFn",
     "HookRunner",
+    "NOOP",
     "Hooks",
     "Resolved",
     "ShapeRecorder",
@@ -35,4 +37,5 @@ __all__ = [
     "compile_stats",
     "edits",
     "layer_of",
+    "suggest",
 ]

@@ -309,4 +309,4 @@ class ShapeRecorder:
         return x
 
 
-NOOP = HookRunner()
+NOOP = HookRunner()  # runs the blocks with no hooks (a block called on its own, outside a model run)

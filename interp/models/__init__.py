@@ -17,7 +17,7 @@ from interp.models._buckets import (
     set_length_buckets,
     slice_positions,
 )
-from interp.models._model import Model, check_tokens, to_device
+from interp.models._model import Model, attention_inputs, check_tokens, to_device
 from interp.models.factored import FactoredMatrix
 from interp.models.llama import LlamaConfig
 
@@ -39,6 +39,7 @@ __all__ = [
     "PreNormBlock",
     "RMSNorm",
     "Rope",
+    "attention_inputs",
     "bucket_length",
     "check_tokens",
     "gemma",

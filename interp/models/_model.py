@@ -11,8 +11,7 @@ import jax.numpy as jnp
 import numpy as np
 from jaxtyping import Array, Bool, Float, Int
 
-from interp.hooks import Cache, HookRunner, Hooks, Resolved, ShapeRecorder
-from interp.hooks._spec import NOOP
+from interp.hooks import NOOP, Cache, HookRunner, Hooks, Resolved, ShapeRecorder
 from interp.models import _shapes_cache
 from interp.models._blocks import Embed, LayerNorm, RMSNorm
 from interp.models._buckets import (
@@ -224,7 +223,7 @@ class Model(UserAPI, eqx.Module):
         :func:`interp.hooks.any_length`, and runs on traced tokens, run at the exact length.
         """
         hooks = self._with_context_edits(hooks)  # the edits of an active `with model.hooks(...)` block, once
-        tokens, attention_mask, positions = self._check_inputs(tokens, attention_mask, positions)
+        tokens, attention_mask, positions = self.check_inputs(tokens, attention_mask, positions)
         resolved = (hooks or Hooks()).resolve(self.hook_names)
         stop = self._check_stop(stop_at_layer, resolved)
         if not return_output and stop is None:
@@ -306,7 +305,10 @@ class Model(UserAPI, eqx.Module):
         return to_device(np.argmax(np.asarray(self(tokens))[:, -1], axis=-1), np.int32)
 
     # ----------------------------------------------------------------- input checks (host side)
-    def _check_inputs(self, tokens, attention_mask, positions):
+    def check_inputs(self, tokens, attention_mask=None, positions=None):
+        """``(tokens [B, T] int32 on device, attention_mask, positions)`` from what a user passes: a string, a
+        list of strings (padded, with their mask), or ids ``[T]``/``[B, T]``; ids out of the vocabulary, empty
+        prompts and malformed masks are refused with the reason. Tracers pass through unchecked."""
         if isinstance(tokens, str) or (isinstance(tokens, (list, tuple)) and tokens and isinstance(tokens[0], str)):
             if attention_mask is None and not isinstance(tokens, str) and len(tokens) > 1:
                 tokens, attention_mask = self.to_tokens(tokens, return_mask=True)

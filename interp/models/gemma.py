@@ -19,7 +19,12 @@ import numpy as np
 
 from interp.models._blocks import Attention, Embed, GatedMLP, PreNormBlock, RMSNorm, Rope
 from interp.models._hf import (
-    LLAMA_LAYOUT_IGNORED, Fields, check_config, gguf_fields, llama_layout_shapes, rope_scaling,
+    LLAMA_LAYOUT_IGNORED,
+    Fields,
+    check_config,
+    gguf_fields,
+    llama_layout_shapes,
+    rope_scaling,
 )
 from interp.models._model import Model
 
@@ -96,7 +101,7 @@ class GemmaConfig:
         return self.sliding_window is not None and self.sliding_layers is not None and self.sliding_layers[layer]
 
     @classmethod
-    def from_hf(cls, cfg: Mapping, where="config.json") -> "GemmaConfig":
+    def from_hf(cls, cfg: Mapping, where="config.json") -> GemmaConfig:
         """From a Hugging Face ``config.json`` dict (``GemmaConfig``, ``Gemma2Config`` or ``Gemma3TextConfig``;
         transformers 4.x ``rope_theta``/``rope_scaling``/``rope_local_base_freq`` or 5.x ``rope_parameters``);
         ``where`` names the file in errors."""

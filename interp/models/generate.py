@@ -134,7 +134,7 @@ def generate(model, prompts, max_new_tokens: int = 32, *, temperature: float = 0
         tokens, attention_mask = model.to_tokens(list(prompts), padding_side="left", return_mask=True)
     else:
         tokens = prompts
-    tokens, attention_mask, _ = model._check_inputs(tokens, attention_mask, None)
+    tokens, attention_mask, _ = model.check_inputs(tokens, attention_mask, None)
     if attention_mask is None:
         attention_mask = np.ones(tokens.shape, np.int32)
     m = np.asarray(attention_mask)

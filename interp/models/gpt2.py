@@ -62,7 +62,7 @@ class GPT2Config:
         return scale / float(layer + 1) if self.scale_by_inverse_layer else scale
 
     @classmethod
-    def from_hf(cls, cfg: Mapping, where="config.json") -> "GPT2Config":
+    def from_hf(cls, cfg: Mapping, where="config.json") -> GPT2Config:
         """From a Hugging Face ``config.json`` dict (``n_embd``, ``n_layer``, ... or ``hidden_size``, ...); ``where``
         names the file in errors."""
         f = Fields(cfg, where)

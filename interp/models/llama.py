@@ -13,7 +13,12 @@ import numpy as np
 
 from interp.models._blocks import Attention, Embed, GatedMLP, PreNormBlock, RMSNorm, Rope
 from interp.models._hf import (
-    LLAMA_LAYOUT_IGNORED, Fields, check_config, gguf_fields, llama_layout_shapes, rope_scaling,
+    LLAMA_LAYOUT_IGNORED,
+    Fields,
+    check_config,
+    gguf_fields,
+    llama_layout_shapes,
+    rope_scaling,
 )
 from interp.models._model import Model
 
@@ -66,7 +71,7 @@ class LlamaConfig:
         return self.head_dim or self.d_model // self.n_heads
 
     @classmethod
-    def smollm2_135m(cls) -> "LlamaConfig":
+    def smollm2_135m(cls) -> LlamaConfig:
         """SmolLM2-135M(-Instruct)."""
         return cls(
             vocab_size=49152, d_model=576, n_layers=30, n_heads=9, n_kv_heads=3, d_mlp=1536, head_dim=64,
@@ -75,7 +80,7 @@ class LlamaConfig:
         )
 
     @classmethod
-    def from_hf(cls, cfg: Mapping, where="config.json") -> "LlamaConfig":
+    def from_hf(cls, cfg: Mapping, where="config.json") -> LlamaConfig:
         """From a Hugging Face ``config.json`` dict (transformers 4.x ``rope_scaling`` or 5.x ``rope_parameters``);
         ``where`` names the file in errors."""
         f = Fields(cfg, where)

@@ -69,7 +69,7 @@ class NeoXConfig:
         return int(self.d_head * self.rotary_pct)  # truncated, as transformers does
 
     @classmethod
-    def from_hf(cls, cfg: Mapping, where="config.json") -> "NeoXConfig":
+    def from_hf(cls, cfg: Mapping, where="config.json") -> NeoXConfig:
         """From a Hugging Face ``config.json`` dict: transformers 5.x ``rope_parameters`` (``rope_theta``,
         ``partial_rotary_factor``) or the older top-level ``rotary_emb_base`` / ``rotary_pct`` / ``rope_scaling``;
         ``where`` names the file in errors."""

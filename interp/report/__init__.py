@@ -25,7 +25,7 @@ from collections.abc import Iterable, Mapping
 from importlib import metadata
 from pathlib import Path
 
-from interp.viz._figures import escape
+from interp.viz import escape
 from interp.viz.views import HTML, Linked, result_view
 from interp.weights.fingerprint import weights_hash
 
@@ -208,7 +208,7 @@ class Report:
 
     def save(self, path: str | Path) -> Path:
         """Write the report to ``path`` atomically (a complete file or none)."""
-        from interp.weights._atomic import atomic_file
+        from interp._io import atomic_file
 
         path = Path(path)
         if path.exists() and path.is_dir():

@@ -18,8 +18,8 @@ from pathlib import Path
 import jax.numpy as jnp
 import numpy as np
 
+from interp._io import atomic_dir
 from interp.sae._base import DictConfig, Dictionary, architecture
-from interp.weights._atomic import atomic_dir
 from interp.weights.hf import read_json
 
 # SAELens reads ``metadata`` as written from this version of its layout on (sae_lens.loading.pretrained_sae_loaders:

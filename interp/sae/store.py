@@ -20,8 +20,8 @@ from pathlib import Path
 
 import numpy as np
 
+from interp._io import atomic_dir, atomic_file
 from interp.checks import check_range
-from interp.weights._atomic import atomic_dir, atomic_file
 from interp.weights.fingerprint import weights_hash
 from interp.weights.hf import read_json
 
@@ -244,7 +244,7 @@ class ActivationStore(_ChunkedStore):
                  context_size: int = 128, model_batch: int = 16, buffer_tokens: int = 2**16,
                  batch_size: int = 4096, seed: int = 0, skip_positions: int = 0, n_tokens: int | None = None):
         if hook_name not in model.hook_names:
-            from interp.hooks._names import suggest
+            from interp.hooks import suggest
 
             raise ValueError(f"unknown hook '{hook_name}'{suggest(hook_name, model.hook_names)}")
         _positive(context_size=context_size, model_batch=model_batch, buffer_tokens=buffer_tokens,

@@ -31,10 +31,10 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from interp._io import atomic_dir, atomic_file
 from interp.checks import check_range
 from interp.results import Result, Summary
 from interp.sae._base import DictConfig, Dictionary, LossContext, create
-from interp.weights._atomic import atomic_dir, atomic_file
 from interp.weights.fingerprint import file_sha256
 
 # Defaults that follow the token budget (see TrainConfig): a run of ``total_tokens`` gets at least MIN_STEPS
@@ -359,7 +359,7 @@ def _flat(tree) -> dict[str, np.ndarray]:
 
 STATE = "state.safetensors"
 _STEP_DIR = re.compile(r"step-\d+")
-# what an interrupted atomic write leaves beside its target (interp.weights._atomic): the temporary folder or
+# what an interrupted atomic write leaves beside its target (interp._io): the temporary folder or
 # file, or the folder it was replacing
 _LEFTOVER = re.compile(r"\..+\.(partial|old)-[A-Za-z0-9_]+")
 

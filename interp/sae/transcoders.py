@@ -17,10 +17,10 @@ import equinox as eqx
 import jax.numpy as jnp
 import numpy as np
 
+from interp._io import atomic_dir
 from interp.checks import check_range
 from interp.sae.topk import TopKConfig
 from interp.sae.trainer import TrainConfig, init_state, make_optimizer, make_step
-from interp.weights._atomic import atomic_dir
 
 HOOK_IN = "blocks.{layer}.ln2.hook_normalized"
 HOOK_OUT = "blocks.{layer}.hook_mlp_out"

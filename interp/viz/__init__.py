@@ -1,13 +1,14 @@
 """Figures (plotly) and feature dashboards for interp's results; :mod:`interp.widgets` makes them interactive
 and :mod:`interp.report` collects them into one self-contained HTML file."""
 
-from interp.viz._figures import (
+from interp.viz.figures import (
     attention_figure,
     bar_figure,
     decomposition_figure,
     dla_figure,
     edge_circuit_figure,
     escape,
+    feature_card_html,
     graph_figure,
     graph_layout,
     head_scores_figure,
@@ -22,21 +23,11 @@ from interp.viz._figures import (
     token_ticks,
     training_figure,
 )
-from interp.viz.features import (
-    FeatureCard,
-    FeatureIndex,
-    feature_card,
-    feature_card_html,
-    feature_index,
-    feature_indices,
-    logit_effects,
-)
 from interp.viz.views import HTML, Linked, result_view
 
 __all__ = [
-    "HTML", "FeatureCard", "FeatureIndex", "Linked", "attention_figure", "bar_figure", "decomposition_figure",
-    "dla_figure", "edge_circuit_figure", "escape", "feature_card", "feature_card_html", "feature_index",
-    "feature_indices", "graph_figure", "graph_layout", "head_scores_figure", "heatmap_figure", "histogram_figure",
-    "intervention_figure", "lens_cells", "lens_figure", "logit_effect_figure", "logit_effects", "patching_figure",
+    "HTML", "Linked", "attention_figure", "bar_figure", "decomposition_figure",
+    "dla_figure", "edge_circuit_figure", "escape", "feature_card_html", "graph_figure", "graph_layout", "head_scores_figure", "heatmap_figure", "histogram_figure",
+    "intervention_figure", "lens_cells", "lens_figure", "logit_effect_figure", "patching_figure",
     "result_view", "token_strings", "token_ticks", "training_figure",
 ]

@@ -9,12 +9,13 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from interp.viz._figures import (
+from interp.viz.figures import (
     attention_figure,
     decomposition_figure,
     dla_figure,
     edge_circuit_figure,
     escape,
+    feature_card_html,
     graph_figure,
     head_scores_figure,
     intervention_figure,
@@ -24,7 +25,6 @@ from interp.viz._figures import (
     token_strings,
     training_figure,
 )
-from interp.viz.features import FeatureCard, feature_card_html
 
 
 @dataclasses.dataclass
@@ -60,7 +60,7 @@ def lens_table(model, tokens, scale: str = "own") -> tuple[list[list[str]], np.n
 
 
 def _tokens(model, prompt):
-    tokens, _, _ = model._check_inputs(prompt, None, None)
+    tokens, _, _ = model.check_inputs(prompt, None, None)
     if tokens.shape[0] != 1:
         raise ValueError(f"a view shows one prompt; got a batch of {tokens.shape[0]}")
     return tokens, token_strings(model, tokens[0])
@@ -99,7 +99,7 @@ def patching_view(result, *, normalized: bool = True) -> list:
     return [patching_figure(result, normalized=normalized)]
 
 
-def feature_view(card: FeatureCard) -> list:
+def feature_view(card) -> list:
     """A feature card: its HTML (contexts, statistics) and figures (histogram, logit effects)."""
     return [HTML(feature_card_html(card)), *card.figures()]
 
@@ -120,28 +120,10 @@ def graph_view(graph, cards: dict[int, FeatureCard] | None = None, *, pruned: bo
     return [Linked(fig, panels, hint="Click a feature node to show its top-activating contexts.")]
 
 
-def graph_cards(model, transcoders, graph, tokens, *, indices: dict | None = None) -> dict[int, FeatureCard]:
-    """Dashboards of every kept feature node of ``graph`` over ``tokens [N, T]``; the layers' indices come from
-    one model pass (``indices``, layer -> FeatureIndex, is filled in and reused)."""
-    from interp.viz.features import feature_card, feature_indices
-
-    indices = {} if indices is None else indices
-    s = graph.slices()["feature"]
-    feats = [int(i) for i in graph.kept() if graph.kind(int(i)) == "feature"]
-    missing = sorted({int(graph.feature_layer[i - s.start]) for i in feats} - set(indices))
-    if missing:
-        indices.update(feature_indices(
-            model, {l: (transcoders.dictionaries[l], transcoders.hook_in.format(layer=l)) for l in missing}, tokens,
-            skip_positions=transcoders.skip_positions))
-    cards = {}
-    for i in feats:
-        l, f = int(graph.feature_layer[i - s.start]), int(graph.feature_id[i - s.start])
-        cards[i] = feature_card(model, transcoders.dictionaries[l], indices[l], f, label=graph.label(i), n_contexts=6)
-    return cards
-
-
 def graph_explorer_view(model, transcoders, graph, tokens=None) -> list:
     """The static form of the graph explorer: the graph, with each kept feature's dashboard on click."""
+    from interp.features import graph_cards
+
     return graph_view(graph, graph_cards(model, transcoders, graph, tokens) if tokens is not None else None)
 
 
@@ -185,8 +167,8 @@ def _views() -> list[tuple[type, object]]:
     """(result type, function -> report parts); the first type an item is an instance of decides."""
     from interp.circuits import Decomposition, DLAResult, EdgeResult, HeadScores, LensResult, PatchResult, PromptSet
     from interp.circuits.graph import Graph, Intervention
+    from interp.features import FeatureIndex
     from interp.sae import DictionaryMetrics, TrainResult
-    from interp.viz.features import FeatureIndex
 
     return [
         (PatchResult, lambda r: [summary_html(r), *patching_view(r)]),

@@ -7,12 +7,12 @@ from pathlib import Path
 import jax.numpy as jnp
 
 from interp.models import GGUF_FAMILIES, HF_FAMILIES, Model
-from interp.tokenize import Tokenizer
 from interp.weights._check import check_tensors
 from interp.weights.default import DEFAULT_MODELS, cache_dir, default_gguf_path, ensure_default
 from interp.weights.fingerprint import weights_hash
 from interp.weights.gguf_file import GGUFFile, hf_tensors
 from interp.weights.hf import SafetensorsReader, read_config, safetensor_files
+from interp.weights.tokenize import Tokenizer
 
 
 def load(source: str | Path = "smollm2-135m", *, dtype=jnp.float32) -> Model:

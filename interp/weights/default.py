@@ -24,7 +24,7 @@ import tempfile
 import zipfile
 from pathlib import Path
 
-from interp.weights._atomic import atomic_dir, atomic_file
+from interp._io import atomic_dir, atomic_file
 from interp.weights.fingerprint import file_sha256
 
 
@@ -184,8 +184,8 @@ def convert_gguf(gguf_path: Path, out: Path, *, source: dict | None = None) -> P
     from safetensors.numpy import save_file
 
     from interp.models import GGUF_FAMILIES
-    from interp.tokenize import Tokenizer
     from interp.weights.gguf_file import GGUFFile, hf_tensors
+    from interp.weights.tokenize import Tokenizer
 
     f = GGUFFile(gguf_path)
     family = GGUF_FAMILIES.get(f.arch)

@@ -25,15 +25,10 @@ try:
 except ImportError as e:  # pragma: no cover - depends on the environment
     raise ImportError("interp.widgets needs ipywidgets and plotly: pip install 'interp[notebook]'") from e
 
-from interp.viz import _figures as F
+from interp.features import FeatureCard, FeatureIndex, feature_card, feature_index, graph_cards
+from interp.viz import figures as F
 from interp.viz import views
-from interp.viz.features import (
-    FeatureCard,
-    FeatureIndex,
-    feature_card,
-    feature_card_html,
-    feature_index,
-)
+from interp.viz.figures import feature_card_html
 
 __all__ = ["AttentionView", "FeatureDashboard", "GraphExplorer", "LensView", "PatchingView", "TrainingMonitor"]
 
@@ -205,14 +200,14 @@ class PatchingView(W.VBox):
 
 # ---------------------------------------------------------------------------------------------- features
 class FeatureDashboard(W.VBox):
-    """Dashboards of a dictionary's latents over an indexed token set (:func:`interp.viz.feature_index`, built
+    """Dashboards of a dictionary's latents over an indexed token set (:func:`interp.features.feature_index`, built
     here from ``tokens`` when no ``index`` is given). Type a latent, or step to the next one that fires."""
 
     def __init__(self, model, dictionary, *, index: FeatureIndex | None = None, tokens=None, latent: int | None = None,
                  explanations: Mapping[int, str] | None = None, hook: str | None = None):
         if index is None:
             if tokens is None:
-                raise ValueError("FeatureDashboard needs an index (interp.viz.feature_index) or tokens [N, T] to index")
+                raise ValueError("FeatureDashboard needs an index (interp.features.feature_index) or tokens [N, T] to index")
             index = feature_index(model, dictionary, tokens, hook=hook)
         self.model, self.dictionary, self.index = model, dictionary, index
         self.explanations = dict(explanations or {})
@@ -366,7 +361,7 @@ class GraphExplorer(W.VBox):
         return iv
 
     def static(self) -> list:
-        cards = views.graph_cards(self.model, self.tc, self.graph, self.tokens, indices=self._indices) \
+        cards = graph_cards(self.model, self.tc, self.graph, self.tokens, indices=self._indices) \
             if self.tokens is not None else None
         parts = views.graph_view(self.graph, cards)
         if self.intervention is not None:

@@ -19,8 +19,9 @@ ROOT = Path(__file__).resolve().parents[2]
 def report_path(tiny3, tmp_path_factory):
     from interp.circuits import patch
     from interp.circuits.graph import prune, trace
+    from interp.features import FeatureCard, graph_cards
     from interp.report import Report
-    from interp.viz import FeatureCard, attention_figure, views
+    from interp.viz import attention_figure, views
     from tests.conftest import random_tokens, random_transcoders
 
     prompt = random_tokens(tiny3.d_vocab, (1, 7), seed=4)
@@ -28,7 +29,7 @@ def report_path(tiny3, tmp_path_factory):
     corrupted[0, 2] = (corrupted[0, 2] + 9) % tiny3.d_vocab
     tc = random_transcoders(tiny3)
     graph = prune(trace(tiny3, tc, prompt[0], max_logits=3))
-    cards = views.graph_cards(tiny3, tc, graph, random_tokens(tiny3.d_vocab, (6, 10), seed=6))
+    cards = graph_cards(tiny3, tc, graph, random_tokens(tiny3.d_vocab, (6, 10), seed=6))
     evil_card = FeatureCard(7, f"latent 7 {EVIL}", 0.01, 3, 2.0, [
         {"tokens": ["a", EVIL, "b"], "acts": [0.0, 2.0, 0.5], "center": 1, "value": 2.0, "row": 0, "pos": 1}],
         np.array([1, 2]), np.array([0.0, 1.0, 2.0]), [(EVIL, 0.3)], [("x", -0.2)])

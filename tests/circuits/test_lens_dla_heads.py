@@ -8,8 +8,15 @@ import numpy as np
 import pytest
 
 import interp
-from interp.circuits import (ablate_heads, decompose_resid, direct_logit_attribution, head_scores, logit_lens,
-                             per_token_loss, prompts)
+from interp.circuits import (
+    ablate_heads,
+    decompose_resid,
+    direct_logit_attribution,
+    head_scores,
+    logit_lens,
+    per_token_loss,
+    prompts,
+)
 from tests.numerics import assert_model_close
 
 
@@ -97,8 +104,8 @@ class _PatternEdited:
         self.model, self.edits = model, edits
         self.n_layers = model.n_layers
 
-    def _check_inputs(self, *a):
-        return self.model._check_inputs(*a)
+    def check_inputs(self, *a):
+        return self.model.check_inputs(*a)
 
     def run_with_cache(self, tokens, names):
         return self.model.run_with_cache(tokens, names, edits=self.edits)

@@ -6,6 +6,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+
 import interp
 from interp import Hooks, edits
 from tests.conftest import hf_logits_head_zeroed, random_tokens

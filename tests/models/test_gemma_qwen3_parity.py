@@ -17,6 +17,7 @@ import interp
 from interp.models import gemma, llama
 from tests.conftest import random_tokens, saved_checkpoints
 from tests.numerics import model_bound
+
 WINDOW = 4
 
 TINY = dict(vocab_size=97, hidden_size=32, num_hidden_layers=3, num_attention_heads=4, num_key_value_heads=2,

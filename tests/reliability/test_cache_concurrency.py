@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 
 import interp
-from interp.weights import _atomic
+from interp import _io as _atomic
 from interp.weights import default as default_mod
 from tests.weights.gguf_fixture import bpe_vocab, write_llama_gguf
 

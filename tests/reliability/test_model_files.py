@@ -20,7 +20,14 @@ import interp
 from interp.models import gemma, gpt2, llama, neox
 from tests.conftest import random_tokens
 from tests.weights.tiny_files import (
-    MERGES, TOKEN_TYPES, TOKENS, gguf_bytes, gguf_string, llama_gguf_meta, llama_gguf_tensors, tiny_llama_gguf,
+    MERGES,
+    TOKEN_TYPES,
+    TOKENS,
+    gguf_bytes,
+    gguf_string,
+    llama_gguf_meta,
+    llama_gguf_tensors,
+    tiny_llama_gguf,
     write_gguf,
 )
 

@@ -11,13 +11,11 @@ import pytest
 
 from interp.circuits import patch
 from interp.circuits.graph import prune, trace
+from interp.features import feature_card, feature_index, feature_indices
 from interp.report import HTML, Report, provenance, weights_hash
 from interp.viz import (
     attention_figure,
     escape,
-    feature_card,
-    feature_index,
-    feature_indices,
     graph_figure,
     patching_figure,
     views,

@@ -29,6 +29,7 @@ from interp.circuits import (
     prompts,
 )
 from interp.circuits.graph import feature_changes, intervene, prune, trace
+from interp.features import feature_card, feature_index
 from interp.report import Report
 from interp.results import Result, Summary, format_value, top_entries
 from interp.sae import DictionaryMetrics, TrainResult
@@ -36,8 +37,6 @@ from interp.viz import (
     decomposition_figure,
     dla_figure,
     edge_circuit_figure,
-    feature_card,
-    feature_index,
     head_scores_figure,
     intervention_figure,
     lens_cells,

@@ -1,4 +1,4 @@
-"""Feature dashboards: where a dictionary's latents fire over a token set, and what they write.
+"""Feature indexes and cards (the computation; :mod:`interp.viz` draws them): where a dictionary's latents fire over a token set, and what they write.
 
 :func:`feature_index` runs the model over a token set once and keeps every nonzero latent activation
 (sparse: token, latent, value), so the card of any latent (:func:`feature_card`) is a lookup. A card holds the
@@ -9,19 +9,13 @@ latent's decoder direction promotes and suppresses through the unembedding (its 
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from interp.results import Result, Summary, top_entries
-from interp.viz._figures import (
-    escape,
-    histogram_figure,
-    logit_effect_figure,
-    token_strings,
-)
+from interp.results import Result, Summary, token_strings, top_entries
 
 
 @dataclasses.dataclass
@@ -149,6 +143,8 @@ class FeatureCard(Result):
 
     def figures(self) -> list:
         """The activation histogram (when the latent fires) and the direct logit effect, as plotly figures."""
+        from interp.viz.figures import histogram_figure, logit_effect_figure
+
         figs = []
         if self.n_active:
             figs.append(histogram_figure(self.hist_counts, self.hist_edges, title=f"{self.label}: activations"))
@@ -157,6 +153,8 @@ class FeatureCard(Result):
 
     def html(self) -> str:
         """Header, statistics and highlighted contexts as an HTML fragment (figures not included)."""
+        from interp.viz.figures import feature_card_html
+
         return feature_card_html(self)
 
     def _summary(self) -> Summary:
@@ -208,29 +206,19 @@ def feature_card(model, dictionary, index: FeatureIndex, latent: int, *, n_conte
         suppressed=list(zip(token_strings(model, bottom), map(float, eff[bottom]))), explanation=expl)
 
 
-def _highlight(tokens: Sequence[str], acts: Sequence[float], center: int, scale: float) -> str:
-    spans = []
-    for i, (tok, a) in enumerate(zip(tokens, acts)):
-        alpha = 0.0 if scale <= 0 else min(max(a / scale, 0.0), 1.0)
-        style = f"background: rgba(255,140,0,{alpha:.2f});"
-        if i == center:
-            style += " outline: 1px solid #333;"
-        spans.append(f'<span class="tok" style="{style}" title="{a:.3f}">{escape(tok)}</span>')
-    return "".join(spans)
-
-
-def feature_card_html(card: FeatureCard) -> str:
-    """A card's header, statistics and highlighted contexts as an HTML fragment; every token is escaped."""
-    rows = []
-    for c in card.contexts:
-        rows.append(f'<div class="ctx"><span class="ctx-val">{c["value"]:.2f}</span> '
-                    f'{_highlight(c["tokens"], c["acts"], c["center"], card.max_act)}</div>')
-    promoted = ", ".join(f"{escape(t)} ({v:+.2f})" for t, v in card.promoted)
-    suppressed = ", ".join(f"{escape(t)} ({v:+.2f})" for t, v in card.suppressed)
-    expl = f'<p class="explanation">{escape(card.explanation)}</p>' if card.explanation else ""
-    return (f'<div class="feature-card" data-latent="{card.latent}">'
-            f"<h4>{escape(card.label)}</h4>{expl}"
-            f'<p class="stats">density {card.density:.4%} ({card.n_active} tokens), max activation {card.max_act:.3f}</p>'
-            f'<p class="logits"><b>promotes</b> {promoted}<br><b>suppresses</b> {suppressed}</p>'
-            + ("".join(rows) if rows else '<p class="dead">never fires on these tokens</p>')
-            + "</div>")
+def graph_cards(model, transcoders, graph, tokens, *, indices: dict | None = None) -> dict[int, FeatureCard]:
+    """Dashboards of every kept feature node of ``graph`` over ``tokens [N, T]``; the layers' indices come from
+    one model pass (``indices``, layer -> FeatureIndex, is filled in and reused)."""
+    indices = {} if indices is None else indices
+    s = graph.slices()["feature"]
+    feats = [int(i) for i in graph.kept() if graph.kind(int(i)) == "feature"]
+    missing = sorted({int(graph.feature_layer[i - s.start]) for i in feats} - set(indices))
+    if missing:
+        indices.update(feature_indices(
+            model, {l: (transcoders.dictionaries[l], transcoders.hook_in.format(layer=l)) for l in missing}, tokens,
+            skip_positions=transcoders.skip_positions))
+    cards = {}
+    for i in feats:
+        l, f = int(graph.feature_layer[i - s.start]), int(graph.feature_id[i - s.start])
+        cards[i] = feature_card(model, transcoders.dictionaries[l], indices[l], f, label=graph.label(i), n_contexts=6)
+    return cards

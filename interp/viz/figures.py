@@ -12,22 +12,14 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from interp.results import token_strings
+
 DIVERGING = "RdBu"  # red for negative, blue for positive; centred at zero with zmid=0
 
 
 def escape(s: str) -> str:
     """A token or label as display text: HTML-escaped, with newlines and tabs made visible."""
     return html.escape(str(s).replace("\n", "\\n").replace("\t", "\\t"), quote=True)
-
-
-def token_strings(model, ids) -> list[str]:
-    """Each id as its own text through ``model`` (a model or a ``Tokenizer``), or ``"#id"`` without one (``None``
-    or a model without a tokenizer)."""
-    ids = [int(i) for i in np.asarray(ids).reshape(-1)]
-    source = getattr(model, "tokenizer", model)
-    if source is None:
-        return [f"#{i}" for i in ids]
-    return [source.to_string([i]) for i in ids]
 
 
 def _go():
@@ -484,3 +476,31 @@ def intervention_figure(intervention, tokens: Sequence[int] | None = None, *, k:
     fig.update_yaxes(title="logit")
     return _layout(fig, title if title is not None else "Next-token logits before and after the intervention",
                    height=360)
+
+
+def _highlight(tokens: Sequence[str], acts: Sequence[float], center: int, scale: float) -> str:
+    spans = []
+    for i, (tok, a) in enumerate(zip(tokens, acts)):
+        alpha = 0.0 if scale <= 0 else min(max(a / scale, 0.0), 1.0)
+        style = f"background: rgba(255,140,0,{alpha:.2f});"
+        if i == center:
+            style += " outline: 1px solid #333;"
+        spans.append(f'<span class="tok" style="{style}" title="{a:.3f}">{escape(tok)}</span>')
+    return "".join(spans)
+
+
+def feature_card_html(card) -> str:
+    """A card's header, statistics and highlighted contexts as an HTML fragment; every token is escaped."""
+    rows = []
+    for c in card.contexts:
+        rows.append(f'<div class="ctx"><span class="ctx-val">{c["value"]:.2f}</span> '
+                    f'{_highlight(c["tokens"], c["acts"], c["center"], card.max_act)}</div>')
+    promoted = ", ".join(f"{escape(t)} ({v:+.2f})" for t, v in card.promoted)
+    suppressed = ", ".join(f"{escape(t)} ({v:+.2f})" for t, v in card.suppressed)
+    expl = f'<p class="explanation">{escape(card.explanation)}</p>' if card.explanation else ""
+    return (f'<div class="feature-card" data-latent="{card.latent}">'
+            f"<h4>{escape(card.label)}</h4>{expl}"
+            f'<p class="stats">density {card.density:.4%} ({card.n_active} tokens), max activation {card.max_act:.3f}</p>'
+            f'<p class="logits"><b>promotes</b> {promoted}<br><b>suppresses</b> {suppressed}</p>'
+            + ("".join(rows) if rows else '<p class="dead">never fires on these tokens</p>')
+            + "</div>")
