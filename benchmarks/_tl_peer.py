@@ -138,7 +138,8 @@ if __name__ == "__main__":
         return (last.gather(1, right[:, None]) - last.gather(1, wrong[:, None])).mean()
 
     with torch.no_grad():
-        print(f"logit diff clean {logit_diff(tl(clean_t)).item():.3f}, corrupted {logit_diff(tl(corrupt_t)).item():.3f}")
+        clean_ld, corrupt_ld = logit_diff(tl(clean_t)).item(), logit_diff(tl(corrupt_t)).item()
+        print(f"logit diff clean {clean_ld:.3f}, corrupted {corrupt_ld:.3f}")
         t0 = time.perf_counter()
         tl(corrupt_t)
         print(f"one plain forward: {(time.perf_counter() - t0) * 1e3:.1f} ms")

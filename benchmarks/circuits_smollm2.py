@@ -72,19 +72,22 @@ def ioi(model, n: int) -> None:
     print(f"[ioi] {n} prompts, e.g. {ps.clean_text[0]!r} -> answer {model.to_string([int(ps.answer[0])])!r}")
     t0 = time.perf_counter()
     resid = patch(model, ps.clean, ps.corrupted, metric, "resid_pre")
-    print(f"  logit diff clean {resid.source:.3f}, corrupted {resid.base:.3f}; resid sweep {time.perf_counter() - t0:.1f} s")
+    print(f"  logit diff clean {resid.source:.3f}, corrupted {resid.base:.3f}; "
+          f"resid sweep {time.perf_counter() - t0:.1f} s")
     norm = resid.normalized()
     toks = ps.str_tokens(0)
     for l in range(0, model.n_layers, 3):
         best = int(np.argmax(norm[l]))
-        print(f"  layer {l:2d}: restored {norm[l, best]:+.2f} at {toks[best]!r}@{best}; at the last position {norm[l, -1]:+.2f}")
+        print(f"  layer {l:2d}: restored {norm[l, best]:+.2f} at {toks[best]!r}@{best}; "
+              f"at the last position {norm[l, -1]:+.2f}")
     heads = patch(model, ps.clean, ps.corrupted, metric, "z", per="head")
     print("  heads whose clean output restores most (normalized):",
           [(lab, round(e / (resid.source - resid.base), 3)) for lab, e in heads.top(6)])
     dla = direct_logit_attribution(model, ps.clean, np.stack([ps.answer, ps.wrong], 1), per="head")
     ld = dla.logit_diff().mean(1)
     order = np.argsort(-np.abs(ld))[:6]
-    print("  direct logit attribution to the logit diff, clean run:", [(dla.labels[i], round(float(ld[i]), 3)) for i in order])
+    print("  direct logit attribution to the logit diff, clean run:",
+          [(dla.labels[i], round(float(ld[i]), 3)) for i in order])
     direct = path_patch(model, ps.clean, ps.corrupted, metric, "heads", "logits")
     print("  path patching head -> logits (normalized):",
           [(lab, round(e / (resid.source - resid.base), 3)) for lab, e in direct.top(6)])
@@ -102,7 +105,8 @@ def approximations(model, ps, metric, resid, heads) -> None:
     for k, ex in exact.items():
         print(f"  {k:9s} attribution vs exact patching: r = {corr(att[k].effect, ex.effect):.3f}")
     recs = ["logits"] + [f"L{l}H{h}.q" for l in (20, 25) for h in (0, 4)]
-    exact_edges = {r: path_patch(model, ps.clean, ps.corrupted, metric, senders(model), r, per_sender=True) for r in recs}
+    exact_edges = {r: path_patch(model, ps.clean, ps.corrupted, metric, senders(model), r, per_sender=True)
+                   for r in recs}
     for method in ("eap", "eap-ig"):
         t0 = time.perf_counter()
         eap = edge_attribution(model, ps.clean, ps.corrupted, metric, method=method)

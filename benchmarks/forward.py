@@ -73,7 +73,9 @@ def main() -> None:
             with torch.no_grad():
                 return hf(t).logits
 
-        results[f"transformers ({hf.config._attn_implementation}, torch {torch.__version__}, {torch.get_num_threads()} threads)"] = timed(hf_forward, args.reps)
+        label = (f"transformers ({hf.config._attn_implementation}, torch {torch.__version__}, "
+                 f"{torch.get_num_threads()} threads)")
+        results[label] = timed(hf_forward, args.reps)
     except ImportError as e:
         notes.append(f"transformers not installed ({e.name})")
 
@@ -106,7 +108,8 @@ def main() -> None:
         if name.startswith("TransformerLens plain"):
             print(f"  interp plain vs TransformerLens: {sec / plain:.2f}x faster")
         if name.startswith("TransformerLens cache"):
-            print(f"  interp cache-all vs TransformerLens cache-all: {sec / results['interp cache all hooks']:.2f}x faster")
+            ratio = sec / results["interp cache all hooks"]
+            print(f"  interp cache-all vs TransformerLens cache-all: {ratio:.2f}x faster")
     print(f"  cache-all-hooks time / plain time: {results['interp cache all hooks'] / plain:.3f} (target <= 1.05)")
     print(f"  one-edit time / plain time: {results['interp one edit'] / plain:.3f}")
     for n in notes:

@@ -25,7 +25,8 @@ from pathlib import Path
 
 import numpy as np
 
-DEFAULT_TC = Path(os.environ.get("INTERP_CACHE", Path.home() / ".cache" / "interp")) / "transcoders" / "smollm2-135m-w2048-k16"
+CACHE = Path(os.environ.get("INTERP_CACHE", Path.home() / ".cache" / "interp"))
+DEFAULT_TC = CACHE / "transcoders" / "smollm2-135m-w2048-k16"
 CORPUS = Path(__file__).resolve().parents[2] / "shared" / "data" / "corpora" / "wikitext2" / "test.txt"
 QUESTION = "The capital of France is"
 
@@ -69,7 +70,8 @@ def factual(tc_dir, max_nodes: int) -> None:
         print(f"transcoders: width {info.get('width')}, k {info.get('k')}, {info.get('total_tokens')} tokens; "
               f"training FVU by layer min {min(fvu):.3f} median {np.median(fvu):.3f} max {max(fvu):.3f}")
     same = G.intervene(model, tc, QUESTION, [], mode="frozen")
-    print(f"replacement model vs real logits on {QUESTION!r}: max |difference| {np.abs(same.after - same.before).max():.2e}")
+    gap = np.abs(same.after - same.before).max()
+    print(f"replacement model vs real logits on {QUESTION!r}: max |difference| {gap:.2e}")
     t0 = time.perf_counter()
     g = G.trace(model, tc, QUESTION, max_feature_nodes=max_nodes)
     print(f"traced in {time.perf_counter() - t0:.1f} s: {g.info['n_active_features']} active features, "
@@ -124,7 +126,8 @@ def main() -> None:
         r = json.loads(out.stdout.strip().splitlines()[-1])
         print(f"{n:4d} tokens: trace {r['first_s']:.1f} s (compilation included); "
               f"peak memory {r['peak_rss_gb']:.2f} GB (whole process, model included); {r['active_features']} active "
-              f"features, {r['feature_nodes']} traced, {r['nodes']} nodes; scores {r['scores']}; top logit {r['top_logit']!r}")
+              f"features, {r['feature_nodes']} traced, {r['nodes']} nodes; scores {r['scores']}; "
+              f"top logit {r['top_logit']!r}")
 
 
 if __name__ == "__main__":

@@ -42,7 +42,8 @@ def main() -> None:
     B, T = ps.clean.shape
     print(f"device: {jax.devices()[0].device_kind} ({jax.default_backend()}), jax {jax.__version__}; "
           f"{B} IOI prompt pairs x {T} tokens; {model.n_layers} layers, {model.blocks[0].attn.n_heads} heads")
-    sweeps = {"resid_pre (layer x pos)": dict(hook="resid_pre"), "z (layer x head, all pos)": dict(hook="z", per="head")}
+    sweeps = {"resid_pre (layer x pos)": dict(hook="resid_pre"),
+              "z (layer x head, all pos)": dict(hook="z", per="head")}
     ours, first = {}, {}
     for name, kw in sweeps.items():
         t0 = time.perf_counter()

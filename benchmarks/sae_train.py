@@ -47,7 +47,8 @@ def floor_step(acts: np.ndarray, width: int):
     import jax.numpy as jnp
 
     x = jnp.asarray(acts)
-    w = jnp.asarray(np.random.default_rng(1).normal(size=(acts.shape[1], width)).astype(np.float32) / acts.shape[1] ** 0.5)
+    w = np.random.default_rng(1).normal(size=(acts.shape[1], width)).astype(np.float32)
+    w = jnp.asarray(w / acts.shape[1] ** 0.5)
     matmul = jax.jit(lambda x, w: x @ w)
     return lambda: jax.block_until_ready(matmul(x, w))
 

@@ -8,10 +8,10 @@
 
 from interp._compilation_cache import compilation_cache_dir, enable_compilation_cache
 
-enable_compilation_cache()
+enable_compilation_cache()  # before anything compiles: the imports below are placed after it on purpose
 
-from interp import hooks, models, weights
-from interp.hooks import (
+from interp import hooks, models, weights  # noqa: E402
+from interp.hooks import (  # noqa: E402
     Cache,
     Edit,
     Hooks,
@@ -21,7 +21,7 @@ from interp.hooks import (
     compile_stats,
     edits,
 )
-from interp.models import (
+from interp.models import (  # noqa: E402
     FactoredMatrix,
     LlamaConfig,
     Model,
@@ -29,8 +29,8 @@ from interp.models import (
     length_buckets,
     set_length_buckets,
 )
-from interp.weights import load, load_gguf, load_hf_dir
-from interp.weights.tokenize import Tokenizer
+from interp.weights import load, load_gguf, load_hf_dir  # noqa: E402
+from interp.weights.tokenize import Tokenizer  # noqa: E402
 
 __version__ = "0.1.0"
 

@@ -1,4 +1,5 @@
-"""Feature indexes and cards (the computation; :mod:`interp.viz` draws them): where a dictionary's latents fire over a token set, and what they write.
+"""Feature indexes and cards (the computation; :mod:`interp.viz` draws them): where a dictionary's latents fire
+over a token set, and what they write.
 
 :func:`feature_index` runs the model over a token set once and keeps every nonzero latent activation
 (sparse: token, latent, value), so the card of any latent (:func:`feature_card`) is a lookup. A card holds the

@@ -46,7 +46,7 @@ class RMSNorm(eqx.Module):
     """``x / rms(x) * w``. Hook points: ``{prefix}.hook_scale`` ``[B T 1]`` (the rms divisor) and
     ``{prefix}.hook_normalized`` ``[B T D]`` (``x / scale``, before the weight), as in TransformerLens."""
 
-    weight: Float[Array, D]
+    weight: Float[Array, " D"]
     eps: float = eqx.field(static=True)
 
     def __call__(self, x: Float[Array, "B T D"], hk, prefix: str) -> Float[Array, "B T D"]:
@@ -65,8 +65,8 @@ class LayerNorm(eqx.Module):
     """``(x - mean) / sqrt(var + eps) * w + b``. Hook points as for :class:`RMSNorm`: ``{prefix}.hook_scale``
     ``[B T 1]`` (the divisor) and ``{prefix}.hook_normalized`` ``[B T D]`` (centred and scaled, before w and b)."""
 
-    weight: Float[Array, D]
-    bias: Float[Array, D] | None
+    weight: Float[Array, " D"]
+    bias: Float[Array, " D"] | None
     eps: float = eqx.field(static=True)
 
     def __call__(self, x: Float[Array, "B T D"], hk, prefix: str) -> Float[Array, "B T D"]:
@@ -163,7 +163,7 @@ class Attention(eqx.Module):
     b_Q: Float[Array, "H E"] | None
     b_K: Float[Array, "K E"] | None
     b_V: Float[Array, "K E"] | None
-    b_O: Float[Array, D] | None
+    b_O: Float[Array, " D"] | None
     rope: Rope | None = eqx.field(static=True)
     sliding_window: int | None = eqx.field(static=True)
     q_norm: RMSNorm | None = None  # per-head norm of queries and keys before rotary (Qwen3, Gemma 3)
@@ -246,9 +246,9 @@ class GatedMLP(eqx.Module):
     W_gate: Float[Array, "D F"]
     W_in: Float[Array, "D F"]
     W_out: Float[Array, "F D"]
-    b_gate: Float[Array, F] | None
-    b_in: Float[Array, F] | None
-    b_out: Float[Array, D] | None
+    b_gate: Float[Array, " F"] | None
+    b_in: Float[Array, " F"] | None
+    b_out: Float[Array, " D"] | None
     act: str = eqx.field(static=True)
 
     def __call__(self, x: Float[Array, "B T D"], hk, prefix: str) -> Float[Array, "B T D"]:
@@ -269,8 +269,8 @@ class MLP(eqx.Module):
 
     W_in: Float[Array, "D F"]
     W_out: Float[Array, "F D"]
-    b_in: Float[Array, F] | None
-    b_out: Float[Array, D] | None
+    b_in: Float[Array, " F"] | None
+    b_out: Float[Array, " D"] | None
     act: str = eqx.field(static=True)
 
     def __call__(self, x: Float[Array, "B T D"], hk, prefix: str) -> Float[Array, "B T D"]:
@@ -348,7 +348,8 @@ class Embed(eqx.Module):
     W_pos: Float[Array, "P D"] | None = None
     scale: float | None = eqx.field(static=True, default=None)
 
-    def __call__(self, tokens: Int[Array, "B T"], hk, positions: Int[Array, "B T"] | None = None) -> Float[Array, "B T D"]:
+    def __call__(self, tokens: Int[Array, "B T"], hk,
+                 positions: Int[Array, "B T"] | None = None) -> Float[Array, "B T D"]:
         x = jnp.take(self.W_E, tokens, axis=0)
         if self.scale is not None:
             x = x * jnp.asarray(self.scale, x.dtype)

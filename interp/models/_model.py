@@ -56,7 +56,7 @@ class Model(UserAPI, eqx.Module):
     config: Any = eqx.field(static=True)
     tokenizer: Any = eqx.field(static=True, default=None)
     logit_softcap: float | None = eqx.field(static=True, default=None)  # logits -> tanh(l / c) * c (Gemma 2)
-    b_U: Float[Array, V] | None = None  # unembedding bias (set by folding a LayerNorm bias into it)
+    b_U: Float[Array, " V"] | None = None  # unembedding bias (set by folding a LayerNorm bias into it)
 
     def __repr__(self) -> str:
         """A short summary: family, sizes, context, dtype and parameter count (not every array)."""
@@ -172,8 +172,8 @@ class Model(UserAPI, eqx.Module):
         x = self.embed(tokens, hk, positions)
         keys, values = [], []
         for layer, block in enumerate(self.blocks):
-            x, (k, v, _) = block(x, hk, f"blocks.{layer}", positions, mask, (kv.keys[layer], kv.values[layer], kv.index),
-                                 key_positions)
+            layer_cache = (kv.keys[layer], kv.values[layer], kv.index)
+            x, (k, v, _) = block(x, hk, f"blocks.{layer}", positions, mask, layer_cache, key_positions)
             keys.append(k)
             values.append(v)
         x = self.ln_final(x, hk, "ln_final")
@@ -388,7 +388,8 @@ class Model(UserAPI, eqx.Module):
             return None
         stop = stop_at_layer + self.n_layers if stop_at_layer < 0 else stop_at_layer
         if not 0 <= stop <= self.n_layers:
-            raise ValueError(f"stop_at_layer={stop_at_layer} is outside 0..{self.n_layers} for a {self.n_layers}-layer model")
+            raise ValueError(f"stop_at_layer={stop_at_layer} is outside 0..{self.n_layers} for a "
+                             f"{self.n_layers}-layer model")
         deepest = resolved.deepest_layer()
         if deepest is None or deepest >= stop:
             raise ValueError(

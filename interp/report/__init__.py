@@ -57,7 +57,8 @@ def _json_for_script(obj) -> str:
 def _git_revision() -> str | None:
     here = Path(__file__).resolve().parent
     try:
-        rev = subprocess.run(["git", "rev-parse", "HEAD"], check=False, cwd=here, capture_output=True, text=True, timeout=10)
+        rev = subprocess.run(["git", "rev-parse", "HEAD"], check=False, cwd=here, capture_output=True, text=True,
+                             timeout=10)
         if rev.returncode != 0:
             return None
         dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], check=False, cwd=here,
@@ -189,7 +190,8 @@ class Report:
                     body.append(part.html)
                 elif isinstance(part, Linked):
                     panel = f"panel-{n}"
-                    script = (f"(function(){{var panels={_json_for_script({str(k): v for k, v in part.panels.items()})};"
+                    panels = _json_for_script({str(k): v for k, v in part.panels.items()})
+                    script = (f"(function(){{var panels={panels};"
                               f"var gd=document.getElementById('{fid}');"
                               "gd.on('plotly_click',function(ev){if(!ev.points.length)return;"
                               "var k=String(ev.points[0].customdata);"

@@ -66,7 +66,8 @@ def attention_figure(str_tokens: Sequence[str], pattern: np.ndarray, *, head_lab
                           + escape(head_labels[h]) + "</extra>"))
     buttons = [{"label": escape(head_labels[h]), "method": "update",
                     "args": [{"visible": [i == h for i in range(H)]}]} for h in range(H)]
-    fig.update_layout(updatemenus=[{"buttons": buttons, "x": 1.0, "xanchor": "right", "y": 1.15, "yanchor": "top"}] if H > 1 else [])
+    menu = {"buttons": buttons, "x": 1.0, "xanchor": "right", "y": 1.15, "yanchor": "top"}
+    fig.update_layout(updatemenus=[menu] if H > 1 else [])
     fig.update_xaxes(tickvals=ticks[:Tk], ticktext=text[:Tk], title="key", tickangle=-60, side="bottom")
     fig.update_yaxes(tickvals=ticks[:Tq], ticktext=text[:Tq], title="query", autorange="reversed")
     return _layout(fig, title, height=max(320, 22 * Tq + 140))
@@ -188,7 +189,8 @@ def head_scores_figure(scores, *, kind: str | None = None, title: str | None = N
             hovertemplate="L%{y}H%{x}: %{z:.3f}<extra>" + escape(k) + "</extra>"))
     if len(kinds) > 1:
         fig.update_layout(updatemenus=[{
-            "buttons": [{"label": escape(k), "method": "update", "args": [{"visible": [j == i for j in range(len(kinds))]}]}
+            "buttons": [{"label": escape(k), "method": "update",
+                         "args": [{"visible": [j == i for j in range(len(kinds))]}]}
                         for i, k in enumerate(kinds)], "x": 1.0, "xanchor": "right", "y": 1.15, "yanchor": "top"}])
     fig.update_xaxes(tickvals=list(range(H)), ticktext=[f"H{h}" for h in range(H)], title="head")
     fig.update_yaxes(tickvals=list(range(L)), ticktext=[f"L{l}" for l in range(L)], title="layer",
@@ -245,16 +247,19 @@ def patching_figure(result, *, normalized: bool = True, title: str | None = None
     for i, z in enumerate(slices):
         fig.add_trace(go.Heatmap(
             z=z, x=list(range(len(xlab))), y=list(range(len(ylab))), zmid=0.0, zmin=-m, zmax=m, colorscale=DIVERGING,
-            visible=i == 0, customdata=np.array([[[ylab[r], xlab[c]] for c in range(len(xlab))] for r in range(len(ylab))],
-                                                dtype=object),
+            visible=i == 0,
+            customdata=np.array([[[ylab[r], xlab[c]] for c in range(len(xlab))] for r in range(len(ylab))],
+                                dtype=object),
             hovertemplate=f"{axes[0]} %{{customdata[0]}}<br>{axes[1]} %{{customdata[1]}}<br>{what} %{{z:.4f}}<extra>"
                           + (escape(names[i]) if names[i] is not None else "") + "</extra>",
             colorbar={"title": what.split()[0]}))
     if len(slices) > 1:
         fig.update_layout(updatemenus=[{
-            "buttons": [{"label": escape(n), "method": "update", "args": [{"visible": [j == i for j in range(len(slices))]}]}
+            "buttons": [{"label": escape(n), "method": "update",
+                         "args": [{"visible": [j == i for j in range(len(slices))]}]}
                      for i, n in enumerate(names)], "x": 1.0, "xanchor": "right", "y": 1.15, "yanchor": "top"}])
-    fig.update_xaxes(tickvals=list(range(len(xlab))), ticktext=xlab, title=axes[1], tickangle=-60 if len(xlab) > 8 else 0)
+    fig.update_xaxes(tickvals=list(range(len(xlab))), ticktext=xlab, title=axes[1],
+                     tickangle=-60 if len(xlab) > 8 else 0)
     fig.update_yaxes(tickvals=list(range(len(ylab))), ticktext=ylab, title=axes[0], autorange="reversed")
     return _layout(fig, title, height=max(340, 16 * len(ylab) + 160))
 
@@ -447,8 +452,8 @@ def edge_circuit_figure(result, n_layers: int | None = None, n_heads: int | None
                              text=[escape(n) for n in names], textposition="top center", showlegend=False,
                              marker={"size": 10, "color": "#f4a582", "line": {"width": 1, "color": "#555"}},
                              hovertemplate="%{text}<extra></extra>"))
-    fig.update_xaxes(tickvals=list(range(n_heads)) + [n_heads + 0.5], ticktext=[f"H{h}" for h in range(n_heads)] + ["MLP"],
-                     zeroline=False)
+    fig.update_xaxes(tickvals=list(range(n_heads)) + [n_heads + 0.5],
+                     ticktext=[f"H{h}" for h in range(n_heads)] + ["MLP"], zeroline=False)
     fig.update_yaxes(tickvals=[-1, *range(n_layers), n_layers],
                      ticktext=["embed"] + [f"L{l}" for l in range(n_layers)] + ["logits"], zeroline=False)
     return _layout(fig, title or f"Top {top} edges ({result.method}); dotted: into keys, dashed: into values",
@@ -500,7 +505,8 @@ def feature_card_html(card) -> str:
     expl = f'<p class="explanation">{escape(card.explanation)}</p>' if card.explanation else ""
     return (f'<div class="feature-card" data-latent="{card.latent}">'
             f"<h4>{escape(card.label)}</h4>{expl}"
-            f'<p class="stats">density {card.density:.4%} ({card.n_active} tokens), max activation {card.max_act:.3f}</p>'
+            f'<p class="stats">density {card.density:.4%} ({card.n_active} tokens), '
+            f'max activation {card.max_act:.3f}</p>'
             f'<p class="logits"><b>promotes</b> {promoted}<br><b>suppresses</b> {suppressed}</p>'
             + ("".join(rows) if rows else '<p class="dead">never fires on these tokens</p>')
             + "</div>")

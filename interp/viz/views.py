@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -25,6 +26,9 @@ from interp.viz.figures import (
     token_strings,
     training_figure,
 )
+
+if TYPE_CHECKING:
+    from interp.features import FeatureCard
 
 
 @dataclasses.dataclass
@@ -143,7 +147,8 @@ def _dla_parts(r) -> list:
 def _prompt_set_table(ps, limit: int = 50) -> HTML:
     answers = token_strings(ps.tokenizer, ps.answer[:limit])
     wrongs = token_strings(ps.tokenizer, ps.wrong[:limit])
-    rows = "".join(f"<tr><td>{i}</td><td>{escape(c)}</td><td>{escape(k)}</td><td>{escape(a)}</td><td>{escape(w)}</td></tr>"
+    rows = "".join(f"<tr><td>{i}</td><td>{escape(c)}</td><td>{escape(k)}</td><td>{escape(a)}</td>"
+                   f"<td>{escape(w)}</td></tr>"
                    for i, (c, k, a, w) in enumerate(zip(ps.clean_text, ps.corrupted_text, answers, wrongs)))
     more = f'<p class="note">{len(ps) - limit} more prompts not shown</p>' if len(ps) > limit else ""
     return HTML('<table class="kv"><tr><th>#</th><th>clean</th><th>corrupted</th><th>answer</th><th>wrong</th></tr>'
@@ -167,7 +172,7 @@ def _views() -> list[tuple[type, object]]:
     """(result type, function -> report parts); the first type an item is an instance of decides."""
     from interp.circuits import Decomposition, DLAResult, EdgeResult, HeadScores, LensResult, PatchResult, PromptSet
     from interp.circuits.graph import Graph, Intervention
-    from interp.features import FeatureIndex
+    from interp.features import FeatureCard, FeatureIndex
     from interp.sae import DictionaryMetrics, TrainResult
 
     return [

@@ -19,7 +19,8 @@ _CONTROL, _USER_DEFINED = 3, 4
 # llama.cpp pre-tokenizer names -> the splits its tokenizer applies before byte-level BPE.
 _GPT2_PATTERN = r"'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+"
 _LLAMA3_PATTERN = (
-    r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+"
+    r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*"
+    r"|\s*[\r\n]+|\s+(?!\S)|\s+"
 )
 
 
@@ -76,7 +77,8 @@ class Tokenizer:
         eos = eos[0] if isinstance(eos, list) else eos
         pad = config.get("pad_token_id", tid("pad_token"))
         # The rule lives in tokenizer.json's post-processor: see whether it inserts BOS.
-        add_bos = bos is not None and tok.encode("a").ids[:1] == [bos] and tok.encode("a", add_special_tokens=False).ids[:1] != [bos]
+        add_bos = (bos is not None and tok.encode("a").ids[:1] == [bos]
+                   and tok.encode("a", add_special_tokens=False).ids[:1] != [bos])
         return cls(tok, bos_id=bos, eos_id=eos, pad_id=pad, add_bos=add_bos)
 
     @classmethod
@@ -119,7 +121,8 @@ class Tokenizer:
             )
         else:
             raise ValueError(
-                f"GGUF tokenizer model '{kind}' is not supported; supported: 'gpt2' (byte-level BPE), 'llama' (SentencePiece)"
+                f"GGUF tokenizer model '{kind}' is not supported; supported: 'gpt2' (byte-level BPE), "
+                "'llama' (SentencePiece)"
             )
         specials = [AddedToken(t, special=True, normalized=False) for t, ty in zip(tokens, types) if ty == _CONTROL]
         user = [AddedToken(t, special=False, normalized=False) for t, ty in zip(tokens, types) if ty == _USER_DEFINED]

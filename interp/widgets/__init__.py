@@ -207,7 +207,8 @@ class FeatureDashboard(W.VBox):
                  explanations: Mapping[int, str] | None = None, hook: str | None = None):
         if index is None:
             if tokens is None:
-                raise ValueError("FeatureDashboard needs an index (interp.features.feature_index) or tokens [N, T] to index")
+                raise ValueError("FeatureDashboard needs an index (interp.features.feature_index) or tokens [N, T] "
+                                 "to index")
             index = feature_index(model, dictionary, tokens, hook=hook)
         self.model, self.dictionary, self.index = model, dictionary, index
         self.explanations = dict(explanations or {})
@@ -354,8 +355,8 @@ class GraphExplorer(W.VBox):
         fig = F.intervention_figure(iv, shown, tokenizer=self.model, title=f"Next-token logits, {len(changes)} "
                                     f"feature(s) scaled by {self.scale.value:g} ({self.mode.value})")
         _replace(self.logits, fig)
-        rows = "".join(f"<tr><td>{F.escape(n)}</td><td>{iv.change(t):+.3f}</td><td>{iv.logprob_change(t):+.3f}</td></tr>"
-                       for n, t in zip(names, shown))
+        rows = "".join(f"<tr><td>{F.escape(n)}</td><td>{iv.change(t):+.3f}</td>"
+                       f"<td>{iv.logprob_change(t):+.3f}</td></tr>" for n, t in zip(names, shown))
         self.result.value = ('<table class="kv"><tr><th>token</th><th>logit change</th><th>log-prob change</th></tr>'
                              f"{rows}</table>")
         return iv

@@ -161,7 +161,8 @@ def test_gradient_through_hook_matches_finite_differences(hf_checkpoints):
 def test_unknown_name_fails_before_compute_with_suggestion(tiny, tokens):
     model, _ = tiny
     before = interp.compile_count()
-    with pytest.raises(ValueError, match=r"unknown hook 'blocks\.1\.hook_resid'; did you mean .*'blocks\.1\.hook_resid_post'"):
+    with pytest.raises(ValueError,
+                       match=r"unknown hook 'blocks\.1\.hook_resid'; did you mean .*'blocks\.1\.hook_resid_post'"):
         model.run_with_cache(tokens, names=["blocks.1.hook_resid"])
     with pytest.raises(ValueError, match="did you mean 'blocks.1.hook_resid_post'"):
         model.run_with_hooks(tokens, [("blocks.1.hook_resid_pots", edits.zero)])

@@ -109,7 +109,8 @@ def test_greedy_matches_transformers_generate(default_model, default_gguf):
     # a left-padded batch gives each row what it gives alone
     batch = default_model.generate(prompts, 12, stop_tokens=[])
     for i, prompt in enumerate(prompts):
-        np.testing.assert_array_equal(batch.new_tokens[i], default_model.generate(prompt, 12, stop_tokens=[]).new_tokens[0])
+        alone = default_model.generate(prompt, 12, stop_tokens=[]).new_tokens[0]
+        np.testing.assert_array_equal(batch.new_tokens[i], alone)
 
 
 @pytest.mark.slow

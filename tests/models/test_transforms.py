@@ -286,7 +286,8 @@ def test_hooks_after_centring_unembed_and_folding_value_biases(models):
     b = capture(T.center_unembed(model), tokens, names)
     assert all(max_diff(a[k], b[k]) == 0.0 for k in a)
     c = capture(T.fold_value_biases(model), tokens, names)
-    assert_hooks_close(a, c, model.n_layers, "llama_biases fold_value_biases", [k for k in a if not k.endswith("hook_v")])
+    assert_hooks_close(a, c, model.n_layers, "llama_biases fold_value_biases",
+                       [k for k in a if not k.endswith("hook_v")])
     # hook_v loses exactly the bias.
     v = a["blocks.0.attn.hook_v"]
     assert_close(c["blocks.0.attn.hook_v"], v - model.blocks[0].attn.b_V, model_bound(v, n_layers=1), "hook_v - b_V")

@@ -98,7 +98,8 @@ def run_together(n: int, cache: Path, sha: str, work: Path) -> list[subprocess.C
         while not all((work / f"ready{i}").exists() for i in range(n)):
             dead = [p for p in procs if p.poll() is not None]
             if dead or time.monotonic() > deadline:
-                pytest.fail(f"a process failed before loading: {dead[0].communicate()[1][-2000:] if dead else 'timeout'}")
+                why = dead[0].communicate()[1][-2000:] if dead else "timeout"
+                pytest.fail(f"a process failed before loading: {why}")
             time.sleep(0.02)
         go.touch()
         return [subprocess.CompletedProcess(p.args, p.wait(max(1.0, deadline - time.monotonic())), *p.communicate())

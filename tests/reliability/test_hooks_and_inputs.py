@@ -80,8 +80,8 @@ def test_splices_name_one_hook_point(tiny):
         tiny.run_with_hooks(tokens, splices=[Splice(d, ("resid_post", 7))])
     short = Splice(d, ("resid_post", 0))
     assert short.hook_in == short.hook_out == "blocks.0.hook_resid_post"
-    np.testing.assert_array_equal(np.asarray(tiny.run_with_hooks(tokens, splices=[short])),
-                                  np.asarray(tiny.run_with_hooks(tokens, splices=[Splice(d, "blocks.0.hook_resid_post")])))
+    full = tiny.run_with_hooks(tokens, splices=[Splice(d, "blocks.0.hook_resid_post")])
+    np.testing.assert_array_equal(np.asarray(tiny.run_with_hooks(tokens, splices=[short])), np.asarray(full))
 
 
 # ----------------------------------------------------------------------------------- context length

@@ -70,7 +70,8 @@ def test_result_repr_and_html_come_from_the_summary():
     lines = text.splitlines()
     assert lines[0] == f"_Grid(toy {EVIL}; row 40 × col 50)"
     assert lines[1] == "  total nan"  # the NaN cell makes the sum NaN
-    assert lines[3].split() == ["row", "r3,", "col", "c7", "-9"] and lines[4].split() == ["row", "r10,", "col", "c2", "+5"]
+    assert lines[3].split() == ["row", "r3,", "col", "c7", "-9"]
+    assert lines[4].split() == ["row", "r10,", "col", "c2", "+5"]
     assert "... 4 more" in text  # 12 entries, 8 shown in a repr
     assert len(text) < 600 and "array(" not in text  # not the dataclass's field-by-field dump
     page = g._repr_html_()
