@@ -1,0 +1,53 @@
+"""The linear replacement model: the model with every transcoder's write taken as given, and attention patterns
+and normalisation scales frozen at their values on one prompt, so the residual stream is linear in what is
+written into it. Tracing (:mod:`._trace`) differentiates it; frozen interventions (:mod:`._interventions`) run it.
+"""
+
+from __future__ import annotations
+
+import jax.numpy as jnp
+from jaxtyping import Array, Float, Int
+
+from interp.hooks import act_name
+from interp.sae.transcoders import Transcoders
+
+
+def _frozen_names(model, tc: Transcoders) -> list[str]:
+    L = model.n_layers
+    names = ["hook_embed", "ln_final.hook_scale", "ln_final.hook_normalized"]
+    for l in range(L):
+        names += [f"blocks.{l}.ln1.hook_scale", f"blocks.{l}.ln2.hook_scale", act_name("pattern", l),
+                  tc.hook_in.format(layer=l), tc.hook_out.format(layer=l)]
+    return names
+
+
+def frozen_forward(
+    model, tc: Transcoders, tokens: Int[Array, "B T"], frozen: dict[str, Array], embed_w: Float[Array, "B T D"],
+    writes: Float[Array, "L B T D"],
+) -> tuple[Float[Array, "L B T D"], Float[Array, "B T D"], Float[Array, "B T V"]]:
+    """The linear replacement model: residual stream built from ``embed_w [B T D]`` and MLP writes
+    ``writes [L B T D]`` (plus each transcoder's skip term on its live input), with attention patterns and
+    norm scales taken from ``frozen``. Returns (transcoder inputs ``[L B T D]``, final normalised stream
+    ``[B T D]``, logits)."""
+    reads = {}
+    outs = {tc.hook_out.format(layer=l): l for l in range(model.n_layers)}
+    ins = {tc.hook_in.format(layer=l): l for l in range(model.n_layers)}
+
+    def hk(name, x):
+        if name == "hook_embed":
+            return embed_w.astype(x.dtype)
+        if name.endswith("hook_scale") or name.endswith("attn.hook_pattern"):
+            return frozen[name].astype(x.dtype)
+        if name in ins:
+            reads[ins[name]] = x
+        if name in outs:
+            l = outs[name]
+            d = tc.dictionaries[l]
+            skip = d.skip_term(reads[l]) if d.W_skip is not None else 0.0
+            return (writes[l] + skip).astype(x.dtype)
+        if name == "ln_final.hook_normalized":
+            reads["final"] = x
+        return x
+
+    logits = model.forward(tokens, hk)
+    return jnp.stack([reads[l] for l in range(model.n_layers)]), reads["final"], logits

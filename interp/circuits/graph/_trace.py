@@ -1,0 +1,218 @@
+"""Tracing: the attribution graph of one prompt, built from batched vector-Jacobian products through the linear
+replacement model (targets in batches under ``jit``, so memory stays bounded by ``batch_size``).
+"""
+
+from __future__ import annotations
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax.typing import ArrayLike
+from jaxtyping import Int
+
+from interp.circuits.graph._data import Graph
+from interp.circuits.graph._replacement import _frozen_names, frozen_forward
+from interp.sae.transcoders import Transcoders
+
+
+@eqx.filter_jit
+def _max_active(tc: Transcoders, n2, skip_positions: int):
+    counts = [jnp.max(jnp.sum(d.encode(n2[l])[skip_positions:] > 0, axis=-1)) for l, d in enumerate(tc.dictionaries)]
+    return jnp.max(jnp.stack(counts))
+
+
+@eqx.filter_jit
+def _encode_all(tc: Transcoders, n2, skip_positions: int, k: int):
+    """Activations of every transcoder on its inputs ``n2 [L T D]`` -> top-k (values, ids) per position and
+    the reconstruction (with skip term)."""
+    vals, ids, recons = [], [], []
+    for l, d in enumerate(tc.dictionaries):
+        a = d.encode(n2[l])
+        a = a.at[:skip_positions].set(0.0)
+        v, i = jax.lax.top_k(a, k)
+        vals.append(v)
+        ids.append(i)
+        # reconstruct from the kept slots only: anything dropped belongs to the error node
+        kept = jnp.zeros_like(a).at[jnp.arange(a.shape[0])[:, None], i].set(v)
+        recons.append(d.decode(kept) + (d.skip_term(n2[l]) if d.W_skip is not None else 0.0))
+    return jnp.stack(vals), jnp.stack(ids), jnp.stack(recons)
+
+
+@eqx.filter_jit
+def _rows(model, tc, tokens, frozen, embed_w, writes, at_final, layer, pos, vec, act_writes, errors):
+    """Incoming direct effects of a batch of N targets. Target i reads direction ``vec[i] [D]`` at position
+    ``pos[i]`` of the transcoder input of ``layer[i]`` (or of the final normalised stream when ``at_final[i]``).
+    Returns (features [N L T k], errors [N L T], embeddings [N T])."""
+    L, T, D = act_writes.shape[0], act_writes.shape[1], act_writes.shape[-1]
+
+    def f(e, w):
+        n2, nf, _ = frozen_forward(model, tc, tokens, frozen, e, w)
+        return n2[:, 0], nf[0]
+
+    _, vjp = jax.vjp(f, embed_w, writes)
+
+    def one(fin, l, p, v):
+        v = v.astype(jnp.float32)
+        ci = jnp.zeros((L, T, D), jnp.float32).at[l, p].set(jnp.where(fin, 0.0, v))
+        cf = jnp.zeros((T, D), jnp.float32).at[p].set(jnp.where(fin, v, 0.0))
+        g_embed, g_writes = vjp((ci.astype(writes.dtype), cf.astype(writes.dtype)))
+        g_w = g_writes[:, 0].astype(jnp.float32)  # [L T D]
+        return (jnp.einsum("LTD,LTKD->LTK", g_w, act_writes), jnp.einsum("LTD,LTD->LT", g_w, errors),
+                jnp.einsum("TD,TD->T", g_embed[0].astype(jnp.float32), embed_w[0].astype(jnp.float32)))
+
+    return jax.vmap(one)(at_final, layer, pos, vec)
+
+
+class _Rows:
+    """Incoming-edge rows of the traced targets (logits first, then features in tracing order), preallocated,
+    with their absolute values normalised per row kept for influence estimates."""
+
+    def __init__(self, n_rows: int, n_feat_cols: int, n_err: int, n_emb: int):
+        self.feat = np.zeros((n_rows, n_feat_cols), np.float32)
+        self.norm = np.zeros((n_rows, n_feat_cols), np.float32)
+        self.err = np.zeros((n_rows, n_err), np.float32)
+        self.emb = np.zeros((n_rows, n_emb), np.float32)
+        self.n = 0
+
+    def add(self, f, e, m) -> None:
+        k = len(f)
+        sl = slice(self.n, self.n + k)
+        self.feat[sl], self.err[sl], self.emb[sl] = f, e, m
+        a = np.abs(f)
+        total = a.sum(1) + np.abs(e).sum(1) + np.abs(m).sum(1)
+        self.norm[sl] = a / np.maximum(total, 1e-30)[:, None]
+        self.n += k
+
+    def influence(self, logit_probs: np.ndarray, visited: list[int], depth: int) -> np.ndarray:
+        """Estimated influence on the logits of every feature column (paths through traced targets only)."""
+        K, F = len(logit_probs), len(visited)
+        direct = logit_probs @ self.norm[:K]
+        inf = direct
+        for _ in range(depth + 1):
+            new = direct + (inf[visited] @ self.norm[K:K + F] if F else 0.0)
+            if np.allclose(new, inf, rtol=1e-6, atol=1e-12):
+                break
+            inf = new
+        return inf
+
+
+def trace(
+    model, tc: Transcoders, prompt: str | Int[ArrayLike, " T"], *, max_logits: int = 10, logit_prob: float = 0.95,
+    max_feature_nodes: int = 512, batch_size: int | None = None, k_per_position: int | None = None,
+    progress: bool = False,
+) -> Graph:
+    """The attribution graph of ``prompt`` (text or ids ``[T]``) under the replacement model.
+
+    Logit nodes: the most likely next tokens at the last position, up to ``max_logits`` of them or until
+    their probability mass reaches ``logit_prob``. Feature nodes: active features chosen greedily by their
+    estimated influence on those logits (recomputed after each batch of targets) up to ``max_feature_nodes``;
+    the others' effects are left out of the graph. ``batch_size`` targets share one batched VJP (default:
+    16, fewer for long prompts so that batch x tokens stays at 1024, which bounds memory).
+    ``k_per_position`` (default: the most features active at any position) sets the feature slots per position.
+    """
+    if len(tc) != model.n_layers:
+        raise ValueError(f"{len(tc)} transcoders for a {model.n_layers}-layer model; need one per layer")
+    tokens, _, _ = model.check_inputs(prompt, None, None)
+    if tokens.shape[0] != 1:
+        raise ValueError(f"trace takes one prompt; got a batch of {tokens.shape[0]}")
+    L, T = model.n_layers, tokens.shape[1]
+    if batch_size is None:
+        batch_size = max(1, min(16, 1024 // T))
+    if T <= tc.skip_positions:
+        raise ValueError(f"the prompt has {T} tokens but the transcoders skip the first {tc.skip_positions}: "
+                         "trace a longer prompt")
+    logits, cache = model.run_with_cache(tokens, _frozen_names(model, tc))
+    frozen = {n: cache[n] for n in cache if n.endswith("hook_scale") or n.endswith("attn.hook_pattern")}
+    n2 = jnp.stack([cache[tc.hook_in.format(layer=l)][0] for l in range(L)])  # [L T D]
+    mlp_out = jnp.stack([cache[tc.hook_out.format(layer=l)][0] for l in range(L)])
+    # slots per position: every active feature must get one, or the writes would not add up to the MLP output
+    k = int(_max_active(tc, n2, tc.skip_positions)) if k_per_position is None else k_per_position
+    vals, ids, recons = _encode_all(tc, n2, tc.skip_positions, max(k, 1))
+    vals = jnp.maximum(vals, 0.0)
+    errors = (mlp_out - recons).astype(jnp.float32)  # [L T D]; at skipped positions: mlp_out - b_dec - skip
+    W_dec = [d.W_dec for d in tc.dictionaries]
+    act_writes = jnp.stack([W_dec[l][ids[l]] * vals[l][..., None] for l in range(L)]).astype(jnp.float32)
+    embed_w = cache["hook_embed"]
+    # what each layer writes besides its skip term: features + decoder bias + error = the MLP's own output
+    b_dec = jnp.stack([d.b_dec for d in tc.dictionaries]).astype(jnp.float32)[:, None]
+    writes = (act_writes.sum(2) + b_dec + errors)[:, None]  # [L 1 T D]
+
+    # logit targets
+    probs = np.asarray(jax.nn.softmax(logits[0, -1].astype(jnp.float32)))
+    order = np.argsort(-probs)
+    K = max(1, min(max_logits, int(np.searchsorted(np.cumsum(probs[order]), logit_prob)) + 1))
+    logit_tokens = order[:K]
+    W_U = model.W_U.astype(jnp.float32)
+    dirs = W_U[:, logit_tokens] - W_U.mean(axis=1, keepdims=True)  # [D K]: logit minus the mean logit
+    w_f = _final_weight_vjp(model, cache["ln_final.hook_normalized"])
+    acts_np, ids_np = np.asarray(vals), np.asarray(ids)
+    active = np.flatnonzero(acts_np.reshape(-1) > 0)  # flat index into [L T k]
+    budget = min(max_feature_nodes, active.size)
+    rows = _Rows(K + budget, acts_np.size, L * T, T)
+
+    def run(at_final, layer, pos, vec):
+        n = len(layer)
+        pad = batch_size - n  # one batch shape, one compilation
+        f, e, m = _rows(model, tc, tokens, frozen, embed_w, writes,
+                        jnp.asarray(np.r_[at_final, np.zeros(pad, bool)]),
+                        jnp.asarray(np.r_[layer, np.zeros(pad, int)], jnp.int32),
+                        jnp.asarray(np.r_[pos, np.zeros(pad, int)], jnp.int32),
+                        jnp.concatenate([vec, jnp.zeros((pad, vec.shape[1]), vec.dtype)]), act_writes, errors)
+        rows.add(np.asarray(f)[:n].reshape(n, -1), np.asarray(e)[:n].reshape(n, -1), np.asarray(m)[:n])
+
+    logit_vecs = w_f(dirs.T)  # [K D]: gradient of (logit - mean logit) w.r.t. the final normalised stream
+    for s in range(0, K, batch_size):
+        n = min(batch_size, K - s)
+        run(np.ones(n, bool), np.zeros(n, int), np.full(n, T - 1), logit_vecs[s:s + n])
+
+    # feature targets, chosen by their influence estimated from the rows so far
+    W_enc = [d.W_enc for d in tc.dictionaries]
+    visited: list[int] = []
+    while len(visited) < budget:
+        inf = rows.influence(probs[logit_tokens], visited, L)
+        inf[visited] = -1.0
+        order = active[np.argsort(-inf[active])]
+        cand = [int(c) for c in order[: min(batch_size, budget - len(visited))] if inf[c] > 0]
+        if not cand:
+            break
+        l_c, p_c, s_c = np.unravel_index(np.asarray(cand), acts_np.shape)
+        vec = jnp.stack([W_enc[l][:, ids_np[l, p, sl]] for l, p, sl in zip(l_c, p_c, s_c)]).astype(jnp.float32)
+        run(np.zeros(len(cand), bool), l_c, p_c, vec)
+        visited += cand
+        if progress:
+            print(f"traced {len(visited)}/{budget} features", flush=True)
+
+    feat_rows, err_rows, emb_rows = rows.feat[:rows.n], rows.err[:rows.n], rows.emb[:rows.n]
+    F = len(visited)
+    E = L * T
+    N = F + E + T + K
+    adj = np.zeros((N, N), np.float32)
+    sel = np.asarray(visited, int)
+    feat_part = feat_rows[:, sel] if F else np.zeros((len(feat_rows), 0), np.float32)
+    # rows: first K are logits, then features in visiting order
+    for r, node in [(r, F + E + T + r) for r in range(K)] + [(K + j, j) for j in range(F)]:
+        adj[node, :F] = feat_part[r]
+        adj[node, F:F + E] = err_rows[r]
+        adj[node, F + E:F + E + T] = emb_rows[r]
+    l_idx, p_idx, s_idx = np.unravel_index(sel, acts_np.shape) if F else (np.zeros(0, int),) * 3
+    ids0 = np.asarray(tokens)[0]
+    str_tokens = model.to_str_tokens(ids0) if model.tokenizer is not None else [str(t) for t in ids0]
+    logit_strs = [model.to_string([int(t)]) if model.tokenizer is not None else str(int(t)) for t in logit_tokens]
+    return Graph(np.asarray(tokens)[0], list(str_tokens), l_idx.astype(int), p_idx.astype(int),
+                 ids_np[l_idx, p_idx, s_idx].astype(int), acts_np[l_idx, p_idx, s_idx].astype(np.float32), L,
+                 logit_tokens.astype(int), probs[logit_tokens], logit_strs, adj,
+                 info={"n_active_features": int(active.size), "max_feature_nodes": max_feature_nodes})
+
+
+def _final_weight_vjp(model, normalized):
+    """``v -> d(v . ln_final output) / d(normalized)``: the final norm's weight applied to ``v``."""
+    _, vjp = jax.vjp(lambda n: _final_from_normalized(model, n), normalized[0, :1])
+    return lambda v: jax.vmap(lambda r: vjp(r[None].astype(normalized.dtype))[0][0])(v)
+
+
+def _final_from_normalized(model, n):
+    def hk(name, x):
+        return n.astype(x.dtype) if name.endswith("hook_normalized") else x
+
+    return model.ln_final(jnp.ones_like(n), hk, "ln_final")
