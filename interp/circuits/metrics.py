@@ -35,7 +35,7 @@ def _positions(pos, batch: int) -> Array:
 class PositionMetric(eqx.Module):
     """A metric that reads the logits at one position per sequence (``pos [B]``; negative counts from the end)."""
 
-    pos: Int[Array, B]
+    pos: Int[Array, " B"]
 
     def read(self, logits: Float[Array, "B V"]) -> Array:
         raise NotImplementedError
@@ -52,8 +52,8 @@ class PositionMetric(eqx.Module):
 class LogitDiff(PositionMetric):
     """Mean over the batch of ``logit[answer] - logit[wrong]``."""
 
-    answer: Int[Array, B]
-    wrong: Int[Array, B]
+    answer: Int[Array, " B"]
+    wrong: Int[Array, " B"]
 
     def read(self, logits):
         logits = logits.astype(jnp.float32)
@@ -64,7 +64,7 @@ class LogitDiff(PositionMetric):
 class LogitOf(PositionMetric):
     """Mean logit of ``answer``."""
 
-    answer: Int[Array, B]
+    answer: Int[Array, " B"]
 
     def read(self, logits):
         return jnp.mean(logits.astype(jnp.float32)[jnp.arange(logits.shape[0]), self.answer])
@@ -73,7 +73,7 @@ class LogitOf(PositionMetric):
 class Prob(PositionMetric):
     """Mean probability of ``answer``."""
 
-    answer: Int[Array, B]
+    answer: Int[Array, " B"]
 
     def read(self, logits):
         p = jax.nn.softmax(logits.astype(jnp.float32), axis=-1)
@@ -83,7 +83,7 @@ class Prob(PositionMetric):
 class LogProb(PositionMetric):
     """Mean log-probability of ``answer``."""
 
-    answer: Int[Array, B]
+    answer: Int[Array, " B"]
 
     def read(self, logits):
         lp = jax.nn.log_softmax(logits.astype(jnp.float32), axis=-1)
