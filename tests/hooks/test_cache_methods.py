@@ -112,47 +112,35 @@ def test_the_two_models_compute_the_same_activations(pair):
     assert {"blocks.2.attn.hook_z", "ln_final.hook_scale", "hook_pos_embed"} <= set(cache)
 
 
-@pytest.mark.parametrize("kwargs", [
-    {}, {"incl_mid": True}, {"layer": 2, "mlp_input": True}, {"layer": 1, "incl_mid": True, "apply_ln": True},
-    {"apply_ln": True}, {"apply_ln": True, "pos_slice": -1}, {"layer": -1, "pos_slice": (1, 4), "apply_ln": True},
-    {"layer": 2, "apply_ln": True, "mlp_input": True, "pos_slice": [0, 5]},
-])
-def test_accumulated_resid_matches_transformer_lens(pair, kwargs):
-    model, cache, _, tl_cache, *_ = pair
-    got, labels = cache.accumulated_resid(**kwargs, return_labels=True)
-    ref, ref_labels = tl_cache.accumulated_resid(**kwargs, return_labels=True)
-    assert labels == ref_labels
-    close(got, ref, model, f"accumulated_resid({kwargs})")
+LABELLED_STACKS = [
+    ("accumulated_resid", kw) for kw in (
+        {}, {"incl_mid": True}, {"layer": 2, "mlp_input": True}, {"layer": 1, "incl_mid": True, "apply_ln": True},
+        {"apply_ln": True}, {"apply_ln": True, "pos_slice": -1}, {"layer": -1, "pos_slice": (1, 4), "apply_ln": True},
+        {"layer": 2, "apply_ln": True, "mlp_input": True, "pos_slice": [0, 5]})
+] + [
+    ("decompose_resid", kw) for kw in (
+        {}, {"mode": "attn"}, {"mode": "mlp", "layer": 2}, {"layer": 1, "mlp_input": True}, {"apply_ln": True},
+        {"layer": 2, "apply_ln": True, "mlp_input": True, "pos_slice": -1}, {"incl_embeds": False, "layer": 2})
+] + [
+    ("stack_head_results", kw) for kw in (
+        {}, {"incl_remainder": True}, {"layer": 2, "incl_remainder": True, "pos_slice": -1}, {"apply_ln": True},
+        {"layer": 1, "apply_ln": True, "pos_slice": (0, 3)})
+]
 
 
-@pytest.mark.parametrize("kwargs", [
-    {}, {"mode": "attn"}, {"mode": "mlp", "layer": 2}, {"layer": 1, "mlp_input": True}, {"apply_ln": True},
-    {"layer": 2, "apply_ln": True, "mlp_input": True, "pos_slice": -1}, {"incl_embeds": False, "layer": 2},
-])
-def test_decompose_resid_matches_transformer_lens(pair, kwargs):
+@pytest.mark.parametrize("method, kwargs", LABELLED_STACKS)
+def test_labelled_stacks_match_transformer_lens(pair, method, kwargs):
     model, cache, _, tl_cache, *_ = pair
-    got, labels = cache.decompose_resid(**kwargs, return_labels=True)
-    ref, ref_labels = tl_cache.decompose_resid(**kwargs, return_labels=True)
+    got, labels = getattr(cache, method)(**kwargs, return_labels=True)
+    ref, ref_labels = getattr(tl_cache, method)(**kwargs, return_labels=True)
     assert labels == ref_labels
-    close(got, ref, model, f"decompose_resid({kwargs})")
+    close(got, ref, model, f"{method}({kwargs})")
 
 
 def test_decomposition_sums_to_the_residual_stream(pair):
     model, cache, *_ = pair
     parts = cache.decompose_resid(layer=2)
     close(parts.sum(0), cache["resid_pre", 2], model, "sum of components")
-
-
-@pytest.mark.parametrize("kwargs", [
-    {}, {"incl_remainder": True}, {"layer": 2, "incl_remainder": True, "pos_slice": -1}, {"apply_ln": True},
-    {"layer": 1, "apply_ln": True, "pos_slice": (0, 3)},
-])
-def test_stack_head_results_matches_transformer_lens(pair, kwargs):
-    model, cache, _, tl_cache, *_ = pair
-    got, labels = cache.stack_head_results(**kwargs, return_labels=True)
-    ref, ref_labels = tl_cache.stack_head_results(**kwargs, return_labels=True)
-    assert labels == ref_labels
-    close(got, ref, model, f"stack_head_results({kwargs})")
 
 
 def test_head_results_sum_to_the_attention_output(pair):
