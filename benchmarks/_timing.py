@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import statistics
 import time
 
@@ -17,3 +18,15 @@ def timed(fn, reps: int, warmup: int = 1) -> float:
         fn()
         times.append(time.perf_counter() - t0)
     return statistics.median(times)
+
+
+@contextlib.contextmanager
+def running_peer(name: str, notes: list[str]):
+    """Run a peer's part of a benchmark: if the peer is not installed or fails, say so in ``notes`` (its figures
+    are then absent, never made up) and go on with the others."""
+    try:
+        yield
+    except ImportError as e:
+        notes.append(f"{name} not installed ({e.name})")
+    except Exception as e:  # noqa: BLE001 - report why the peer could not run, keep the other figures
+        notes.append(f"{name} could not run here: {type(e).__name__}: {str(e)[:200]}")

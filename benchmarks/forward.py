@@ -14,7 +14,7 @@ import os
 from pathlib import Path
 
 import numpy as np
-from _timing import timed
+from _timing import running_peer, timed
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 CORPUS = Path(__file__).resolve().parents[2] / "shared" / "data" / "corpora" / "wikitext2" / "test.txt"
@@ -61,7 +61,7 @@ def main() -> None:
     results["interp one edit"] = timed(lambda: jax.block_until_ready(model.run_with_hooks(tokens, edit)), args.reps)
 
     notes = []
-    try:
+    with running_peer("transformers", notes):
         import torch
         from transformers import AutoModelForCausalLM
 
@@ -76,10 +76,8 @@ def main() -> None:
         label = (f"transformers ({hf.config._attn_implementation}, torch {torch.__version__}, "
                  f"{torch.get_num_threads()} threads)")
         results[label] = timed(hf_forward, args.reps)
-    except ImportError as e:
-        notes.append(f"transformers not installed ({e.name})")
 
-    try:
+    with running_peer("TransformerLens", notes):
         import torch
         from _tl_peer import load_tl
 
@@ -91,10 +89,6 @@ def main() -> None:
         with torch.no_grad():
             results["TransformerLens plain"] = timed(lambda: tl(tt), args.reps)
             results["TransformerLens cache all hooks"] = timed(lambda: tl.run_with_cache(tt), args.reps)
-    except ImportError as e:
-        notes.append(f"TransformerLens not installed ({e.name})")
-    except Exception as e:  # noqa: BLE001 - report why the peer could not run, keep the other figures
-        notes.append(f"TransformerLens could not run here: {type(e).__name__}: {str(e)[:200]}")
 
     print(f"device: {jax.devices()[0].device_kind} ({jax.default_backend()}), jax {jax.__version__}; "
           f"batch {args.batch} x {args.seq} tokens, median of {args.reps}")

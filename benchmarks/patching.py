@@ -21,7 +21,7 @@ import time
 
 import jax
 import numpy as np
-from _timing import timed
+from _timing import running_peer, timed
 
 import interp
 from interp.circuits import metrics, patch, prompts
@@ -53,7 +53,7 @@ def main() -> None:
             for name, kw in sweeps.items()}
     peer, notes = {}, []
     if not args.no_peer:
-        try:
+        with running_peer("TransformerLens", notes):
             import torch
             from _tl_peer import load_tl, tl_head_sweep, tl_resid_sweep
 
@@ -73,8 +73,6 @@ def main() -> None:
                 t0 = time.perf_counter()
                 vals = fn(tl, corr_t, clean_t, tl_metric).numpy()
                 peer[name] = (time.perf_counter() - t0, vals)
-        except ImportError as e:
-            notes.append(f"TransformerLens not installed ({e.name})")
     for name in sweeps:
         res = ours[name]
         runs = res.values.size

@@ -18,7 +18,7 @@ from __future__ import annotations
 import argparse
 
 import numpy as np
-from _timing import timed
+from _timing import running_peer, timed
 
 
 def interp_step(acts: np.ndarray, d_in: int, width: int, k: int):
@@ -150,22 +150,14 @@ def main() -> None:
         torch_line = f"torch {torch.__version__}, {torch.get_num_threads()} threads"
     except ImportError:
         pass
-    try:
+    with running_peer("SAELens", notes):
         results["SAELens TopKTrainingSAE step"] = timed(saelens_step(acts, D, M, K), args.steps, args.warmup)
         peers.append("SAELens TopKTrainingSAE step")
-    except ImportError as e:
-        notes.append(f"SAELens not installed ({e.name})")
-    except Exception as e:  # noqa: BLE001 - report why the peer could not run, keep the other figures
-        notes.append(f"SAELens could not run: {type(e).__name__}: {str(e)[:200]}")
-    try:
+    with running_peer("sparsify", notes):
         run, auxk_alpha = sparsify_step(acts, D, M, K)
         name = f"sparsify SparseCoder step (Adam, auxk_alpha={auxk_alpha:g})"
         results[name] = timed(run, args.steps, args.warmup)
         peers.append(name)
-    except ImportError as e:
-        notes.append(f"sparsify not installed ({e.name})")
-    except Exception as e:  # noqa: BLE001
-        notes.append(f"sparsify could not run: {type(e).__name__}: {str(e)[:200]}")
 
     print(f"device: {jax.devices()[0].device_kind} ({jax.default_backend()}), jax {jax.__version__}; {torch_line}; "
           f"d_in {D}, width {M}, k {K}, batch {N}; median of {args.steps} steps after {args.warmup} warm-up")
