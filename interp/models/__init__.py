@@ -19,20 +19,27 @@ from interp.models._buckets import (
 )
 from interp.models._model import Model, attention_inputs, check_tokens, to_device
 from interp.models.factored import FactoredMatrix
+from interp.models.family import Family, FamilyConfig, GGUFFamily
 from interp.models.llama import LlamaConfig
 
+# the registered family modules; each satisfies Family (and GGUFFamily where it reads GGUF files)
+FAMILIES: tuple[Family, ...] = (llama, gpt2, neox, gemma)
 # config.json "architectures" entry -> family module
-HF_FAMILIES = {arch: family for family in (llama, gpt2, neox, gemma) for arch in family.HF_ARCHITECTURES}
+HF_FAMILIES: dict[str, Family] = {arch: family for family in FAMILIES for arch in family.HF_ARCHITECTURES}
 # GGUF "general.architecture" -> family module
-GGUF_FAMILIES = {arch: family for family in (llama, gemma) for arch in family.GGUF_ARCHITECTURES}
+GGUF_FAMILIES: dict[str, GGUFFamily] = {arch: family for family in FAMILIES for arch in family.GGUF_ARCHITECTURES}
 
 __all__ = [
     "DEFAULT_BUCKETS",
+    "FAMILIES",
     "GGUF_FAMILIES",
+    "GGUFFamily",
     "HF_FAMILIES",
     "Attention",
     "Embed",
     "FactoredMatrix",
+    "Family",
+    "FamilyConfig",
     "GatedMLP",
     "LlamaConfig",
     "Model",

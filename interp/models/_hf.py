@@ -1,11 +1,19 @@
-"""What the family files share when reading checkpoint configs: typed fields of ``config.json`` (or GGUF metadata)
-whose errors name the file and the field, and the checks every family config runs on itself."""
+"""What the family files share when reading checkpoints: typed fields of ``config.json`` (or GGUF metadata) whose
+errors name the file and the field, the checks every family config runs on itself, the reader a family's loader
+takes its tensors through (which also lists them: :func:`weight_listings`), and the tensor layout Llama, Mistral,
+Qwen and Gemma share (:func:`llama_layout_model`, its GGUF names)."""
 
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from numbers import Integral, Real
+
+import jax.numpy as jnp
+import numpy as np
+
+from interp.models._blocks import Attention, Embed, GatedMLP, PreNormBlock
+from interp.models._model import Model
 
 _REQUIRED = object()
 # Far above any model's depth; configs are read before any tensor, and per-layer lists are built from this count.
@@ -136,37 +144,6 @@ def _short(v) -> str:
     return text if len(text) <= 80 else text[:77] + "..."
 
 
-def llama_layout_shapes(config, *, qkv_bias: bool, o_bias: bool, mlp_bias: bool, qk_norm: bool) -> dict:
-    """The tensors (and shapes, torch's ``[out, in]``) of a checkpoint in the layout Llama, Mistral, Qwen and Gemma
-    share: ``model.embed_tokens``, ``model.norm``, ``lm_head`` unless tied, and per layer two norms, ``self_attn``'s
-    four projections and ``mlp``'s three, with optional biases and per-head query/key norms."""
-    V, D, F, E = config.vocab_size, config.d_model, config.d_mlp, config.d_head
-    HE, KE = config.n_heads * E, config.n_kv_heads * E
-    shapes = {"model.embed_tokens.weight": (V, D), "model.norm.weight": (D,)}
-    if not config.tie_embeddings:
-        shapes["lm_head.weight"] = (V, D)
-    for i in range(config.n_layers):
-        p, a, m = f"model.layers.{i}", f"model.layers.{i}.self_attn", f"model.layers.{i}.mlp"
-        shapes.update({f"{p}.input_layernorm.weight": (D,), f"{p}.post_attention_layernorm.weight": (D,),
-                       f"{a}.q_proj.weight": (HE, D), f"{a}.k_proj.weight": (KE, D), f"{a}.v_proj.weight": (KE, D),
-                       f"{a}.o_proj.weight": (D, HE),
-                       f"{m}.gate_proj.weight": (F, D), f"{m}.up_proj.weight": (F, D), f"{m}.down_proj.weight": (D, F)})
-        if qk_norm:
-            shapes.update({f"{a}.q_norm.weight": (E,), f"{a}.k_norm.weight": (E,)})
-        if qkv_bias:
-            shapes.update({f"{a}.q_proj.bias": (HE,), f"{a}.k_proj.bias": (KE,), f"{a}.v_proj.bias": (KE,)})
-        if o_bias:
-            shapes[f"{a}.o_proj.bias"] = (D,)
-        if mlp_bias:
-            shapes.update({f"{m}.gate_proj.bias": (F,), f"{m}.up_proj.bias": (F,), f"{m}.down_proj.bias": (D,)})
-    return shapes
-
-
-# Names checkpoints in that layout may hold that carry no weights of the model: a tied head saved anyway (transformers
-# ties it to the embedding on load), rotary frequencies older transformers versions stored as buffers.
-LLAMA_LAYOUT_IGNORED = (r"lm_head\.weight", r"model\.layers\.\d+\.self_attn\.rotary_emb\.inv_freq")
-
-
 def check_config(config, ints: tuple[str, ...], floats: tuple[str, ...]) -> None:
     """``__post_init__`` checks of a family config: sizes are positive integers, epsilons and rotary bases
     positive finite numbers (``None`` skips an optional one)."""
@@ -195,3 +172,153 @@ def rope_scaling(params: Fields, family: str, supported: tuple[str, ...] = ("lin
                 params.int("original_max_position_embeddings"))
     raise ValueError(f"{params.where}: rope type {kind!r} is not supported by the {family} family; "
                      f"supported: {', '.join(('default',) + tuple(supported))}")
+
+
+class Tensors:
+    """A checkpoint as a family's loader reads it. ``t(name, shape)`` is tensor ``name`` as stored (numpy, the file's
+    layout), refused unless it has the ``shape`` the config implies; ``t.arr(x)`` makes it a model array of
+    ``dtype``. A name that starts with one of ``optional_prefixes`` is also found without it.
+
+    With a :class:`_Recorder` as ``get`` nothing is read: each name is noted with its shape and zero-strided
+    placeholders (no memory) stand in for the arrays, so running the loader lists the checkpoint's tensors from the
+    one place that names them (:func:`weight_listings`)."""
+
+    def __init__(self, get: Callable, dtype=jnp.float32, optional_prefixes: tuple[str, ...] = ()):
+        self.get, self.dtype, self.prefixes = get, dtype, optional_prefixes
+        self.recording = isinstance(get, _Recorder)
+
+    def __call__(self, name: str, shape: tuple[int, ...]) -> np.ndarray:
+        if self.recording:
+            self.get.shapes[name] = shape
+            return np.broadcast_to(np.zeros((), np.float32), shape)
+        try:
+            x = self.get(name)
+        except KeyError:
+            prefix = next((p for p in self.prefixes if name.startswith(p)), None)
+            if prefix is None:
+                raise
+            x = self.get(name[len(prefix):])
+        if tuple(x.shape) != tuple(shape):
+            raise ValueError(f"tensor '{name}' has shape {list(x.shape)}, but the config implies {list(shape)}; "
+                             "the weights and the config do not belong together")
+        return x
+
+    def arr(self, x):
+        return x if self.recording else jnp.asarray(np.asarray(x), dtype=self.dtype)
+
+    def weight(self, name: str, shape: tuple[int, ...], fn: Callable | None = None):
+        """``arr`` of the stored tensor, as stored or after ``fn`` (numpy to numpy; not run when recording)."""
+        x = self(name, shape)
+        return self.arr(x if fn is None or self.recording else fn(x))
+
+    def unembed(self, config, name: str):
+        """The unembedding ``[D V]`` from a head stored ``[V D]``; None when tied to the embedding."""
+        return None if config.tie_embeddings else self.arr(self(name, (config.vocab_size, config.d_model)).T)
+
+
+class _Recorder:
+    def __init__(self):
+        self.shapes: dict[str, tuple[int, ...]] = {}
+
+
+def weight_listings(from_hf_weights: Callable) -> tuple[Callable, Callable]:
+    """A family's ``hf_weight_shapes`` and ``hf_weight_names``, from its loader run without reading anything."""
+
+    def hf_weight_shapes(config) -> dict[str, tuple[int, ...]]:
+        """Every tensor a Hugging Face checkpoint of this config holds, with its shape as stored (the names the
+        loader reads, in the order it reads them)."""
+        recorder = _Recorder()
+        from_hf_weights(config, recorder)
+        return recorder.shapes
+
+    def hf_weight_names(config) -> list[str]:
+        """The tensor names a Hugging Face checkpoint of this config holds."""
+        return list(hf_weight_shapes(config))
+
+    return hf_weight_shapes, hf_weight_names
+
+
+def llama_layout_model(t: Tensors, config, *, norm: Callable, attn_kw: Callable[[int], dict], qkv_bias: bool = False,
+                       o_bias: bool = False, mlp_bias: bool = False, post_norms: bool = False, embed_scale=None,
+                       tokenizer=None, **model_kw) -> Model:
+    """The model of a checkpoint in the layout Llama, Mistral, Qwen and Gemma share (torch's ``[out, in]`` weights):
+    ``model.embed_tokens``, ``model.norm``, ``lm_head`` unless tied, and per layer ``self_attn``'s four projections
+    (optional biases; per-head ``q_norm``/``k_norm`` when ``config.qk_norm``), ``mlp``'s three (optional biases),
+    and norms: ``input_layernorm`` before attention and ``post_attention_layernorm`` before the MLP, or with
+    ``post_norms`` (Gemma 2 and 3) ``post_attention_layernorm`` after attention and ``pre_feedforward_layernorm`` /
+    ``post_feedforward_layernorm`` around the MLP. ``norm(name, size)`` makes a norm from its stored weight,
+    ``attn_kw(layer)`` gives the rest of that layer's :class:`Attention` (rope, sliding_window, scale, softcap);
+    ``model_kw`` go to :class:`Model`."""
+    V, D, F, H, K, E = (config.vocab_size, config.d_model, config.d_mlp, config.n_heads, config.n_kv_heads,
+                        config.d_head)
+    # the head before the layers, so that the listing names it next to the embedding
+    embed = Embed(t.weight("model.embed_tokens.weight", (V, D)), scale=embed_scale)
+    ln_final, unembed = norm("model.norm.weight", D), t.unembed(config, "lm_head.weight")
+
+    def block(i: int) -> PreNormBlock:
+        p, a, m = f"model.layers.{i}", f"model.layers.{i}.self_attn", f"model.layers.{i}.mlp"
+
+        def proj(name, heads):  # [heads*E D] -> [D heads E]
+            return t.arr(t(f"{a}.{name}_proj.weight", (heads * E, D)).T.reshape(D, heads, E))
+
+        def bias(name, heads, on):
+            return t.arr(t(f"{a}.{name}_proj.bias", (heads * E,)).reshape(heads, E)) if on else None
+
+        def linear(name, shape):  # a weight [out in] -> [in out], and its bias [out] when mlp_bias
+            w = t.arr(t(f"{m}.{name}_proj.weight", shape).T)
+            return w, t.weight(f"{m}.{name}_proj.bias", shape[:1]) if mlp_bias else None
+
+        ln1 = norm(f"{p}.input_layernorm.weight", D)
+        attn = Attention(
+            W_Q=proj("q", H), W_K=proj("k", K), W_V=proj("v", K),
+            W_O=t.arr(t(f"{a}.o_proj.weight", (D, H * E)).T.reshape(H, E, D)),
+            b_Q=bias("q", H, qkv_bias), b_K=bias("k", K, qkv_bias), b_V=bias("v", K, qkv_bias),
+            b_O=t.weight(f"{a}.o_proj.bias", (D,)) if o_bias else None,
+            q_norm=norm(f"{a}.q_norm.weight", E) if config.qk_norm else None,
+            k_norm=norm(f"{a}.k_norm.weight", E) if config.qk_norm else None,
+            **attn_kw(i),
+        )
+        ln1_post = norm(f"{p}.post_attention_layernorm.weight", D) if post_norms else None
+        ln2 = norm(f"{p}.{'pre_feedforward' if post_norms else 'post_attention'}_layernorm.weight", D)
+        (W_gate, b_gate), (W_in, b_in) = linear("gate", (F, D)), linear("up", (F, D))
+        W_out, b_out = linear("down", (D, F))
+        mlp = GatedMLP(W_gate=W_gate, W_in=W_in, W_out=W_out, b_gate=b_gate, b_in=b_in, b_out=b_out, act=config.act)
+        ln2_post = norm(f"{p}.post_feedforward_layernorm.weight", D) if post_norms else None
+        return PreNormBlock(ln1=ln1, attn=attn, ln2=ln2, mlp=mlp, ln1_post=ln1_post, ln2_post=ln2_post)
+
+    return Model(embed=embed, blocks=tuple(block(i) for i in range(config.n_layers)), ln_final=ln_final,
+                 unembed=unembed, config=config, tokenizer=tokenizer, **model_kw)
+
+
+# Names checkpoints in that layout may hold that carry no weights of the model: a tied head saved anyway (transformers
+# ties it to the embedding on load), rotary frequencies older transformers versions stored as buffers.
+LLAMA_LAYOUT_IGNORED = (r"lm_head\.weight", r"model\.layers\.\d+\.self_attn\.rotary_emb\.inv_freq")
+
+# GGUF tensor name -> Hugging Face name in that layout; per block ``blk.{i}.X`` -> ``model.layers.{i}.Y``.
+LLAMA_LAYOUT_GGUF_NAMES = {
+    "token_embd.weight": "model.embed_tokens.weight",
+    "output_norm.weight": "model.norm.weight",
+    "output.weight": "lm_head.weight",
+}
+LLAMA_LAYOUT_GGUF_BLOCK_NAMES = {
+    "attn_norm.weight": "input_layernorm.weight",
+    **{f"attn_{x}.weight": f"self_attn.{x}_proj.weight" for x in "qkv"},
+    "attn_output.weight": "self_attn.o_proj.weight",
+    **{f"ffn_{x}.weight": f"mlp.{x}_proj.weight" for x in ("gate", "up", "down")},
+}
+
+
+def gguf_layout_fields(g: Fields, root: Fields, meta: Mapping) -> dict:
+    """The config fields every GGUF file in that layout states alike: sizes, linear rope scaling, whether the head is
+    tied (the file has no ``output.weight``) and the special token ids."""
+    n_heads = g.int("attention.head_count")
+    scaling = ("linear", g.float("rope.scaling.factor")) if g.raw("rope.scaling.type") == "linear" else None
+    return dict(
+        vocab_size=g.opt_int("vocab_size") or len(root.str_list("tokenizer.ggml.tokens", required=True)),
+        d_model=g.int("embedding_length"), n_layers=g.layers("block_count"), n_heads=n_heads,
+        n_kv_heads=g.int("attention.head_count_kv", n_heads), d_mlp=g.int("feed_forward_length"),
+        rope_scaling=scaling, tie_embeddings="output.weight" not in meta["__tensor_names__"],
+        bos_token_id=root.token_id("tokenizer.ggml.bos_token_id"),
+        eos_token_id=root.token_id("tokenizer.ggml.eos_token_id"),
+        pad_token_id=root.token_id("tokenizer.ggml.padding_token_id"),
+    )

@@ -17,14 +17,19 @@ from collections.abc import Mapping
 import jax.numpy as jnp
 import numpy as np
 
-from interp.models._blocks import Attention, Embed, GatedMLP, PreNormBlock, RMSNorm, Rope
+from interp.models._blocks import RMSNorm, Rope
 from interp.models._hf import (
+    LLAMA_LAYOUT_GGUF_BLOCK_NAMES,
+    LLAMA_LAYOUT_GGUF_NAMES,
     LLAMA_LAYOUT_IGNORED,
     Fields,
+    Tensors,
     check_config,
     gguf_fields,
-    llama_layout_shapes,
+    gguf_layout_fields,
+    llama_layout_model,
     rope_scaling,
+    weight_listings,
 )
 from interp.models._model import Model
 
@@ -220,115 +225,44 @@ class GemmaConfig:
         return cfg
 
 
-def hf_weight_shapes(config: GemmaConfig) -> dict[str, tuple[int, ...]]:
-    """Every tensor a Hugging Face checkpoint of this config holds, with its shape (torch's ``[out, in]``)."""
-    b = config.attention_bias
-    shapes = llama_layout_shapes(config, qkv_bias=b, o_bias=b, mlp_bias=False, qk_norm=config.qk_norm)
-    if config.post_norms:
-        for i in range(config.n_layers):
-            for norm in ("pre_feedforward_layernorm", "post_feedforward_layernorm"):
-                shapes[f"model.layers.{i}.{norm}.weight"] = (config.d_model,)
-    return shapes
-
-
-HF_IGNORED = LLAMA_LAYOUT_IGNORED
-
-
 def from_hf_weights(config: GemmaConfig, get, *, dtype=jnp.float32, tokenizer=None) -> Model:
     """Build the model from Hugging Face tensors; ``get(name) -> np.ndarray`` (torch's ``[out, in]`` layout)."""
-    H, K, E, D = config.n_heads, config.n_kv_heads, config.d_head, config.d_model
+    t, offset = Tensors(get, dtype), np.float32(config.norm_offset)
 
-    def arr(x):
-        return jnp.asarray(np.asarray(x), dtype=dtype)
+    def norm(name, size):  # (1 + w) folded into the weight, in float32 as the reference computes it
+        return RMSNorm(t.weight(name, (size,), lambda w: np.asarray(w, np.float32) + offset), config.rms_eps)
 
-    def opt(name, shape):
-        return arr(get(name).reshape(shape)) if name else None
-
-    def norm(name):  # (1 + w) folded into the weight, in float32 as the reference computes it
-        return RMSNorm(arr(np.asarray(get(name), np.float32) + np.float32(config.norm_offset)), config.rms_eps)
-
-    global_rope = Rope(dim=E, theta=config.rope_theta, scaling=config.rope_scaling)
+    global_rope = Rope(dim=config.d_head, theta=config.rope_theta, scaling=config.rope_scaling)
     local_rope = global_rope if config.rope_local_theta is None else Rope(
-        dim=E, theta=config.rope_local_theta, scaling=config.rope_local_scaling
+        dim=config.d_head, theta=config.rope_local_theta, scaling=config.rope_local_scaling
     )
     scale = None if config.query_pre_attn_scalar is None else float(config.query_pre_attn_scalar) ** -0.5
-    blocks = []
-    for i in range(config.n_layers):
-        p = f"model.layers.{i}"
-        a, m = f"{p}.self_attn", f"{p}.mlp"
+
+    def attn_kw(i):
         sliding = config.is_sliding(i)
-        attn = Attention(
-            W_Q=arr(get(f"{a}.q_proj.weight").T.reshape(D, H, E)),
-            W_K=arr(get(f"{a}.k_proj.weight").T.reshape(D, K, E)),
-            W_V=arr(get(f"{a}.v_proj.weight").T.reshape(D, K, E)),
-            W_O=arr(get(f"{a}.o_proj.weight").T.reshape(H, E, D)),
-            b_Q=opt(config.attention_bias and f"{a}.q_proj.bias", (H, E)),
-            b_K=opt(config.attention_bias and f"{a}.k_proj.bias", (K, E)),
-            b_V=opt(config.attention_bias and f"{a}.v_proj.bias", (K, E)),
-            b_O=opt(config.attention_bias and f"{a}.o_proj.bias", (D,)),
-            rope=local_rope if sliding else global_rope,
-            sliding_window=config.sliding_window if sliding else None,
-            q_norm=norm(f"{a}.q_norm.weight") if config.qk_norm else None,
-            k_norm=norm(f"{a}.k_norm.weight") if config.qk_norm else None,
-            scale=scale,
-            softcap=config.attn_softcap,
-        )
-        mlp = GatedMLP(
-            W_gate=arr(get(f"{m}.gate_proj.weight").T),
-            W_in=arr(get(f"{m}.up_proj.weight").T),
-            W_out=arr(get(f"{m}.down_proj.weight").T),
-            b_gate=None,
-            b_in=None,
-            b_out=None,
-            act=config.act,
-        )
-        if config.post_norms:
-            block = PreNormBlock(
-                ln1=norm(f"{p}.input_layernorm.weight"),
-                attn=attn,
-                ln2=norm(f"{p}.pre_feedforward_layernorm.weight"),
-                mlp=mlp,
-                ln1_post=norm(f"{p}.post_attention_layernorm.weight"),
-                ln2_post=norm(f"{p}.post_feedforward_layernorm.weight"),
-            )
-        else:
-            block = PreNormBlock(
-                ln1=norm(f"{p}.input_layernorm.weight"), attn=attn, ln2=norm(f"{p}.post_attention_layernorm.weight"),
-                mlp=mlp,
-            )
-        blocks.append(block)
-    return Model(
-        # transformers multiplies by hidden_size ** 0.5 cast to the activation dtype, as Embed does
-        embed=Embed(arr(get("model.embed_tokens.weight")), scale=config.d_model**0.5),
-        blocks=tuple(blocks),
-        ln_final=norm("model.norm.weight"),
-        unembed=None if config.tie_embeddings else arr(get("lm_head.weight").T),
-        config=config,
-        tokenizer=tokenizer,
-        logit_softcap=config.final_softcap,
-    )
+        return dict(rope=local_rope if sliding else global_rope, sliding_window=config.sliding_window if sliding
+                    else None, scale=scale, softcap=config.attn_softcap)
+
+    # transformers multiplies the embedding by hidden_size ** 0.5 cast to the activation dtype, as Embed does
+    return llama_layout_model(t, config, norm=norm, attn_kw=attn_kw, qkv_bias=config.attention_bias,
+                              o_bias=config.attention_bias, post_norms=config.post_norms,
+                              embed_scale=config.d_model**0.5, tokenizer=tokenizer, logit_softcap=config.final_softcap)
 
 
-# GGUF tensor name -> HF tensor name (per block: ``blk.{i}.X`` -> ``model.layers.{i}.Y``), Gemma 3 layout
-GGUF_NAMES = {
-    "token_embd.weight": "model.embed_tokens.weight",
-    "output_norm.weight": "model.norm.weight",
-    "output.weight": "lm_head.weight",
-}
-GGUF_BLOCK_NAMES = {
-    "attn_norm.weight": "input_layernorm.weight",
+hf_weight_shapes, hf_weight_names = weight_listings(from_hf_weights)
+HF_IGNORED = LLAMA_LAYOUT_IGNORED
+HF_OPTIONAL_PREFIXES = ()
+
+# GGUF architectures of this family and whether llama.cpp permuted their Q/K rows (not for Gemma).
+GGUF_ARCHITECTURES = {"gemma3": False}
+GGUF_NAMES = LLAMA_LAYOUT_GGUF_NAMES
+GGUF_BLOCK_NAMES = {  # Gemma 3
+    **LLAMA_LAYOUT_GGUF_BLOCK_NAMES,
     "post_attention_norm.weight": "post_attention_layernorm.weight",
     "ffn_norm.weight": "pre_feedforward_layernorm.weight",
     "post_ffw_norm.weight": "post_feedforward_layernorm.weight",
-    "attn_q.weight": "self_attn.q_proj.weight",
-    "attn_k.weight": "self_attn.k_proj.weight",
-    "attn_v.weight": "self_attn.v_proj.weight",
-    "attn_output.weight": "self_attn.o_proj.weight",
     "attn_q_norm.weight": "self_attn.q_norm.weight",
     "attn_k_norm.weight": "self_attn.k_norm.weight",
-    "ffn_gate.weight": "mlp.gate_proj.weight",
-    "ffn_up.weight": "mlp.up_proj.weight",
-    "ffn_down.weight": "mlp.down_proj.weight",
 }
 
 # What llama.cpp fixes for Gemma 3 rather than writing to the file: every sixth layer is global, local layers
@@ -340,34 +274,16 @@ _GEMMA3_PATTERN, _GEMMA3_LOCAL_THETA, _GEMMA3_27B_LAYERS = 6, 10_000.0, 62
 def config_from_gguf(arch: str, meta: Mapping) -> GemmaConfig:
     """GemmaConfig from GGUF metadata (``gemma3.block_count`` etc.). Norm weights in GGUF are ``1 + w``."""
     g, root = gguf_fields(meta, arch)
-    n_heads, d_model, n_layers = g.int("attention.head_count"), g.int("embedding_length"), g.layers("block_count")
+    common = gguf_layout_fields(g, root, meta)
+    d_model, n_heads, n_layers = common["d_model"], common["n_heads"], common["n_layers"]
     head_dim = g.int("attention.key_length", d_model // n_heads)
-    scaling = None
-    if g.raw("rope.scaling.type") == "linear":
-        scaling = ("linear", g.float("rope.scaling.factor"))
     return g.build(
-        GemmaConfig,
-        version=3,
-        vocab_size=g.opt_int("vocab_size") or len(root.str_list("tokenizer.ggml.tokens", required=True)),
-        d_model=d_model,
-        n_layers=n_layers,
-        n_heads=n_heads,
-        n_kv_heads=g.int("attention.head_count_kv", n_heads),
-        d_mlp=g.int("feed_forward_length"),
-        head_dim=head_dim,
-        rms_eps=g.float("attention.layer_norm_rms_epsilon", 1e-6),
-        rope_theta=g.float("rope.freq_base", 1_000_000.0),
-        rope_scaling=scaling,
-        rope_local_theta=_GEMMA3_LOCAL_THETA,
+        GemmaConfig, version=3, **common, head_dim=head_dim, rms_eps=g.float("attention.layer_norm_rms_epsilon", 1e-6),
+        rope_theta=g.float("rope.freq_base", 1_000_000.0), rope_local_theta=_GEMMA3_LOCAL_THETA,
         sliding_window=g.opt_int("attention.sliding_window"),
         sliding_layers=tuple(bool((i + 1) % _GEMMA3_PATTERN) for i in range(n_layers)),
         query_pre_attn_scalar=d_model // n_heads if n_layers == _GEMMA3_27B_LAYERS else head_dim,
-        tie_embeddings="output.weight" not in meta["__tensor_names__"],
-        norm_offset=0.0,
-        max_position=g.int("context_length", 8192),
-        bos_token_id=root.token_id("tokenizer.ggml.bos_token_id"),
-        eos_token_id=root.token_id("tokenizer.ggml.eos_token_id"),
-        pad_token_id=root.token_id("tokenizer.ggml.padding_token_id"),
+        norm_offset=0.0, max_position=g.int("context_length", 8192),
     )
 
 
@@ -378,8 +294,5 @@ def gguf_to_hf(config: GemmaConfig, tensors: dict[str, np.ndarray]) -> tuple[Gem
     out = {k: (v - shift if k.endswith("norm.weight") else v) for k, v in tensors.items()}
     return dataclasses.replace(config, norm_offset=1.0), out
 
-
-# GGUF architectures of this family and whether llama.cpp permuted their Q/K rows (not for Gemma).
-GGUF_ARCHITECTURES = {"gemma3": False}
 
 Config = GemmaConfig

@@ -10,10 +10,9 @@ import dataclasses
 from collections.abc import Mapping
 
 import jax.numpy as jnp
-import numpy as np
 
 from interp.models._blocks import MLP, Attention, Embed, LayerNorm, PreNormBlock
-from interp.models._hf import Fields, check_config
+from interp.models._hf import Fields, Tensors, check_config, weight_listings
 from interp.models._model import Model
 
 HF_ARCHITECTURES = ("GPT2LMHeadModel",)
@@ -118,33 +117,6 @@ class GPT2Config:
         }
 
 
-# openai-community/gpt2's own safetensors name the tensors without this prefix
-HF_OPTIONAL_PREFIXES = ("transformer.",)
-
-
-def hf_weight_shapes(config: GPT2Config) -> dict[str, tuple[int, ...]]:
-    """Every tensor a Hugging Face checkpoint of this config holds (as ``transformers`` saves them), with its shape
-    (``Conv1D``'s ``[in, out]``)."""
-    t, D, F = "transformer", config.d_model, config.d_mlp
-    shapes = {f"{t}.wte.weight": (config.vocab_size, D), f"{t}.wpe.weight": (config.n_ctx, D),
-              f"{t}.ln_f.weight": (D,), f"{t}.ln_f.bias": (D,)}
-    if not config.tie_embeddings:
-        shapes["lm_head.weight"] = (config.vocab_size, D)
-    for i in range(config.n_layers):
-        p = f"{t}.h.{i}"
-        shapes.update({f"{p}.ln_1.weight": (D,), f"{p}.ln_1.bias": (D,), f"{p}.ln_2.weight": (D,),
-                       f"{p}.ln_2.bias": (D,), f"{p}.attn.c_attn.weight": (D, 3 * D), f"{p}.attn.c_attn.bias": (3 * D,),
-                       f"{p}.attn.c_proj.weight": (D, D), f"{p}.attn.c_proj.bias": (D,),
-                       f"{p}.mlp.c_fc.weight": (D, F), f"{p}.mlp.c_fc.bias": (F,),
-                       f"{p}.mlp.c_proj.weight": (F, D), f"{p}.mlp.c_proj.bias": (D,)})
-    return shapes
-
-
-# Names some checkpoints hold that carry no weights of the model: a tied head saved anyway, and the causal-mask
-# buffers older transformers versions stored (openai-community/gpt2's own files, without the prefix).
-HF_IGNORED = (r"lm_head\.weight", r"(transformer\.)?h\.\d+\.attn\.(masked_)?bias")
-
-
 def from_hf_weights(config: GPT2Config, get, *, dtype=jnp.float32, tokenizer=None) -> Model:
     """Build the model from Hugging Face tensors; ``get(name) -> np.ndarray`` (``Conv1D``'s ``[in, out]`` layout).
 
@@ -155,55 +127,42 @@ def from_hf_weights(config: GPT2Config, get, *, dtype=jnp.float32, tokenizer=Non
             "this GPT-2 checkpoint sets reorder_and_upcast_attn, which computes attention scores in float32; "
             f"load it with dtype=float32 (got {jnp.dtype(dtype).name})"
         )
+    t = Tensors(get, dtype, HF_OPTIONAL_PREFIXES)
     H, E, D, F = config.n_heads, config.d_head, config.d_model, config.d_mlp
 
-    def arr(x):
-        return jnp.asarray(np.asarray(x), dtype=dtype)
-
-    def tensor(name):
-        try:
-            return get(name)
-        except KeyError:
-            if not name.startswith("transformer."):
-                raise
-            return get(name[len("transformer."):])
-
     def layer_norm(p):
-        return LayerNorm(arr(tensor(f"{p}.weight")), arr(tensor(f"{p}.bias")), config.ln_eps)
+        return LayerNorm(t.weight(f"{p}.weight", (D,)), t.weight(f"{p}.bias", (D,)), config.ln_eps)
 
-    blocks = []
-    for i in range(config.n_layers):
+    def block(i):
         p = f"transformer.h.{i}"
-        w_qkv, b_qkv = tensor(f"{p}.attn.c_attn.weight"), tensor(f"{p}.attn.c_attn.bias")  # [D 3D], [3D]
+        ln1 = layer_norm(f"{p}.ln_1")
+        w_qkv, b_qkv = t(f"{p}.attn.c_attn.weight", (D, 3 * D)), t(f"{p}.attn.c_attn.bias", (3 * D,))
+        q, k, v = (slice(j * D, (j + 1) * D) for j in range(3))
         attn = Attention(
-            W_Q=arr(w_qkv[:, :D].reshape(D, H, E)),
-            W_K=arr(w_qkv[:, D:2 * D].reshape(D, H, E)),
-            W_V=arr(w_qkv[:, 2 * D:].reshape(D, H, E)),
-            W_O=arr(tensor(f"{p}.attn.c_proj.weight").reshape(H, E, D)),
-            b_Q=arr(b_qkv[:D].reshape(H, E)),
-            b_K=arr(b_qkv[D:2 * D].reshape(H, E)),
-            b_V=arr(b_qkv[2 * D:].reshape(H, E)),
-            b_O=arr(tensor(f"{p}.attn.c_proj.bias")),
-            rope=None,
-            sliding_window=None,
-            scale=config.attn_scale(i),
+            W_Q=t.arr(w_qkv[:, q].reshape(D, H, E)), W_K=t.arr(w_qkv[:, k].reshape(D, H, E)),
+            W_V=t.arr(w_qkv[:, v].reshape(D, H, E)), W_O=t.arr(t(f"{p}.attn.c_proj.weight", (D, D)).reshape(H, E, D)),
+            b_Q=t.arr(b_qkv[q].reshape(H, E)), b_K=t.arr(b_qkv[k].reshape(H, E)), b_V=t.arr(b_qkv[v].reshape(H, E)),
+            b_O=t.weight(f"{p}.attn.c_proj.bias", (D,)), rope=None, sliding_window=None, scale=config.attn_scale(i),
         )
-        mlp = MLP(
-            W_in=arr(tensor(f"{p}.mlp.c_fc.weight")),
-            W_out=arr(tensor(f"{p}.mlp.c_proj.weight")),
-            b_in=arr(tensor(f"{p}.mlp.c_fc.bias").reshape(F)),
-            b_out=arr(tensor(f"{p}.mlp.c_proj.bias").reshape(D)),
-            act=config.act,
-        )
-        blocks.append(PreNormBlock(ln1=layer_norm(f"{p}.ln_1"), attn=attn, ln2=layer_norm(f"{p}.ln_2"), mlp=mlp))
-    return Model(
-        embed=Embed(arr(tensor("transformer.wte.weight")), W_pos=arr(tensor("transformer.wpe.weight"))),
-        blocks=tuple(blocks),
-        ln_final=layer_norm("transformer.ln_f"),
-        unembed=None if config.tie_embeddings else arr(get("lm_head.weight").T),
-        config=config,
-        tokenizer=tokenizer,
-    )
+        ln2 = layer_norm(f"{p}.ln_2")
+        mlp = MLP(W_in=t.weight(f"{p}.mlp.c_fc.weight", (D, F)), W_out=t.weight(f"{p}.mlp.c_proj.weight", (F, D)),
+                  b_in=t.weight(f"{p}.mlp.c_fc.bias", (F,)), b_out=t.weight(f"{p}.mlp.c_proj.bias", (D,)),
+                  act=config.act)
+        return PreNormBlock(ln1=ln1, attn=attn, ln2=ln2, mlp=mlp)
 
+    embed = Embed(t.weight("transformer.wte.weight", (config.vocab_size, D)),
+                  W_pos=t.weight("transformer.wpe.weight", (config.n_ctx, D)))
+    ln_final, unembed = layer_norm("transformer.ln_f"), t.unembed(config, "lm_head.weight")
+    return Model(embed=embed, blocks=tuple(block(i) for i in range(config.n_layers)), ln_final=ln_final,
+                 unembed=unembed, config=config, tokenizer=tokenizer)
+
+
+hf_weight_shapes, hf_weight_names = weight_listings(from_hf_weights)
+# Names some checkpoints hold that carry no weights of the model: a tied head saved anyway, and the causal-mask
+# buffers older transformers versions stored (openai-community/gpt2's own files, without the prefix).
+HF_IGNORED = (r"lm_head\.weight", r"(transformer\.)?h\.\d+\.attn\.(masked_)?bias")
+# openai-community/gpt2's own safetensors name the tensors without this prefix
+HF_OPTIONAL_PREFIXES = ("transformer.",)
+GGUF_ARCHITECTURES: dict[str, bool] = {}  # GGUF files of GPT-2 are not read
 
 Config = GPT2Config

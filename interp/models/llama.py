@@ -11,14 +11,19 @@ from collections.abc import Mapping
 import jax.numpy as jnp
 import numpy as np
 
-from interp.models._blocks import Attention, Embed, GatedMLP, PreNormBlock, RMSNorm, Rope
+from interp.models._blocks import RMSNorm, Rope
 from interp.models._hf import (
+    LLAMA_LAYOUT_GGUF_BLOCK_NAMES,
+    LLAMA_LAYOUT_GGUF_NAMES,
     LLAMA_LAYOUT_IGNORED,
     Fields,
+    Tensors,
     check_config,
     gguf_fields,
-    llama_layout_shapes,
+    gguf_layout_fields,
+    llama_layout_model,
     rope_scaling,
+    weight_listings,
 )
 from interp.models._model import Model
 
@@ -159,143 +164,57 @@ class LlamaConfig:
             kind, factor, *rest = self.rope_scaling
             scaling = {"rope_type": kind, "factor": factor}
             if kind == "llama3":
-                scaling.update(low_freq_factor=rest[0], high_freq_factor=rest[1], original_max_position_embeddings=rest[2])
+                scaling.update(zip(("low_freq_factor", "high_freq_factor", "original_max_position_embeddings"), rest))
             cfg["rope_scaling"] = scaling
         return cfg
 
 
-def hf_weight_shapes(config: LlamaConfig) -> dict[str, tuple[int, ...]]:
-    """Every tensor a Hugging Face checkpoint of this config holds, with its shape (torch's ``[out, in]``)."""
-    return llama_layout_shapes(config, qkv_bias=config.qkv_bias, o_bias=config.o_bias, mlp_bias=config.mlp_bias,
-                               qk_norm=config.qk_norm)
-
-
-def hf_weight_names(config: LlamaConfig) -> list[str]:
-    """The tensor names a Hugging Face checkpoint of this config holds."""
-    return list(hf_weight_shapes(config))
-
-
-HF_IGNORED = LLAMA_LAYOUT_IGNORED
-
-
 def from_hf_weights(config: LlamaConfig, get, *, dtype=jnp.float32, tokenizer=None) -> Model:
     """Build the model from Hugging Face tensors; ``get(name) -> np.ndarray`` (torch's ``[out, in]`` layout)."""
-    H, K, E, D = config.n_heads, config.n_kv_heads, config.d_head, config.d_model
+    t = Tensors(get, dtype)
+    rope = Rope(dim=config.d_head, theta=config.rope_theta, scaling=config.rope_scaling)
 
-    def arr(x):
-        return jnp.asarray(np.asarray(x), dtype=dtype)
+    def norm(name, size):
+        return RMSNorm(t.weight(name, (size,)), config.rms_eps)
 
-    def opt(name, shape):
-        return arr(get(name).reshape(shape)) if name else None
+    def attn_kw(i):
+        sliding = config.sliding_layers is None or config.sliding_layers[i]
+        return dict(rope=rope, sliding_window=config.sliding_window if sliding else None)
 
-    rope = Rope(dim=E, theta=config.rope_theta, scaling=config.rope_scaling)
-    blocks = []
-    for i in range(config.n_layers):
-        p = f"model.layers.{i}"
-        a, m = f"{p}.self_attn", f"{p}.mlp"
-        attn = Attention(
-            W_Q=arr(get(f"{a}.q_proj.weight").T.reshape(D, H, E)),
-            W_K=arr(get(f"{a}.k_proj.weight").T.reshape(D, K, E)),
-            W_V=arr(get(f"{a}.v_proj.weight").T.reshape(D, K, E)),
-            W_O=arr(get(f"{a}.o_proj.weight").T.reshape(H, E, D)),
-            b_Q=opt(config.qkv_bias and f"{a}.q_proj.bias", (H, E)),
-            b_K=opt(config.qkv_bias and f"{a}.k_proj.bias", (K, E)),
-            b_V=opt(config.qkv_bias and f"{a}.v_proj.bias", (K, E)),
-            b_O=opt(config.o_bias and f"{a}.o_proj.bias", (D,)),
-            rope=rope,
-            sliding_window=config.sliding_window if config.sliding_layers is None or config.sliding_layers[i] else None,
-            q_norm=RMSNorm(arr(get(f"{a}.q_norm.weight")), config.rms_eps) if config.qk_norm else None,
-            k_norm=RMSNorm(arr(get(f"{a}.k_norm.weight")), config.rms_eps) if config.qk_norm else None,
-        )
-        mlp = GatedMLP(
-            W_gate=arr(get(f"{m}.gate_proj.weight").T),
-            W_in=arr(get(f"{m}.up_proj.weight").T),
-            W_out=arr(get(f"{m}.down_proj.weight").T),
-            b_gate=opt(config.mlp_bias and f"{m}.gate_proj.bias", (config.d_mlp,)),
-            b_in=opt(config.mlp_bias and f"{m}.up_proj.bias", (config.d_mlp,)),
-            b_out=opt(config.mlp_bias and f"{m}.down_proj.bias", (D,)),
-            act=config.act,
-        )
-        blocks.append(
-            PreNormBlock(
-                ln1=RMSNorm(arr(get(f"{p}.input_layernorm.weight")), config.rms_eps),
-                attn=attn,
-                ln2=RMSNorm(arr(get(f"{p}.post_attention_layernorm.weight")), config.rms_eps),
-                mlp=mlp,
-            )
-        )
-    return Model(
-        embed=Embed(arr(get("model.embed_tokens.weight"))),
-        blocks=tuple(blocks),
-        ln_final=RMSNorm(arr(get("model.norm.weight")), config.rms_eps),
-        unembed=None if config.tie_embeddings else arr(get("lm_head.weight").T),
-        config=config,
-        tokenizer=tokenizer,
-    )
+    return llama_layout_model(t, config, norm=norm, attn_kw=attn_kw, qkv_bias=config.qkv_bias, o_bias=config.o_bias,
+                              mlp_bias=config.mlp_bias, tokenizer=tokenizer)
 
 
-def unpermute_gguf_qk(w: np.ndarray, n_heads: int) -> np.ndarray:
-    """Undo llama.cpp's row permutation of Q/K (``[out, in]`` weights or ``[out]`` biases).
+hf_weight_shapes, hf_weight_names = weight_listings(from_hf_weights)
+HF_IGNORED = LLAMA_LAYOUT_IGNORED
+HF_OPTIONAL_PREFIXES = ()
 
-    Its converter interleaves the two rotary halves of each head; rows go back to the rotate-half layout by
-    viewing them as ``(heads, head_dim/2, 2)`` and swapping the last two axes.
-    """
-    rows = w.shape[0]
-    return w.reshape(n_heads, rows // n_heads // 2, 2, *w.shape[1:]).swapaxes(1, 2).reshape(w.shape)
-
-
-# GGUF tensor name -> HF tensor name (per block: ``blk.{i}.X`` -> ``model.layers.{i}.Y``)
-GGUF_NAMES = {
-    "token_embd.weight": "model.embed_tokens.weight",
-    "output_norm.weight": "model.norm.weight",
-    "output.weight": "lm_head.weight",
-}
+# GGUF architectures of this family and whether llama.cpp permuted their Q/K rows.
+GGUF_ARCHITECTURES = {"llama": True, "mistral": True, "qwen2": False}
+GGUF_NAMES = LLAMA_LAYOUT_GGUF_NAMES
 GGUF_BLOCK_NAMES = {
-    "attn_norm.weight": "input_layernorm.weight",
+    **LLAMA_LAYOUT_GGUF_BLOCK_NAMES,
     "ffn_norm.weight": "post_attention_layernorm.weight",
-    "attn_q.weight": "self_attn.q_proj.weight",
-    "attn_k.weight": "self_attn.k_proj.weight",
-    "attn_v.weight": "self_attn.v_proj.weight",
-    "attn_output.weight": "self_attn.o_proj.weight",
-    "attn_q.bias": "self_attn.q_proj.bias",
-    "attn_k.bias": "self_attn.k_proj.bias",
-    "attn_v.bias": "self_attn.v_proj.bias",
-    "ffn_gate.weight": "mlp.gate_proj.weight",
-    "ffn_up.weight": "mlp.up_proj.weight",
-    "ffn_down.weight": "mlp.down_proj.weight",
+    **{f"attn_{x}.bias": f"self_attn.{x}_proj.bias" for x in "qkv"},
 }
 
 
 def config_from_gguf(arch: str, meta: Mapping) -> LlamaConfig:
     """LlamaConfig from GGUF metadata (``{arch}.block_count`` etc.)."""
     g, root = gguf_fields(meta, arch)
-    n_heads, d_model = g.int("attention.head_count"), g.int("embedding_length")
-    head_dim = g.opt_int("attention.key_length") or g.opt_int("rope.dimension_count") or d_model // n_heads
-    scaling = None
-    if g.raw("rope.scaling.type") == "linear":
-        scaling = ("linear", g.float("rope.scaling.factor"))
+    common = gguf_layout_fields(g, root, meta)
+    head_dim = (g.opt_int("attention.key_length") or g.opt_int("rope.dimension_count")
+                or common["d_model"] // common["n_heads"])
     return g.build(
-        LlamaConfig,
-        vocab_size=g.opt_int("vocab_size") or len(root.str_list("tokenizer.ggml.tokens", required=True)),
-        d_model=d_model,
-        n_layers=g.layers("block_count"),
-        n_heads=n_heads,
-        n_kv_heads=g.int("attention.head_count_kv", n_heads),
-        d_mlp=g.int("feed_forward_length"),
-        head_dim=head_dim,
-        rms_eps=g.float("attention.layer_norm_rms_epsilon", 1e-5),
-        rope_theta=g.float("rope.freq_base", 10000.0),
-        rope_scaling=scaling,
-        tie_embeddings="output.weight" not in meta["__tensor_names__"],
-        qkv_bias=arch == "qwen2",
+        LlamaConfig, **common, head_dim=head_dim, rms_eps=g.float("attention.layer_norm_rms_epsilon", 1e-5),
+        rope_theta=g.float("rope.freq_base", 10000.0), qkv_bias=arch == "qwen2",
         max_position=g.int("context_length", 4096),
-        bos_token_id=root.token_id("tokenizer.ggml.bos_token_id"),
-        eos_token_id=root.token_id("tokenizer.ggml.eos_token_id"),
-        pad_token_id=root.token_id("tokenizer.ggml.padding_token_id"),
     )
 
 
-# GGUF architectures of this family and whether llama.cpp permuted their Q/K rows.
-GGUF_ARCHITECTURES = {"llama": True, "mistral": True, "qwen2": False}
+def gguf_to_hf(config: LlamaConfig, tensors: dict[str, np.ndarray]) -> tuple[LlamaConfig, dict[str, np.ndarray]]:
+    """As they are: a Llama GGUF file's tensors follow Hugging Face's convention once the Q/K rows are unpermuted."""
+    return config, tensors
+
 
 Config = LlamaConfig

@@ -13,7 +13,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from interp.models._blocks import MLP, Attention, Embed, LayerNorm, ParallelBlock, PreNormBlock, Rope
-from interp.models._hf import Fields, check_config, rope_scaling
+from interp.models._hf import Fields, Tensors, check_config, rope_scaling, weight_listings
 from interp.models._model import Model
 
 HF_ARCHITECTURES = ("GPTNeoXForCausalLM",)
@@ -137,81 +137,50 @@ class NeoXConfig:
         }
 
 
-def hf_weight_shapes(config: NeoXConfig) -> dict[str, tuple[int, ...]]:
-    """Every tensor a Hugging Face checkpoint of this config holds, with its shape (torch's ``[out, in]``)."""
-    V, D, F = config.vocab_size, config.d_model, config.d_mlp
-    shapes = {"gpt_neox.embed_in.weight": (V, D), "gpt_neox.final_layer_norm.weight": (D,),
-              "gpt_neox.final_layer_norm.bias": (D,)}
-    if not config.tie_embeddings:
-        shapes["embed_out.weight"] = (V, D)
-    for i in range(config.n_layers):
-        p = f"gpt_neox.layers.{i}"
-        shapes.update({f"{p}.input_layernorm.weight": (D,), f"{p}.input_layernorm.bias": (D,),
-                       f"{p}.post_attention_layernorm.weight": (D,), f"{p}.post_attention_layernorm.bias": (D,),
-                       f"{p}.mlp.dense_h_to_4h.weight": (F, D), f"{p}.mlp.dense_h_to_4h.bias": (F,),
-                       f"{p}.mlp.dense_4h_to_h.weight": (D, F), f"{p}.mlp.dense_4h_to_h.bias": (D,),
-                       f"{p}.attention.query_key_value.weight": (3 * D, D), f"{p}.attention.dense.weight": (D, D)})
-        if config.attention_bias:
-            shapes.update({f"{p}.attention.query_key_value.bias": (3 * D,), f"{p}.attention.dense.bias": (D,)})
-    return shapes
-
-
-# Names some checkpoints hold that carry no weights of the model: a tied head saved anyway, and the causal-mask and
-# rotary buffers older transformers versions stored (Pythia's files).
-HF_IGNORED = (r"embed_out\.weight",
-              r"gpt_neox\.layers\.\d+\.attention\.(bias|masked_bias|rotary_emb\.inv_freq)")
-
-
 def from_hf_weights(config: NeoXConfig, get, *, dtype=jnp.float32, tokenizer=None) -> Model:
     """Build the model from Hugging Face tensors; ``get(name) -> np.ndarray`` (torch's ``[out, in]`` layout).
 
     ``query_key_value`` rows are laid out per head as ``[head][q, k, v][head_dim]``.
     """
-    H, E, D, F = config.n_heads, config.d_head, config.d_model, config.d_mlp
-
-    def arr(x):
-        return jnp.asarray(np.asarray(x), dtype=dtype)
+    t, (H, E, D, F) = Tensors(get, dtype), (config.n_heads, config.d_head, config.d_model, config.d_mlp)
+    bias = config.attention_bias
 
     def layer_norm(p):
-        return LayerNorm(arr(get(f"{p}.weight")), arr(get(f"{p}.bias")), config.ln_eps)
+        return LayerNorm(t.weight(f"{p}.weight", (D,)), t.weight(f"{p}.bias", (D,)), config.ln_eps)
 
     rope = Rope(dim=config.rotary_dim, theta=config.rope_theta, scaling=config.rope_scaling)
-    block_cls = ParallelBlock if config.parallel_residual else PreNormBlock
-    blocks = []
-    for i in range(config.n_layers):
+
+    def block(i):
         p = f"gpt_neox.layers.{i}"
         a, m = f"{p}.attention", f"{p}.mlp"
-        w_qkv = np.asarray(get(f"{a}.query_key_value.weight")).reshape(H, 3, E, D)
-        b_qkv = np.asarray(get(f"{a}.query_key_value.bias")).reshape(H, 3, E) if config.attention_bias else None
+        ln1, ln2 = layer_norm(f"{p}.input_layernorm"), layer_norm(f"{p}.post_attention_layernorm")
+        w_qkv = np.asarray(t(f"{a}.query_key_value.weight", (3 * D, D))).reshape(H, 3, E, D)
+        b_qkv = np.asarray(t(f"{a}.query_key_value.bias", (3 * D,))).reshape(H, 3, E) if bias else None
         attn = Attention(
-            W_Q=arr(w_qkv[:, 0].transpose(2, 0, 1)),
-            W_K=arr(w_qkv[:, 1].transpose(2, 0, 1)),
-            W_V=arr(w_qkv[:, 2].transpose(2, 0, 1)),
-            W_O=arr(get(f"{a}.dense.weight").T.reshape(H, E, D)),
-            b_Q=None if b_qkv is None else arr(b_qkv[:, 0]),
-            b_K=None if b_qkv is None else arr(b_qkv[:, 1]),
-            b_V=None if b_qkv is None else arr(b_qkv[:, 2]),
-            b_O=arr(get(f"{a}.dense.bias")) if config.attention_bias else None,
-            rope=rope,
-            sliding_window=None,
+            W_Q=t.arr(w_qkv[:, 0].transpose(2, 0, 1)), W_K=t.arr(w_qkv[:, 1].transpose(2, 0, 1)),
+            W_V=t.arr(w_qkv[:, 2].transpose(2, 0, 1)), W_O=t.arr(t(f"{a}.dense.weight", (D, D)).T.reshape(H, E, D)),
+            b_Q=None if b_qkv is None else t.arr(b_qkv[:, 0]), b_K=None if b_qkv is None else t.arr(b_qkv[:, 1]),
+            b_V=None if b_qkv is None else t.arr(b_qkv[:, 2]), b_O=t.weight(f"{a}.dense.bias", (D,)) if bias else None,
+            rope=rope, sliding_window=None,
         )
-        mlp = MLP(
-            W_in=arr(get(f"{m}.dense_h_to_4h.weight").T),
-            W_out=arr(get(f"{m}.dense_4h_to_h.weight").T),
-            b_in=arr(get(f"{m}.dense_h_to_4h.bias").reshape(F)),
-            b_out=arr(get(f"{m}.dense_4h_to_h.bias").reshape(D)),
-            act=config.act,
-        )
-        blocks.append(block_cls(ln1=layer_norm(f"{p}.input_layernorm"), attn=attn,
-                                ln2=layer_norm(f"{p}.post_attention_layernorm"), mlp=mlp))
-    return Model(
-        embed=Embed(arr(get("gpt_neox.embed_in.weight"))),
-        blocks=tuple(blocks),
-        ln_final=layer_norm("gpt_neox.final_layer_norm"),
-        unembed=None if config.tie_embeddings else arr(get("embed_out.weight").T),
-        config=config,
-        tokenizer=tokenizer,
-    )
+        mlp = MLP(W_in=t.arr(t(f"{m}.dense_h_to_4h.weight", (F, D)).T),
+                  W_out=t.arr(t(f"{m}.dense_4h_to_h.weight", (D, F)).T),
+                  b_in=t.weight(f"{m}.dense_h_to_4h.bias", (F,)), b_out=t.weight(f"{m}.dense_4h_to_h.bias", (D,)),
+                  act=config.act)
+        return (ParallelBlock if config.parallel_residual else PreNormBlock)(ln1=ln1, attn=attn, ln2=ln2, mlp=mlp)
 
+    embed = Embed(t.weight("gpt_neox.embed_in.weight", (config.vocab_size, D)))
+    ln_final, unembed = layer_norm("gpt_neox.final_layer_norm"), t.unembed(config, "embed_out.weight")
+    return Model(embed=embed, blocks=tuple(block(i) for i in range(config.n_layers)), ln_final=ln_final,
+                 unembed=unembed, config=config, tokenizer=tokenizer)
+
+
+hf_weight_shapes, hf_weight_names = weight_listings(from_hf_weights)
+# Names some checkpoints hold that carry no weights of the model: a tied head saved anyway, and the causal-mask and
+# rotary buffers older transformers versions stored (Pythia's files).
+HF_IGNORED = (r"embed_out\.weight",
+              r"gpt_neox\.layers\.\d+\.attention\.(bias|masked_bias|rotary_emb\.inv_freq)")
+HF_OPTIONAL_PREFIXES = ()
+GGUF_ARCHITECTURES: dict[str, bool] = {}  # GGUF files of GPT-NeoX are not read
 
 Config = NeoXConfig

