@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import dataclasses
 import sys
 import time
 import warnings
@@ -39,13 +40,14 @@ def predict(model_name: str = "smollm2-135m", prompts=PREDICT_PROMPTS, k: int = 
         lens = logit_lens(model, prompt)
         probs = np.asarray(lens.probs()[:, 0, -1])
         final = int(probs[-1].argmax())
-        print(f"  logit lens (what the residual stream predicts after each block; final answer {model.to_string([final])!r}):",
-              file=out)
+        print("  logit lens (what the residual stream predicts after each block; final answer "
+              f"{model.to_string([final])!r}):", file=out)
         print(f"  {'row':>9}  {'top token':<16} {'p(top)':>7}  {'p(final)':>8}  {'rank(final)':>11}", file=out)
         for label, row in zip(lens.labels, probs):
             top = int(row.argmax())
             rank = int((row > row[final]).sum())
-            print(f"  {label:>9}  {model.to_string([top])!r:<16} {row[top]:7.3f}  {row[final]:8.3f}  {rank:11d}", file=out)
+            print(f"  {label:>9}  {model.to_string([top])!r:<16} {row[top]:7.3f}  {row[final]:8.3f}  {rank:11d}",
+                  file=out)
     print(f"\ndone in {time.perf_counter() - t0:.1f} s", file=out)
 
 
@@ -69,7 +71,7 @@ def number(kind: type, lo, hi=None, **bounds):
 
 
 POSITIVE, NONNEGATIVE, SEED = number(int, 1), number(int, 0), number(int, 0, 2**32 - 1)
-RATE, COEFF = number(float, 0, lo_open=True), number(float, 0)  # a learning rate; a loss coefficient
+RATE = number(float, 0, lo_open=True)  # a learning rate
 
 
 class DefaultsHelp(argparse.ArgumentDefaultsHelpFormatter):
@@ -83,15 +85,15 @@ class DefaultsHelp(argparse.ArgumentDefaultsHelpFormatter):
 
 
 def add_train_sae_args(p: argparse.ArgumentParser) -> None:
+    from interp.sae import REGISTRY
+
     p.add_argument("--model", default="smollm2-135m", help="packaged name, checkpoint folder or .gguf file")
     p.add_argument("--hook", required=True, help="hook point to read, e.g. blocks.15.hook_resid_post")
     p.add_argument("--hook-out", default=None, help="for a transcoder: the hook point to reconstruct (default: none, "
                                                     "an SAE)")
-    p.add_argument("--arch", default="topk", help="standard, topk, batchtopk, matryoshka or jumprelu")
+    p.add_argument("--arch", default="topk", help=f"architecture: {', '.join(REGISTRY)}")
     p.add_argument("--width", type=POSITIVE, default=4096, help="number of latents (d_sae)")
-    p.add_argument("--k", type=POSITIVE, default=32, help="active latents per token (TopK family)")
-    p.add_argument("--l1-coeff", type=COEFF, default=None, help="L1 coefficient (standard; default: the config's)")
-    p.add_argument("--l0-coeff", type=COEFF, default=None, help="L0 coefficient (jumprelu; default: the config's)")
+    add_architecture_args(p)
     p.add_argument("--skip", action="store_true", help="transcoder skip connection (default: off)")
     p.add_argument("--tokens", type=POSITIVE, default=2_000_000, help="training tokens (activations)")
     p.add_argument("--batch-size", type=POSITIVE, default=None,
@@ -121,6 +123,48 @@ def add_train_sae_args(p: argparse.ArgumentParser) -> None:
                    help="progress bars on stderr: loading, harvesting activations (tokens/s), training (steps/s)")
 
 
+def architecture_options() -> dict[str, dict[str, tuple]]:
+    """Config field -> {architecture: (its Option, its default)}, for the fields registered architectures let the
+    command line set (``DictConfig.options``)."""
+    from interp.sae import REGISTRY
+
+    found: dict[str, dict[str, tuple]] = {}
+    for arch, (config_cls, _) in REGISTRY.items():
+        defaults = {f.name: f.default for f in dataclasses.fields(config_cls)}
+        for field, option in config_cls.options.items():
+            found.setdefault(field, {})[arch] = (option, defaults[field])
+    return found
+
+
+def add_architecture_args(p: argparse.ArgumentParser) -> None:
+    """One option per config field that some architecture lets the command line set, its help naming those
+    architectures and their default. Unset (None), the config's own default applies."""
+    for field, by_arch in architecture_options().items():
+        option = next(iter(by_arch.values()))[0]
+        defaults = {default for _, default in by_arch.values()}
+        default = f"default: {defaults.pop()}" if len(defaults) == 1 else "default: each architecture's own"
+        names = list(by_arch)
+        archs = names[0] if len(names) == 1 else f"{', '.join(names[:-1])} and {names[-1]}"
+        kind = number(int if option.integer else float, option.lo, lo_open=option.lo_open)
+        p.add_argument(f"--{field.replace('_', '-')}", dest=field, type=kind, default=None,
+                       help=f"{option.help}, for {archs} ({default})")
+
+
+def architecture_kwargs(args, config_cls) -> dict:
+    """The config fields given on the command line for ``config_cls``; one its architecture does not take fails,
+    naming the architectures that do."""
+    kwargs = {}
+    for field, by_arch in architecture_options().items():
+        value = getattr(args, field, None)
+        if value is None:
+            continue
+        if field not in config_cls.options:
+            raise ValueError(f"--{field.replace('_', '-')} is an option of {', '.join(by_arch)}, not of "
+                             f"--arch {args.arch}; leave it out or choose one of those architectures")
+        kwargs[field] = value
+    return kwargs
+
+
 @contextlib.contextmanager
 def plain_warnings(prog: str):
     """Warnings as ``prog: warning: message`` lines, without the source location a library user would want."""
@@ -138,13 +182,7 @@ def train_sae(args) -> None:
     from interp.sae.trainer import prepare_out_dir
 
     config_cls, _ = sae.architecture(args.arch)
-    extra = {}
-    if args.arch in ("topk", "batchtopk", "matryoshka"):
-        extra["k"] = args.k
-    if args.l1_coeff is not None:
-        extra["l1_coeff"] = args.l1_coeff
-    if args.l0_coeff is not None:
-        extra["l0_coeff"] = args.l0_coeff
+    extra = architecture_kwargs(args, config_cls)
     prepare_out_dir(Path(args.out))  # before the model loads: an output folder that cannot be written fails now
     if args.progress and not args.activation_cache:
         print(f"interp train-sae: loading {args.model}", file=sys.stderr, flush=True)
@@ -201,7 +239,8 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--out", default="report.html", help="where to write the report")
     d.add_argument("--corpus", default=None, help="text file, folder, JSONL or Parquet (default: built-in text)")
     d.add_argument("--sae-tokens", type=POSITIVE, default=DemoConfig.sae_tokens, help="SAE training tokens")
-    d.add_argument("--sae-layer", type=NONNEGATIVE, default=None, help="layer whose residual stream the SAE reads (default: the middle layer)")
+    d.add_argument("--sae-layer", type=NONNEGATIVE, default=None,
+                   help="layer whose residual stream the SAE reads (default: the middle layer)")
     d.add_argument("--transcoders", default=None,
                    help=f"transcoder set for the attribution graph (default: {DEFAULT_TRANSCODERS} when present)")
     p = sub.add_parser("predict", help="next-token predictions and a logit lens for a few prompts",

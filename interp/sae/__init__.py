@@ -4,15 +4,23 @@
     >>> cfg = sae.TrainConfig(sae.TopKConfig(d_in=576, width=4096, k=32, hook_name="blocks.15.hook_resid_post"))
     >>> result = sae.train(cfg)
     >>> d = sae.load(result.out_dir / "final")     # SAELens layout
+
+An architecture is one file registered in ``REGISTRY`` (see ``interp.sae._base``): files, the command line and the
+trainer read what they need from its classes.
 """
 
 from interp.sae._base import (
     REGISTRY,
+    AuxLoss,
     DictConfig,
     Dictionary,
     LossContext,
+    Option,
+    SAELensLayout,
     architecture,
     create,
+    register,
+    unregister,
 )
 from interp.sae.batchtopk import BatchTopKConfig, BatchTopKSAE
 from interp.sae.files import load, save
@@ -29,13 +37,14 @@ from interp.sae.store import (
     iter_texts,
 )
 from interp.sae.topk import TopKConfig, TopKSAE
-from interp.sae.trainer import TrainConfig, TrainingDiverged, TrainResult, train
+from interp.sae.trainer import TrainConfig, TrainingDiverged, TrainResult, metric_names, train
 from interp.sae.transcoders import Transcoders, train_transcoders
 
 __all__ = [
-    "REGISTRY", "ActivationStore", "ArrayActivationStore", "BatchTopKConfig", "BatchTopKSAE", "CachedActivationStore", "DictConfig",
-    "Dictionary", "DictionaryMetrics", "JumpReLUConfig", "JumpReLUSAE", "LossContext", "MatryoshkaConfig",
-    "MatryoshkaSAE", "StandardConfig", "StandardSAE", "TopKConfig", "TopKSAE", "TrainConfig", "TrainResult",
-    "TrainingDiverged", "Transcoders", "architecture", "cache_activations", "create", "evaluate", "iter_contexts",
-    "iter_texts", "load", "reconstruction_metrics", "save", "train", "train_transcoders",
+    "REGISTRY", "ActivationStore", "ArrayActivationStore", "AuxLoss", "BatchTopKConfig", "BatchTopKSAE",
+    "CachedActivationStore", "DictConfig", "Dictionary", "DictionaryMetrics", "JumpReLUConfig", "JumpReLUSAE",
+    "LossContext", "MatryoshkaConfig", "MatryoshkaSAE", "Option", "SAELensLayout", "StandardConfig", "StandardSAE",
+    "TopKConfig", "TopKSAE", "TrainConfig", "TrainResult", "TrainingDiverged", "Transcoders", "architecture",
+    "cache_activations", "create", "evaluate", "iter_contexts", "iter_texts", "load", "metric_names",
+    "reconstruction_metrics", "register", "save", "train", "train_transcoders", "unregister",
 ]

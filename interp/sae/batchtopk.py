@@ -9,18 +9,21 @@ many latents per batch (exact unless a row would need more).
 from __future__ import annotations
 
 import dataclasses
-from typing import ClassVar
 
 import jax
 import jax.numpy as jnp
-from jaxtyping import Array, Float
+import numpy as np
+from jaxtyping import Array, Bool, Float, Int
 
 from interp.checks import check_range
 from interp.kernels import sparse_decode
 from interp.sae._base import (
+    AuxLoss,
     Dictionary,
     LossContext,
+    SAELensLayout,
     init_affine,
+    nonnegative,
     register,
     total_variance,
 )
@@ -34,7 +37,6 @@ class BatchTopKConfig(TopKConfig):
 
     candidate_factor: int = 4
     threshold_decay: float = 0.99
-    arch: ClassVar[str] = "batchtopk"
 
     def __post_init__(self):
         super().__post_init__()
@@ -42,7 +44,8 @@ class BatchTopKConfig(TopKConfig):
         check_range("threshold_decay", self.threshold_decay, 0, 1)
 
 
-def batch_select(pre, k: int, factor: int):
+def batch_select(pre: Float[Array, "N M"], k: int,
+                 factor: int) -> tuple[Float[Array, "N c"], Int[Array, "N c"], Float[Array, ""]]:
     """Sparse ``(values, indices) [N c]`` keeping the batch's top ``k × N`` values, and the batch threshold."""
     N, M = pre.shape
     c = min(factor * k, M)
@@ -56,18 +59,22 @@ def batch_select(pre, k: int, factor: int):
 @register("batchtopk", BatchTopKConfig)
 class BatchTopKSAE(Dictionary):
     """Keeps the ``k * N`` largest pre-activations over a batch of ``N`` activations; at inference one
-    learned threshold decides (Bussmann et al. 2024)."""
+    learned threshold decides (Bussmann et al. 2024). SAELens computes the same function as a JumpReLU SAE with
+    the threshold repeated per latent, so its files say so."""
 
     threshold: Float[Array, ""]
+    saelens = SAELensLayout("jumprelu", tensors=("threshold",))
+    step_values = ("batch_threshold",)
+    aux = AuxLoss("auxk", "aux_coeff")
 
     @classmethod
     def init(cls, cfg, key, dtype=jnp.float32):
         return cls(**init_affine(cfg, key, dtype), threshold=jnp.zeros((), dtype), cfg=cfg)
 
-    def activate(self, pre, *, training=False):
+    def activate(self, pre: Float[Array, "N M"], *, training: bool = False) -> Float[Array, "N M"]:
         return jnp.where(pre > self.threshold, jax.nn.relu(pre), 0.0)
 
-    def loss(self, x, y, ctx: LossContext):
+    def loss(self, x: Float[Array, "N D"], y: Float[Array, "N O"], ctx: LossContext) -> tuple[Float[Array, ""], dict]:
         pre = self.pre_acts(x)
         vals, idx, kth = batch_select(pre, self.cfg.k, self.cfg.candidate_factor)
         y_hat = sparse_decode(vals, idx, self.W_dec) + self.b_dec + self.skip_term(x)
@@ -79,11 +86,23 @@ class BatchTopKSAE(Dictionary):
             "fired": fired_from_sparse(vals, idx, pre.shape[-1]), "batch_threshold": kth, "error": error,
         }
 
-    def aux_loss(self, x, y, error, dead):
+    def aux_loss(self, x: Float[Array, "N D"], y: Float[Array, "N O"], error: Float[Array, "N O"],
+                 dead: Bool[Array, " M"]) -> Float[Array, ""]:
         return auxk_loss(self, x, y, error, dead, self.cfg.k_aux, self.cfg.aux_rows(x.shape[0]))
 
-    def after_step(self, metrics) -> BatchTopKSAE:
+    def after_step(self, metrics: dict[str, Array]) -> BatchTopKSAE:
         d = self.cfg.threshold_decay
         new = jnp.where(self.threshold == 0, metrics["batch_threshold"],
                         d * self.threshold + (1 - d) * metrics["batch_threshold"])
         return dataclasses.replace(self, threshold=new.astype(self.threshold.dtype))
+
+    def to_saelens(self) -> dict[str, Float[Array, " M"]]:
+        return {"threshold": jnp.full((self.cfg.width,), self.threshold)}
+
+    @classmethod
+    def from_saelens(cls, cfg, tensors, dtype):
+        t = tensors["threshold"]
+        if np.ptp(t) != 0:
+            raise ValueError(f"threshold must be one value repeated (a {cfg.arch} dictionary has a single "
+                             "threshold), but its values differ; load it as a JumpReLU dictionary instead")
+        return {"threshold": jnp.asarray(nonnegative("threshold", t)[0], dtype)}

@@ -1,9 +1,10 @@
 """Dictionary files in SAELens's layout: ``cfg.json`` + ``sae_weights.safetensors``.
 
-Dictionaries saved here open in SAELens (``SAE.load_from_disk``) and SAELens dictionaries open here.
-SAELens keeps only inference architectures, so BatchTopK and Matryoshka dictionaries are written as
-JumpReLU with their single threshold repeated per latent (the same function at inference); the full
-training config travels in ``cfg.json``'s ``metadata.interp`` so they load back as what they were.
+Dictionaries saved here open in SAELens (``SAE.load_from_disk``) and SAELens dictionaries open here. Each
+architecture says how it maps onto these files (``Dictionary.saelens``, ``to_saelens``, ``from_saelens``): SAELens
+keeps only inference architectures, so BatchTopK and Matryoshka dictionaries are written as JumpReLU with their
+single threshold repeated per latent (the same function at inference); the full training config travels in
+``cfg.json``'s ``metadata.interp`` so they load back as what they were.
 
 ``cfg.json`` follows the layout of SAELens 6: ``metadata.sae_lens_version`` tells SAELens to read ``metadata`` as
 written (without it SAELens converts the file as an older one and keeps only top-level fields, so the hook name is
@@ -19,21 +20,21 @@ import jax.numpy as jnp
 import numpy as np
 
 from interp._io import atomic_dir
-from interp.sae._base import DictConfig, Dictionary, architecture
+from interp.sae._base import REGISTRY, DictConfig, Dictionary, architecture
 from interp.weights.hf import read_json
 
 # SAELens reads ``metadata`` as written from this version of its layout on (sae_lens.loading.pretrained_sae_loaders:
 # handle_config_defaulting); 6.0.0 is the first release with that layout.
 SAELENS_VERSION = "6.0.0"
 
-_SAELENS_ARCH = {"standard": "standard", "topk": "topk", "jumprelu": "jumprelu", "batchtopk": "jumprelu",
-                 "matryoshka": "jumprelu"}
+AFFINE = ("W_enc", "b_enc", "W_dec", "b_dec")
 
 
 def _saelens_fields(cfg: DictConfig) -> dict:
     """The top-level fields SAELens reads, as they follow from ``cfg`` (dtype, device and metadata aside)."""
-    fields = {
-        "architecture": _SAELENS_ARCH[cfg.arch],
+    layout = architecture(cfg.arch)[1].saelens
+    return {
+        "architecture": layout.architecture,
         "d_in": cfg.d_in,
         "d_sae": cfg.width,
         "dtype": "float32",
@@ -41,11 +42,9 @@ def _saelens_fields(cfg: DictConfig) -> dict:
         "apply_b_dec_to_input": bool(cfg.apply_b_dec_to_input and not cfg.is_transcoder),
         "normalize_activations": "none",
         "reshape_activations": "none",
+        **{name: getattr(cfg, name) for name in layout.fields},
+        **layout.constants,
     }
-    if cfg.arch == "topk":
-        fields["k"] = cfg.k
-        fields["rescale_acts_by_decoder_norm"] = False
-    return fields
 
 
 def save(dictionary: Dictionary, folder: str | Path, *, metadata: dict | None = None) -> Path:
@@ -60,19 +59,11 @@ def save(dictionary: Dictionary, folder: str | Path, *, metadata: dict | None = 
     from safetensors.numpy import save_file
 
     cfg: DictConfig = dictionary.cfg
-    arch = cfg.arch
-    weights = {
-        "W_enc": np.asarray(dictionary.W_enc, np.float32),
-        "b_enc": np.asarray(dictionary.b_enc, np.float32),
-        "W_dec": np.asarray(dictionary.W_dec, np.float32),
-        "b_dec": np.asarray(dictionary.b_dec, np.float32),
-    }
+    tensors = {name: getattr(dictionary, name) for name in AFFINE}
     if dictionary.W_skip is not None:
-        weights["W_skip"] = np.asarray(dictionary.W_skip, np.float32)
-    if arch == "jumprelu":
-        weights["threshold"] = np.asarray(jnp.exp(dictionary.log_threshold), np.float32)
-    elif arch in ("batchtopk", "matryoshka"):
-        weights["threshold"] = np.full((cfg.width,), float(dictionary.threshold), np.float32)
+        tensors["W_skip"] = dictionary.W_skip
+    tensors.update(dictionary.to_saelens())
+    weights = {name: np.asarray(a, np.float32) for name, a in tensors.items()}
     meta = {"sae_lens_version": SAELENS_VERSION, "sae_lens_training_version": None, "hook_name": cfg.hook_name,
             **({"hook_name_out": cfg.hook_name_out} if cfg.is_transcoder else {}), "interp": cfg.to_dict(),
             **(metadata or {})}
@@ -112,14 +103,12 @@ def load(folder: str | Path, dtype=jnp.float32) -> Dictionary:
                              "make them agree")
     _check_weights(w_path, w, cfg)
     _, cls = architecture(cfg.arch)
-    arr = lambda a: jnp.asarray(a, dtype)
-    fields = dict(W_enc=arr(w["W_enc"]), b_enc=arr(w["b_enc"]), W_dec=arr(w["W_dec"]), b_dec=arr(w["b_dec"]),
-                  W_skip=arr(w["W_skip"]) if cfg.skip else None, cfg=cfg)
-    if cfg.arch == "jumprelu":
-        fields["log_threshold"] = jnp.log(arr(w["threshold"]))
-    elif cfg.arch in ("batchtopk", "matryoshka"):
-        fields["threshold"] = arr(w["threshold"][0])
-    return cls(**fields)
+    try:
+        extra = cls.from_saelens(cfg, {name: w[name] for name in cls.saelens.tensors}, dtype)
+    except ValueError as e:
+        raise ValueError(f"{w_path}: {e}") from None
+    fields = {name: jnp.asarray(w[name], dtype) for name in AFFINE}
+    return cls(**fields, W_skip=jnp.asarray(w["W_skip"], dtype) if cfg.skip else None, cfg=cfg, **extra)
 
 
 def _read_weights(path: Path) -> dict:
@@ -149,7 +138,8 @@ def _check_agrees(path: Path, raw: dict, expected: dict) -> None:
             continue
         if raw[field] != want:
             raise ValueError(f"{path}: '{field}' is {raw[field]!r} but metadata.interp implies {want!r}; SAELens "
-                             "would read the first and interp the second: make them agree, or save the dictionary again")
+                             "would read the first and interp the second: make them agree, or save the dictionary "
+                             "again")
 
 
 def _expected_shapes(cfg: DictConfig) -> dict:
@@ -157,8 +147,7 @@ def _expected_shapes(cfg: DictConfig) -> dict:
               "b_dec": (cfg.out_dim,)}
     if cfg.skip:
         shapes["W_skip"] = (cfg.d_in, cfg.out_dim)
-    if cfg.arch in ("jumprelu", "batchtopk", "matryoshka"):
-        shapes["threshold"] = (cfg.width,)
+    shapes.update({name: (cfg.width,) for name in architecture(cfg.arch)[1].saelens.tensors})
     return shapes
 
 
@@ -179,30 +168,33 @@ def _check_weights(path: Path, w: dict, cfg: DictConfig) -> None:
         if bad:
             raise ValueError(f"{path}: {name} holds {bad} NaN or infinite values; the dictionary is corrupt or "
                              "diverged in training")
-    for name in ("W_skip", "threshold"):
-        if name in w and name not in shapes:
-            raise ValueError(f"{path} holds '{name}', which a {cfg.arch} dictionary with this config does not use "
-                             f"(skip={cfg.skip}); the weights and cfg.json belong to different dictionaries")
-    if cfg.arch in ("batchtopk", "matryoshka") and np.ptp(w["threshold"]) != 0:
-        raise ValueError(f"{path}: threshold must be one value repeated (a {cfg.arch} dictionary has a single "
-                         "threshold), but its values differ; load it as a JumpReLU dictionary instead")
-    if "threshold" in shapes and (w["threshold"] < 0).any():
-        raise ValueError(f"{path}: threshold holds negative values, which no trained dictionary has; the file is "
-                         "corrupt")
+    # a tensor that some architecture uses but this one does not means the file is another dictionary
+    known = {"W_skip"}.union(*(cls.saelens.tensors for _, cls in REGISTRY.values()))
+    unused = sorted(known.intersection(w).difference(shapes))
+    if unused:
+        raise ValueError(f"{path} holds '{unused[0]}', which a {cfg.arch} dictionary with this config does not use "
+                         f"(skip={cfg.skip}); the weights and cfg.json belong to different dictionaries")
+
+
+def saelens_readable() -> list[str]:
+    """The architectures that SAELens files carrying no interp config can be: those written under their own name."""
+    return [name for name, (_, cls) in REGISTRY.items() if cls.saelens.architecture == name]
 
 
 def _config_from_saelens(path: Path, raw: dict, meta: dict, w: dict) -> DictConfig:
     arch = raw.get("architecture", "standard")
     if raw.get("normalize_activations", "none") not in ("none", None):
         raise ValueError(
-            f"{path}: this SAELens dictionary expects activation normalization '{raw['normalize_activations']}'; fold the "
-            "scaling factor into its weights in SAELens (fold_activation_norm_scaling_factor) and save it again"
+            f"{path}: this SAELens dictionary expects activation normalization '{raw['normalize_activations']}'; "
+            "fold the scaling factor into its weights in SAELens (fold_activation_norm_scaling_factor) and save it "
+            "again"
         )
     if raw.get("rescale_acts_by_decoder_norm"):
         raise ValueError(f"{path}: SAELens dictionaries with rescale_acts_by_decoder_norm=True are not supported")
-    if arch not in ("standard", "topk", "jumprelu"):
-        raise ValueError(f"{path}: SAELens architecture {arch!r} is not supported; supported: standard, topk, jumprelu")
-    config_cls, _ = architecture(arch)
+    readable = saelens_readable()
+    if arch not in readable:
+        raise ValueError(f"{path}: SAELens architecture {arch!r} is not supported; supported: {', '.join(readable)}")
+    config_cls, cls = architecture(arch)
 
     def need(key):
         if not isinstance(raw.get(key), int) or isinstance(raw[key], bool):
@@ -211,13 +203,8 @@ def _config_from_saelens(path: Path, raw: dict, meta: dict, w: dict) -> DictConf
         return raw[key]
 
     kw = dict(d_in=need("d_in"), width=need("d_sae"), hook_name=meta.get("hook_name") or raw.get("hook_name", ""),
-              apply_b_dec_to_input=bool(raw.get("apply_b_dec_to_input", True)))
-    if arch == "topk":
-        kw["k"] = need("k")
-    if arch == "jumprelu" and isinstance(w.get("threshold"), np.ndarray):
-        # the trained thresholds are loaded as weights; this only has to be a valid config
-        t = w["threshold"]
-        kw["init_threshold"] = float(t[t > 0].min()) if (t > 0).any() else 1e-3
+              apply_b_dec_to_input=bool(raw.get("apply_b_dec_to_input", True)),
+              **{name: need(name) for name in cls.saelens.fields}, **cls.config_from_saelens(w))
     try:
         return config_cls(**kw)
     except ValueError as e:

@@ -5,10 +5,12 @@ from __future__ import annotations
 
 import dataclasses
 import math
+from collections.abc import Mapping
 from typing import ClassVar
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from jaxtyping import Array, Float
 
 from interp.checks import check_range
@@ -16,8 +18,11 @@ from interp.sae._base import (
     DictConfig,
     Dictionary,
     LossContext,
+    Option,
+    SAELensLayout,
     init_affine,
     mse,
+    nonnegative,
     register,
     total_variance,
 )
@@ -31,7 +36,7 @@ class JumpReLUConfig(DictConfig):
     l0_coeff: float = 1.0
     bandwidth: float = 0.001
     init_threshold: float = 0.001
-    arch: ClassVar[str] = "jumprelu"
+    options: ClassVar[Mapping[str, Option]] = {"l0_coeff": Option("L0 coefficient")}
 
     def __post_init__(self):
         super().__post_init__()
@@ -86,7 +91,8 @@ class JumpReLUSAE(Dictionary):
     """``z = pre * H(pre - theta)`` with a learned threshold per latent (``log_threshold``; Rajamanoharan
     et al. 2024)."""
 
-    log_threshold: Float[Array, M]
+    log_threshold: Float[Array, " M"]
+    saelens = SAELensLayout("jumprelu", tensors=("threshold",))
 
     @classmethod
     def init(cls, cfg, key, dtype=jnp.float32):
@@ -94,13 +100,13 @@ class JumpReLUSAE(Dictionary):
                    log_threshold=jnp.full((cfg.width,), math.log(cfg.init_threshold), dtype))
 
     @property
-    def threshold(self):
+    def threshold(self) -> Float[Array, " M"]:
         return jnp.exp(self.log_threshold)
 
-    def activate(self, pre, *, training=False):
+    def activate(self, pre: Float[Array, "N M"], *, training: bool = False) -> Float[Array, "N M"]:
         return pre * (pre > self.threshold).astype(pre.dtype)
 
-    def loss(self, x, y, ctx: LossContext):
+    def loss(self, x: Float[Array, "N D"], y: Float[Array, "N O"], ctx: LossContext) -> tuple[Float[Array, ""], dict]:
         pre = self.pre_acts(x)
         eps = jnp.asarray(self.cfg.bandwidth, pre.dtype)
         z = jumprelu(pre, self.threshold, eps)
@@ -109,3 +115,17 @@ class JumpReLUSAE(Dictionary):
         l0 = jnp.mean(jnp.sum(step(pre, self.threshold, eps), axis=-1))
         loss = recon + ctx.sparsity_scale * self.cfg.l0_coeff * l0
         return loss, {"mse": recon, "fvu": recon / total_variance(y), "l0": l0, "fired": jnp.any(z > 0, axis=0)}
+
+    def to_saelens(self) -> dict[str, Float[Array, " M"]]:
+        return {"threshold": self.threshold}
+
+    @classmethod
+    def from_saelens(cls, cfg, tensors, dtype):
+        return {"log_threshold": jnp.log(jnp.asarray(nonnegative("threshold", tensors["threshold"]), dtype))}
+
+    @classmethod
+    def config_from_saelens(cls, tensors):
+        t = tensors.get("threshold")
+        if not isinstance(t, np.ndarray) or not (t > 0).any():
+            return {}
+        return {"init_threshold": float(t[t > 0].min())}  # the trained thresholds are loaded as weights

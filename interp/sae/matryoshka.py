@@ -4,9 +4,9 @@ each reconstruct the input on their own, so early latents learn general features
 from __future__ import annotations
 
 import dataclasses
-from typing import ClassVar
 
 import jax.numpy as jnp
+from jaxtyping import Array, Float
 
 from interp.checks import check_range
 from interp.sae._base import LossContext, register, total_variance
@@ -20,7 +20,6 @@ class MatryoshkaConfig(BatchTopKConfig):
     ``width`` (default width/8, /4, /2, width)."""
 
     prefixes: tuple[int, ...] = ()  # ascending prefix sizes ending at width; default width/8, /4, /2, 1
-    arch: ClassVar[str] = "matryoshka"
 
     def __post_init__(self):
         super().__post_init__()
@@ -28,7 +27,8 @@ class MatryoshkaConfig(BatchTopKConfig):
             check_range(f"prefixes[{i}]", size, 1, integer=True)
         p = self.prefix_sizes
         if list(p) != sorted(set(p)) or p[-1] != self.width or p[0] <= 0:
-            raise ValueError(f"prefixes must be strictly ascending positive sizes ending at width={self.width}, got {p}")
+            raise ValueError(f"prefixes must be strictly ascending positive sizes ending at width={self.width}, "
+                             f"got {p}")
 
     @property
     def prefix_sizes(self) -> tuple[int, ...]:
@@ -41,7 +41,9 @@ class MatryoshkaConfig(BatchTopKConfig):
 class MatryoshkaSAE(BatchTopKSAE):
     """A BatchTopK SAE whose nested prefixes must each reconstruct the input on their own."""
 
-    def loss(self, x, y, ctx: LossContext):
+    metrics = ("mse", "fvu", "fvu_prefix0", "l0")  # fvu_prefix0: the smallest prefix's FVU
+
+    def loss(self, x: Float[Array, "N D"], y: Float[Array, "N O"], ctx: LossContext) -> tuple[Float[Array, ""], dict]:
         pre = self.pre_acts(x)
         vals, idx, kth = batch_select(pre, self.cfg.k, self.cfg.candidate_factor)
         z = scatter_dense(vals, idx, pre.shape[-1])

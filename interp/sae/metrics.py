@@ -8,6 +8,7 @@ import dataclasses
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jaxtyping import ArrayLike, Float, Int
 
 from interp.hooks import Splice
 from interp.results import Result, Summary
@@ -50,7 +51,8 @@ def _kl(clean_logits, logits):
     return jnp.mean(jnp.sum(jnp.exp(p) * (p - q), axis=-1))
 
 
-def reconstruction_metrics(dictionary, x, y=None, dense_threshold: float = 0.1) -> dict:
+def reconstruction_metrics(dictionary, x: Float[ArrayLike, "N D"], y: Float[ArrayLike, "N O"] | None = None,
+                           dense_threshold: float = 0.1) -> dict[str, float]:
     """FVU, L0, dead and dense fractions on activations ``x [N D]`` (targets ``y`` for transcoders)."""
     x = jnp.asarray(x, jnp.float32)
     y = x if y is None else jnp.asarray(y, jnp.float32)
@@ -70,7 +72,7 @@ def _zero_from(x, name, start):
     return jnp.where(keep, x, jnp.zeros_like(x))
 
 
-def evaluate(model, dictionary, tokens, *, batch: int = 8, dense_threshold: float = 0.1,
+def evaluate(model, dictionary, tokens: Int[ArrayLike, "B T"], *, batch: int = 8, dense_threshold: float = 0.1,
              skip_positions: int = 0) -> DictionaryMetrics:
     """All metrics on ``tokens [B T]``: the dictionary reads its ``cfg.hook_name`` (and writes
     ``cfg.hook_name_out`` for a transcoder) inside ``model``. With ``skip_positions`` the first positions

@@ -3,17 +3,20 @@
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Mapping
 from typing import ClassVar
 
 import jax
 import jax.numpy as jnp
+from jaxtyping import Array, Float
 
 from interp.checks import check_range
 from interp.sae._base import (
     DictConfig,
     Dictionary,
     LossContext,
-    init_affine,
+    Option,
+    SAELensLayout,
     mse,
     register,
     total_variance,
@@ -25,7 +28,7 @@ class StandardConfig(DictConfig):
     """Config of a standard SAE: ``l1_coeff`` weights the L1 penalty on the latents times the decoder rows' norms."""
 
     l1_coeff: float = 5.0
-    arch: ClassVar[str] = "standard"
+    options: ClassVar[Mapping[str, Option]] = {"l1_coeff": Option("L1 coefficient")}
 
     def __post_init__(self):
         super().__post_init__()
@@ -36,14 +39,13 @@ class StandardConfig(DictConfig):
 class StandardSAE(Dictionary):
     """A ReLU sparse autoencoder trained with an L1 penalty weighted by the decoder rows' norms."""
 
-    @classmethod
-    def init(cls, cfg, key, dtype=jnp.float32):
-        return cls(**init_affine(cfg, key, dtype), cfg=cfg)
+    saelens = SAELensLayout("standard")
+    metrics = ("mse", "fvu", "l1", "l0")
 
-    def activate(self, pre, *, training=False):
+    def activate(self, pre: Float[Array, "N M"], *, training: bool = False) -> Float[Array, "N M"]:
         return jax.nn.relu(pre)
 
-    def loss(self, x, y, ctx: LossContext):
+    def loss(self, x: Float[Array, "N D"], y: Float[Array, "N O"], ctx: LossContext) -> tuple[Float[Array, ""], dict]:
         z = jax.nn.relu(self.pre_acts(x))
         y_hat = self.decode(z) + self.skip_term(x)
         recon = mse(y_hat, y)

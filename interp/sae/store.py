@@ -19,6 +19,7 @@ from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 import numpy as np
+from jaxtyping import ArrayLike, Float
 
 from interp._io import atomic_dir, atomic_file
 from interp.checks import check_range
@@ -101,7 +102,8 @@ def iter_texts(corpus) -> Iterator[str]:
         if not path.exists():
             raise FileNotFoundError(f"corpus {path} does not exist")
         if path.is_dir():
-            files = sorted(p for p in path.rglob("*") if p.is_file() and p.suffix in (".txt", ".jsonl", ".parquet", ".md"))
+            files = sorted(p for p in path.rglob("*")
+                           if p.is_file() and p.suffix in (".txt", ".jsonl", ".parquet", ".md"))
             if not files:
                 raise ValueError(f"corpus folder {path} holds no .txt, .md, .jsonl or .parquet files")
             for f in files:
@@ -171,8 +173,8 @@ def iter_contexts(tokenizer, corpus, context_size: int, *, cycle: bool = True,
         if pass_no == 0 and not one_shot:
             times = f"read {-(-n_contexts // produced)} times for the {n_contexts} contexts asked" if n_contexts \
                 else "read again from the start as often as needed"
-            warnings.warn(f"{name} holds only {n_tokens} tokens ({produced} contexts of {context_size}); it is {times}, "
-                          "so the same activations repeat: pass more text for more varied ones", stacklevel=2)
+            warnings.warn(f"{name} holds only {n_tokens} tokens ({produced} contexts of {context_size}); it is "
+                          f"{times}, so the same activations repeat: pass more text for more varied ones", stacklevel=2)
 
 
 # ----------------------------------------------------------------------------- stores
@@ -201,8 +203,8 @@ class _ChunkedStore:
             self._loaded = (i, arrays)
         return self._loaded[1]
 
-    def next_batch(self) -> tuple[np.ndarray, np.ndarray]:
-        """``(x, y)``: inputs ``[batch, d_in]`` and targets (the same array for an SAE)."""
+    def next_batch(self) -> tuple[Float[np.ndarray, "N D"], Float[np.ndarray, "N O"]]:
+        """``(x, y)``: inputs ``[N D]`` (N = batch_size) and targets ``[N O]`` (the same array for an SAE)."""
         arrays = self._chunk_arrays(self.chunk)
         sl = slice(self.batch * self.batch_size, (self.batch + 1) * self.batch_size)
         out = tuple(a[sl] for a in arrays)
@@ -302,7 +304,8 @@ class ActivationStore(_ChunkedStore):
     def _activations(self, contexts: np.ndarray):
         outs = {n: [] for n in self.names}
         for j in range(0, len(contexts), self.model_batch):
-            _, cache = self.model.run_with_cache(contexts[j:j + self.model_batch], names=self.names, return_logits=False)
+            _, cache = self.model.run_with_cache(contexts[j:j + self.model_batch], names=self.names,
+                                                 return_logits=False)
             for n in self.names:
                 a = np.asarray(cache[n], np.float32)[:, self.skip_positions:]
                 outs[n].append(a.reshape(-1, a.shape[-1]))
@@ -329,8 +332,8 @@ def _check_same_stream(out: Path, manifest: Path, identity: dict) -> None:
         old = read_json(manifest, *_MANIFEST)
         differ = [k for k in identity if old.get(k) != identity[k]]
         if differ:
-            listing = "; ".join(f"{k}: {_show(old[k]) if k in old else '(not recorded)'} there, {_show(identity[k])} now"
-                                for k in differ)
+            listing = "; ".join(f"{k}: {_show(old[k]) if k in old else '(not recorded)'} there, "
+                                f"{_show(identity[k])} now" for k in differ)
             raise ValueError(f"{out} holds activations of another stream ({listing}); {fix}")
     elif any(out.glob("shard-*")):
         raise ValueError(f"{out} holds shards but no manifest.json, so what they hold is unknown; {fix}")
@@ -422,7 +425,8 @@ class CachedActivationStore(_ChunkedStore):
         self.shard_rows = contexts * T
         self.extra_skip = max(0, skip_positions - skipped)
         _rows_check(contexts * (T - self.extra_skip), batch_size,
-                    f"a cache of {contexts} contexts of {T + skipped} per shard read with skip_positions={skip_positions}",
+                    f"a cache of {contexts} contexts of {T + skipped} per shard read with "
+                    f"skip_positions={skip_positions}",
                     "lower batch_size or cache with a larger buffer_tokens")
         super().__init__(batch_size, contexts * (T - self.extra_skip), seed)
         self.names, self.skip_positions = info["hooks"], skip_positions
@@ -485,7 +489,8 @@ class CachedActivationStore(_ChunkedStore):
 class ArrayActivationStore(_ChunkedStore):
     """Activations you already have (``x [N D]``, optional targets ``y [N O]``), served like the others."""
 
-    def __init__(self, x, y=None, *, batch_size: int = 4096, chunk_size: int | None = None, seed: int = 0):
+    def __init__(self, x: Float[ArrayLike, "N D"], y: Float[ArrayLike, "N O"] | None = None, *, batch_size: int = 4096,
+                 chunk_size: int | None = None, seed: int = 0):
         x = np.asarray(x, np.float32)
         y = None if y is None else np.asarray(y, np.float32)
         for name, a in (("x", x), ("y", y)):

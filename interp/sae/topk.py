@@ -9,18 +9,22 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+from collections.abc import Mapping
 from typing import ClassVar
 
 import jax
 import jax.numpy as jnp
+from jaxtyping import Array, Bool, Float, Int
 
 from interp.checks import check_range
 from interp.kernels import sparse_decode
 from interp.sae._base import (
+    AuxLoss,
     DictConfig,
     Dictionary,
     LossContext,
-    init_affine,
+    Option,
+    SAELensLayout,
     register,
     total_variance,
 )
@@ -37,7 +41,7 @@ class TopKConfig(DictConfig):
     aux_coeff: float = 1 / 32
     aux_batch_fraction: float = 0.125  # share of each batch the AuxK loss is estimated on
     normalize_decoder: bool = True
-    arch: ClassVar[str] = "topk"
+    options: ClassVar[Mapping[str, Option]] = {"k": Option("active latents per token", integer=True, lo=1)}
 
     def __post_init__(self):
         super().__post_init__()
@@ -128,35 +132,34 @@ class TopKSAE(Dictionary):
     """Keeps each activation's ``k`` largest pre-activations and decodes them sparsely (Gao et al. 2024);
     AuxK revives dead latents."""
 
-    @classmethod
-    def init(cls, cfg, key, dtype=jnp.float32):
-        return cls(**init_affine(cfg, key, dtype), cfg=cfg)
+    saelens = SAELensLayout("topk", fields=("k",), constants={"rescale_acts_by_decoder_norm": False})
+    aux = AuxLoss("auxk", "aux_coeff")
 
-    def select(self, pre):
+    def select(self, pre: Float[Array, "N M"]) -> tuple[Float[Array, "N k"], Int[Array, "N k"]]:
         vals, idx = jax.lax.top_k(pre, self.cfg.k)
         return jax.nn.relu(vals), idx
 
-    def encoder_shift(self):
+    def encoder_shift(self) -> Float[Array, " D"]:
         if self.cfg.apply_b_dec_to_input and not self.cfg.is_transcoder:
             return self.b_dec
         return jnp.zeros((self.W_enc.shape[0],), self.W_enc.dtype)
 
-    def activate(self, pre, *, training=False):
+    def activate(self, pre: Float[Array, "N M"], *, training: bool = False) -> Float[Array, "N M"]:
         vals, idx = self.select(pre)
         return scatter_dense(vals, idx, pre.shape[-1])
 
-    def encode_sparse(self, x):
+    def encode_sparse(self, x: Float[Array, "N D"]) -> tuple[Float[Array, "N k"], Int[Array, "N k"]]:
         """``(values, indices) [N k]`` of the active latents."""
         return topk_codes(x, self.encoder_shift(), self.W_enc, self.b_enc, self.cfg.k)
 
-    def __call__(self, x):
+    def __call__(self, x: Float[Array, "... D"]) -> Float[Array, "... O"]:
         lead = x.shape[:-1]
         flat = x.reshape(-1, x.shape[-1])
         vals, idx = self.encode_sparse(flat)
         y = sparse_decode(vals, idx, self.W_dec) + self.b_dec + self.skip_term(flat)
         return y.reshape(*lead, -1)
 
-    def loss(self, x, y, ctx: LossContext):
+    def loss(self, x: Float[Array, "N D"], y: Float[Array, "N O"], ctx: LossContext) -> tuple[Float[Array, ""], dict]:
         vals, idx = self.encode_sparse(x)
         y_hat = sparse_decode(vals, idx, self.W_dec) + self.b_dec + self.skip_term(x)
         error = y - y_hat
@@ -165,5 +168,6 @@ class TopKSAE(Dictionary):
         return fvu, {"mse": mse, "fvu": fvu, "l0": jnp.mean(jnp.sum(vals > 0, axis=-1)),
                      "fired": fired_from_sparse(vals, idx, self.cfg.width), "error": error}
 
-    def aux_loss(self, x, y, error, dead):
+    def aux_loss(self, x: Float[Array, "N D"], y: Float[Array, "N O"], error: Float[Array, "N O"],
+                 dead: Bool[Array, " M"]) -> Float[Array, ""]:
         return auxk_loss(self, x, y, error, dead, self.cfg.k_aux, self.cfg.aux_rows(x.shape[0]))

@@ -34,7 +34,7 @@ import optax
 from interp._io import atomic_dir, atomic_file
 from interp.checks import check_range
 from interp.results import Result, Summary
-from interp.sae._base import DictConfig, Dictionary, LossContext, create
+from interp.sae._base import DictConfig, Dictionary, LossContext, architecture, create
 from interp.weights.fingerprint import file_sha256
 
 # Defaults that follow the token budget (see TrainConfig): a run of ``total_tokens`` gets at least MIN_STEPS
@@ -290,10 +290,32 @@ def _unit_rows(w):
     return w / jnp.maximum(jnp.linalg.norm(w, axis=-1, keepdims=True), 1e-12)
 
 
+def metric_names(dictionary: DictConfig) -> tuple[str, ...]:
+    """The metrics each training history row of ``dictionary``'s architecture carries, besides ``step``,
+    ``tokens`` and ``elapsed_s``: those its loss reports (``Dictionary.metrics``), its auxiliary loss (``aux``),
+    ``loss`` and ``dead_fraction``."""
+    _, cls = architecture(dictionary.arch)
+    return (*cls.metrics, *([cls.aux.name] if cls.aux else []), "loss", "dead_fraction")
+
+
+def _check_reported(cls: type, reported) -> None:
+    """The loss must report what its class declares: histories and ``after_step`` rely on the declaration."""
+    got, want = set(reported) - {"fired", "error"}, {*cls.metrics, *cls.step_values}
+    if got != want:
+        raise TypeError(f"{cls.__name__}.loss reports {sorted(got)}, but the class declares metrics={cls.metrics} "
+                        f"and step_values={cls.step_values}; make them agree")
+    if cls.aux is not None and "error" not in reported:
+        raise TypeError(f"{cls.__name__} declares an auxiliary loss ({cls.aux.name}), so its loss must report "
+                        "'error' (y - y_hat) for it")
+
+
 def make_step(cfg: TrainConfig, optimizer):
+    """The jitted training step ``(state, x [N D], y [N O]) -> (state, metrics)``; ``state`` is donated."""
     normalize_decoder = cfg.dictionary.normalize_decoder
     dead_after = cfg.dead_after_tokens
     ramp = cfg.sparsity_warmup_steps
+    _, cls = architecture(cfg.dictionary.arch)
+    aux = cls.aux
 
     def step(state: TrainState, x, y):
         params, static = eqx.partition(state.dictionary, eqx.is_inexact_array)
@@ -304,19 +326,20 @@ def make_step(cfg: TrainConfig, optimizer):
             return eqx.combine(p, static).loss(x, y, ctx)
 
         (loss, metrics), grads = jax.value_and_grad(loss_fn, has_aux=True)(params)
+        _check_reported(cls, metrics)
         error = metrics.pop("error", None)
-        if error is not None:
+        if aux is not None:
             def aux_value_and_grad(p):
                 return jax.value_and_grad(lambda q: eqx.combine(q, static).aux_loss(x, y, error, ctx.dead))(p)
 
             def no_aux(p):
                 return jnp.zeros((), loss.dtype), jax.tree.map(jnp.zeros_like, p)
 
-            aux, aux_grads = jax.lax.cond(jnp.any(ctx.dead), aux_value_and_grad, no_aux, params)
-            c = state.dictionary.cfg.aux_coeff
+            aux_value, aux_grads = jax.lax.cond(jnp.any(ctx.dead), aux_value_and_grad, no_aux, params)
+            c = getattr(state.dictionary.cfg, aux.coeff)
             grads = jax.tree.map(lambda g, a: g + c * a, grads, aux_grads)
-            loss = loss + c * aux
-            metrics["auxk"] = aux
+            loss = loss + c * aux_value
+            metrics[aux.name] = aux_value
         if normalize_decoder:  # keep rows on the unit sphere: drop the gradient along each row
             w = params.W_dec
             g = grads.W_dec
@@ -333,7 +356,8 @@ def make_step(cfg: TrainConfig, optimizer):
         since = jnp.where(fired, 0, jnp.minimum(state.since_fired + x.shape[0], 2**30)).astype(jnp.int32)
         metrics["loss"] = loss
         metrics["dead_fraction"] = jnp.mean((since >= dead_after).astype(jnp.float32))
-        metrics.pop("batch_threshold", None)
+        for name in cls.step_values:
+            del metrics[name]
         return TrainState(d, opt_state, since, state.step + 1), metrics
 
     return jax.jit(step, donate_argnums=0)
@@ -392,7 +416,8 @@ def load_checkpoint(folder: Path, template: TrainState) -> tuple[TrainState, dic
     missing = [n for n in names if n not in arrays]
     if missing:
         raise ValueError(f"checkpoint {folder} does not match this config (missing {missing[:3]})")
-    leaves = [jnp.asarray(arrays[n], dtype=leaf.dtype).reshape(jnp.shape(leaf)) for n, (_, leaf) in zip(names, paths_leaves)]
+    leaves = [jnp.asarray(arrays[n], dtype=leaf.dtype).reshape(jnp.shape(leaf))
+              for n, (_, leaf) in zip(names, paths_leaves)]
     return jax.tree_util.tree_unflatten(treedef, leaves), json.loads((folder / "meta.json").read_text())
 
 
@@ -553,8 +578,9 @@ def make_store(cfg: TrainConfig, model=None):
                                       skip_positions=cfg.skip_positions)
         wanted = [d.hook_name] + ([d.hook_name_out] if d.hook_name_out else [])
         if d.hook_name and list(store.names) != wanted:  # a dictionary that names no hook takes what is cached
-            raise ValueError(f"the activation cache {cfg.activation_cache} holds {list(store.names)}, but the dictionary "
-                             f"reads {wanted}; cache those hooks, or set the dictionary's hook names to the cache's")
+            raise ValueError(f"the activation cache {cfg.activation_cache} holds {list(store.names)}, but the "
+                             f"dictionary reads {wanted}; cache those hooks, or set the dictionary's hook names to "
+                             "the cache's")
         return store
     if model is None:
         from interp.weights import load
@@ -585,16 +611,14 @@ def _shardings(cfg: TrainConfig):
 
     mesh = Mesh(np.asarray(jax.devices()[:n]).reshape(cfg.data_parallel, cfg.latent_parallel), ("data", "latent"))
 
-    # leaves whose leading (or, for W_enc, last) axis is the latent axis, in the dictionary and the optimizer state
-    latent_first = {"W_dec", "b_enc", "log_threshold", "since_fired"}
+    # where the latent axis is in each leaf of the dictionary (from its annotated shapes), the optimizer state (which
+    # mirrors the dictionary's fields) and the dead-latent counters
+    latent_axis = {**architecture(cfg.dictionary.arch)[1].latent_axes(), "since_fired": 0}
 
     def state_spec(path, leaf):
-        field = jax.tree_util.keystr(path).rsplit(".", 1)[-1]
-        if cfg.latent_parallel > 1 and leaf.ndim >= 1:
-            if field == "W_enc":
-                return NamedSharding(mesh, P(None, "latent"))
-            if field in latent_first:
-                return NamedSharding(mesh, P("latent"))
+        axis = latent_axis.get(jax.tree_util.keystr(path).rsplit(".", 1)[-1])
+        if cfg.latent_parallel > 1 and axis is not None and leaf.ndim > axis:
+            return NamedSharding(mesh, P(*[None] * axis, "latent"))
         return NamedSharding(mesh, P())
 
     return NamedSharding(mesh, P("data")), state_spec
@@ -608,8 +632,10 @@ def _saelens_metadata(cfg: TrainConfig, store) -> dict:
 
 
 def train(cfg: TrainConfig, *, model=None, store=None, resume: bool = False, progress: bool = True,
-          callback: Callable[[int, dict, Dictionary], None] | None = None) -> TrainResult:
-    """Train a dictionary. ``callback(step, metrics, dictionary)`` runs after every step.
+          callback: Callable[[int, dict[str, float], Dictionary], None] | None = None) -> TrainResult:
+    """Train a dictionary on activations ``x [N D]`` (targets ``y [N O]`` for a transcoder) from ``store`` (default:
+    one built from ``cfg``: the model's activations at the hook, or the activation cache). ``callback(step, metrics,
+    dictionary)`` runs after every step; ``metrics`` holds ``metric_names(cfg.dictionary)``.
 
     With ``progress`` (default) a bar reports from the start: loading the model, then harvesting activations from
     it (tokens and tokens/s; harvesting continues chunk by chunk while the run trains), and a second bar the
