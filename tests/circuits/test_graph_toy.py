@@ -221,7 +221,7 @@ def test_the_pruned_graph_keeps_the_known_path_and_no_distractor_features(graphs
 def test_ablating_the_kept_features_lowers_the_answer_and_distractor_features_do_not(toy, graphs):
     model, tc = toy.model, toy.tc
     L = model.n_layers
-    for prompt, answer, g, p in graphs:
+    for prompt, answer, _g, p in graphs:
         kept = _kept_features(p)
         ablate = G.feature_changes(p, kept, 0.0)
         frozen = G.intervene(model, tc, prompt, ablate, mode="frozen")
@@ -247,7 +247,7 @@ def test_the_strongest_answer_feature_is_specific_to_that_answer(toy, graphs):
     """The kept feature at the answer position with the largest edge into the answer's logit fires for
     sequences with that answer (whatever the operands) and hardly for the others."""
     model, tc = toy.model, toy.tc
-    for _, answer, g, p in graphs:
+    for _, answer, _g, p in graphs:
         logit = _logit_node(p, answer)
         j = max((j for j in _kept_features(p) if p.feature_pos[j] == LAST), key=lambda i: p.adjacency[logit, i])
         assert p.adjacency[logit, j] > 0
