@@ -118,6 +118,10 @@ class Fields:
             raise self.error(name, f"must list {length} entries (one per layer), got {len(v)}")
         return v
 
+    def token_ids(self) -> dict[str, int | None]:
+        """``bos_token_id``, ``eos_token_id`` and ``pad_token_id`` (see :meth:`token_id`)."""
+        return {name: self.token_id(name) for name in TOKEN_IDS}
+
     def sub(self, name: str) -> Fields:
         """The nested object ``name`` (empty when absent or null)."""
         v = self.raw(name, {})
@@ -142,6 +146,36 @@ def gguf_fields(meta: Mapping, arch: str) -> tuple[Fields, Fields]:
 def _short(v) -> str:
     text = repr(v)
     return text if len(text) <= 80 else text[:77] + "..."
+
+
+TOKEN_IDS = ("bos_token_id", "eos_token_id", "pad_token_id")
+
+
+def token_ids_to_hf(config) -> dict:
+    """The ``config.json`` fields every family writes alike: the special token ids, and float32 weights."""
+    return {**{name: getattr(config, name) for name in TOKEN_IDS}, "torch_dtype": "float32"}
+
+
+def layout_to_hf(config, arch: str, model_type: str) -> dict:
+    """The ``config.json`` fields a Llama-layout config (Llama, Qwen, Gemma) writes alike."""
+    return {
+        "architectures": [arch], "model_type": model_type, "vocab_size": config.vocab_size,
+        "hidden_size": config.d_model, "num_hidden_layers": config.n_layers, "num_attention_heads": config.n_heads,
+        "num_key_value_heads": config.n_kv_heads, "intermediate_size": config.d_mlp, "head_dim": config.d_head,
+        "rms_norm_eps": config.rms_eps, "rope_theta": config.rope_theta,
+        "tie_word_embeddings": config.tie_embeddings, "max_position_embeddings": config.max_position,
+        **token_ids_to_hf(config),
+    }
+
+
+def check_layout(config) -> None:
+    """``__post_init__`` checks of a Llama-layout config: query heads group evenly over the key/value heads, and
+    ``sliding_layers`` (when given) names every layer."""
+    if config.n_heads % config.n_kv_heads:
+        raise ValueError(f"n_heads={config.n_heads} must be a multiple of n_kv_heads={config.n_kv_heads} for "
+                         "grouped-query attention")
+    if config.sliding_layers is not None and len(config.sliding_layers) != config.n_layers:
+        raise ValueError(f"sliding_layers names {len(config.sliding_layers)} layers, the model has {config.n_layers}")
 
 
 def check_config(config, ints: tuple[str, ...], floats: tuple[str, ...]) -> None:

@@ -17,20 +17,8 @@ from collections.abc import Mapping
 import jax.numpy as jnp
 import numpy as np
 
+from interp.models import _hf
 from interp.models._blocks import RMSNorm, Rope
-from interp.models._hf import (
-    LLAMA_LAYOUT_GGUF_BLOCK_NAMES,
-    LLAMA_LAYOUT_GGUF_NAMES,
-    LLAMA_LAYOUT_IGNORED,
-    Fields,
-    Tensors,
-    check_config,
-    gguf_fields,
-    gguf_layout_fields,
-    llama_layout_model,
-    rope_scaling,
-    weight_listings,
-)
 from interp.models._model import Model
 
 HF_ARCHITECTURES = ("GemmaForCausalLM", "Gemma2ForCausalLM", "Gemma3ForCausalLM")
@@ -78,16 +66,11 @@ class GemmaConfig:
     def __post_init__(self):
         if self.version not in (1, 2, 3):
             raise ValueError(f"GemmaConfig.version must be 1, 2 or 3, got {self.version}")
-        check_config(self, ("vocab_size", "d_model", "n_layers", "n_heads", "n_kv_heads", "d_mlp", "head_dim",
+        _hf.check_config(self, ("vocab_size", "d_model", "n_layers", "n_heads", "n_kv_heads", "d_mlp", "head_dim",
                             "sliding_window", "max_position"),
                      ("rms_eps", "rope_theta", "rope_local_theta", "query_pre_attn_scalar", "attn_softcap",
                       "final_softcap"))
-        if self.n_heads % self.n_kv_heads:
-            raise ValueError(
-                f"n_heads={self.n_heads} must be a multiple of n_kv_heads={self.n_kv_heads} for grouped-query attention"
-            )
-        if self.sliding_layers is not None and len(self.sliding_layers) != self.n_layers:
-            raise ValueError(f"sliding_layers names {len(self.sliding_layers)} layers, the model has {self.n_layers}")
+        _hf.check_layout(self)
 
     @property
     def d_head(self) -> int:
@@ -110,7 +93,7 @@ class GemmaConfig:
         """From a Hugging Face ``config.json`` dict (``GemmaConfig``, ``Gemma2Config`` or ``Gemma3TextConfig``;
         transformers 4.x ``rope_theta``/``rope_scaling``/``rope_local_base_freq`` or 5.x ``rope_parameters``);
         ``where`` names the file in errors."""
-        f = Fields(cfg, where)
+        f = _hf.Fields(cfg, where)
         arch = (f.str_list("architectures") or [None])[0]
         version = _VERSIONS.get(arch) or _VERSIONS.get(f.str("model_type", None))
         if version is None:
@@ -125,11 +108,11 @@ class GemmaConfig:
             local_theta = local.float("rope_theta", None) or f.float("rope_local_base_freq", 10_000.0)
             if not full.cfg and f.raw("rope_scaling"):
                 full = f.sub("rope_scaling")
-            scaling, local_scaling = rope_scaling(full, "Gemma"), rope_scaling(local, "Gemma")
+            scaling, local_scaling = _hf.rope_scaling(full, "Gemma"), _hf.rope_scaling(local, "Gemma")
         else:
             params = rope if rope.cfg else f.sub("rope_scaling")
             theta = params.float("rope_theta", None) or f.float("rope_theta", 10_000.0)
-            scaling, local_theta, local_scaling = rope_scaling(params, "Gemma"), None, None
+            scaling, local_theta, local_scaling = _hf.rope_scaling(params, "Gemma"), None, None
 
         window, sliding = None, None
         if version >= 2:
@@ -175,9 +158,7 @@ class GemmaConfig:
             act=_ACTS[act_name],
             tie_embeddings=f.bool("tie_word_embeddings", True),
             max_position=f.int("max_position_embeddings", 8192),
-            bos_token_id=f.token_id("bos_token_id"),
-            eos_token_id=f.token_id("eos_token_id"),
-            pad_token_id=f.token_id("pad_token_id"),
+            **f.token_ids(),
         )
 
     def to_hf(self) -> dict:
@@ -186,26 +167,7 @@ class GemmaConfig:
             raise ValueError("to_hf describes checkpoints that store w of (1 + w) norms; see gguf_to_hf")
         arch, model_type = _HF_NAMES[self.version]
         act = {"gelu_tanh": "gelu_pytorch_tanh"}.get(self.act, self.act)
-        cfg = {
-            "architectures": [arch],
-            "model_type": model_type,
-            "vocab_size": self.vocab_size,
-            "hidden_size": self.d_model,
-            "num_hidden_layers": self.n_layers,
-            "num_attention_heads": self.n_heads,
-            "num_key_value_heads": self.n_kv_heads,
-            "intermediate_size": self.d_mlp,
-            "head_dim": self.head_dim,
-            "rms_norm_eps": self.rms_eps,
-            "rope_theta": self.rope_theta,
-            "tie_word_embeddings": self.tie_embeddings,
-            "attention_bias": self.attention_bias,
-            "max_position_embeddings": self.max_position,
-            "bos_token_id": self.bos_token_id,
-            "eos_token_id": self.eos_token_id,
-            "pad_token_id": self.pad_token_id,
-            "torch_dtype": "float32",
-        }
+        cfg = {**_hf.layout_to_hf(self, arch, model_type), "attention_bias": self.attention_bias}
         if self.rope_scaling is not None:
             cfg["rope_scaling"] = {"rope_type": "linear", "factor": self.rope_scaling[1]}
         if self.version == 1:
@@ -227,7 +189,7 @@ class GemmaConfig:
 
 def from_hf_weights(config: GemmaConfig, get, *, dtype=jnp.float32, tokenizer=None) -> Model:
     """Build the model from Hugging Face tensors; ``get(name) -> np.ndarray`` (torch's ``[out, in]`` layout)."""
-    t, offset = Tensors(get, dtype), np.float32(config.norm_offset)
+    t, offset = _hf.Tensors(get, dtype), np.float32(config.norm_offset)
 
     def norm(name, size):  # (1 + w) folded into the weight, in float32 as the reference computes it
         return RMSNorm(t.weight(name, (size,), lambda w: np.asarray(w, np.float32) + offset), config.rms_eps)
@@ -244,20 +206,20 @@ def from_hf_weights(config: GemmaConfig, get, *, dtype=jnp.float32, tokenizer=No
                     else None, scale=scale, softcap=config.attn_softcap)
 
     # transformers multiplies the embedding by hidden_size ** 0.5 cast to the activation dtype, as Embed does
-    return llama_layout_model(t, config, norm=norm, attn_kw=attn_kw, qkv_bias=config.attention_bias,
+    return _hf.llama_layout_model(t, config, norm=norm, attn_kw=attn_kw, qkv_bias=config.attention_bias,
                               o_bias=config.attention_bias, post_norms=config.post_norms,
                               embed_scale=config.d_model**0.5, tokenizer=tokenizer, logit_softcap=config.final_softcap)
 
 
-hf_weight_shapes, hf_weight_names = weight_listings(from_hf_weights)
-HF_IGNORED = LLAMA_LAYOUT_IGNORED
+hf_weight_shapes, hf_weight_names = _hf.weight_listings(from_hf_weights)
+HF_IGNORED = _hf.LLAMA_LAYOUT_IGNORED
 HF_OPTIONAL_PREFIXES = ()
 
 # GGUF architectures of this family and whether llama.cpp permuted their Q/K rows (not for Gemma).
 GGUF_ARCHITECTURES = {"gemma3": False}
-GGUF_NAMES = LLAMA_LAYOUT_GGUF_NAMES
+GGUF_NAMES = _hf.LLAMA_LAYOUT_GGUF_NAMES
 GGUF_BLOCK_NAMES = {  # Gemma 3
-    **LLAMA_LAYOUT_GGUF_BLOCK_NAMES,
+    **_hf.LLAMA_LAYOUT_GGUF_BLOCK_NAMES,
     "post_attention_norm.weight": "post_attention_layernorm.weight",
     "ffn_norm.weight": "pre_feedforward_layernorm.weight",
     "post_ffw_norm.weight": "post_feedforward_layernorm.weight",
@@ -273,8 +235,8 @@ _GEMMA3_PATTERN, _GEMMA3_LOCAL_THETA, _GEMMA3_27B_LAYERS = 6, 10_000.0, 62
 
 def config_from_gguf(arch: str, meta: Mapping) -> GemmaConfig:
     """GemmaConfig from GGUF metadata (``gemma3.block_count`` etc.). Norm weights in GGUF are ``1 + w``."""
-    g, root = gguf_fields(meta, arch)
-    common = gguf_layout_fields(g, root, meta)
+    g, root = _hf.gguf_fields(meta, arch)
+    common = _hf.gguf_layout_fields(g, root, meta)
     d_model, n_heads, n_layers = common["d_model"], common["n_heads"], common["n_layers"]
     head_dim = g.int("attention.key_length", d_model // n_heads)
     return g.build(

@@ -12,7 +12,7 @@ from collections.abc import Mapping
 import jax.numpy as jnp
 
 from interp.models._blocks import MLP, Attention, Embed, LayerNorm, PreNormBlock
-from interp.models._hf import Fields, Tensors, check_config, weight_listings
+from interp.models._hf import Fields, Tensors, check_config, token_ids_to_hf, weight_listings
 from interp.models._model import Model
 
 HF_ARCHITECTURES = ("GPT2LMHeadModel",)
@@ -88,9 +88,7 @@ class GPT2Config:
             scale_attn_weights=f.bool("scale_attn_weights", True),
             scale_by_inverse_layer=f.bool("scale_attn_by_inverse_layer_idx", False),
             upcast_attn=f.bool("reorder_and_upcast_attn", False),
-            bos_token_id=f.token_id("bos_token_id"),
-            eos_token_id=f.token_id("eos_token_id"),
-            pad_token_id=f.token_id("pad_token_id"),
+            **f.token_ids(),
         )
 
     def to_hf(self) -> dict:
@@ -110,10 +108,7 @@ class GPT2Config:
             "scale_attn_weights": self.scale_attn_weights,
             "scale_attn_by_inverse_layer_idx": self.scale_by_inverse_layer,
             "reorder_and_upcast_attn": self.upcast_attn,
-            "bos_token_id": self.bos_token_id,
-            "eos_token_id": self.eos_token_id,
-            "pad_token_id": self.pad_token_id,
-            "torch_dtype": "float32",
+            **token_ids_to_hf(self),
         }
 
 

@@ -11,20 +11,8 @@ from collections.abc import Mapping
 import jax.numpy as jnp
 import numpy as np
 
+from interp.models import _hf
 from interp.models._blocks import RMSNorm, Rope
-from interp.models._hf import (
-    LLAMA_LAYOUT_GGUF_BLOCK_NAMES,
-    LLAMA_LAYOUT_GGUF_NAMES,
-    LLAMA_LAYOUT_IGNORED,
-    Fields,
-    Tensors,
-    check_config,
-    gguf_fields,
-    gguf_layout_fields,
-    llama_layout_model,
-    rope_scaling,
-    weight_listings,
-)
 from interp.models._model import Model
 
 HF_ARCHITECTURES = ("LlamaForCausalLM", "MistralForCausalLM", "Qwen2ForCausalLM", "Qwen3ForCausalLM")
@@ -60,16 +48,11 @@ class LlamaConfig:
     pad_token_id: int | None = None
 
     def __post_init__(self):
-        check_config(self, ("vocab_size", "d_model", "n_layers", "n_heads", "n_kv_heads", "d_mlp", "head_dim",
+        _hf.check_config(self, ("vocab_size", "d_model", "n_layers", "n_heads", "n_kv_heads", "d_mlp", "head_dim",
                             "sliding_window", "max_position"), ("rms_eps", "rope_theta"))
-        if self.n_heads % self.n_kv_heads:
-            raise ValueError(
-                f"n_heads={self.n_heads} must be a multiple of n_kv_heads={self.n_kv_heads} for grouped-query attention"
-            )
+        _hf.check_layout(self)
         if self.head_dim is None and self.d_model % self.n_heads:
             raise ValueError(f"d_model={self.d_model} is not divisible by n_heads={self.n_heads}; set head_dim")
-        if self.sliding_layers is not None and len(self.sliding_layers) != self.n_layers:
-            raise ValueError(f"sliding_layers names {len(self.sliding_layers)} layers, the model has {self.n_layers}")
 
     @property
     def d_head(self) -> int:
@@ -88,11 +71,12 @@ class LlamaConfig:
     def from_hf(cls, cfg: Mapping, where="config.json") -> LlamaConfig:
         """From a Hugging Face ``config.json`` dict (transformers 4.x ``rope_scaling`` or 5.x ``rope_parameters``);
         ``where`` names the file in errors."""
-        f = Fields(cfg, where)
+        f = _hf.Fields(cfg, where)
         arch = (f.str_list("architectures") or [None])[0]
         rope = f.sub("rope_parameters")
         theta = rope.float("rope_theta", None) or f.float("rope_theta", 10000.0)
-        scaling = rope_scaling(f.sub("rope_scaling") if f.raw("rope_scaling") else rope, "Llama", ("linear", "llama3"))
+        params = f.sub("rope_scaling") if f.raw("rope_scaling") else rope
+        scaling = _hf.rope_scaling(params, "Llama", ("linear", "llama3"))
         qwen = arch == "Qwen2ForCausalLM" or f.raw("model_type") == "qwen2"
         qwen3 = arch == "Qwen3ForCausalLM" or f.raw("model_type") == "qwen3"
         n_layers = f.layers("num_hidden_layers")
@@ -129,37 +113,14 @@ class LlamaConfig:
             qk_norm=qwen3,
             act={"gelu_pytorch_tanh": "gelu_tanh"}.get(hidden_act, hidden_act),
             max_position=f.int("max_position_embeddings", 4096),
-            bos_token_id=f.token_id("bos_token_id"),
-            eos_token_id=f.token_id("eos_token_id"),
-            pad_token_id=f.token_id("pad_token_id"),
+            **f.token_ids(),
         )
 
     def to_hf(self) -> dict:
         """A ``config.json`` dict that ``transformers`` reads as ``LlamaForCausalLM``."""
-        cfg = {
-            "architectures": ["LlamaForCausalLM"],
-            "model_type": "llama",
-            "vocab_size": self.vocab_size,
-            "hidden_size": self.d_model,
-            "num_hidden_layers": self.n_layers,
-            "num_attention_heads": self.n_heads,
-            "num_key_value_heads": self.n_kv_heads,
-            "intermediate_size": self.d_mlp,
-            "head_dim": self.d_head,
-            "rms_norm_eps": self.rms_eps,
-            "rope_theta": self.rope_theta,
-            "tie_word_embeddings": self.tie_embeddings,
-            "attention_bias": self.qkv_bias,
-            "mlp_bias": self.mlp_bias,
-            "hidden_act": {"gelu_tanh": "gelu_pytorch_tanh"}.get(self.act, self.act),
-            "max_position_embeddings": self.max_position,
-            "bos_token_id": self.bos_token_id,
-            "eos_token_id": self.eos_token_id,
-            "pad_token_id": self.pad_token_id,
-            "torch_dtype": "float32",
-        }
-        if self.qk_norm:
-            cfg.update(architectures=["Qwen3ForCausalLM"], model_type="qwen3")
+        arch, model_type = ("Qwen3ForCausalLM", "qwen3") if self.qk_norm else ("LlamaForCausalLM", "llama")
+        cfg = {**_hf.layout_to_hf(self, arch, model_type), "attention_bias": self.qkv_bias, "mlp_bias": self.mlp_bias,
+               "hidden_act": {"gelu_tanh": "gelu_pytorch_tanh"}.get(self.act, self.act)}
         if self.rope_scaling is not None:
             kind, factor, *rest = self.rope_scaling
             scaling = {"rope_type": kind, "factor": factor}
@@ -171,7 +132,7 @@ class LlamaConfig:
 
 def from_hf_weights(config: LlamaConfig, get, *, dtype=jnp.float32, tokenizer=None) -> Model:
     """Build the model from Hugging Face tensors; ``get(name) -> np.ndarray`` (torch's ``[out, in]`` layout)."""
-    t = Tensors(get, dtype)
+    t = _hf.Tensors(get, dtype)
     rope = Rope(dim=config.d_head, theta=config.rope_theta, scaling=config.rope_scaling)
 
     def norm(name, size):
@@ -181,19 +142,19 @@ def from_hf_weights(config: LlamaConfig, get, *, dtype=jnp.float32, tokenizer=No
         sliding = config.sliding_layers is None or config.sliding_layers[i]
         return dict(rope=rope, sliding_window=config.sliding_window if sliding else None)
 
-    return llama_layout_model(t, config, norm=norm, attn_kw=attn_kw, qkv_bias=config.qkv_bias, o_bias=config.o_bias,
-                              mlp_bias=config.mlp_bias, tokenizer=tokenizer)
+    return _hf.llama_layout_model(t, config, norm=norm, attn_kw=attn_kw, qkv_bias=config.qkv_bias,
+                                  o_bias=config.o_bias, mlp_bias=config.mlp_bias, tokenizer=tokenizer)
 
 
-hf_weight_shapes, hf_weight_names = weight_listings(from_hf_weights)
-HF_IGNORED = LLAMA_LAYOUT_IGNORED
+hf_weight_shapes, hf_weight_names = _hf.weight_listings(from_hf_weights)
+HF_IGNORED = _hf.LLAMA_LAYOUT_IGNORED
 HF_OPTIONAL_PREFIXES = ()
 
 # GGUF architectures of this family and whether llama.cpp permuted their Q/K rows.
 GGUF_ARCHITECTURES = {"llama": True, "mistral": True, "qwen2": False}
-GGUF_NAMES = LLAMA_LAYOUT_GGUF_NAMES
+GGUF_NAMES = _hf.LLAMA_LAYOUT_GGUF_NAMES
 GGUF_BLOCK_NAMES = {
-    **LLAMA_LAYOUT_GGUF_BLOCK_NAMES,
+    **_hf.LLAMA_LAYOUT_GGUF_BLOCK_NAMES,
     "ffn_norm.weight": "post_attention_layernorm.weight",
     **{f"attn_{x}.bias": f"self_attn.{x}_proj.bias" for x in "qkv"},
 }
@@ -201,8 +162,8 @@ GGUF_BLOCK_NAMES = {
 
 def config_from_gguf(arch: str, meta: Mapping) -> LlamaConfig:
     """LlamaConfig from GGUF metadata (``{arch}.block_count`` etc.)."""
-    g, root = gguf_fields(meta, arch)
-    common = gguf_layout_fields(g, root, meta)
+    g, root = _hf.gguf_fields(meta, arch)
+    common = _hf.gguf_layout_fields(g, root, meta)
     head_dim = (g.opt_int("attention.key_length") or g.opt_int("rope.dimension_count")
                 or common["d_model"] // common["n_heads"])
     return g.build(

@@ -13,7 +13,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from interp.models._blocks import MLP, Attention, Embed, LayerNorm, ParallelBlock, PreNormBlock, Rope
-from interp.models._hf import Fields, Tensors, check_config, rope_scaling, weight_listings
+from interp.models._hf import Fields, Tensors, check_config, rope_scaling, token_ids_to_hf, weight_listings
 from interp.models._model import Model
 
 HF_ARCHITECTURES = ("GPTNeoXForCausalLM",)
@@ -105,9 +105,7 @@ class NeoXConfig:
             attention_bias=f.bool("attention_bias", True),
             tie_embeddings=f.bool("tie_word_embeddings", False),
             max_position=f.int("max_position_embeddings", 2048),
-            bos_token_id=f.token_id("bos_token_id"),
-            eos_token_id=f.token_id("eos_token_id"),
-            pad_token_id=f.token_id("pad_token_id"),
+            **f.token_ids(),
         )
 
     def to_hf(self) -> dict:
@@ -130,10 +128,7 @@ class NeoXConfig:
             "attention_bias": self.attention_bias,
             "tie_word_embeddings": self.tie_embeddings,
             "max_position_embeddings": self.max_position,
-            "bos_token_id": self.bos_token_id,
-            "eos_token_id": self.eos_token_id,
-            "pad_token_id": self.pad_token_id,
-            "torch_dtype": "float32",
+            **token_ids_to_hf(self),
         }
 
 
