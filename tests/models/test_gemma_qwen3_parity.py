@@ -16,6 +16,7 @@ import torch
 import interp
 from interp.models import gemma, llama
 from tests.conftest import random_tokens, saved_checkpoints
+from tests.models.parity import compare_all, tiny_transformers
 from tests.numerics import model_bound
 
 WINDOW = 4
@@ -36,23 +37,11 @@ FAMILIES = {
 
 
 def make_hf(family: str, seed: int = 0):
-    """A tiny random-init transformers causal LM (eager attention, float32) with random norm weights."""
-    import transformers
-
+    """A tiny random-init transformers causal LM with random norm weights. Gemma norms scale by (1 + w): w around
+    -0.4 keeps the residual stream O(1) through the post-norms, as in trained checkpoints."""
     cls_name, overrides = FAMILIES[family]
-    cfg = getattr(transformers, cls_name)(**{**TINY, **overrides}, initializer_range=0.1)
-    torch.manual_seed(seed)
-    model = transformers.AutoModelForCausalLM.from_config(cfg, attn_implementation="eager").eval()
-    # Gemma norms scale by (1 + w): w around -0.4 keeps the residual stream O(1) through the post-norms, as in
-    # trained checkpoints.
     centre = -0.4 if family.startswith("gemma") else 1.0
-    with torch.no_grad():
-        for name, p in model.named_parameters():
-            if name.endswith("norm.weight"):
-                p.copy_(centre + 0.3 * torch.randn_like(p))
-            elif name.endswith(".bias"):
-                p.copy_(0.1 * torch.randn_like(p))
-    return model
+    return tiny_transformers(cls_name, {**TINY, **overrides}, seed, norm_centre=centre)
 
 
 @pytest.fixture(scope="module")
@@ -68,164 +57,6 @@ def checkpoint(tmp_path_factory):
         return cache[family]
 
     return get
-
-
-def hf_reference(hf, tokens, attention_mask=None, position_ids=None) -> dict[str, np.ndarray]:
-    """Every hook point's reference value under our names, read off the transformers model with torch hooks and its
-    own rotary functions. Norms give ``{prefix}.hook_scale`` (from the norm's input) and ``{prefix}.out`` (the
-    weighted output, compared with our ``hook_normalized`` times the weight)."""
-    import importlib
-
-    cfg = hf.config
-    mt = cfg.model_type
-    name = mt.removesuffix("_text")
-    modeling = importlib.import_module(f"transformers.models.{name}.modeling_{name}")
-    H, K, E = cfg.num_attention_heads, cfg.num_key_value_heads, cfg.head_dim
-    B, T = tokens.shape
-    acts: dict[str, torch.Tensor] = {}
-    handles = []
-
-    def first(x):
-        return x[0] if isinstance(x, tuple) else x
-
-    def out_hook(name, shape=None):
-        def f(mod, args, out):
-            acts[name] = first(out) if shape is None else first(out).reshape(B, T, *shape)
-        return f
-
-    def in_hook(name, shape=None):
-        def f(mod, args, kwargs):
-            x = args[0] if args else kwargs["hidden_states"]
-            acts[name] = x if shape is None else x.reshape(B, T, *shape)
-        return f
-
-    def norm(mod, prefix, heads_first=False):
-        eps = mod.eps if hasattr(mod, "eps") else mod.variance_epsilon
-
-        def pre(m, args):
-            x = args[0].double()
-            x = x.transpose(1, 2) if heads_first else x
-            acts[f"{prefix}.hook_scale"] = torch.sqrt((x * x).mean(-1, keepdim=True) + eps)
-
-        def post(m, args, out):
-            acts[f"{prefix}.out"] = out.transpose(1, 2) if heads_first else out
-
-        handles.extend([mod.register_forward_pre_hook(pre), mod.register_forward_hook(post)])
-
-    m = hf.model
-    post_norms = hasattr(m.layers[0], "pre_feedforward_layernorm")
-    handles.append(m.embed_tokens.register_forward_hook(out_hook("hook_embed")))
-    norm(m.norm, "ln_final")
-    for i, layer in enumerate(m.layers):
-        p = f"blocks.{i}"
-        at = layer.self_attn
-        handles.append(layer.register_forward_pre_hook(in_hook(f"{p}.hook_resid_pre"), with_kwargs=True))
-        handles.append(layer.register_forward_hook(out_hook(f"{p}.hook_resid_post")))
-        norm(layer.input_layernorm, f"{p}.ln1")
-        if post_norms:
-            norm(layer.post_attention_layernorm, f"{p}.ln1_post")
-            norm(layer.pre_feedforward_layernorm, f"{p}.ln2")
-            norm(layer.post_feedforward_layernorm, f"{p}.ln2_post")
-            handles.append(layer.post_attention_layernorm.register_forward_hook(out_hook(f"{p}.hook_attn_out")))
-            handles.append(layer.pre_feedforward_layernorm.register_forward_pre_hook(
-                in_hook(f"{p}.hook_resid_mid"), with_kwargs=True))
-            handles.append(layer.post_feedforward_layernorm.register_forward_hook(out_hook(f"{p}.hook_mlp_out")))
-        else:
-            norm(layer.post_attention_layernorm, f"{p}.ln2")
-            handles.append(at.register_forward_hook(out_hook(f"{p}.hook_attn_out")))
-            handles.append(layer.post_attention_layernorm.register_forward_pre_hook(
-                in_hook(f"{p}.hook_resid_mid"), with_kwargs=True))
-            handles.append(layer.mlp.register_forward_hook(out_hook(f"{p}.hook_mlp_out")))
-        if hasattr(at, "q_norm"):  # Gemma 3 normalises [B H T E] after the transpose, Qwen3 [B T H E] before it
-            norm(at.q_norm, f"{p}.attn.q_norm", heads_first=mt == "gemma3_text")
-            norm(at.k_norm, f"{p}.attn.k_norm", heads_first=mt == "gemma3_text")
-        handles.append(at.q_proj.register_forward_hook(out_hook(f"{p}.attn.hook_q", (H, E))))
-        handles.append(at.k_proj.register_forward_hook(out_hook(f"{p}.attn.hook_k", (K, E))))
-        handles.append(at.v_proj.register_forward_hook(out_hook(f"{p}.attn.hook_v", (K, E))))
-        handles.append(at.o_proj.register_forward_pre_hook(in_hook(f"{p}.attn.hook_z", (H, E)), with_kwargs=True))
-        handles.append(layer.mlp.gate_proj.register_forward_hook(out_hook(f"{p}.mlp.hook_pre")))
-        handles.append(layer.mlp.up_proj.register_forward_hook(out_hook(f"{p}.mlp.hook_pre_linear")))
-        handles.append(layer.mlp.down_proj.register_forward_pre_hook(in_hook(f"{p}.mlp.hook_post"), with_kwargs=True))
-    t = torch.tensor(np.asarray(tokens), dtype=torch.long)
-    kw = {}
-    if attention_mask is not None:
-        kw["attention_mask"] = torch.tensor(np.asarray(attention_mask), dtype=torch.long)
-    if position_ids is None:
-        position_ids = np.broadcast_to(np.arange(T), (B, T))
-    pos = torch.tensor(np.asarray(position_ids), dtype=torch.long)
-    try:
-        with torch.no_grad():
-            out = hf(t, position_ids=pos, output_attentions=True, **kw)
-            for i, layer in enumerate(m.layers):
-                p, at = f"blocks.{i}.attn", layer.self_attn
-                if mt == "gemma3_text":
-                    cos, sin = m.rotary_emb(acts["hook_embed"], pos, cfg.layer_types[i])
-                else:
-                    cos, sin = m.rotary_emb(acts["hook_embed"], pos)
-                q = acts[f"{p}.q_norm.out" if hasattr(at, "q_norm") else f"{p}.hook_q"].transpose(1, 2)
-                k = acts[f"{p}.k_norm.out" if hasattr(at, "k_norm") else f"{p}.hook_k"].transpose(1, 2)
-                rq, rk = modeling.apply_rotary_pos_emb(q, k, cos, sin)
-                acts[f"{p}.hook_rot_q"] = rq.transpose(1, 2)
-                acts[f"{p}.hook_rot_k"] = rk.transpose(1, 2)
-                scores = rq @ modeling.repeat_kv(rk, H // K).transpose(2, 3) * at.scaling
-                if mt == "gemma2":
-                    scores = torch.tanh(scores / at.attn_logit_softcapping) * at.attn_logit_softcapping
-                acts[f"{p}.hook_attn_scores"] = scores
-                acts[f"{p}.hook_pattern"] = out.attentions[i]
-    finally:
-        for h in handles:
-            h.remove()
-    res = {k: v.detach().numpy() for k, v in acts.items()}
-    res["logits"] = out.logits.numpy()
-    return res
-
-
-def _module(model, path: str):
-    obj = model
-    for part in path.split("."):
-        obj = obj[int(part)] if part.isdigit() else getattr(obj, part)
-    return obj
-
-
-def compare_all(model, hf, tokens, attention_mask=None, valid=None) -> float:
-    """Assert the logits and every hook point match (on real tokens; on scores, real causal keys inside the
-    window). Returns the largest difference seen."""
-    logits, cache = model.run_with_cache(tokens, attention_mask=attention_mask)
-    positions = None if attention_mask is None else np.maximum(np.cumsum(attention_mask, -1) - 1, 0)
-    ref = hf_reference(hf, tokens, attention_mask, positions)
-    B, T = tokens.shape
-    valid = np.ones((B, T), bool) if valid is None else np.asarray(valid, bool)
-    worst = 0.0
-
-    def check(name, ours, theirs, sel):
-        nonlocal worst
-        ours, theirs = np.asarray(ours, np.float64), np.asarray(theirs, np.float64)
-        assert ours.shape == theirs.shape, (name, ours.shape, theirs.shape)
-        sel = np.broadcast_to(sel, ours.shape)
-        diff = np.abs(ours - theirs)[sel]
-        err = float(diff.max()) if diff.size else 0.0
-        bound = model_bound(theirs[sel], n_layers=model.n_layers)
-        assert err <= bound, f"{name}: max abs diff {err:.3g} > {bound:.3g}"
-        worst = max(worst, err)
-
-    for name in model.hook_names:
-        ours = np.asarray(cache[name])
-        sel_bt = valid.reshape(B, T, *([1] * (ours.ndim - 2)))
-        if name.endswith("hook_normalized"):
-            prefix = name.removesuffix(".hook_normalized")
-            check(name, ours * np.asarray(_module(model, prefix).weight), ref[f"{prefix}.out"], sel_bt)
-        elif name.endswith(("hook_attn_scores", "hook_pattern")):
-            layer = int(name.split(".")[1])
-            window = getattr(hf.model.layers[layer].self_attn, "sliding_window", None)
-            keys = valid[:, None, None, :] & np.tril(np.ones((T, T), bool))[None, None]
-            if window is not None:
-                keys = keys & (np.arange(T)[:, None] - np.arange(T)[None, :] < window)[None, None]
-            queries = valid[:, None, :, None]
-            check(name, ours, ref[name], queries & keys if name.endswith("scores") else queries)
-        else:
-            check(name, ours, ref[name], sel_bt)
-    check("logits", logits, ref["logits"], valid[:, :, None])
-    return worst
 
 
 @pytest.mark.parametrize("family", list(FAMILIES))
