@@ -1,4 +1,5 @@
-# Entry points: `make demo` (the main job on the packaged defaults, writes report.html), `make test`,
+# Entry points: `make demo` (the main job on the packaged defaults, writes report.html), `make test` (lint, then
+# the full suite, as CI), `make test-fast` (no real model, torch, browser or notebook), `make lint`,
 # `make lab` (JupyterLab on the notebooks) and `make bench`. Each creates or reuses .venv and installs what it
 # needs first.
 PYTHON ?= python3
@@ -8,7 +9,7 @@ PIP := $(PY) -m pip --disable-pip-version-check -q
 LAB_PORT ?= 8888
 ROOT_FLAG := $(if $(filter 0,$(shell id -u)),--allow-root,)
 
-.PHONY: demo test lab bench install browser clean
+.PHONY: demo test test-fast lint lab bench install browser clean
 
 $(VENV)/bin/python:
 	$(PYTHON) -m venv $(VENV)
@@ -40,8 +41,18 @@ browser:
 demo: $(VENV)/.installed-run
 	$(PY) -m interp demo --out report.html
 
-test: $(VENV)/.installed-test browser
+LINTED := interp tests benchmarks
+# The tiers are markers tests/conftest.py sets from what each test uses.
+FAST := not slow and not torch and not browser and not notebook and not heavy
+
+lint: $(VENV)/.installed-test
+	$(VENV)/bin/ruff check $(LINTED)
+
+test: lint browser
 	$(PY) -m pytest -q tests
+
+test-fast: $(VENV)/.installed-test
+	$(PY) -m pytest -q tests -m "$(FAST)"
 
 # JupyterLab on the notebooks, on 127.0.0.1 only; its news pop-up is switched off.
 lab: $(VENV)/.installed-lab

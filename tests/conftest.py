@@ -1,8 +1,32 @@
-"""Shared fixtures: tiny random-init Hugging Face checkpoints built locally, and the packaged default model."""
+"""Shared fixtures: tiny random-init Hugging Face checkpoints built locally, and the packaged default model.
+
+Tiers. Every test is marked from what it uses, so that no decorator can be forgotten:
+
+- ``slow``: a fixture it uses (directly or through other fixtures) loads a packaged real model: its source calls
+  ``interp.load("...")``, ``ensure_default(...)`` or ``default_gguf_path("...")`` with a packaged name, as
+  ``default_model`` and ``default_gguf`` do.
+- ``torch``: its module imports torch or transformers (anywhere in the file), or the helpers here that build
+  transformers models (``make_hf_model``, ``saved_checkpoints``, ``hf_logits_head_zeroed``); or a conftest
+  fixture it uses does (``hf_checkpoints``).
+- ``browser``, ``notebook``: it lives in ``tests/browser`` or ``tests/notebooks``.
+
+``make test-fast`` runs ``-m "not slow and not torch and not browser and not notebook"``. When the mark
+expression leaves out every torch test, modules that import torch are not even imported, and importing torch or
+transformers fails with a message saying to mark the test: a test that reaches torch some other way is caught
+rather than silently slowing the fast tier.
+"""
 
 from __future__ import annotations
 
+import ast
+import functools
+import inspect
+import itertools
+import json
 import os
+import re
+import sys
+from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
@@ -10,8 +34,112 @@ os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
 import jax
 import numpy as np
 import pytest
+from _pytest.mark.expression import Expression
 
 jax.config.update("jax_numpy_dtype_promotion", "strict")
+
+TESTS = Path(__file__).resolve().parent
+FOLDER_MARKS = {"browser": "browser", "notebooks": "notebook"}
+TORCH_MODULES = ("torch", "transformers")
+TORCH_HELPERS = ("make_hf_model", "saved_checkpoints", "hf_logits_head_zeroed")
+TORCH_SOURCE = re.compile(r"\b(?:import torch|import transformers|from (?:torch|transformers)\b|"
+                          + "|".join(TORCH_HELPERS) + r")\b")
+# A packaged real model: interp.load/ensure_default/default_gguf_path with a literal name (or none, the default).
+REAL_MODEL_SOURCE = re.compile(r"""\binterp\.load\(\s*["']|\bensure_default\(\s*(?:\)|["'])|"""
+                               r"""\bdefault_gguf_path\(\s*(?:\)|["'])""")
+MARKERS = ("slow", "torch", "browser", "notebook", "heavy")
+
+
+@functools.cache
+def module_uses_torch(path: Path) -> bool:
+    """Whether a test module imports torch or transformers (``import``, ``pytest.importorskip``), the helpers here
+    that build transformers models, or another test module that does."""
+    tree = ast.parse(path.read_text(encoding="utf-8"))
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            names = [a.name for a in node.names]
+        elif isinstance(node, ast.ImportFrom) and node.module and not node.level:
+            if node.module == "tests.conftest":
+                if any(a.name in TORCH_HELPERS for a in node.names):
+                    return True
+                continue
+            names = [node.module]
+        elif (isinstance(node, ast.Call) and node.args and isinstance(node.args[0], ast.Constant)
+              and getattr(node.func, "attr", getattr(node.func, "id", None)) == "importorskip"):
+            names = [str(node.args[0].value)]
+        else:
+            continue
+        for name in names:
+            if name.split(".")[0] in TORCH_MODULES:
+                return True
+            other = TESTS.parent / (name.replace(".", "/") + ".py")
+            if name.startswith("tests.") and other.exists() and module_uses_torch(other):
+                return True
+    return False
+
+
+@functools.cache
+def fixture_source(func) -> str:
+    try:
+        return inspect.getsource(func)
+    except (OSError, TypeError):
+        return ""
+
+
+def torch_excluded(config) -> bool:
+    """Whether the ``-m`` expression rejects every test marked ``torch``, whatever its other markers."""
+    expr = config.getoption("markexpr", "")
+    if not expr:
+        return False
+    compiled = Expression.compile(expr)
+    others = [m for m in MARKERS if m != "torch"]
+    for n in range(len(others) + 1):
+        for subset in itertools.combinations(others, n):
+            names = {"torch", *subset}
+            if compiled.evaluate(lambda name, names=names, **kwargs: name in names):
+                return False
+    return True
+
+
+def pytest_configure(config):
+    if torch_excluded(config):
+        sys.meta_path.insert(0, _NoTorch())
+
+
+def pytest_ignore_collect(collection_path, config):
+    # With torch left out, the modules that import it are not imported at all (torch and transformers take
+    # seconds to import).
+    if collection_path.suffix == ".py" and collection_path.name.startswith("test_") and torch_excluded(config):
+        return module_uses_torch(collection_path) or None
+    return None
+
+
+class _NoTorch:
+    """A meta-path finder that refuses torch and transformers, for runs whose mark expression leaves them out."""
+
+    def find_spec(self, name, path=None, target=None):
+        if name.split(".")[0] in TORCH_MODULES:
+            raise ImportError(
+                f"{name} is imported by a test that is not marked 'torch' while this run leaves torch out "
+                f"(-m excludes it); the marker comes from {Path(__file__).name}: import torch/transformers (or "
+                f"{', '.join(TORCH_HELPERS)}) in the test module, or add `pytestmark = pytest.mark.torch`")
+        return None
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_collection_modifyitems(config, items):
+    # tryfirst: the markers must be on the items before -m deselects by them.
+    for item in items:
+        path = Path(item.path).resolve()
+        for folder, mark in FOLDER_MARKS.items():
+            if TESTS / folder in path.parents:
+                item.add_marker(mark)
+        fixtures = [d.func for defs in item._fixtureinfo.name2fixturedefs.values() for d in defs]
+        sources = [fixture_source(f) for f in fixtures]
+        if any(REAL_MODEL_SOURCE.search(s) for s in sources):
+            item.add_marker("slow")
+        if (path.suffix == ".py" and module_uses_torch(path)) or any(TORCH_SOURCE.search(s) for s in sources):
+            item.add_marker("torch")
 
 TINY = dict(vocab_size=97, hidden_size=32, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=4,
             intermediate_size=48, rms_norm_eps=1e-5, max_position_embeddings=64)
@@ -35,21 +163,10 @@ VARIANTS = {
 def make_hf_model(variant: str, seed: int = 0, **overrides):
     """A tiny random-init ``transformers`` causal LM (eager attention), with random norm weights and biases
     so that every weight has a visible effect."""
-    import torch
-    import transformers
+    from tests.models.parity import tiny_transformers
 
-    cls_name = VARIANTS[variant][0]
-    cfg = getattr(transformers, cls_name)(**{**TINY, **VARIANTS[variant][1], **overrides}, initializer_range=0.1)
-    cfg._attn_implementation = "eager"
-    torch.manual_seed(seed)
-    model = transformers.AutoModelForCausalLM.from_config(cfg, attn_implementation="eager").eval()
-    with torch.no_grad():
-        for name, p in model.named_parameters():
-            if name.endswith("norm.weight"):
-                p.copy_(1.0 + 0.3 * torch.randn_like(p))
-            elif name.endswith(".bias"):
-                p.copy_(0.1 * torch.randn_like(p))
-    return model
+    cls_name, variant_overrides = VARIANTS[variant]
+    return tiny_transformers(cls_name, {**TINY, **variant_overrides, **overrides}, seed)
 
 
 def saved_checkpoints(make, tmp_path_factory):
@@ -73,14 +190,37 @@ def hf_checkpoints(tmp_path_factory):
     return saved_checkpoints(make_hf_model, tmp_path_factory)
 
 
+def numpy_checkpoint(folder: Path, seed: int = 0, **overrides) -> Path:
+    """A tiny random-init Llama checkpoint folder (``config.json`` + ``model.safetensors``) written from numpy
+    alone, initialized as :func:`make_hf_model` does (weights N(0, 0.1), norm weights 1 + N(0, 0.3), biases
+    N(0, 0.1)), for tests that need a model but no reference to compare it with (no torch)."""
+    import safetensors.numpy
+
+    from interp.models import llama
+
+    hf_cfg = {**TINY, **overrides, "architectures": ["LlamaForCausalLM"], "model_type": "llama"}
+    cfg = llama.LlamaConfig.from_hf(hf_cfg)
+    rng = np.random.default_rng(seed)
+    tensors = {}
+    for name, shape in llama.hf_weight_shapes(cfg).items():
+        if name.endswith("norm.weight"):
+            tensors[name] = 1.0 + 0.3 * rng.standard_normal(shape)
+        else:
+            tensors[name] = 0.1 * rng.standard_normal(shape)
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    safetensors.numpy.save_file({k: v.astype(np.float32) for k, v in tensors.items()}, folder / "model.safetensors")
+    (folder / "config.json").write_text(json.dumps(cfg.to_hf(), indent=1))
+    return folder
+
+
 @pytest.fixture(scope="session")
 def tiny3(tmp_path_factory):
-    """A tiny three-layer GQA model (interp), for tools that need more than two layers."""
+    """A tiny three-layer GQA model (interp), for tools that need more than two layers; built without torch."""
     import interp
 
-    hf = make_hf_model("gqa", seed=3, num_hidden_layers=3)
-    folder = tmp_path_factory.mktemp("hf-gqa3")
-    hf.save_pretrained(folder, safe_serialization=True)
+    folder = numpy_checkpoint(tmp_path_factory.mktemp("tiny-gqa3"), seed=3, num_hidden_layers=3,
+                              num_key_value_heads=2)
     return interp.load(folder)
 
 
