@@ -1,0 +1,89 @@
+"""Packaging: ``kernels/`` and ``data/`` sit beside ``interp/`` and are mapped into the package as ``interp.kernels``
+and ``interp.data`` (pyproject's ``package-dir``). A built wheel holds them under ``interp/`` with the prompt files,
+and imports from an unpacked wheel alone."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import sysconfig
+import tomllib
+import zipfile
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+PYPROJECT = tomllib.loads((ROOT / "pyproject.toml").read_text(encoding="utf-8"))
+SETUPTOOLS = PYPROJECT["tool"]["setuptools"]
+
+
+def package_folders() -> dict[str, Path]:
+    """Every package of the source tree (a folder with ``__init__.py``) by its import name, mapped folders included."""
+    found = {}
+    for prefix, folder in [("interp", ROOT / "interp"),
+                           *((name, ROOT / path) for name, path in SETUPTOOLS["package-dir"].items())]:
+        for init in sorted(folder.rglob("__init__.py")):
+            if "__pycache__" not in init.parts:
+                rel = init.parent.relative_to(folder).parts
+                found[".".join((prefix, *rel))] = init.parent
+    return found
+
+
+def test_every_package_is_listed_and_mapped():
+    """The package list in pyproject names every package folder, so none is left out of a wheel."""
+    assert SETUPTOOLS["package-dir"] == {"interp.kernels": "kernels", "interp.data": "data"}
+    assert not (ROOT / "interp" / "kernels").exists() and not (ROOT / "interp" / "data").exists()
+    assert sorted(SETUPTOOLS["packages"]) == sorted(package_folders())
+    assert (ROOT / "data" / "prompts" / "ioi.json").is_file()
+
+
+CHECK = """
+import json, sys
+from importlib import resources
+import interp, interp.data, interp.kernels
+from interp.circuits import prompts
+site = sys.argv[1]
+print(json.dumps({
+    "files": [m.__file__ for m in (interp, interp.data, interp.kernels)],
+    "prompts": sorted(p.name for p in resources.files("interp.data").joinpath("prompts").iterdir()),
+    "ioi": len(prompts.load_json("ioi")),
+    "kernel": interp.kernels.sparse_decode.__module__,
+}))
+"""
+
+
+@pytest.mark.heavy
+def test_wheel_holds_kernels_and_data_and_imports_alone(tmp_path):
+    # Build from a copy, so that no build/ or egg-info folder lands in the checkout.
+    src = tmp_path / "src"
+    ignore = shutil.ignore_patterns("__pycache__", "*.pyc", "*.egg-info")
+    for name in ("interp", "kernels", "data"):
+        shutil.copytree(ROOT / name, src / name, ignore=ignore)
+    for name in ("pyproject.toml", "README.md"):
+        shutil.copy(ROOT / name, src / name)
+    subprocess.run([sys.executable, "-m", "pip", "wheel", str(src), "--no-deps", "--no-build-isolation", "-q",
+                    "--disable-pip-version-check", "-w", str(tmp_path / "dist")],
+                   check=True, cwd=tmp_path, capture_output=True, text=True)
+    (wheel,) = (tmp_path / "dist").glob("interp-*.whl")
+    names = zipfile.ZipFile(wheel).namelist()
+    assert {"interp/kernels/__init__.py", "interp/kernels/sparse_decode.py", "interp/data/__init__.py",
+            "interp/data/prompts/ioi.json", "interp/data/prompts/capitals.json"} <= set(names)
+    assert not [n for n in names if n.startswith(("kernels/", "data/"))]
+    packaged = {n.rsplit("/", 1)[0].replace("/", ".") for n in names if n.endswith("/__init__.py")}
+    assert packaged == set(SETUPTOOLS["packages"])
+
+    # Unpacked outside the checkout, with site-packages for the dependencies but no site hooks (-S): the editable
+    # install's finder, which points back into the checkout, is not loaded.
+    site = tmp_path / "site"
+    zipfile.ZipFile(wheel).extractall(site)
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(site), sysconfig.get_paths()["purelib"]])}
+    out = subprocess.run([sys.executable, "-S", "-c", CHECK, str(site)], check=True, cwd=tmp_path, env=env,
+                         capture_output=True, text=True).stdout
+    got = json.loads(out.strip().splitlines()[-1])
+    assert all(Path(f).is_relative_to(site) for f in got["files"]), got["files"]
+    assert got["prompts"] == ["capitals.json", "ioi.json"]
+    assert got["ioi"] > 0 and got["kernel"] == "interp.kernels.sparse_decode"
