@@ -342,6 +342,15 @@ LLAMA_LAYOUT_GGUF_BLOCK_NAMES = {
 }
 
 
+def hf_layout_fields(f: Fields, n_layers: int) -> dict:
+    """The config fields every ``config.json`` in that layout states alike: sizes, the RMSNorm epsilon and the special
+    token ids."""
+    n_heads = f.int("num_attention_heads")
+    return dict(vocab_size=f.int("vocab_size"), d_model=f.int("hidden_size"), n_layers=n_layers, n_heads=n_heads,
+                n_kv_heads=f.opt_int("num_key_value_heads") or n_heads, d_mlp=f.int("intermediate_size"),
+                rms_eps=f.float("rms_norm_eps", 1e-6), **f.token_ids())
+
+
 def gguf_layout_fields(g: Fields, root: Fields, meta: Mapping) -> dict:
     """The config fields every GGUF file in that layout states alike: sizes, linear rope scaling, whether the head is
     tied (the file has no ``output.weight``) and the special token ids."""

@@ -131,18 +131,11 @@ class GemmaConfig:
             raise ValueError(
                 f"activation '{act_name}' in {f.where} is not supported by the Gemma family; supported: {sorted(_ACTS)}"
             )
-        n_heads = f.int("num_attention_heads")
         return f.build(
             cls,
             version=version,
-            vocab_size=f.int("vocab_size"),
-            d_model=f.int("hidden_size"),
-            n_layers=n_layers,
-            n_heads=n_heads,
-            n_kv_heads=f.opt_int("num_key_value_heads") or n_heads,
-            d_mlp=f.int("intermediate_size"),
+            **_hf.hf_layout_fields(f, n_layers),
             head_dim=f.int("head_dim", 256),
-            rms_eps=f.float("rms_norm_eps", 1e-6),
             rope_theta=theta,
             rope_scaling=scaling,
             rope_local_theta=local_theta,
@@ -158,7 +151,6 @@ class GemmaConfig:
             act=_ACTS[act_name],
             tie_embeddings=f.bool("tie_word_embeddings", True),
             max_position=f.int("max_position_embeddings", 8192),
-            **f.token_ids(),
         )
 
     def to_hf(self) -> dict:

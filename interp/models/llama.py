@@ -91,17 +91,10 @@ class LlamaConfig:
         hidden_act = f.str("hidden_act", "silu")
         if hidden_act not in ("silu", "gelu", "gelu_pytorch_tanh", "relu"):
             raise ValueError(f"hidden_act '{hidden_act}' in {f.where} is not supported by the Llama family")
-        n_heads = f.int("num_attention_heads")
         return f.build(
             cls,
-            vocab_size=f.int("vocab_size"),
-            d_model=f.int("hidden_size"),
-            n_layers=n_layers,
-            n_heads=n_heads,
-            n_kv_heads=f.opt_int("num_key_value_heads") or n_heads,
-            d_mlp=f.int("intermediate_size"),
+            **_hf.hf_layout_fields(f, n_layers),
             head_dim=f.opt_int("head_dim"),
-            rms_eps=f.float("rms_norm_eps", 1e-6),
             rope_theta=theta,
             rope_scaling=scaling,
             tie_embeddings=f.bool("tie_word_embeddings", False),
@@ -113,7 +106,6 @@ class LlamaConfig:
             qk_norm=qwen3,
             act={"gelu_pytorch_tanh": "gelu_tanh"}.get(hidden_act, hidden_act),
             max_position=f.int("max_position_embeddings", 4096),
-            **f.token_ids(),
         )
 
     def to_hf(self) -> dict:

@@ -80,20 +80,21 @@ def test_truncated_gguf_is_refused(tiny_gguf, tmp_path):
             interp.load(bad)
 
 
+def _copy_of_mha(hf_checkpoints, dest):
+    """A copy of the tiny ``mha`` checkpoint folder at ``dest``, to damage."""
+    return shutil.copytree(hf_checkpoints("mha")[1], dest)
+
+
 def test_truncated_safetensors_is_refused(hf_checkpoints, tmp_path):
-    _, folder = hf_checkpoints("mha")
-    bad = tmp_path / "bad"
-    shutil.copytree(folder, bad)
-    st = bad / "model.safetensors"
+    st = _copy_of_mha(hf_checkpoints, tmp_path / "bad") / "model.safetensors"
     st.write_bytes(st.read_bytes()[:-1000])
-    with pytest.raises(ValueError, match="truncated or corrupt.*model.safetensors|model.safetensors.*truncated or corrupt"):
-        interp.load(bad)
+    with pytest.raises(ValueError, match="truncated or corrupt.*model.safetensors|model.safetensors.*truncated or "
+                                         "corrupt"):
+        interp.load(st.parent)
 
 
 def test_unsupported_architecture_is_named(hf_checkpoints, tmp_path):
-    _, folder = hf_checkpoints("mha")
-    bad = tmp_path / "arch"
-    shutil.copytree(folder, bad)
+    bad = _copy_of_mha(hf_checkpoints, tmp_path / "arch")
     cfg = json.loads((bad / "config.json").read_text())
     cfg["architectures"] = ["FalconForCausalLM"]
     (bad / "config.json").write_text(json.dumps(cfg))
@@ -136,7 +137,8 @@ def test_bfloat16_checkpoint(hf_checkpoints, tmp_path):
     hf.to(torch.float32)
     model = interp.load(folder)
     assert model.W_E.dtype == np.float32
-    np.testing.assert_array_equal(np.asarray(model.W_E), hf.model.embed_tokens.weight.detach().to(torch.bfloat16).float().numpy())
+    stored = hf.model.embed_tokens.weight.detach().to(torch.bfloat16).float().numpy()
+    np.testing.assert_array_equal(np.asarray(model.W_E), stored)
 
 
 def test_interrupted_conversion_leaves_nothing_trusted(tiny_gguf, tmp_path, monkeypatch):

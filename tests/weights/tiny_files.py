@@ -16,9 +16,10 @@ MERGES = ["a b"]
 LLAMA_DIMS = dict(layers=2, d=16, heads=2, kv=1, head_dim=8, mlp=24)
 
 
-def llama_gguf_tensors(dims=LLAMA_DIMS, vocab=len(TOKENS), seed=0, tied=False) -> dict[str, np.ndarray]:
-    """Random float32 tensors of a tiny Llama under GGUF names, in numpy's ``[out, in]`` order."""
-    rng = np.random.default_rng(seed)
+def llama_gguf_tensors(dims=LLAMA_DIMS, vocab=None, seed=0, tied=False) -> dict[str, np.ndarray]:
+    """Random float32 tensors of a tiny Llama under GGUF names, in numpy's ``[out, in]`` order (``vocab``: the
+    vocabulary's size, that of ``TOKENS`` unless given)."""
+    rng, vocab = np.random.default_rng(seed), len(TOKENS) if vocab is None else vocab
     d, e, f = dims["d"], dims["head_dim"], dims["mlp"]
     shapes = {"token_embd.weight": (vocab, d), "output_norm.weight": (d,)}
     if not tied:
