@@ -289,7 +289,8 @@ def test_training_on_a_cache_of_another_hook_is_refused(model, tmp_path):
     d_in = model.d_model
     other = sae.TopKConfig(d_in=d_in, width=16, k=2, hook_name="blocks.1.hook_resid_post")
     cfg = sae.TrainConfig(other, activation_cache=str(folder), total_tokens=64, batch_size=32, lr_warmup_steps=0)
-    with pytest.raises(ValueError, match=r"holds \['blocks\.0\.hook_resid_post'\].*reads \['blocks\.1\.hook_resid_post'\]"):
+    with pytest.raises(ValueError,
+                       match=r"holds \['blocks\.0\.hook_resid_post'\].*reads \['blocks\.1\.hook_resid_post'\]"):
         sae.train(cfg, progress=False)
     same = dataclasses.replace(cfg, dictionary=dataclasses.replace(other, hook_name=HOOK))
     assert sae.train(same, progress=False).dictionary.cfg.hook_name == HOOK

@@ -119,7 +119,8 @@ def test_top_level_fields_must_agree_with_the_interp_config(arch, field, value, 
 def test_hook_names_must_agree(tmp_path):
     d, folder = written(tmp_path, "topk")
     rewrite_cfg(folder, lambda raw: raw["metadata"].update(hook_name="blocks.0.hook_resid_post"))
-    with pytest.raises(ValueError, match=r"'metadata.hook_name' is 'blocks.0.hook_resid_post'.*'blocks.1.hook_resid_post'"):
+    with pytest.raises(ValueError,
+                       match=r"'metadata.hook_name' is 'blocks.0.hook_resid_post'.*'blocks.1.hook_resid_post'"):
         sae.load(folder)
 
 

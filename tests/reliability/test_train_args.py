@@ -10,7 +10,7 @@ import pytest
 
 import interp
 from interp import sae
-from interp.cli import main
+from interp.cli import architecture_options, main
 from tests.reliability.test_training_runs import acts, write_activation_cache  # noqa: F401 (fixture)
 
 NAN, INF = math.nan, math.inf
@@ -153,3 +153,32 @@ def test_other_commands_reject_bad_numbers(monkeypatch, tmp_path, capsys, argv, 
         main(argv + ["--out", str(tmp_path / "out")])
     assert e.value.code == 2
     assert message in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("field", sorted(architecture_options()))
+def test_every_architecture_option_refuses_bad_numbers_before_any_work(acts, tmp_path, capsys, field):  # noqa: F811
+    option = next(iter(architecture_options()[field].values()))[0]
+    text = str(int(option.lo) - 1) if option.integer else "nan"
+    flag = "--" + field.replace("_", "-")
+    cache = write_activation_cache(tmp_path / "acts", acts)
+    with pytest.raises(SystemExit) as e:
+        main(["train-sae", "--hook", "blocks.0.hook_resid_post", "--activation-cache", str(cache),
+              "--out", str(tmp_path / "run"), flag, text])
+    assert e.value.code == 2
+    assert f"argument {flag}: {text} must be" in capsys.readouterr().err
+    assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.parametrize("arch", list(sae.REGISTRY))
+def test_an_option_of_other_architectures_is_refused_before_any_work(acts, tmp_path, arch):  # noqa: F811
+    cache = write_activation_cache(tmp_path / "acts", acts)
+    config_cls, _ = sae.architecture(arch)
+    for field, by_arch in architecture_options().items():
+        if field in config_cls.options:
+            continue
+        flag = "--" + field.replace("_", "-")
+        message = f"interp train-sae: {flag} is an option of {', '.join(by_arch)}, not of --arch {arch}"
+        with pytest.raises(SystemExit, match=re.escape(message)):
+            main(["train-sae", "--hook", "blocks.0.hook_resid_post", "--activation-cache", str(cache), "--arch", arch,
+                  "--out", str(tmp_path / "run"), flag, "1"])
+        assert not (tmp_path / "run").exists()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import equinox as eqx
@@ -12,28 +13,29 @@ import pytest
 
 from interp import sae
 from interp.hooks import Splice, edits
+from interp.sae.files import saelens_readable
 from tests.numerics import assert_close, reduction_bound
 
 
 def randomized(cfg, seed=0):
+    """A dictionary of ``cfg``'s architecture with random biases and random values for the tensors it writes to
+    SAELens beyond the affine maps (thresholds), set through its own ``from_saelens``."""
     d = sae.create(cfg, jax.random.PRNGKey(seed))
     k = jax.random.split(jax.random.PRNGKey(seed + 1), 3)
     d = eqx.tree_at(lambda t: (t.b_enc, t.b_dec), d,
                     (0.1 * jax.random.normal(k[0], d.b_enc.shape), jax.random.normal(k[1], d.b_dec.shape)))
-    if cfg.arch == "jumprelu":
-        d = eqx.tree_at(lambda t: t.log_threshold, d, jnp.log(jax.random.uniform(k[2], (cfg.width,), minval=0.05, maxval=0.5)))
-    if cfg.arch in ("batchtopk", "matryoshka"):
-        d = eqx.tree_at(lambda t: t.threshold, d, jnp.float32(0.3))
-    return d
+    cls = type(d)
+    values = np.random.default_rng(seed).uniform(0.05, 0.5, cfg.width).astype(np.float32)
+    try:
+        extra = cls.from_saelens(cfg, {name: values for name in cls.saelens.tensors}, jnp.float32)
+    except ValueError:  # an architecture with a single threshold refuses one per latent
+        extra = cls.from_saelens(cfg, {name: np.full_like(values, 0.3) for name in cls.saelens.tensors}, jnp.float32)
+    return dataclasses.replace(d, **extra)
 
 
-CONFIGS = {
-    "standard": sae.StandardConfig(d_in=12, width=40, hook_name="blocks.1.hook_resid_post"),
-    "topk": sae.TopKConfig(d_in=12, width=40, k=5, hook_name="blocks.1.hook_resid_post"),
-    "batchtopk": sae.BatchTopKConfig(d_in=12, width=40, k=5, hook_name="blocks.1.hook_resid_post"),
-    "matryoshka": sae.MatryoshkaConfig(d_in=12, width=40, k=5, hook_name="blocks.1.hook_resid_post"),
-    "jumprelu": sae.JumpReLUConfig(d_in=12, width=40, hook_name="blocks.1.hook_resid_post"),
-}
+HOOK = "blocks.1.hook_resid_post"
+# every registered architecture with its defaults (k=32 of 128 latents for the TopK family)
+CONFIGS = {name: config_cls(d_in=12, width=128, hook_name=HOOK) for name, (config_cls, _) in sae.REGISTRY.items()}
 
 
 @pytest.mark.parametrize("arch", list(CONFIGS))
@@ -46,7 +48,8 @@ def test_save_load_roundtrip(arch, tmp_path):
     np.testing.assert_allclose(back(x), d(x), atol=1e-6)
     np.testing.assert_allclose(back.encode(x), d.encode(x), atol=1e-6)
     cfg = json.loads((tmp_path / arch / "cfg.json").read_text())
-    assert cfg["d_sae"] == 40 and cfg["metadata"]["hook_name"] == "blocks.1.hook_resid_post"
+    assert cfg["d_sae"] == 128 and cfg["metadata"]["hook_name"] == HOOK
+    assert cfg["architecture"] == type(d).saelens.architecture
 
 
 @pytest.mark.parametrize("arch", list(CONFIGS))
@@ -148,32 +151,47 @@ def test_a_trained_dictionary_tells_saelens_how_it_was_trained(default_model, co
     assert (z > 0).sum(-1).max() == 4
 
 
-@pytest.mark.parametrize("arch", ["standard", "topk", "jumprelu"])
+@pytest.mark.parametrize("arch", saelens_readable())
 def test_saelens_file_opens_here(arch, tmp_path):
     torch = pytest.importorskip("torch")
     pytest.importorskip("sae_lens")
-    from sae_lens.saes.jumprelu_sae import JumpReLUSAE, JumpReLUSAEConfig
-    from sae_lens.saes.standard_sae import StandardSAE, StandardSAEConfig
-    from sae_lens.saes.topk_sae import TopKSAE, TopKSAEConfig
+    from sae_lens.registry import get_sae_class
 
-    cls, cfg_cls, kw = {"standard": (StandardSAE, StandardSAEConfig, {}), "topk": (TopKSAE, TopKSAEConfig, {"k": 5}),
-                        "jumprelu": (JumpReLUSAE, JumpReLUSAEConfig, {})}[arch]
+    layout = sae.architecture(arch)[1].saelens
+    cls, cfg_cls = get_sae_class(layout.architecture)
     torch.manual_seed(0)
-    theirs = cls(cfg_cls(d_in=12, d_sae=40, **kw))
+    theirs = cls(cfg_cls(d_in=12, d_sae=40, **{name: 5 for name in layout.fields}))
     with torch.no_grad():
         for p in theirs.parameters():
             p.copy_(torch.randn_like(p) * 0.3)
-        if arch == "jumprelu":
-            theirs.threshold.copy_(torch.rand_like(theirs.threshold) * 0.3 + 0.05)
+        for name in layout.tensors:  # thresholds: positive, as training leaves them
+            getattr(theirs, name).copy_(torch.rand_like(getattr(theirs, name)) * 0.3 + 0.05)
     theirs.save_model(str(tmp_path / arch))
     ours = sae.load(tmp_path / arch)
     assert ours.cfg.arch == arch
+    assert all(getattr(ours.cfg, name) == 5 for name in layout.fields)
     x = np.random.default_rng(1).normal(size=(7, 12)).astype(np.float32)
     with torch.no_grad():
         z = theirs.encode(torch.tensor(x)).numpy()
         y = theirs.decode(torch.tensor(z)).numpy()
     np.testing.assert_allclose(np.asarray(ours.encode(jnp.asarray(x))), z, atol=1e-5)
     np.testing.assert_allclose(np.asarray(ours(jnp.asarray(x))), y, atol=1e-5)
+
+
+@pytest.mark.parametrize("arch", list(CONFIGS))
+def test_without_our_config_a_file_is_its_saelens_architecture(arch, tmp_path):
+    """What SAELens reads of a file (its top-level fields and tensors) is the same function: stripped of our config
+    it loads as the architecture SAELens names and computes what the dictionary computed."""
+    d = randomized(CONFIGS[arch])
+    folder = sae.save(d, tmp_path / arch)
+    raw = json.loads((folder / "cfg.json").read_text())
+    del raw["metadata"]["interp"]
+    (folder / "cfg.json").write_text(json.dumps(raw))
+    back = sae.load(folder)
+    assert back.cfg.arch == type(d).saelens.architecture and back.cfg.hook_name == HOOK
+    x = jax.random.normal(jax.random.PRNGKey(3), (7, 12))
+    np.testing.assert_allclose(back.encode(x), d.encode(x), atol=1e-6)
+    np.testing.assert_allclose(back(x), d(x), atol=1e-6)
 
 
 def test_load_errors(tmp_path):

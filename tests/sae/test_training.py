@@ -39,7 +39,7 @@ def test_auxk_revives_latents_dead_by_construction():
 
         fired = np.zeros(64, bool)
 
-        def watch(step, metrics, d):
+        def watch(step, metrics, d, fired=fired):
             if step > 50:
                 z = np.asarray(d.encode(jnp.asarray(x[:2048])))
                 fired[:] |= (z > 0).any(0)
@@ -47,7 +47,7 @@ def test_auxk_revives_latents_dead_by_construction():
         import interp.sae.trainer as tr
 
         orig = tr.init_state
-        tr.init_state = lambda *a, **k: shrink(orig(*a, **k))
+        tr.init_state = lambda *a, orig=orig, **k: shrink(orig(*a, **k))
         try:
             result = sae.train(cfg, store=store, progress=False, callback=watch)
         finally:
@@ -79,7 +79,8 @@ def test_kill_and_resume_is_bit_identical(tmp_path):
         sae.train(small_cfg(tmp_path / "part"), store=sae.ArrayActivationStore(x, batch_size=256, chunk_size=1024),
                   progress=False, callback=killer)
     assert sorted(p.name for p in (tmp_path / "part" / "checkpoints").iterdir()) == ["step-00000004"]
-    resumed = sae.train(small_cfg(tmp_path / "part"), store=sae.ArrayActivationStore(x, batch_size=256, chunk_size=1024),
+    resumed = sae.train(small_cfg(tmp_path / "part"),
+                        store=sae.ArrayActivationStore(x, batch_size=256, chunk_size=1024),
                         progress=False, resume=True)
     for a, b in zip(jax.tree.leaves(full.dictionary), jax.tree.leaves(resumed.dictionary)):
         np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
@@ -162,30 +163,32 @@ def test_cached_activations_replay_the_stream(default_model, corpus_text, tmp_pa
 
 
 def test_sharded_training_equals_single_device(tmp_path):
-    """Data-parallel (4) × latent-parallel (2) on 8 virtual CPU devices gives the single-device result."""
+    """Data-parallel (4) × latent-parallel (2) on 8 virtual CPU devices gives the single-device result, for every
+    registered architecture (each leaf split along the latent axis its annotation names)."""
     script = textwrap.dedent("""
         import numpy as np, jax
         from interp import sae
         from tests.sae.test_training import gaussian_acts
         x = gaussian_acts(seed=4)
-        out = {}
-        for dp, lp in [(1, 1), (4, 2)]:
-            cfg = sae.TrainConfig(sae.TopKConfig(d_in=16, width=64, k=4), total_tokens=256 * 10, batch_size=256,
-                                  lr=1e-3, lr_warmup_steps=1, data_parallel=dp, latent_parallel=lp, seed=5)
-            r = sae.train(cfg, store=sae.ArrayActivationStore(x, batch_size=256), progress=False)
-            out[(dp, lp)] = r
         assert jax.device_count() == 8, jax.device_count()
-        a, b = out[(1, 1)], out[(4, 2)]
-        diff = max(float(np.abs(np.asarray(p) - np.asarray(q)).max())
-                   for p, q in zip(jax.tree.leaves(a.dictionary), jax.tree.leaves(b.dictionary)))
-        print("MAXDIFF", diff)
-        assert diff < 1e-4, diff
+        for arch, (config_cls, _) in sae.REGISTRY.items():
+            out = {}
+            for dp, lp in [(1, 1), (4, 2)]:
+                cfg = sae.TrainConfig(config_cls(d_in=16, width=64), total_tokens=256 * 10, batch_size=256, lr=1e-3,
+                                      lr_warmup_steps=1, data_parallel=dp, latent_parallel=lp, seed=5)
+                out[(dp, lp)] = sae.train(cfg, store=sae.ArrayActivationStore(x, batch_size=256), progress=False)
+            a, b = out[(1, 1)], out[(4, 2)]
+            diff = max(float(np.abs(np.asarray(p) - np.asarray(q)).max())
+                       for p, q in zip(jax.tree.leaves(a.dictionary), jax.tree.leaves(b.dictionary)))
+            print("MAXDIFF", arch, diff)
+            assert diff < 1e-4, (arch, diff)
     """)
     env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=8", JAX_PLATFORMS="cpu")
     root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-    done = subprocess.run([sys.executable, "-c", script], cwd=root, env=env, capture_output=True, text=True, timeout=600)
+    done = subprocess.run([sys.executable, "-c", script], cwd=root, env=env, capture_output=True, text=True,
+                          timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
-    assert "MAXDIFF" in done.stdout
+    assert done.stdout.count("MAXDIFF") == len(sae.REGISTRY), done.stdout
 
 
 def test_input_normalization_is_folded_into_the_saved_weights(tmp_path):

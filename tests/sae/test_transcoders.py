@@ -15,7 +15,8 @@ def test_train_all_layers_in_one_pass(tiny3, tmp_path):
                                     model_batch=8, lr=2e-3, out_dir=tmp_path / "tc", progress=False)
     assert len(tc) == 3 and [row["layer"] for row in summary] == [0, 1, 2]
     for l, d in enumerate(tc.dictionaries):
-        assert d.cfg.hook_name == f"blocks.{l}.ln2.hook_normalized" and d.cfg.hook_name_out == f"blocks.{l}.hook_mlp_out"
+        assert d.cfg.hook_name == f"blocks.{l}.ln2.hook_normalized"
+        assert d.cfg.hook_name_out == f"blocks.{l}.hook_mlp_out"
     # each transcoder learned its own layer: it reconstructs that layer's MLP better than another layer's does
     _, cache = tiny3.run_with_cache(corpus[:8], lambda n: n.endswith(("ln2.hook_normalized", "hook_mlp_out")))
 
