@@ -755,7 +755,7 @@ def train(cfg: TrainConfig, *, model=None, store=None, resume: bool = False, pro
                 history.append(row)
                 acc = {}
                 bar.set_postfix(loss=f"{row['loss']:.4f}", fvu=f"{row.get('fvu', float('nan')):.3f}",
-                                l0=f"{row['l0']:.1f}", dead=f"{row['dead_fraction']:.3f}")
+                                l0=f"{row.get('l0', float('nan')):.1f}", dead=f"{row['dead_fraction']:.3f}")
             bar.update(1)
             if callback is not None:
                 callback(step, metrics, state.dictionary)
