@@ -9,8 +9,9 @@ Tiers. Every test is marked from what it uses, so that no decorator can be forgo
   transformers models (``make_hf_model``, ``saved_checkpoints``, ``hf_logits_head_zeroed``); or a conftest
   fixture it uses does (``hf_checkpoints``).
 - ``browser``, ``notebook``: it lives in ``tests/browser`` or ``tests/notebooks``.
+- ``heavy``: it is named in ``HEAVY`` below (long on tiny models alone), or carries the decorator.
 
-``make test-fast`` runs ``-m "not slow and not torch and not browser and not notebook"``. When the mark
+``make test-fast`` runs ``-m "not slow and not torch and not browser and not notebook and not heavy"``. When the mark
 expression leaves out every torch test, modules that import torch are not even imported, and importing torch or
 transformers fails with a message saying to mark the test: a test that reaches torch some other way is caught
 rather than silently slowing the fast tier.
@@ -48,6 +49,22 @@ TORCH_SOURCE = re.compile(r"\b(?:import torch|import transformers|from (?:torch|
 REAL_MODEL_SOURCE = re.compile(r"""\binterp\.load\(\s*["']|\bensure_default\(\s*(?:\)|["'])|"""
                                r"""\bdefault_gguf_path\(\s*(?:\)|["'])""")
 MARKERS = ("slow", "torch", "browser", "notebook", "heavy")
+# Tests that take long on tiny models alone (compiling gradients, training runs): marked ``heavy``, so left out of
+# `make test-fast` and kept in `make test`. A module path marks the whole module. Seconds: one run of the fast tier
+# on the 2-core machine, under load.
+HEAVY = (
+    "tests/circuits/test_graph_toy.py",  # trains its toy model first: 43 s, then 13 s, 5 s, 3 s
+    "tests/sae/test_architectures.py::test_topk_gradient_matches_dense_reference",  # 20 s
+    "tests/sae/test_architectures.py::test_standard_loss_and_gradient_by_hand",  # 7 s
+    "tests/sae/test_architectures.py::test_transcoder_with_skip",  # 7 s
+    "tests/sae/test_architectures.py::test_batchtopk_selects_over_the_batch",  # 6 s
+    "tests/sae/test_architectures.py::test_matryoshka_averages_prefix_losses",  # 5 s
+    "tests/sae/test_training.py::test_sharded_training_equals_single_device",  # 15 s
+    "tests/sae/test_training.py::test_input_normalization_is_folded_into_the_saved_weights",  # 11 s
+    "tests/sae/test_training.py::test_auxk_revives_latents_dead_by_construction",  # 7 s
+    "tests/sae/test_transcoders.py::test_train_all_layers_in_one_pass",  # 13 s
+    "tests/viz/test_widgets.py::test_graph_explorer_click_and_intervention",  # 10 s
+)
 
 
 @functools.cache
@@ -140,6 +157,8 @@ def pytest_collection_modifyitems(config, items):
             item.add_marker("slow")
         if (path.suffix == ".py" and module_uses_torch(path)) or any(TORCH_SOURCE.search(s) for s in sources):
             item.add_marker("torch")
+        if any(item.nodeid == h or item.nodeid.startswith((f"{h}::", f"{h}[")) for h in HEAVY):
+            item.add_marker("heavy")
 
 TINY = dict(vocab_size=97, hidden_size=32, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=4,
             intermediate_size=48, rms_norm_eps=1e-5, max_position_embeddings=64)
