@@ -6,6 +6,15 @@ Components write to and read from the residual stream. *Senders* (upstream nodes
 head's key and value inputs (``L{l}H{k}.k``/``.v``, numbered over kv heads), each MLP's input (``MLP{l}``)
 and the unembedding (``logits``). The edge ``u -> v`` carries ``u``'s output directly into ``v``'s input.
 
+What a node reads follows from the block, not from the model family: heads read the stream entering their
+block (``resid_pre``); an MLP reads ``resid_mid`` after its block's attention, or ``resid_pre`` in a block that
+has no ``hook_resid_mid`` (attention and MLP side by side on the same stream), where no head of its own layer
+feeds it. The embedding sends what starts the stream (``hook_embed``, plus ``hook_pos_embed`` with learned
+positions). Where a block normalises its attention output again before it joins the stream (a post-attention
+norm), the heads of one layer reach the stream through that norm together: a set of them sends
+``post(a + their change) - post(a)`` (``a`` the base run's attention output before the norm), which is exact for
+path patching and, one head at a time, what edge attribution multiplies by its gradients.
+
 * ``path_patch`` is exact: the base run with the receivers' inputs changed by the senders' output
   difference (source minus base) along the direct edges only, everything downstream of the receivers
   recomputed.
@@ -36,7 +45,7 @@ from interp.circuits.patching import (
     run_blocks,
 )
 from interp.hooks import NOOP, Cache, act_name
-from interp.models import attention_inputs
+from interp.models import attention_inputs, to_device
 from interp.results import Result, Summary
 
 
@@ -88,23 +97,84 @@ def _parse(label: str, model) -> tuple[str, int, int]:
     return kind, layer, head
 
 
-def _precedes(sender, receiver) -> bool:
+def mlp_reads(model) -> list[str]:
+    """The residual stream each layer's MLP reads, by hook name: ``blocks.{l}.hook_resid_mid`` where the block
+    has that stream (its attention writes before its MLP reads), else ``blocks.{l}.hook_resid_pre`` (a block
+    without ``hook_resid_mid`` runs attention and MLP side by side on the stream entering it)."""
+    names = model.hook_shapes()
+    return [act_name("resid_mid", l) if act_name("resid_mid", l) in names else act_name("resid_pre", l)
+            for l in range(model.n_layers)]
+
+
+def _precedes(sender, receiver, reads) -> bool:
+    """Whether ``sender`` writes to the stream ``receiver`` reads; ``reads`` is ``mlp_reads(model)``."""
     (sk, sl, _), (rk, rl, _) = sender, receiver
-    return sl < rl or (sk == "head" and rk == "mlp" and sl == rl)
+    return sl < rl or (sk == "head" and rk == "mlp" and sl == rl and reads[rl].endswith("resid_mid"))
 
 
 # ---------------------------------------------------------------------------------------------- outputs
 def _out_names(model) -> list[str]:
-    return ["hook_embed"] + [act_name(s, l) for l in range(model.n_layers) for s in ("z", "mlp_out")]
+    embed = ["hook_embed"] + (["hook_pos_embed"] if "hook_pos_embed" in model.hook_shapes() else [])
+    return embed + [act_name(s, l) for l in range(model.n_layers) for s in ("z", "mlp_out")]
 
 
 def _sender_outputs(model, cache) -> jax.Array:
-    """``[U B T D]`` outputs of every sender, in ``senders(model)`` order."""
-    outs = [cache["hook_embed"][None]]
+    """``[U B T D]`` outputs of every sender, in ``senders(model)`` order (a head's is ``z_h @ W_O[h]``, before
+    any post-attention norm: see ``_renormed``)."""
+    embed = cache["hook_embed"]
+    if "hook_pos_embed" in cache:  # learned positions: the stream starts as their sum
+        embed = embed + cache["hook_pos_embed"]
+    outs = [embed[None]]
     for l, blk in enumerate(model.blocks):
         outs.append(jnp.einsum("BTHE,HED->HBTD", cache[act_name("z", l)], blk.attn.W_O))
         outs.append(cache[act_name("mlp_out", l)][None])
     return jnp.concatenate(outs).astype(jnp.float32)
+
+
+def _attn_post(block):
+    """The norm ``block`` applies to its attention output before it joins the stream, or None."""
+    return getattr(block, "ln1_post", None)
+
+
+@eqx.filter_jit
+def _renormed(model, zs, diff, groups):
+    """What to add to ``groups @ diff`` ``[N B T D]`` so that each group of senders (``groups [N U]``, 0/1)
+    changes the stream as it does in the model: the heads of a layer whose attention output is normalised
+    again before it joins the stream change it by ``post(a + d) - post(a)``, where ``a`` is the base run's
+    attention output before that norm (from ``zs``, the base run's ``hook_z`` by layer) and ``d`` the sum of the
+    group's head differences there, not by ``d`` itself."""
+    out = jnp.zeros((groups.shape[0],) + diff.shape[1:], jnp.float32)
+    u = 1
+    for blk, z in zip(model.blocks, zs):
+        H, post = blk.attn.n_heads, _attn_post(blk)
+        if post is not None:
+            a = jnp.einsum("BTHE,HED->BTD", z, blk.attn.W_O)
+            a = a if blk.attn.b_O is None else a + blk.attn.b_O
+            d = jnp.einsum("NH,HBTD->NBTD", groups[:, u:u + H].astype(jnp.float32), diff[u:u + H])
+
+            def f(x, post=post, dtype=a.dtype):
+                return post(x.astype(dtype), NOOP, "post").astype(jnp.float32)
+
+            out = out + jax.vmap(f)(a.astype(jnp.float32) + d) - f(a)[None] - d
+        u += H + 1
+    return out
+
+
+def _group_deltas(model, base_cache, diff, rows: np.ndarray | None, per_sender: bool) -> jax.Array:
+    """The stream change ``[N B T D]`` of the senders ``rows`` (indices into ``diff``; None: all of them), each
+    on its own (``per_sender``) or all together (N = 1)."""
+    U = diff.shape[0]
+    if rows is None:
+        deltas = diff if per_sender else diff.sum(0, keepdims=True)
+        rows = np.arange(U)
+    else:
+        deltas = diff[rows] if per_sender else diff[rows].sum(0, keepdims=True)
+    if all(_attn_post(b) is None for b in model.blocks):
+        return deltas
+    groups = np.zeros((len(rows) if per_sender else 1, U), np.float32)
+    groups[np.arange(len(rows)) if per_sender else 0, rows] = 1.0
+    zs = [base_cache[act_name("z", l)] for l in range(model.n_layers)]
+    return deltas + _renormed(model, zs, diff, to_device(groups))
 
 
 def _normalized(norm, x):
@@ -147,23 +217,45 @@ class EdgeResult(Result):
         U, V = self.scores.shape
         return Summary(f"edge attribution ({self.method})", {"sender": U, "receiver": V},
                        {"base": self.base, "source": self.source, "edges": int(np.isfinite(self.scores).sum())},
-                       [(f"{u} -> {v}", s) for u, v, s in self.top(8)], "largest edges (estimated change of the metric)")
+                       [(f"{u} -> {v}", s) for u, v, s in self.top(8)],
+                       "largest edges (estimated change of the metric)")
 
 
 def _hook_points(model):
+    """(hook points where receivers take their inputs, residual streams the receivers read)."""
     L = model.n_layers
     deltas = [act_name(s, l) for l in range(L) for s in ("q", "k", "v")]
     deltas += [f"blocks.{l}.ln2.hook_normalized" for l in range(L)] + ["ln_final.hook_normalized"]
-    keep = [act_name("resid_pre", l) for l in range(L)] + [act_name("resid_mid", l) for l in range(L)]
+    keep = [act_name("resid_pre", l) for l in range(L)] + [n for n in mlp_reads(model) if n.endswith("resid_mid")]
     return deltas, keep + [act_name("resid_post", L - 1)]
+
+
+def _input_grads(model, acts, g, reads) -> list[jax.Array]:
+    """``dmetric/d(stream read)`` of every receiver, ``[V_l B T D]`` per group of receivers, from the gradients
+    ``g`` at their hook points and the streams ``acts`` they read (``reads``: ``mlp_reads(model)``)."""
+    out = []
+    for l, blk in enumerate(model.blocks):
+        a, r = blk.attn, acts[act_name("resid_pre", l)]
+        _, vjp1 = jax.vjp(lambda x, blk=blk: blk.ln1(x, NOOP, "ln1"), r)
+        cot = jnp.concatenate([
+            jnp.einsum("BTHE,DHE->HBTD", g[act_name("q", l)], a.W_Q),
+            jnp.einsum("BTKE,DKE->KBTD", g[act_name("k", l)], a.W_K),
+            jnp.einsum("BTKE,DKE->KBTD", g[act_name("v", l)], a.W_V),
+        ])
+        out.append(jax.vmap(lambda c, vjp1=vjp1, dtype=r.dtype: vjp1(c.astype(dtype))[0])(cot))
+        _, vjp2 = jax.vjp(lambda x, blk=blk: _normalized(blk.ln2, x), acts[reads[l]])
+        out.append(vjp2(g[f"blocks.{l}.ln2.hook_normalized"])[0][None])
+    _, vjpf = jax.vjp(lambda x: _normalized(model.ln_final, x), acts[act_name("resid_post", model.n_layers - 1)])
+    out.append(vjpf(g["ln_final.hook_normalized"])[0][None])
+    return out
 
 
 @eqx.filter_jit
 def _receiver_grads(model, tokens, attention_mask, zeros, metric, embeds, alphas):
     """Mean over ``alphas`` of ``dmetric/d(receiver input)`` ``[V B T D]``, the embedding set to
     ``embeds[0] + alpha (embeds[1] - embeds[0])``."""
-    L = model.n_layers
     _, keep = _hook_points(model)
+    reads = mlp_reads(model)
 
     def at(alpha):
         def f(deltas):
@@ -181,21 +273,7 @@ def _receiver_grads(model, tokens, attention_mask, zeros, metric, embeds, alphas
             return metric(model.forward(tokens, hk, attention_mask=attention_mask)), acts
 
         (_, acts), g = jax.value_and_grad(f, has_aux=True)(zeros)
-        out = []
-        for l, blk in enumerate(model.blocks):
-            a = blk.attn
-            _, vjp1 = jax.vjp(lambda r: blk.ln1(r, NOOP, "ln1"), acts[act_name("resid_pre", l)])
-            cot = jnp.concatenate([
-                jnp.einsum("BTHE,DHE->HBTD", g[act_name("q", l)], a.W_Q),
-                jnp.einsum("BTKE,DKE->KBTD", g[act_name("k", l)], a.W_K),
-                jnp.einsum("BTKE,DKE->KBTD", g[act_name("v", l)], a.W_V),
-            ])
-            out.append(jax.vmap(lambda c: vjp1(c.astype(acts[act_name("resid_pre", l)].dtype))[0])(cot))
-            _, vjp2 = jax.vjp(lambda r: _normalized(blk.ln2, r), acts[act_name("resid_mid", l)])
-            out.append(vjp2(g[f"blocks.{l}.ln2.hook_normalized"])[0][None])
-        _, vjpf = jax.vjp(lambda r: _normalized(model.ln_final, r), acts[act_name("resid_post", L - 1)])
-        out.append(vjpf(g["ln_final.hook_normalized"])[0][None])
-        return jnp.concatenate(out).astype(jnp.float32)
+        return jnp.concatenate(_input_grads(model, acts, g, reads)).astype(jnp.float32)
 
     return jax.lax.map(at, alphas).mean(axis=0)
 
@@ -203,7 +281,8 @@ def _receiver_grads(model, tokens, attention_mask, zeros, metric, embeds, alphas
 def _valid(model) -> np.ndarray:
     s = [_parse(x, model) for x in senders(model)]
     r = [_parse(x, model) for x in receivers(model)]
-    return np.array([[_precedes(a, b) for b in r] for a in s])
+    reads = mlp_reads(model)
+    return np.array([[_precedes(a, b, reads) for b in r] for a in s])
 
 
 def edge_attribution(
@@ -221,6 +300,7 @@ def edge_attribution(
     sc, src_metric = _source_outputs(model, source, mask, metric)
     _same_shape(bc, sc)
     diff = _sender_outputs(model, sc) - _sender_outputs(model, bc)
+    diff = _group_deltas(model, bc, diff, None, per_sender=True)
     deltas, _ = _hook_points(model)
     shapes = model.hook_shapes(*base_tokens.shape)
     zeros = {n: jnp.zeros(shapes[n], jnp.float32) for n in deltas}
@@ -258,12 +338,13 @@ def _receiver_edit_fn(model, rec, base, delta):
     if kind == "logits":
         return act_name("resid_post", model.n_layers - 1), lambda x: x + delta.astype(x.dtype)
     blk = model.blocks[l]
-    if kind == "mlp":
-        r = base[act_name("resid_mid", l)] + delta.astype(base[act_name("resid_mid", l)].dtype)
-        new = blk.mlp(blk.ln2(r, NOOP, "ln2"), NOOP, "mlp")
-        return act_name("mlp_out", l), lambda x: new.astype(x.dtype)
+    if kind == "mlp":  # the block's own MLP path (its norm's weight, any post-MLP norm) runs on the new input
+        read = mlp_reads(model)[l]
+        new = _normalized(blk.ln2, base[read] + delta.astype(base[read].dtype))
+        return f"blocks.{l}.ln2.hook_normalized", lambda x: new.astype(x.dtype)
     r = base[act_name("resid_pre", l)] + delta.astype(base[act_name("resid_pre", l)].dtype)
-    w, b = {"q": (blk.attn.W_Q, blk.attn.b_Q), "k": (blk.attn.W_K, blk.attn.b_K), "v": (blk.attn.W_V, blk.attn.b_V)}[kind]
+    a = blk.attn
+    w, b = {"q": (a.W_Q, a.b_Q), "k": (a.W_K, a.b_K), "v": (a.W_V, a.b_V)}[kind]
     y = jnp.einsum("BTD,DE->BTE", blk.ln1(r, NOOP, "ln1"), w[:, h])
     if b is not None:
         y = y + b[h]
@@ -327,22 +408,28 @@ def path_patch(
         else:
             recs.append((kind, l, h))
     sends = [_parse(s, model) for s in senders_]
+    reads = mlp_reads(model)
     for s, label in zip(sends, senders_):
         if s[0] not in ("embed", "head", "mlp"):
             raise ValueError(f"'{label}' cannot send; senders are 'embed', heads 'L3H2' and MLPs 'MLP4'")
-        late = [r for r in recs if not _precedes(s, r)]
+        late = [r for r in recs if not _precedes(s, r, reads)]
         if late and not per_sender:
-            raise ValueError(f"sender '{label}' does not come before receiver {late[0]}; a path must go forward")
+            why = ""
+            if s[0] == "head" and late[0][:2] == ("mlp", s[1]):
+                why = (f" (block {s[1]} has no hook_resid_mid: its MLP reads {reads[s[1]]}, beside the attention, "
+                       "so its own heads reach it only through later layers)")
+            raise ValueError(f"sender '{label}' does not come before receiver {late[0]}{why}; a path must go "
+                             "forward")
     L = model.n_layers
-    keep = [act_name(s, l) for l in range(L) for s in ("resid_pre", "resid_mid")] + [act_name("resid_post", L - 1)]
+    _, keep = _hook_points(model)
     base_logits, bc = model.run_with_cache(base_tokens, keep + _out_names(model), attention_mask=mask)
     sc, src_metric = _source_outputs(model, source, mask, metric)
     _same_shape(bc, sc)
     index = {s: i for i, s in enumerate(senders(model))}
     diff = _sender_outputs(model, sc) - _sender_outputs(model, bc)
     rows = [index[s] for s in senders_]
-    valid = np.array([all(_precedes(s, r) for r in recs) for s in sends])
-    deltas = diff[np.asarray(rows)] if per_sender else diff[np.asarray(rows)].sum(0, keepdims=True)
+    valid = np.array([all(_precedes(s, r, reads) for r in recs) for s in sends])
+    deltas = _group_deltas(model, bc, diff, np.asarray(rows), per_sender)
     positions, amask = attention_inputs(base_tokens.shape, mask)
     if batch_size is None:
         batch_size = max(1, 8192 // base_tokens.size)

@@ -8,7 +8,7 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 import numpy as np
-from jaxtyping import Array, Float
+from jaxtyping import Array, Float, Int
 
 from interp.circuits.dla import apply_final_norm
 from interp.hooks import NOOP
@@ -49,12 +49,14 @@ class LensResult(Result):
                        top=top, top_title="top token (probability) at the last position of prompt 0")
 
 
-def logit_lens(model, tokens, *, scale: str = "own", **kwargs) -> LensResult:
+def logit_lens(model, tokens: Int[Array, "B T"] | str, *, scale: str = "own", **kwargs) -> LensResult:
     """Logit lens over every block for ``tokens`` (ids or text); extra kwargs go to ``run_with_cache``.
 
     ``scale="own"`` normalises each layer's residual stream by its own RMS (the usual logit lens);
     ``"final"`` divides by the final norm's scale from the run (``ln_final.hook_scale``), which keeps the
-    map linear, so the difference of consecutive rows is exactly what that block adds to the logits.
+    map linear, so the difference of consecutive rows is exactly what that block adds to the logits. On a model
+    that soft-caps its logits, ``"own"`` rows are capped as the model's are and ``"final"`` rows are the logits
+    before the cap (the cap is not linear), which are what :func:`direct_logit_attribution` splits.
     """
     if scale not in ("own", "final"):
         raise ValueError(f"scale must be 'own' or 'final', got {scale!r}")

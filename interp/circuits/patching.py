@@ -155,6 +155,27 @@ def _target(hook: str, per: str | None) -> _Target:
     return _Target(short, layout, per)
 
 
+# why a model can lack a per-layer hook point that others have, and what to sweep instead
+_ABSENT = {
+    "resid_mid": "its blocks run attention and the MLP side by side on the stream entering the block (resid_pre), "
+                 "so there is no stream between the two; sweep resid_pre, attn_out or mlp_out instead",
+    "pre_linear": "its MLPs are not gated (one input projection); sweep 'pre' instead",
+    "rot_q": "its attention has no rotary embedding (positions enter at the embedding); sweep 'q' instead",
+    "rot_k": "its attention has no rotary embedding (positions enter at the embedding); sweep 'k' instead",
+}
+
+
+def _check_present(model, targets, layers) -> None:
+    """Refuse a hook point this model's blocks do not have, saying why and what to sweep instead."""
+    names = model.hook_shapes()
+    for t in targets:
+        missing = [t.name(l) for l in layers if t.name(l) not in names]
+        if missing:
+            have = [s for s in LAYOUTS if act_name(s, layers[0]) in names]
+            why = _ABSENT.get(t.short, f"hooks of this model that can be swept: {have}")
+            raise ValueError(f"this model has no hook point '{missing[0]}': {why}")
+
+
 def _labels(model, tokens, target: _Target, shape, layers) -> tuple[tuple[str, ...], ...]:
     out = [tuple(str(l) for l in layers)]
     pos_labels = tuple(str(i) for i in range(shape[1 if target.layout != "BHTS" else 2]))
@@ -319,6 +340,7 @@ def patch(
     target = _target(hook, per)
     base, source = _runs(model, clean, corrupted, direction, attention_mask)
     layers = _layers(model, layers)
+    _check_present(model, [target], layers)
     base_tokens, mask = _tokens(model, base, attention_mask)
     T = base_tokens.shape[1]
     padded, metric = _sweep_length(model, metric, T)
@@ -401,6 +423,7 @@ def attribute(
     targets = [_target(h, per) for h in hooks]
     base, source = _runs(model, clean, corrupted, direction, attention_mask)
     layers = _layers(model, layers)
+    _check_present(model, targets, layers)
     base_tokens, mask = _tokens(model, base, attention_mask)
     B, T = base_tokens.shape
     padded, metric = _sweep_length(model, metric, T)
