@@ -34,6 +34,7 @@ import equinox as eqx
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jaxtyping import Array, Int
 
 from interp.circuits.patching import (
     PatchResult,
@@ -97,7 +98,7 @@ def _parse(label: str, model) -> tuple[str, int, int]:
     return kind, layer, head
 
 
-def mlp_reads(model) -> list[str]:
+def _mlp_reads(model) -> list[str]:
     """The residual stream each layer's MLP reads, by hook name: ``blocks.{l}.hook_resid_mid`` where the block
     has that stream (its attention writes before its MLP reads), else ``blocks.{l}.hook_resid_pre`` (a block
     without ``hook_resid_mid`` runs attention and MLP side by side on the stream entering it)."""
@@ -107,7 +108,7 @@ def mlp_reads(model) -> list[str]:
 
 
 def _precedes(sender, receiver, reads) -> bool:
-    """Whether ``sender`` writes to the stream ``receiver`` reads; ``reads`` is ``mlp_reads(model)``."""
+    """Whether ``sender`` writes to the stream ``receiver`` reads; ``reads`` is ``_mlp_reads(model)``."""
     (sk, sl, _), (rk, rl, _) = sender, receiver
     return sl < rl or (sk == "head" and rk == "mlp" and sl == rl and reads[rl].endswith("resid_mid"))
 
@@ -226,13 +227,13 @@ def _hook_points(model):
     L = model.n_layers
     deltas = [act_name(s, l) for l in range(L) for s in ("q", "k", "v")]
     deltas += [f"blocks.{l}.ln2.hook_normalized" for l in range(L)] + ["ln_final.hook_normalized"]
-    keep = [act_name("resid_pre", l) for l in range(L)] + [n for n in mlp_reads(model) if n.endswith("resid_mid")]
+    keep = [act_name("resid_pre", l) for l in range(L)] + [n for n in _mlp_reads(model) if n.endswith("resid_mid")]
     return deltas, keep + [act_name("resid_post", L - 1)]
 
 
 def _input_grads(model, acts, g, reads) -> list[jax.Array]:
     """``dmetric/d(stream read)`` of every receiver, ``[V_l B T D]`` per group of receivers, from the gradients
-    ``g`` at their hook points and the streams ``acts`` they read (``reads``: ``mlp_reads(model)``)."""
+    ``g`` at their hook points and the streams ``acts`` they read (``reads``: ``_mlp_reads(model)``)."""
     out = []
     for l, blk in enumerate(model.blocks):
         a, r = blk.attn, acts[act_name("resid_pre", l)]
@@ -255,7 +256,7 @@ def _receiver_grads(model, tokens, attention_mask, zeros, metric, embeds, alphas
     """Mean over ``alphas`` of ``dmetric/d(receiver input)`` ``[V B T D]``, the embedding set to
     ``embeds[0] + alpha (embeds[1] - embeds[0])``."""
     _, keep = _hook_points(model)
-    reads = mlp_reads(model)
+    reads = _mlp_reads(model)
 
     def at(alpha):
         def f(deltas):
@@ -281,13 +282,13 @@ def _receiver_grads(model, tokens, attention_mask, zeros, metric, embeds, alphas
 def _valid(model) -> np.ndarray:
     s = [_parse(x, model) for x in senders(model)]
     r = [_parse(x, model) for x in receivers(model)]
-    reads = mlp_reads(model)
+    reads = _mlp_reads(model)
     return np.array([[_precedes(a, b, reads) for b in r] for a in s])
 
 
 def edge_attribution(
-    model, clean, corrupted, metric: Callable, *, method: str = "eap", steps: int = 5,
-    direction: str = "denoise", attention_mask=None,
+    model, clean: Int[Array, "B T"] | str | Cache, corrupted: Int[Array, "B T"] | str | Cache, metric: Callable, *,
+    method: str = "eap", steps: int = 5, direction: str = "denoise", attention_mask: Int[Array, "B T"] | None = None,
 ) -> EdgeResult:
     """Scores of every sender -> receiver edge (see the module docstring). ``method``: ``"eap"`` (gradient at
     the base run) or ``"eap-ig"`` (gradient averaged over ``steps`` embeddings interpolated from the base run
@@ -339,7 +340,7 @@ def _receiver_edit_fn(model, rec, base, delta):
         return act_name("resid_post", model.n_layers - 1), lambda x: x + delta.astype(x.dtype)
     blk = model.blocks[l]
     if kind == "mlp":  # the block's own MLP path (its norm's weight, any post-MLP norm) runs on the new input
-        read = mlp_reads(model)[l]
+        read = _mlp_reads(model)[l]
         new = _normalized(blk.ln2, base[read] + delta.astype(base[read].dtype))
         return f"blocks.{l}.ln2.hook_normalized", lambda x: new.astype(x.dtype)
     r = base[act_name("resid_pre", l)] + delta.astype(base[act_name("resid_pre", l)].dtype)
@@ -380,8 +381,9 @@ def _path_sweep(model, base, deltas, positions, mask, metric, recs, batch_size):
 
 
 def path_patch(
-    model, clean, corrupted, metric: Callable, senders_: Sequence[str] | str, receivers_: Sequence[str] | str, *,
-    direction: str = "denoise", attention_mask=None, per_sender: bool = False, batch_size: int | None = None,
+    model, clean: Int[Array, "B T"] | str | Cache, corrupted: Int[Array, "B T"] | str | Cache, metric: Callable,
+    senders_: Sequence[str] | str, receivers_: Sequence[str] | str, *, direction: str = "denoise",
+    attention_mask: Int[Array, "B T"] | None = None, per_sender: bool = False, batch_size: int | None = None,
 ) -> float | PatchResult:
     """Exact path patching from ``senders_`` to ``receivers_`` (labels as in ``senders(model)`` and
     ``receivers(model)``; a head label ``L5H1`` as a receiver means its query, key and value inputs).
@@ -408,7 +410,7 @@ def path_patch(
         else:
             recs.append((kind, l, h))
     sends = [_parse(s, model) for s in senders_]
-    reads = mlp_reads(model)
+    reads = _mlp_reads(model)
     for s, label in zip(sends, senders_):
         if s[0] not in ("embed", "head", "mlp"):
             raise ValueError(f"'{label}' cannot send; senders are 'embed', heads 'L3H2' and MLPs 'MLP4'")

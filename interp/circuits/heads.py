@@ -12,6 +12,7 @@ import dataclasses
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jaxtyping import Array, Int
 
 from interp.hooks import act_name, edits
 from interp.results import Result, Summary
@@ -52,7 +53,7 @@ def _targets(T: int, half: int, offset: int) -> tuple[np.ndarray, np.ndarray]:
     return q, q - half
 
 
-def head_scores(model, tokens, *, half: int | None = None, offset: int = 0) -> HeadScores:
+def head_scores(model, tokens: Int[Array, "B T"], *, half: int | None = None, offset: int = 0) -> HeadScores:
     """Detector scores for every head on ``tokens [B T]``: ``offset`` positions (e.g. BOS) then a random block
     of ``half`` tokens repeated once (``half`` defaults to ``(T - offset) // 2``)."""
     toks, _, _ = model.check_inputs(tokens, None, None)
@@ -63,7 +64,8 @@ def head_scores(model, tokens, *, half: int | None = None, offset: int = 0) -> H
                          f"once (half={half}); build them with interp.circuits.prompts.induction")
     a = np.asarray(toks)
     if not np.array_equal(a[:, offset:offset + half], a[:, offset + half:]):
-        raise ValueError("the second half of the tokens does not repeat the first; head_scores needs repeated sequences")
+        raise ValueError("the second half of the tokens does not repeat the first; head_scores needs repeated "
+                         "sequences")
     _, cache = model.run_with_cache(toks, lambda n: n.endswith("attn.hook_pattern"))
     pats = jnp.stack([cache[act_name("pattern", l)] for l in range(model.n_layers)])  # [L B H T S]
     q, dup = _targets(T, half, offset)
@@ -74,7 +76,8 @@ def head_scores(model, tokens, *, half: int | None = None, offset: int = 0) -> H
     return HeadScores(np.asarray(jnp.stack([prev, duplicate, induction]), np.float64), KINDS)
 
 
-def per_token_loss(model, tokens, *, edits_=(), attention_mask=None) -> np.ndarray:
+def per_token_loss(model, tokens: Int[Array, "B T"] | str, *, edits_=(),
+                   attention_mask: Int[Array, "B T"] | None = None) -> np.ndarray:
     """Next-token cross-entropy ``[B T-1]`` of ``tokens`` (with optional edits applied)."""
     toks, mask, _ = model.check_inputs(tokens, attention_mask, None)
     logits = model.run_with_hooks(toks, edits_, attention_mask=mask)

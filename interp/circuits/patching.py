@@ -22,6 +22,7 @@ import equinox as eqx
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jaxtyping import Array, Int
 from tqdm.auto import tqdm
 
 from interp.circuits.metrics import PositionMetric
@@ -139,7 +140,8 @@ class _Target:
         if self.layout == "BTD":
             return p.sum(-1)
         if self.layout == "BTHE":
-            return {"pos": lambda: p.sum((2, 3)), "head": lambda: p.sum((1, 3)), "head_pos": lambda: p.sum(3)}[self.per]()
+            return {"pos": lambda: p.sum((2, 3)), "head": lambda: p.sum((1, 3)),
+                    "head_pos": lambda: p.sum(3)}[self.per]()
         return {"head": lambda: p.sum((2, 3)), "head_pos": lambda: p.sum(3).transpose(0, 2, 1)}[self.per]()
 
 
@@ -199,7 +201,8 @@ def _labels(model, tokens, target: _Target, shape, layers) -> tuple[tuple[str, .
 # ---------------------------------------------------------------------------------------------- runs
 def _runs(model, clean, corrupted, direction: str, attention_mask):
     if direction not in ("denoise", "noise"):
-        raise ValueError(f"direction must be 'denoise' (clean into corrupted) or 'noise' (corrupted into clean), got {direction!r}")
+        raise ValueError("direction must be 'denoise' (clean into corrupted) or 'noise' (corrupted into clean), "
+                         f"got {direction!r}")
     return (corrupted, clean) if direction == "denoise" else (clean, corrupted)
 
 
@@ -313,15 +316,15 @@ def _sweep(model, layer, resid, src, masks, attention_mask, metric, suffix, batc
 
 def patch(
     model,
-    clean,
-    corrupted,
+    clean: Int[Array, "B T"] | str | Cache,
+    corrupted: Int[Array, "B T"] | str | Cache,
     metric: Callable,
     hook: str = "resid_pre",
     *,
     per: str | None = None,
     layers: Sequence[int] | None = None,
     direction: str = "denoise",
-    attention_mask=None,
+    attention_mask: Int[Array, "B T"] | None = None,
     batch_size: int | None = None,
     progress: bool = True,
 ) -> PatchResult:
@@ -405,15 +408,15 @@ def _grads(model, tokens, attention_mask, zeros: dict, metric):
 
 def attribute(
     model,
-    clean,
-    corrupted,
+    clean: Int[Array, "B T"] | str | Cache,
+    corrupted: Int[Array, "B T"] | str | Cache,
     metric: Callable,
     hook: str | Sequence[str] = "resid_pre",
     *,
     per: str | None = None,
     layers: Sequence[int] | None = None,
     direction: str = "denoise",
-    attention_mask=None,
+    attention_mask: Int[Array, "B T"] | None = None,
 ) -> PatchResult | dict[str, PatchResult]:
     """Attribution patching: the first-order estimate of ``patch(...)`` with the same arguments, from one
     forward and one backward pass of the base run. ``values`` are estimated patched metrics (``base`` plus
