@@ -1,6 +1,6 @@
 """Prompt sets for circuit analysis: clean/corrupted pairs of equal token length for activation patching.
 
-Three families, built from the data files under ``interp/data/prompts``:
+Three families, built from the data files under ``data/prompts`` (the package ``interp.data``):
 
 * :func:`ioi` — indirect object identification ("When Mary and John went to the store, John gave a drink to"
   -> " Mary"), corrupted either with three fresh names (``"abc"``) or by making the other name the repeated
@@ -132,7 +132,8 @@ class PromptSet(Result):
 
 # ---------------------------------------------------------------------------------------------- data files
 def load_json(name: str) -> dict:
-    """The packaged prompt data ``interp/data/prompts/{name}.json`` (e.g. ``"ioi"``, ``"capitals"``)."""
+    """The packaged prompt data ``data/prompts/{name}.json`` of the package ``interp.data`` (``"ioi"``,
+    ``"capitals"``, ...)."""
     folder = resources.files("interp.data").joinpath("prompts")
     available = sorted(p.name[: -len(".json")] for p in folder.iterdir() if p.name.endswith(".json"))
     if not isinstance(name, str) or name not in available:
