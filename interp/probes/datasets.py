@@ -1,0 +1,195 @@
+"""Labelled texts and contrast pairs for probes, built from the package data under ``data/probes`` (the package
+``interp.data``): true/false statements about capitals (from ``data/prompts/capitals.json``), sentiment sentences
+from templates, and yes/no contrast pairs in the style of defection probes.
+
+Every builder is deterministic for a ``seed`` and returns a :class:`Labelled` set (``texts``, ``labels``,
+``family`` per text) or :class:`ContrastPairs` (``positive[i]``/``negative[i]``, optional truth ``labels``).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from importlib import resources
+
+import numpy as np
+
+from interp.hooks import suggest
+from interp.results import Result, Summary
+
+__all__ = ["ContrastPairs", "Labelled", "load_json", "sentiment", "true_false", "true_false_pairs", "yes_no_pairs"]
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class Labelled(Result):
+    """Texts with 0/1 ``labels`` and the template ``family`` each came from."""
+
+    name: str
+    texts: tuple[str, ...]
+    labels: np.ndarray
+    family: tuple[str, ...]
+
+    def __post_init__(self):
+        object.__setattr__(self, "labels", np.asarray(self.labels, np.int32))
+        if not (len(self.texts) == len(self.labels) == len(self.family)):
+            raise ValueError(f"{len(self.texts)} texts, {len(self.labels)} labels and {len(self.family)} families: "
+                             "they must be equally many")
+
+    def __len__(self) -> int:
+        return len(self.texts)
+
+    def subset(self, rows) -> Labelled:
+        rows = np.atleast_1d(np.arange(len(self))[rows])
+        return dataclasses.replace(self, texts=tuple(self.texts[int(r)] for r in rows), labels=self.labels[rows],
+                                   family=tuple(self.family[int(r)] for r in rows))
+
+    def where(self, family: str) -> Labelled:
+        """The texts of one template family."""
+        if family not in self.family:
+            raise ValueError(f"no family {family!r} in {self.name}; families: {sorted(set(self.family))}")
+        return self.subset(np.array([f == family for f in self.family]))
+
+    def _summary(self) -> Summary:
+        facts = {"class 1": int(self.labels.sum()), "families": ", ".join(sorted(set(self.family)))}
+        return Summary(f"labelled texts {self.name!r}", {"text": len(self)}, facts,
+                       [(t, int(y)) for t, y in zip(self.texts[:6], self.labels[:6])], "text: label")
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class ContrastPairs(Result):
+    """Pairs of texts that differ in one answer: ``positive[i]`` ("... Yes") and ``negative[i]`` ("... No");
+    ``labels[i]`` (or None) says whether the positive half is the true one."""
+
+    name: str
+    positive: tuple[str, ...]
+    negative: tuple[str, ...]
+    labels: np.ndarray | None = None
+
+    def __post_init__(self):
+        if len(self.positive) != len(self.negative):
+            raise ValueError(f"{len(self.positive)} positive and {len(self.negative)} negative texts: pairs need "
+                             "one of each")
+        if self.labels is not None:
+            object.__setattr__(self, "labels", np.asarray(self.labels, np.int32))
+
+    def __len__(self) -> int:
+        return len(self.positive)
+
+    def _summary(self) -> Summary:
+        return Summary(f"contrast pairs {self.name!r}", {"pair": len(self)}, {"labelled": self.labels is not None},
+                       [(p, n) for p, n in zip(self.positive[:4], self.negative[:4])], "positive: negative")
+
+
+def load_json(name: str) -> dict:
+    """The packaged probe data ``data/probes/{name}.json`` (``"true_false"``, ``"sentiment"``, ``"yes_no"``)."""
+    folder = resources.files("interp.data").joinpath("probes")
+    available = sorted(p.name[: -len(".json")] for p in folder.iterdir() if p.name.endswith(".json"))
+    if name not in available:
+        raise ValueError(f"no packaged probe data named {name!r}{suggest(str(name), available)}; available: "
+                         f"{', '.join(available)}")
+    return json.loads(folder.joinpath(f"{name}.json").read_text(encoding="utf-8"))
+
+
+def _families(data: dict, families) -> list[str]:
+    known = list(data["templates"])
+    if families is None:
+        return known
+    families = [families] if isinstance(families, str) else list(families)
+    for f in families:
+        if f not in known:
+            raise ValueError(f"unknown template family {f!r}{suggest(f, known)}; families: {', '.join(known)}")
+    return families
+
+
+def _derangement(n: int, rng: np.random.Generator) -> np.ndarray:
+    """A permutation with no fixed point (the capital of another country for each one)."""
+    while True:
+        p = rng.permutation(n)
+        if not (p == np.arange(n)).any():
+            return p
+
+
+def _statements(families, difficulty: str | None, seed: int):
+    if difficulty not in (None, "easy", "hard"):
+        raise ValueError(f"difficulty must be None, 'easy' (well-known countries) or 'hard' (the rest); "
+                         f"got {difficulty!r}")
+    data = load_json("true_false")
+    caps = json.loads(resources.files("interp.data").joinpath("prompts", "capitals.json").read_text("utf-8"))
+    caps = caps["capitals"]
+    countries = list(caps)
+    known = set(data["well_known"])
+    rng = np.random.default_rng(seed)
+    out = []  # (true text, false text, family)
+    for fam in _families(data, families):
+        for template in data["templates"][fam]:
+            wrong = _derangement(len(countries), rng)
+            for i, c in enumerate(countries):
+                if difficulty == "easy" and c not in known or difficulty == "hard" and c in known:
+                    continue
+                fill = template.replace("[COUNTRY]", c)
+                out.append((fill.replace("[CAPITAL]", caps[c]), fill.replace("[CAPITAL]", caps[countries[wrong[i]]]),
+                            fam))
+    return data, out
+
+
+def true_false(families=None, *, difficulty: str | None = None, seed: int = 0) -> Labelled:
+    """True statements about capitals (label 1) and false twins naming another country's capital (label 0), for
+    the template ``families`` (default: all; ``"declarative"``, ``"descriptive"``, ``"question"``) and countries
+    by ``difficulty`` (``"easy"``: well known, ``"hard"``: the rest, None: all)."""
+    _, rows = _statements(families, difficulty, seed)
+    texts, labels, fams = [], [], []
+    for t, f, fam in rows:
+        texts += [t, f]
+        labels += [1, 0]
+        fams += [fam, fam]
+    return Labelled("true_false", tuple(texts), np.array(labels), tuple(fams))
+
+
+def true_false_pairs(families=None, *, difficulty: str | None = None, seed: int = 0) -> ContrastPairs:
+    """Contrast pairs for CCS: each statement (true or false) followed by "Is this true? Yes" and "... No";
+    ``labels`` mark the pairs whose statement is true (so "Yes" is right)."""
+    data, rows = _statements(families, difficulty, seed)
+    yes, no = data["pair_answers"]
+    pos, neg, labels = [], [], []
+    for t, f, _ in rows:
+        for text, truth in ((t, 1), (f, 0)):
+            base = data["pair_template"].replace("[STATEMENT]", text)
+            pos.append(base.replace("[ANSWER]", yes))
+            neg.append(base.replace("[ANSWER]", no))
+            labels.append(truth)
+    return ContrastPairs("true_false", tuple(pos), tuple(neg), np.array(labels))
+
+
+def sentiment(families=None, *, n: int | None = None, seed: int = 0) -> Labelled:
+    """Sentences of positive (label 1) or negative (label 0) sentiment: every template of ``families`` (default:
+    all; ``"review"``, ``"story"``) filled with each noun and a positive and a negative adjective (drawn with
+    ``seed``); ``n`` keeps a balanced random subset of that many."""
+    data = load_json("sentiment")
+    rng = np.random.default_rng(seed)
+    texts, labels, fams = [], [], []
+    for fam in _families(data, families):
+        for template in data["templates"][fam]:
+            for noun in data["nouns"]:
+                for label, words in ((1, data["positive"]), (0, data["negative"])):
+                    adj = words[int(rng.integers(len(words)))]
+                    texts.append(template.replace("[NOUN]", noun).replace("[ADJ]", adj))
+                    labels.append(label)
+                    fams.append(fam)
+    out = Labelled("sentiment", tuple(texts), np.array(labels), tuple(fams))
+    if n is None:
+        return out
+    if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or not 2 <= n <= len(out):
+        raise ValueError(f"n must be an int in 2..{len(out)}, got {n!r}")
+    ones, zeros = np.flatnonzero(out.labels == 1), np.flatnonzero(out.labels == 0)
+    keep = np.concatenate([rng.choice(ones, n // 2, replace=False), rng.choice(zeros, n - n // 2, replace=False)])
+    return out.subset(np.sort(keep))
+
+
+def yes_no_pairs() -> ContrastPairs:
+    """Defection-probe style contrast pairs: "Human: <question> Assistant: yes" / "... no" for a few dozen
+    questions about the assistant's own conduct (no truth labels)."""
+    data = load_json("yes_no")
+    yes, no = data["answers"]
+    base = [data["template"].replace("[QUESTION]", q) for q in data["questions"]]
+    return ContrastPairs("yes_no", tuple(b.replace("[ANSWER]", yes) for b in base),
+                         tuple(b.replace("[ANSWER]", no) for b in base))
