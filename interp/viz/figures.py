@@ -510,3 +510,25 @@ def feature_card_html(card) -> str:
             f'<p class="logits"><b>promotes</b> {promoted}<br><b>suppresses</b> {suppressed}</p>'
             + ("".join(rows) if rows else '<p class="dead">never fires on these tokens</p>')
             + "</div>")
+
+
+# ---------------------------------------------------------------------------------------------- probes
+def probe_sweep_figure(result, *, title: str | None = None, figure=None):
+    """A probe sweep (``interp.probes.SweepResult``): held-out AUROC and accuracy by hook, with the spread over
+    folds as error bars, and chance (0.5) as a dotted line."""
+    go = _go()
+    labels = [escape(s) for s in result.labels]
+    x = list(range(len(labels)))
+    fig = figure if figure is not None else go.Figure()
+    fig.data = []
+    for name, mean, std in (("AUROC", result.auroc, result.auroc_std),
+                            ("accuracy", result.accuracy, result.accuracy_std)):
+        fig.add_trace(go.Scatter(x=x, y=np.asarray(mean, float), mode="lines+markers", name=name,
+                                 error_y={"type": "data", "array": np.asarray(std, float), "visible": True},
+                                 customdata=labels, hovertemplate="%{customdata}: %{y:.3f}<extra>" + name + "</extra>"))
+    fig.add_hline(y=0.5, line_dash="dot", line_color="gray")
+    fig.update_xaxes(tickmode="array", tickvals=x, ticktext=labels, title="hook")
+    fig.update_yaxes(range=[0.0, 1.02], title=f"held-out ({result.folds}-fold CV)")
+    b = result.best
+    default = f"{result.kind} probe by hook: best {result.labels[b]}, AUROC {result.auroc[b]:.3f}"  # escaped by _layout
+    return _layout(fig, title if title is not None else default, height=360)

@@ -23,6 +23,7 @@ from interp.viz.figures import (
     lens_cells,
     lens_figure,
     patching_figure,
+    probe_sweep_figure,
     token_strings,
     training_figure,
 )
@@ -173,6 +174,7 @@ def _views() -> list[tuple[type, object]]:
     from interp.circuits import Decomposition, DLAResult, EdgeResult, HeadScores, LensResult, PatchResult, PromptSet
     from interp.circuits.graph import Graph, Intervention
     from interp.features import FeatureCard, FeatureIndex
+    from interp.probes import SweepResult
     from interp.sae import DictionaryMetrics, TrainResult
 
     return [
@@ -189,6 +191,7 @@ def _views() -> list[tuple[type, object]]:
         (FeatureIndex, lambda r: [summary_html(r)]),
         (DictionaryMetrics, lambda r: [_metrics_table({k: v for k, v in r.as_dict().items() if v is not None})]),
         (TrainResult, _train_parts),
+        (SweepResult, lambda r: [summary_html(r), probe_sweep_figure(r)]),
     ]
 
 
