@@ -1,6 +1,6 @@
 """The ``interp`` command line. ``interp demo`` runs the main job on the packaged defaults and writes a report;
 ``interp predict`` prints next-token predictions and a logit lens; ``interp train-sae`` and
-``interp train-transcoders`` train dictionaries."""
+``interp train-transcoders`` train dictionaries; ``interp search`` searches input tokens for an objective (GCG)."""
 
 from __future__ import annotations
 
@@ -230,6 +230,73 @@ def train_transcoders(args) -> None:
     print(f"saved {len(tc)} transcoders to {args.out} (load with interp.sae.Transcoders.load)")
 
 
+def add_search_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--model", default="smollm2-135m", help="packaged name, checkpoint folder or .gguf file")
+    p.add_argument("--objective", default="logprob",
+                   help="logprob (raise --target after the input), latent (raise --latent of --sae), or not-logprob / "
+                        "not-latent to lower it")
+    p.add_argument("--target", default=None, help="continuation whose log-probability the search raises (logprob)")
+    p.add_argument("--sae", default=None, help="dictionary folder, SAELens layout (latent)")
+    p.add_argument("--latent", type=NONNEGATIVE, default=None, help="latent index in --sae (latent)")
+    p.add_argument("--position", type=int, default=-1, help="input position the latent is read at (-1: the last)")
+    p.add_argument("--threshold", type=float, default=None,
+                   help="a latent activation counted as success (default: none, run every step)")
+    p.add_argument("--prompt", default="", help="text around the span; with --span slot:N it holds {span} once")
+    p.add_argument("--span", default="suffix:20", help="where the searched tokens go and how many: suffix:N, "
+                                                         "prefix:N or slot:N")
+    p.add_argument("--steps", type=POSITIVE, default=200, help="steps per restart")
+    p.add_argument("--topk", type=POSITIVE, default=256, help="replacements kept per position from the gradient")
+    p.add_argument("--batch", type=POSITIVE, default=512, help="candidates evaluated per step")
+    p.add_argument("--chunk", type=POSITIVE, default=None, help="candidates per forward pass (default: --batch)")
+    p.add_argument("--restarts", type=POSITIVE, default=1, help="independent runs; the best is kept")
+    p.add_argument("--fluency", type=number(float, 0), default=0.0,
+                   help="weight of the span's own NLL under the model (readable text costs objective)")
+    p.add_argument("--init", default=None, help="starting text of the span (default: random allowed tokens)")
+    p.add_argument("--seed", type=SEED, default=0, help="seeds the initial span and the candidate sampling")
+    p.add_argument("--out", default=None, help="JSON file for the result (written atomically; default: print only)")
+    p.add_argument("--progress", action=argparse.BooleanOptionalAction, default=True, help="progress bar on stderr")
+
+
+def search(args, out=sys.stdout) -> None:
+    import json
+
+    import interp
+    from interp import search as S
+    from interp._io import atomic_file
+
+    base = args.objective.removeprefix("not-")
+    if base not in ("logprob", "latent"):
+        if base not in S.REGISTRY:
+            S.objective(args.objective, None)  # raises the unknown-objective error with the choices
+        raise ValueError(f"--objective {args.objective} is a Python-only objective; use logprob or latent here")
+    if base == "logprob" and args.target is None:
+        raise ValueError("--objective logprob needs --target, the continuation to make likely (e.g. ' London')")
+    if base == "latent" and (args.sae is None or args.latent is None):
+        raise ValueError("--objective latent needs --sae DIR (a saved dictionary) and --latent N")
+    if args.out is not None:
+        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+        if Path(args.out).is_dir():
+            raise IsADirectoryError(f"--out {args.out} is a folder; give a file name such as result.json")
+    model = interp.load(args.model)
+    if base == "logprob":
+        obj = S.objective(args.objective, model, args.target)
+    else:
+        from interp import sae
+
+        obj = S.objective(args.objective, model, sae.load(args.sae), args.latent, position=args.position,
+                          threshold=args.threshold)
+    res = S.gcg(model, obj, args.prompt, span=args.span, steps=args.steps, topk=args.topk, batch=args.batch,
+                chunk=args.chunk, restarts=args.restarts, fluency=args.fluency, init=args.init, seed=args.seed,
+                progress=args.progress)
+    print(repr(res), file=out)
+    if args.out is not None:
+        record = {"command": "search", "model": args.model, "objective": args.objective, "target": args.target,
+                  "sae": args.sae, "latent": args.latent, "prompt": args.prompt, "span": args.span, **res.to_dict()}
+        with atomic_file(Path(args.out), "w") as fh:
+            json.dump(record, fh, indent=1)
+        print(f"wrote {args.out}", file=out)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="interp", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -263,6 +330,9 @@ def build_parser() -> argparse.ArgumentParser:
     tt.add_argument("--seed", type=SEED, default=0, help="seeds initialisation and the order of contexts")
     tt.add_argument("--corpus", default=None, help="text file, folder, JSONL or Parquet (default: built-in text)")
     tt.add_argument("--out", required=True, help="output folder (layer_{l}/ in SAELens layout + transcoders.json)")
+    se = sub.add_parser("search", help="search input tokens (GCG) that raise a target's log-probability or a latent",
+                        formatter_class=DefaultsHelp)
+    add_search_args(se)
     return parser
 
 
@@ -290,6 +360,11 @@ def main(argv=None) -> int:
                 train_sae(args)
         except (ValueError, OSError) as e:
             raise SystemExit(f"interp train-sae: {e}") from None
+    elif args.command == "search":
+        try:
+            search(args)
+        except (ValueError, OSError) as e:
+            raise SystemExit(f"interp search: {e}") from None
     return 0
 
 
