@@ -11,12 +11,13 @@ generalization experiments (transfer between distributions, weak-to-strong super
 from interp.probes import datasets
 from interp.probes.collect import REDUCTIONS, Activations, collect
 from interp.probes.fit import KINDS, accuracy, auroc, contrast_credence, fit, fit_ccs, kfold
+from interp.probes.monitor import Monitor
 from interp.probes.probe import Probe
 from interp.probes.sweep import SweepResult, sweep
 from interp.probes.transfer import TransferResult, W2SResult, W2STable, pgr, transfer, weak_to_strong
 
 __all__ = [
-    "Activations", "KINDS", "Probe", "REDUCTIONS", "SweepResult", "TransferResult", "W2SResult", "W2STable",
+    "Activations", "KINDS", "Monitor", "Probe", "REDUCTIONS", "SweepResult", "TransferResult", "W2SResult", "W2STable",
     "accuracy", "auroc", "collect", "contrast_credence", "datasets", "fit", "fit_ccs", "kfold", "pgr", "sweep",
     "transfer", "weak_to_strong",
 ]
