@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
 
 _STEPS = (1.0, 0.5, 0.25, 0.125, 0.0625, 0.0)  # Newton step lengths tried at each iteration (0: stay)
@@ -126,7 +127,7 @@ def ccs(Xp, Xn, key, restarts: int = 10, steps: int = 1000, lr: float = 1e-2, we
     opt = optax.adamw(lr, weight_decay=weight_decay) if weight_decay else optax.adam(lr)
 
     def run(k):
-        theta = jnp.concatenate([jax.random.normal(k, (D,), Xp.dtype) / jnp.sqrt(D), jnp.zeros(1, Xp.dtype)])
+        theta = jnp.concatenate([jax.random.normal(k, (D,), Xp.dtype) / float(np.sqrt(D)), jnp.zeros(1, Xp.dtype)])
 
         def step(carry, _):
             th, st = carry

@@ -125,11 +125,27 @@ def _hook_list(model, hooks, splices) -> list[str]:
 def _marker_ids(model, marker) -> list[int]:
     if isinstance(marker, (int, np.integer)) and not isinstance(marker, bool):
         return [int(marker)]
-    if isinstance(marker, str) and marker:
+    if isinstance(marker, str) and marker and model.tokenizer is not None:
         ids = model.tokenizer.encode(marker, prepend_bos=False)
         if ids:
             return list(ids)
     raise ValueError(f"reduce='marker' needs marker= a non-empty string or a token id, got {marker!r}")
+
+
+def _encode(model, texts, prepend_bos) -> list[list[int]]:
+    """Token ids of each text (strings through the model's tokenizer; sequences of ids as they are)."""
+    if all(isinstance(t, str) for t in texts):
+        if model.tokenizer is None:
+            raise ValueError("this model has no tokenizer: pass token ids (one sequence per text) instead of strings")
+        return [model.tokenizer.encode(t, prepend_bos=prepend_bos) for t in texts]
+    try:
+        seqs = [[int(i) for i in np.asarray(t).reshape(-1)] for t in texts]
+    except (TypeError, ValueError):
+        raise TypeError("texts must all be strings, or all sequences of token ids") from None
+    bad = [i for i in (x for s in seqs for x in s) if not 0 <= i < model.d_vocab]
+    if bad:
+        raise ValueError(f"token id {bad[0]} is outside this model's vocabulary (0..{model.d_vocab - 1})")
+    return seqs
 
 
 def _last_occurrence(seq: list[int], pattern: list[int]) -> int:
@@ -144,6 +160,7 @@ def collect(model, texts: Sequence[str], hooks, labels=None, *, reduce: str = "l
             batch_size: int = 32, splices: Sequence = (), prepend_bos: bool | None = None) -> Activations:
     """Activations of ``texts`` at ``hooks``, reduced per text (see the module docstring), with their ``labels``.
 
+    ``texts``: strings, or sequences of token ids (one per text).
     ``hooks``: hook names, short keys such as ``("resid_post", 5)``, or bare short names meaning every layer
     (``"resid_post"``); with ``splices`` a dictionary's latents too (``"blocks.5.hook_resid_post.sae.hook_latents"``).
     Every hook comes from the same model pass. Returns :class:`Activations` (float32 numpy rows).
@@ -156,16 +173,12 @@ def collect(model, texts: Sequence[str], hooks, labels=None, *, reduce: str = "l
     texts = list(texts)
     if not texts:
         raise ValueError("no texts given: collect needs at least one text")
-    if not all(isinstance(t, str) for t in texts):
-        raise TypeError("texts must all be strings")
     if isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer)) or batch_size < 1:
         raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")
-    if model.tokenizer is None:
-        raise ValueError("this model has no tokenizer; collect reads text, so load the model with its tokenizer")
     if labels is not None and reduce != "all" and len(labels) != len(texts):
         raise ValueError(f"{len(texts)} texts but {len(labels)} labels: pass exactly one label per text")
     names = _hook_list(model, hooks, list(splices))
-    seqs = [model.tokenizer.encode(t, prepend_bos=prepend_bos) for t in texts]
+    seqs = _encode(model, texts, prepend_bos)
     empty = [i for i, s in enumerate(seqs) if not s]
     if empty:
         raise ValueError(f"text {empty[0]} ({texts[empty[0]]!r}) encodes to no tokens; drop the empty texts")
@@ -181,7 +194,7 @@ def collect(model, texts: Sequence[str], hooks, labels=None, *, reduce: str = "l
     elif marker is not None:
         raise ValueError(f"marker= is used by reduce='marker' only (reduce is {reduce!r})")
 
-    pad = model.tokenizer.pad_id
+    pad = model.tokenizer.pad_id if model.tokenizer is not None else 0  # hidden by the mask in any case
     order = np.argsort([len(s) for s in seqs], kind="stable")
     rows: dict[str, list] = {n: [None] * len(texts) for n in names}
     for start in range(0, len(texts), batch_size):
@@ -217,7 +230,8 @@ def collect(model, texts: Sequence[str], hooks, labels=None, *, reduce: str = "l
         acts = {n: np.stack(rows[n]) for n in names}
     for n in names:
         check_activations(acts[n], f"activations at '{n}'")
-    return Activations(acts, None if labels is None else np.asarray(labels), reduce, model_hash(model), tuple(texts),
+    return Activations(acts, None if labels is None else np.asarray(labels), reduce, model_hash(model),
+                       tuple(t for t in texts if isinstance(t, str)),
                        index)
 
 

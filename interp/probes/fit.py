@@ -161,7 +161,8 @@ def fit_ccs(pos, neg, *, hook: str | None = None, model_hash: str | None = None,
 
 @functools.partial(jax.jit, static_argnums=(0, 1, 2, 3))
 def _ccs(restarts, steps, lr, weight_decay, Xp, Xn, key):
-    return _fit.ccs(Xp, Xn, key, restarts=restarts, steps=steps, lr=lr, weight_decay=weight_decay)
+    with jax.numpy_dtype_promotion("standard"):  # optax mixes int step counts into float math
+        return _fit.ccs(Xp, Xn, key, restarts=restarts, steps=steps, lr=lr, weight_decay=weight_decay)
 
 
 def contrast_credence(probe: Probe, pos: Float[Array, "N D"], neg: Float[Array, "N D"]) -> Float[Array, " N"]:
