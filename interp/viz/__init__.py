@@ -18,6 +18,8 @@ from interp.viz.figures import (
     lens_cells,
     lens_figure,
     logit_effect_figure,
+    monitor_figure,
+    monitor_html,
     patching_figure,
     token_strings,
     token_ticks,
@@ -29,6 +31,7 @@ __all__ = [
     "HTML", "Linked", "attention_figure", "bar_figure", "decomposition_figure", "dla_figure", "edge_circuit_figure",
     "escape", "feature_card_html", "graph_figure", "graph_layout", "head_scores_figure", "heatmap_figure",
     "histogram_figure",
-    "intervention_figure", "lens_cells", "lens_figure", "logit_effect_figure", "patching_figure",
+    "intervention_figure", "lens_cells", "lens_figure", "logit_effect_figure", "monitor_figure", "monitor_html",
+    "patching_figure",
     "result_view", "token_strings", "token_ticks", "training_figure",
 ]

@@ -532,3 +532,65 @@ def probe_sweep_figure(result, *, title: str | None = None, figure=None):
     b = result.best
     default = f"{result.kind} probe by hook: best {result.labels[b]}, AUROC {result.auroc[b]:.3f}"  # escaped by _layout
     return _layout(fig, title if title is not None else default, height=360)
+
+
+# ---------------------------------------------------------------------------------------------- monitors
+def _score_colour(v: float, lo: float, hi: float) -> str:
+    """Background for a score: pale at ``lo``, red at ``hi``."""
+    if not np.isfinite(v) or hi <= lo:
+        return "transparent"
+    a = float(np.clip((v - lo) / (hi - lo), 0.0, 1.0))
+    return f"rgba(214,39,40,{0.08 + 0.72 * a:.2f})"
+
+
+def monitor_html(str_tokens: Sequence[str], scores: dict[str, np.ndarray], thresholds: dict[str, float | None],
+                 *, prompt_length: int = 0, mask: np.ndarray | None = None, title: str | None = None) -> str:
+    """One row of text, once per monitor, each token's background shaded by its score (hover: the value); tokens
+    over the monitor's threshold are outlined (``class="flag"``) and prompt tokens are grey. ``scores[name] [T]``
+    (NaN: not scored); ``mask [T]`` hides padding. Every token and name is escaped."""
+    T = len(str_tokens)
+    keep = np.ones(T, bool) if mask is None else np.asarray(mask).astype(bool)
+    blocks = []
+    for name, s in scores.items():
+        s = np.asarray(s, np.float64)
+        th = thresholds.get(name)
+        finite = s[keep & np.isfinite(s)]
+        lo, hi = (float(finite.min()), float(finite.max())) if finite.size else (0.0, 1.0)
+        if th is not None:  # shade from well below the threshold, so that crossing it reads as red
+            lo = min(lo, th - (hi - th) if hi > th else th - 1.0)
+        spans = []
+        for t in np.flatnonzero(keep):
+            v = s[t]
+            flagged = th is not None and np.isfinite(v) and v > th
+            style = f"background:{_score_colour(v, lo, hi)};" + ("color:#777;" if t < prompt_length else "")
+            cls = ' class="flag" ' if flagged else " "
+            spans.append(f'<span{cls}style="{style}" title="{escape(f"{t}: {v:.4g}")}">{escape(str_tokens[t])}</span>')
+        th_text = "no threshold" if th is None else f"threshold {th:.4g}"
+        blocks.append(f'<div class="interp-monitor-row"><b>{escape(name)}</b> <small>({escape(th_text)}; outlined: '
+                      f'over it; grey: prompt)</small><div style="font-family:monospace;white-space:pre-wrap;'
+                      f'line-height:1.7">{"".join(spans)}</div></div>')
+    head = f"<h4>{escape(title)}</h4>" if title else ""
+    return ('<div class="interp-monitor"><style>.interp-monitor .flag{outline:2px solid #b2182b;}</style>'
+            f'{head}{"".join(blocks)}</div>')
+
+
+def monitor_figure(str_tokens: Sequence[str], scores: dict[str, np.ndarray], thresholds: dict[str, float | None],
+                   *, prompt_length: int = 0, title: str | None = None, figure=None):
+    """Each monitor's score by position (one line each; NaN leaves a gap), its threshold dashed, and a dotted
+    line where the new tokens begin."""
+    go = _go()
+    fig = figure if figure is not None else go.Figure()
+    fig.data = []
+    ticks, text = token_ticks(str_tokens)
+    tok = [escape(t) for t in str_tokens]
+    for name, s in scores.items():
+        fig.add_trace(go.Scatter(x=ticks, y=np.asarray(s, float), mode="lines+markers", name=escape(name),
+                                 customdata=tok, hovertemplate="%{x}:%{customdata} %{y:.4g}<extra>" + escape(name)
+                                 + "</extra>"))
+        if thresholds.get(name) is not None:
+            fig.add_hline(y=float(thresholds[name]), line_dash="dash", line_color="#b2182b", opacity=0.6)
+    if 0 < prompt_length < len(str_tokens):
+        fig.add_vline(x=prompt_length - 0.5, line_dash="dot", line_color="gray")
+    fig.update_xaxes(tickvals=ticks, ticktext=text, tickangle=-60, title="token")
+    fig.update_yaxes(title="score")
+    return _layout(fig, title, height=360)

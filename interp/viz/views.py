@@ -22,6 +22,8 @@ from interp.viz.figures import (
     intervention_figure,
     lens_cells,
     lens_figure,
+    monitor_figure,
+    monitor_html,
     patching_figure,
     probe_sweep_figure,
     token_strings,
@@ -125,6 +127,28 @@ def graph_view(graph, cards: dict[int, FeatureCard] | None = None, *, pruned: bo
     return [Linked(fig, panels, hint="Click a feature node to show its top-activating contexts.")]
 
 
+def monitor_view(generation, rows: Sequence[int] | None = None, *, figure: bool = True) -> list:
+    """A generation with monitors (``model.generate(..., monitors=[...])``): for each row (default: all, at most
+    eight), its tokens shaded by each monitor's score, flagged tokens outlined, and a figure of the scores by
+    position."""
+    g = generation
+    if not g.monitor_scores:
+        return [HTML("".join(f"<p>{escape(t)}</p>" for t in g.texts or []))]
+    rows = range(min(len(g.tokens), 8)) if rows is None else rows
+    parts: list = []
+    for b in rows:
+        strs = g.str_tokens[b] if g.str_tokens else token_strings(None, g.tokens[b])
+        scores = {name: s[b] for name, s in g.monitor_scores.items()}
+        mask = g.attention_mask[b]
+        title = f"row {b}" + (f": stopped by {g.stopped_by[b]}" if g.stopped_by and g.stopped_by[b] else "")
+        parts.append(HTML(monitor_html(strs, scores, g.monitor_thresholds, prompt_length=g.prompt_length, mask=mask,
+                                       title=title)))
+        if figure:
+            parts.append(monitor_figure(strs, scores, g.monitor_thresholds, prompt_length=g.prompt_length,
+                                        title=f"Monitor scores, row {b}"))
+    return parts
+
+
 def graph_explorer_view(model, transcoders, graph, tokens=None) -> list:
     """The static form of the graph explorer: the graph, with each kept feature's dashboard on click."""
     from interp.features import graph_cards
@@ -174,6 +198,7 @@ def _views() -> list[tuple[type, object]]:
     from interp.circuits import Decomposition, DLAResult, EdgeResult, HeadScores, LensResult, PatchResult, PromptSet
     from interp.circuits.graph import Graph, Intervention
     from interp.features import FeatureCard, FeatureIndex
+    from interp.models.generate import Generation
     from interp.probes import SweepResult
     from interp.sae import DictionaryMetrics, TrainResult
 
@@ -192,6 +217,7 @@ def _views() -> list[tuple[type, object]]:
         (DictionaryMetrics, lambda r: [_metrics_table({k: v for k, v in r.as_dict().items() if v is not None})]),
         (TrainResult, _train_parts),
         (SweepResult, lambda r: [summary_html(r), probe_sweep_figure(r)]),
+        (Generation, lambda r: [summary_html(r), *monitor_view(r)]),
     ]
 
 
