@@ -7,7 +7,8 @@ kernel, which recomputes with the model and updates the figures in place:
 - :class:`FeatureDashboard`: a dictionary latent's top contexts, histogram, density and logit effects;
 - :class:`GraphExplorer`: an attribution graph by layer and position; click a node for its dashboard, ablate or
   steer a node or supernode and see the next-token logits change (through :func:`interp.circuits.graph.intervene`);
-- :class:`TrainingMonitor`: live loss / FVU / L0 / dead-latent curves, as the ``callback`` of ``sae.train``.
+- :class:`TrainingMonitor`: live loss / FVU / L0 / dead-latent curves, as the ``callback`` of ``sae.train``;
+- :class:`MonitorView`: text streamed as it is generated, each token shaded by each monitor's score.
 
 Every widget has ``static()``, the list of plain figures and HTML that :class:`interp.report.Report` embeds.
 Needs the ``notebook`` extra: ``pip install 'interp[notebook]'``.
@@ -15,6 +16,7 @@ Needs the ``notebook`` extra: ``pip install 'interp[notebook]'``.
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Mapping, Sequence
 
 import numpy as np
@@ -30,7 +32,8 @@ from interp.viz import figures as F
 from interp.viz import views
 from interp.viz.figures import feature_card_html
 
-__all__ = ["AttentionView", "FeatureDashboard", "GraphExplorer", "LensView", "PatchingView", "TrainingMonitor"]
+__all__ = ["AttentionView", "FeatureDashboard", "GraphExplorer", "LensView", "MonitorView", "PatchingView",
+           "TrainingMonitor"]
 
 
 def _figure_widget(fig=None) -> go.FigureWidget:
@@ -408,3 +411,84 @@ class TrainingMonitor(W.VBox):
 
     def static(self) -> list:
         return views.training_view(self.history)
+
+
+# ---------------------------------------------------------------------------------------------- monitors
+class MonitorView(W.VBox):
+    """One prompt's continuation streamed into the notebook, each token shaded by each monitor's score (tokens
+    over a threshold outlined). It generates ``chunk`` tokens at a time (``model.generate(..., monitors=...)``,
+    the scores computed inside each compiled generation) and redraws between chunks; with ``background=True``
+    (default) it runs in a thread, so the cell returns and the view fills in as tokens arrive. ``join()`` waits
+    for the end; ``generation`` is the latest result. Other keywords go to ``model.generate`` (a sampling
+    ``seed`` advances by one per chunk)."""
+
+    def __init__(self, model, prompt, monitors, max_new_tokens: int = 64, *, chunk: int = 8, background: bool = True,
+                 **generate_kwargs):
+        from interp.checks import check_range
+
+        check_range("max_new_tokens", max_new_tokens, 1, integer=True)
+        check_range("chunk", chunk, 1, integer=True)
+        self.model, self.monitors = model, list(monitors)
+        if not self.monitors:
+            raise ValueError("MonitorView needs at least one monitor (interp.probes.Monitor)")
+        self.tokens, _ = views._tokens(model, prompt)
+        self.max_new_tokens, self.chunk, self.kwargs = int(max_new_tokens), int(chunk), generate_kwargs
+        self.generation = None
+        self.error: Exception | None = None
+        self.status = W.HTML("generating...")
+        self.text = W.HTML()
+        super().__init__([self.status, self.text])
+        self.thread: threading.Thread | None = None
+        if background:
+            self.thread = threading.Thread(target=self.run, daemon=True)
+            self.thread.start()
+        else:
+            self.run()
+
+    def run(self):
+        """Generate chunk by chunk to ``max_new_tokens`` (or until the row stops), redrawing after each chunk;
+        returns the last ``Generation``, whose scores cover the prompt and every new token."""
+        ids = np.asarray(self.tokens)
+        n_prompt, done, k = ids.shape[1], 0, 0
+        seed = int(self.kwargs.pop("seed", 0))
+        try:
+            while done < self.max_new_tokens:
+                step = min(self.chunk, self.max_new_tokens - done)
+                g = self.model.generate(ids, step, monitors=self.monitors, seed=seed + k, **self.kwargs)
+                self.generation, k = g, k + 1
+                ids = g.tokens[:, g.attention_mask[0].astype(bool)]
+                done = ids.shape[1] - n_prompt
+                self.draw(final=False)
+                if g.lengths[0] < step:  # a stop token or a stopping monitor ended the row
+                    break
+        except Exception as e:  # noqa: BLE001 - shown in the view (a background thread has no cell to raise in)
+            self.error = e
+            self.status.value = f'<span style="color:#b2182b">{F.escape(f"{type(e).__name__}: {e}")}</span>'
+            if self.thread is None:
+                raise
+            return None
+        self.draw(final=True)
+        return self.generation
+
+    def draw(self, final: bool = True) -> None:
+        """Show the latest generation's tokens shaded by every monitor's score."""
+        g = self.generation
+        if g is None:
+            return
+        P = self.tokens.shape[1]
+        new = g.tokens.shape[1] - P
+        stopped = f"; stopped by {g.stopped_by[0]}" if g.stopped_by and g.stopped_by[0] else ""
+        self.status.value = F.escape(f"{'done' if final else 'generating'}: {new} new tokens{stopped}")
+        scores = {name: s[0] for name, s in g.monitor_scores.items()}
+        self.text.value = F.monitor_html(g.str_tokens[0], scores, g.monitor_thresholds, prompt_length=P,
+                                         mask=g.attention_mask[0])
+
+    def join(self, timeout: float | None = None):
+        """Wait for a background generation to finish; returns the last ``Generation``."""
+        if self.thread is not None:
+            self.thread.join(timeout)
+        return self.generation
+
+    def static(self) -> list:
+        self.join()
+        return views.monitor_view(self.generation, [0]) if self.generation is not None else [views.HTML("")]

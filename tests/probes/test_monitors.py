@@ -74,13 +74,15 @@ def test_scores_inside_generation_equal_a_full_forward(tiny3):
     assert (out.lengths == 9).all() and out.stopped_by == [None] * 3
     check_against_full(tiny3, out, monitors)
     # the monitors read the model without changing it: the same tokens as a generation without them
-    np.testing.assert_array_equal(out.new_tokens, tiny3.generate(toks, 9, attention_mask=mask, stop_tokens=[]).new_tokens)
+    plain = tiny3.generate(toks, 9, attention_mask=mask, stop_tokens=[])
+    np.testing.assert_array_equal(out.new_tokens, plain.new_tokens)
     # a row that stops on a stop token has NaN scores after it, the stop token itself scored
     stop = int(out.new_tokens[0, 2])
     stopped = tiny3.generate(toks, 9, attention_mask=mask, stop_tokens=[stop], monitors=monitors[:1])
     n = int(stopped.lengths[0])
     P = stopped.prompt_length
-    assert np.isfinite(stopped.monitor_scores["probe"][0, P + n - 1]) and np.isnan(stopped.monitor_scores["probe"][0, P + n:]).all()
+    row = stopped.monitor_scores["probe"][0]
+    assert np.isfinite(row[P + n - 1]) and np.isnan(row[P + n:]).all()
     check_against_full(tiny3, stopped, monitors[:1])
 
 
@@ -218,3 +220,71 @@ def test_generation_report_view(tiny3):
     assert html.count('class="flag"') >= n_flagged
     assert "interp-monitor" in Report().add(out).to_html()
     assert dataclasses.is_dataclass(out) and "monitor" in repr(out)
+
+
+def test_monitor_view_streams_in_chunks(tiny3):
+    pytest.importorskip("ipywidgets")
+    from interp.widgets import MonitorView
+
+    prompt = random_tokens(tiny3.d_vocab, (1, 5), seed=6)
+    mon = Monitor(stand_in(tiny3), name="p", threshold=0.0)
+    whole = tiny3.generate(prompt, 10, stop_tokens=[], monitors=[mon])
+    frames = []
+    view = MonitorView(tiny3, prompt, [mon], 10, chunk=4, background=False, stop_tokens=[])
+    view.text.observe(lambda change: frames.append(change["new"]), "value")
+    view.run()
+    assert len(frames) == 3  # chunks of 4, 4 and 2 tokens, drawn as each arrived
+    g = view.generation
+    np.testing.assert_array_equal(g.tokens, whole.tokens)  # greedy: chunks continue exactly as one call does
+    assert_close(g.monitor_scores["p"], whole.monitor_scores["p"], model_bound(whole.monitor_scores["p"],
+                                                                               n_layers=tiny3.n_layers))
+    assert view.text.value.count('class="flag"') == int(g.flags("p").sum()) and "done: 10" in view.status.value
+    background = MonitorView(tiny3, prompt, [mon], 10, chunk=4, stop_tokens=[])
+    np.testing.assert_array_equal(background.join(60).tokens, whole.tokens)
+    assert any("interp-monitor" in getattr(p, "html", "") for p in background.static())
+
+
+def test_a_real_probe_monitors_generation(tiny3):
+    from interp.probes import Probe
+
+    rng = np.random.default_rng(9)
+    D = tiny3.d_model
+    arrays = [rng.normal(size=D) / np.sqrt(D), np.float32(-0.2), rng.normal(size=D) * 0.1, 1 + rng.random(D)]
+    probe = Probe(*(jnp.asarray(a, jnp.float32) for a in arrays), hook="blocks.2.hook_resid_mid", kind="logistic",
+                  model_hash=weights_hash(tiny3))
+    mon = Monitor(probe, name="probe")
+    toks, mask = left_padded(tiny3.d_vocab, [4, 6], seed=10)
+    out = tiny3.generate(toks, 7, attention_mask=mask, stop_tokens=[], monitors=[mon])
+    check_against_full(tiny3, out, [mon])
+    other = Monitor(dataclasses.replace(probe, model_hash="f" * 64))
+    with pytest.raises(ValueError, match="f{64}"):
+        tiny3.generate(toks, 2, attention_mask=mask, monitors=[other])
+
+
+def test_default_model_scores_equal_a_full_forward(default_model):
+    m = default_model
+    v = np.random.default_rng(0).normal(size=m.d_model).astype(np.float32) / np.sqrt(m.d_model)
+    w = jnp.asarray(v)
+    monitors = [Monitor(lambda x: x @ w, hook="blocks.6.hook_resid_post", name="direction"),
+                Monitor(lambda x: jnp.linalg.norm(x, axis=-1), hook="blocks.20.hook_mlp_out", name="norm")]
+    out = m.generate(["The capital of France is", "Once upon a time, in a small village"], 16, monitors=monitors)
+    assert out.str_tokens[1][-len(out.new_tokens[1]):][0] == m.to_string([int(out.new_tokens[1, 0])])
+    check_against_full(m, out, monitors)
+
+
+def test_default_model_calibrated_fpr_on_held_out_text(default_model, corpus_text):
+    """Calibrated on about 8k tokens of WikiText-2 at 1%, a probe-like direction flags 1% +- 1 point of another
+    8k tokens."""
+    m = default_model
+    lines = [ln for ln in corpus_text.splitlines() if len(ln.split()) > 20]
+    v = np.random.default_rng(1).normal(size=m.d_model).astype(np.float32) / np.sqrt(m.d_model)
+    w = jnp.asarray(v)
+    mon = Monitor(lambda x: x @ w, hook="blocks.4.hook_resid_post", name="direction")
+    clean = m.to_tokens(" ".join(lines[:120]))[0, :8192]
+    held = m.to_tokens(" ".join(lines[200:320]))[0, :8192]
+    assert clean.shape[0] == held.shape[0] == 8192
+    cal = mon.calibrate(m, np.asarray(clean), fpr=0.01, window=256, batch_size=8)
+    assert cal.n_calibration == 8192
+    rows = np.asarray(held).reshape(32, 256)
+    flagged = np.concatenate([cal.flags(cal.score_tokens(m, rows[i:i + 8])).reshape(-1) for i in range(0, 32, 8)])
+    assert abs(flagged.mean() - 0.01) <= 0.01, flagged.mean()
