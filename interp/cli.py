@@ -257,13 +257,14 @@ def add_search_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--progress", action=argparse.BooleanOptionalAction, default=True, help="progress bar on stderr")
 
 
-def search(args, out=sys.stdout) -> None:
+def search(args, out=None) -> None:
     import json
 
     import interp
     from interp import search as S
     from interp._io import atomic_file
 
+    out = out or sys.stdout
     base = args.objective.removeprefix("not-")
     if base not in ("logprob", "latent"):
         if base not in S.REGISTRY:
@@ -290,8 +291,9 @@ def search(args, out=sys.stdout) -> None:
                 progress=args.progress)
     print(repr(res), file=out)
     if args.out is not None:
-        record = {"command": "search", "model": args.model, "objective": args.objective, "target": args.target,
-                  "sae": args.sae, "latent": args.latent, "prompt": args.prompt, "span": args.span, **res.to_dict()}
+        asked = {k: getattr(args, k) for k in ("model", "objective", "target", "sae", "latent", "position", "prompt",
+                                              "span", "steps", "topk", "batch", "restarts", "fluency", "init", "seed")}
+        record = {"search": asked, **res.to_dict()}
         with atomic_file(Path(args.out), "w") as fh:
             json.dump(record, fh, indent=1)
         print(f"wrote {args.out}", file=out)
