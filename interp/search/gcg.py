@@ -228,7 +228,8 @@ class SearchResult(Result):
     """What a search found. ``tokens``: the best span ``[n]``; ``text``: it as text (None without a tokenizer);
     ``input``: the whole input it sits in (appended target tokens excluded) and ``input_text``; ``loss`` (total),
     ``objective`` and ``fluency`` (span NLL, nats/token) of the best; ``success``; ``history``: per restart, the
-    loss of the candidate each step moved to; ``seconds``, ``seconds_to_success`` (None: never)."""
+    loss of the candidate each step moved to, and ``step_seconds`` when each step ended (since the start);
+    ``seconds``, ``seconds_to_success`` (None: never)."""
 
     tokens: np.ndarray
     text: str | None
@@ -240,6 +241,7 @@ class SearchResult(Result):
     fluency_weight: float
     success: bool
     history: tuple
+    step_seconds: tuple
     steps: int
     restart: int
     seconds: float
@@ -262,6 +264,7 @@ class SearchResult(Result):
         d = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
         d["tokens"], d["input"] = self.tokens.tolist(), self.input.tolist()
         d["history"] = [list(map(float, h)) for h in self.history]
+        d["step_seconds"] = [[round(t, 4) for t in h] for h in self.step_seconds]
         return d
 
 
@@ -326,12 +329,12 @@ def gcg(
 
     t0 = time.perf_counter()
     best = (True, np.inf, None, 0)  # (not success, loss, span ids, restart)
-    history, t_success, total_steps = [], None, 0
+    history, times, t_success, total_steps = [], [], None, 0
     bar = tqdm(total=restarts * steps, desc="gcg", disable=not progress, leave=False)
     for r in range(restarts):
         rng = np.random.default_rng([seed, r])
         ids = init_ids.copy() if (r == 0 and init_ids is not None) else rng.choice(allowed_ids, n).astype(np.int32)
-        hist = []
+        hist, when = [], []
         for _ in range(steps):
             grad = _gradient(model, objective, jax.device_put(lay.tokens(ids)), start, n, weight, use_flu)
             top = np.asarray(_top_candidates(grad, penalty, k))
@@ -346,6 +349,7 @@ def gcg(
             j = int(np.argmin(np.where(succ, total, np.inf))) if succ.any() else int(np.argmin(total))
             ids = cands[j].copy()
             hist.append(float(total[j]))
+            when.append(time.perf_counter() - t0)
             total_steps += 1
             bar.update(1)
             bar.set_postfix(loss=f"{total[j]:.3f}", restart=r)
@@ -356,6 +360,7 @@ def gcg(
             if (succ[j] and stop_on_success) or (stop_loss is not None and total[j] <= stop_loss):
                 break
         history.append(tuple(hist))
+        times.append(tuple(when))
         if (not best[0] and stop_on_success) or (stop_loss is not None and best[1] <= stop_loss):
             break
     bar.close()
@@ -367,8 +372,9 @@ def gcg(
         tokens=best[2], text=text, input=full,
         input_text=model.to_string(full) if model.tokenizer is not None else None,
         loss=float(final["total"][0]), objective=float(final["objective"][0]), fluency=float(final["fluency"][0]),
-        fluency_weight=float(fluency), success=bool(final["success"][0]), history=tuple(history), steps=total_steps,
-        restart=best[3], seconds=seconds, seconds_to_success=t_success, description=objective.describe(model))
+        fluency_weight=float(fluency), success=bool(final["success"][0]), history=tuple(history),
+        step_seconds=tuple(times), steps=total_steps, restart=best[3], seconds=seconds, seconds_to_success=t_success,
+        description=objective.describe(model))
 
 
 def _init_ids(model, init, n: int, mask: np.ndarray) -> np.ndarray | None:
