@@ -207,6 +207,16 @@ def saved_checkpoints(make, tmp_path_factory):
     return get
 
 
+@pytest.fixture(autouse=True, scope="module")
+def _release_compiled_programs():
+    """Drop JAX's in-memory compiled programs after each test module. XLA keeps every program it compiles mapped
+    for the life of the process (several memory maps each); the whole suite compiles thousands, past the kernel's
+    limit on maps per process (``vm.max_map_count``, 65530 by default), where the next compilation segfaults.
+    The on-disk compilation cache keeps compiling again cheap."""
+    yield
+    jax.clear_caches()
+
+
 @pytest.fixture(scope="session")
 def hf_checkpoints(tmp_path_factory):
     """variant -> (transformers model, saved checkpoint folder)."""
