@@ -1,4 +1,4 @@
-"""Figures (plotly) and feature dashboards for interp's results; :mod:`interp.widgets` makes them interactive
+"""Figures (plotly) and HTML views of interp's results; :mod:`interp.widgets` makes them interactive
 and :mod:`interp.report` collects them into one self-contained HTML file."""
 
 from interp.viz.figures import (
@@ -21,6 +21,7 @@ from interp.viz.figures import (
     monitor_figure,
     monitor_html,
     patching_figure,
+    probe_sweep_figure,
     token_strings,
     token_ticks,
     training_figure,
@@ -32,6 +33,6 @@ __all__ = [
     "escape", "feature_card_html", "graph_figure", "graph_layout", "head_scores_figure", "heatmap_figure",
     "histogram_figure",
     "intervention_figure", "lens_cells", "lens_figure", "logit_effect_figure", "monitor_figure", "monitor_html",
-    "patching_figure",
+    "patching_figure", "probe_sweep_figure",
     "result_view", "token_strings", "token_ticks", "training_figure",
 ]
