@@ -35,7 +35,8 @@ REDUCTIONS = ("last", "mean", "marker", "all")
 class Activations(Result):
     """Reduced activations: ``acts[hook]`` is ``[N, D]`` float32 (numpy), one row per text (per token with
     ``reduce="all"``, located by ``index [N, 2]`` = (text, position)). ``labels [N]`` or None; ``model_hash``: the
-    weights hash of the model that produced them."""
+    weights hash of the model that produced them; ``groups [N]`` or None: the group id of each row (rows of one
+    group, such as a statement and its false twin, are near-duplicates that cross-validation keeps together)."""
 
     acts: Mapping[str, np.ndarray]
     labels: np.ndarray | None
@@ -43,6 +44,7 @@ class Activations(Result):
     model_hash: str | None = None
     texts: tuple[str, ...] = ()
     index: np.ndarray | None = None
+    groups: np.ndarray | None = None
 
     def __post_init__(self):
         if not self.acts:
@@ -52,6 +54,10 @@ class Activations(Result):
             raise ValueError(f"every hook needs the same number of rows; got {n}")
         if self.labels is not None and len(self.labels) != len(self):
             raise ValueError(f"{len(self)} rows but {len(self.labels)} labels")
+        if self.groups is not None:
+            object.__setattr__(self, "groups", np.asarray(self.groups))
+            if self.groups.ndim != 1 or len(self.groups) != len(self):
+                raise ValueError(f"{len(self)} rows but groups of shape {self.groups.shape}: give one group id per row")
 
     @property
     def hooks(self) -> tuple[str, ...]:
@@ -82,7 +88,8 @@ class Activations(Result):
             texts = tuple(texts[int(r)] for r in rows)
         return dataclasses.replace(self, acts={k: v[rows] for k, v in self.acts.items()},
                                    labels=None if self.labels is None else self.labels[rows], texts=texts,
-                                   index=None if self.index is None else self.index[rows])
+                                   index=None if self.index is None else self.index[rows],
+                                   groups=None if self.groups is None else self.groups[rows])
 
     def with_labels(self, labels) -> Activations:
         return dataclasses.replace(self, labels=np.asarray(labels))
@@ -92,6 +99,8 @@ class Activations(Result):
         facts = {"reduction": self.reduce, "model hash": (self.model_hash or "unknown")[:12]}
         if self.labels is not None:
             facts["class 1"] = f"{int(np.sum(self.labels))} of {len(self)}"
+        if self.groups is not None:
+            facts["groups"] = len(set(self.groups.tolist()))
         top = [(h, f"[{self.acts[h].shape[0]}, {self.acts[h].shape[1]}]") for h in self.hooks]
         return Summary("activations", {"hook": len(self.hooks), "row": len(self), "feature": first.shape[1]}, facts,
                        top, "hooks")
@@ -157,13 +166,15 @@ def _last_occurrence(seq: list[int], pattern: list[int]) -> int:
 
 
 def collect(model, texts: Sequence[str], hooks, labels=None, *, reduce: str = "last", marker: str | int | None = None,
-            batch_size: int = 32, splices: Sequence = (), prepend_bos: bool | None = None) -> Activations:
+            batch_size: int = 32, splices: Sequence = (), prepend_bos: bool | None = None, groups=None) -> Activations:
     """Activations of ``texts`` at ``hooks``, reduced per text (see the module docstring), with their ``labels``.
 
     ``texts``: strings, or sequences of token ids (one per text).
     ``hooks``: hook names, short keys such as ``("resid_post", 5)``, or bare short names meaning every layer
     (``"resid_post"``); with ``splices`` a dictionary's latents too (``"blocks.5.hook_resid_post.sae.hook_latents"``).
     Every hook comes from the same model pass. Returns :class:`Activations` (float32 numpy rows).
+    ``groups``: one group id per text (e.g. ``datasets.true_false().groups``), kept as ``Activations.groups``
+    (repeated over a text's tokens with ``reduce="all"``), which :func:`sweep` and :func:`weak_to_strong` then use.
     """
     if reduce not in REDUCTIONS:
         raise ValueError(f"unknown reduction {reduce!r}{suggest(str(reduce), REDUCTIONS)}; choose one of "
@@ -177,6 +188,11 @@ def collect(model, texts: Sequence[str], hooks, labels=None, *, reduce: str = "l
         raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")
     if labels is not None and reduce != "all" and len(labels) != len(texts):
         raise ValueError(f"{len(texts)} texts but {len(labels)} labels: pass exactly one label per text")
+    if groups is not None:
+        if isinstance(groups, str) or np.ndim(groups) != 1 or len(groups) != len(texts):
+            got = "one string" if isinstance(groups, str) else f"groups of shape {np.shape(groups)}"
+            raise ValueError(f"{len(texts)} texts but {got}: pass exactly one group id per text")
+        groups = np.asarray(groups)
     names = _hook_list(model, hooks, list(splices))
     seqs = _encode(model, texts, prepend_bos)
     empty = [i for i, s in enumerate(seqs) if not s]
@@ -226,13 +242,15 @@ def collect(model, texts: Sequence[str], hooks, labels=None, *, reduce: str = "l
         acts = {n: np.concatenate(rows[n]) for n in names}
         index = np.concatenate([np.stack([np.full(len(s), i), np.arange(len(s))], 1) for i, s in enumerate(seqs)])
         labels = _token_labels(labels, seqs)
+        if groups is not None:
+            groups = np.repeat(groups, [len(s) for s in seqs])
     else:
         acts = {n: np.stack(rows[n]) for n in names}
     for n in names:
         check_activations(acts[n], f"activations at '{n}'")
     return Activations(acts, None if labels is None else np.asarray(labels), reduce, model_hash(model),
                        tuple(t for t in texts if isinstance(t, str)),
-                       index)
+                       index, groups)
 
 
 def _token_labels(labels, seqs) -> np.ndarray | None:

@@ -18,8 +18,8 @@ from jaxtyping import Array, Float
 from interp.probes import _fit
 from interp.probes.probe import Probe
 
-__all__ = ["KINDS", "accuracy", "auroc", "check_activations", "check_labels", "fit", "fit_ccs", "contrast_credence",
-           "kfold"]
+__all__ = ["KINDS", "accuracy", "auroc", "balanced_parts", "check_activations", "check_groups", "check_labels", "fit",
+           "fit_ccs", "contrast_credence", "kfold"]
 
 KINDS = ("logistic", "diffmeans", "lda")
 
@@ -199,12 +199,74 @@ def accuracy(scores: Sequence[float], labels: Sequence[int]) -> float:
     return float(((s > 0) == y).mean()) if len(s) else float("nan")
 
 
-def kfold(labels: Sequence[int], k: int = 5, seed: int = 0) -> np.ndarray:
+def check_groups(groups, n: int, what: str = "groups") -> np.ndarray:
+    """Group ids (any hashable values, one per example) as ints ``[N]`` in ``0..G-1`` (numbered by first
+    appearance); refuses a length other than ``n``."""
+    if isinstance(groups, str):
+        raise TypeError(f"{what} must be one id per example, not one string")
+    g = list(np.asarray(groups, dtype=object).reshape(-1)) if np.ndim(groups) else None
+    if g is None or len(g) != n:
+        got = "a scalar" if g is None else len(g)
+        raise ValueError(f"{n} examples but {got} {what}: pass one group id per example (rows of one group, such as "
+                         "a statement and its false twin, share an id)")
+    try:
+        ids: dict = {}
+        return np.array([ids.setdefault(v, len(ids)) for v in g], np.int64)
+    except TypeError:
+        raise TypeError(f"{what} must be hashable ids (ints or strings)") from None
+
+
+def balanced_parts(y: np.ndarray, gid: np.ndarray, weights: Sequence[float], seed: int) -> np.ndarray:
+    """Part of each example (``[N]`` ints) with every group ``gid`` whole in one part, the parts' class counts as
+    near to ``weights`` (fractions) as the groups allow: groups are shuffled (seeded), taken largest first and each
+    put where it raises ``sum over parts and classes count**2 / (weight * class total**2)`` least (ties: the part
+    with fewer rows, then the lower index)."""
+    y = np.asarray(y).astype(bool)
+    w = np.asarray(weights, np.float64)
+    G = int(gid.max()) + 1
+    counts = np.zeros((G, 2))
+    np.add.at(counts, (gid, y.astype(np.int64)), 1)
+    order = np.random.default_rng(seed).permutation(G)
+    order = order[np.argsort(-counts[order].sum(1), kind="stable")]
+    total = np.maximum(counts.sum(0), 1)
+    have = np.zeros((len(w), 2))
+    part_of = np.empty(G, np.int64)
+    for g in order:
+        c = counts[g]
+        cost = ((((have + c) ** 2 - have ** 2) / total ** 2).sum(1)) / w
+        best = np.lexsort((np.arange(len(w)), have.sum(1) / w, np.round(cost, 12)))[0]
+        part_of[g] = best
+        have[best] += c
+    return part_of[gid]
+
+
+def kfold(labels: Sequence[int], k: int = 5, seed: int = 0, groups=None) -> np.ndarray:
     """Stratified fold of each example (``[N]`` ints in ``0..k-1``): each class is shuffled (seeded) and dealt
-    round-robin, so every fold holds both classes whenever each class has at least ``k`` examples."""
+    round-robin, so every fold holds both classes whenever each class has at least ``k`` examples.
+
+    ``groups`` (one id per example): every example of a group lands in the same fold, so near-duplicates (a true
+    statement and its false twin, one template filled with the same noun) are never split between training and
+    held-out rows; folds are then stratified as far as the groups allow (:func:`balanced_parts`)."""
     y = np.asarray(labels).reshape(-1).astype(bool)
     if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 2:
         raise ValueError(f"folds must be an int >= 2, got {k!r}")
+    if groups is not None:
+        gid = check_groups(groups, len(y))
+        n_groups = int(gid.max()) + 1 if len(gid) else 0
+        if n_groups < k:
+            raise ValueError(f"{k}-fold cross-validation by group needs at least {k} groups; got {n_groups}. Use "
+                             "fewer folds or more groups")
+        for cls, name in ((True, "class 1"), (False, "class 0")):
+            having = len(np.unique(gid[y == cls]))
+            if having < k:
+                raise ValueError(f"{k}-fold cross-validation by group needs at least {k} groups holding {name} "
+                                 f"examples; {having} do. Use fewer folds or more groups")
+        fold = balanced_parts(y, gid, np.full(k, 1.0 / k), seed)
+        for f in range(k):
+            if len(np.unique(y[fold == f])) < 2:
+                raise ValueError(f"grouped fold {f} of {k} holds one class only (the groups are too few or too "
+                                 "one-sided to stratify); use fewer folds or more groups")
+        return fold
     smallest = min(int(y.sum()), int((~y).sum()))
     if smallest < k:
         raise ValueError(f"{k}-fold cross-validation needs at least {k} examples of each class; the smaller class "

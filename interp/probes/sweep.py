@@ -27,7 +27,8 @@ __all__ = ["SweepResult", "sweep", "fit_masked"]
 @dataclasses.dataclass(frozen=True, eq=False)
 class SweepResult(Result):
     """Cross-validated probe quality per hook: ``accuracy [L]``, ``auroc [L]`` (means over ``folds`` folds) and
-    their standard deviations over folds; ``probes[l]`` is the probe of hook ``l`` fitted on every row."""
+    their standard deviations over folds; ``probes[l]`` is the probe of hook ``l`` fitted on every row. ``groups``:
+    how many groups the folds kept whole (None: folds by row)."""
 
     hooks: tuple[str, ...]
     kind: str
@@ -38,6 +39,7 @@ class SweepResult(Result):
     accuracy_std: np.ndarray
     auroc_std: np.ndarray
     probes: tuple[Probe, ...]
+    groups: int | None = None
 
     @property
     def labels(self) -> list[str]:
@@ -71,7 +73,8 @@ class SweepResult(Result):
                  "examples": self.n}
         top = [(f"{lab}", float(v)) for lab, v in
                sorted(zip(self.labels, self.auroc), key=lambda t: -np.nan_to_num(t[1], nan=-1))]
-        return Summary(f"{self.kind} probe sweep, {self.folds}-fold CV", {"hook": len(self.hooks)}, facts, top,
+        how = f"{self.folds}-fold CV" + ("" if self.groups is None else f" by group ({self.groups} groups)")
+        return Summary(f"{self.kind} probe sweep, {how}", {"hook": len(self.hooks)}, facts, top,
                        "held-out AUROC by hook")
 
 
@@ -117,12 +120,15 @@ def _hash(acts):
     return getattr(acts, "model_hash", None)
 
 
-def sweep(acts, labels=None, *, hooks=None, kind: str = "logistic", folds: int = 5, seed: int = 0,
+def sweep(acts, labels=None, *, hooks=None, kind: str = "logistic", folds: int = 5, seed: int = 0, groups=None,
           **options) -> SweepResult:
     """A probe of ``kind`` at every hook of ``acts`` (:class:`Activations`, a dict hook -> ``[N, D]`` or an array
     ``[L, N, D]``), scored by stratified ``folds``-fold cross-validation (:func:`kfold` with ``seed``): per hook
     the mean and standard deviation over folds of the held-out accuracy and AUROC. Also fits each hook's probe on
-    every row (``result.probes``). ``options`` go to the fit (see :func:`interp.probes.fit`)."""
+    every row (``result.probes``). ``options`` go to the fit (see :func:`interp.probes.fit`).
+
+    ``groups`` (one id per row; default: ``acts.groups`` when the activations carry them): folds keep each group
+    whole, so a held-out row's near-duplicates are never among the training rows."""
     if kind not in KINDS:
         raise ValueError(f"a sweep fits one of {', '.join(KINDS)}; got {kind!r}")
     hooks, X = stacked(acts, hooks)
@@ -130,7 +136,9 @@ def sweep(acts, labels=None, *, hooks=None, kind: str = "logistic", folds: int =
     if labels is None:
         raise ValueError("no labels: pass labels=[...] (or collect the activations with labels)")
     y = check_labels(labels, X.shape[1])
-    fold = kfold(y, folds, seed)
+    groups = getattr(acts, "groups", None) if groups is None else groups
+    fold = kfold(y, folds, seed, groups)
+    n_groups = None if groups is None else len(set(np.asarray(groups).tolist()))
     masks = np.concatenate([(fold[None] != np.arange(folds)[:, None]), np.ones((1, len(y)), bool)]).astype(np.float32)
     (w, b, mu, sd), logits = fit_masked(kind, options, X, y, masks)
     logits = np.asarray(logits, np.float64)
@@ -138,4 +146,5 @@ def sweep(acts, labels=None, *, hooks=None, kind: str = "logistic", folds: int =
     auc = np.array([[auroc(logits[h, k, fold == k], y[fold == k]) for k in range(folds)] for h in range(len(hooks))])
     probes = tuple(Probe(w[h, -1], b[h, -1], mu[h, -1], sd[h, -1], hook=hooks[h], kind=kind, model_hash=_hash(acts))
                    for h in range(len(hooks)))
-    return SweepResult(hooks, kind, folds, len(y), acc.mean(1), auc.mean(1), acc.std(1), auc.std(1), probes)
+    return SweepResult(hooks, kind, folds, len(y), acc.mean(1), auc.mean(1), acc.std(1), auc.std(1), probes,
+                       n_groups)

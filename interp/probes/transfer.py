@@ -13,7 +13,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from interp.probes.fit import KINDS, accuracy, auroc, check_labels, kfold
+from interp.probes.fit import KINDS, accuracy, auroc, balanced_parts, check_groups, check_labels, kfold
 from interp.probes.sweep import fit_masked, stacked
 from interp.results import Result, Summary
 
@@ -56,8 +56,8 @@ class TransferResult(Result):
                        top, "hook: transfer AUROC, target CV AUROC")
 
 
-def _fold_masks(y, folds, seed, offset, total):
-    fold = kfold(y, folds, seed)
+def _fold_masks(y, folds, seed, offset, total, groups=None):
+    fold = kfold(y, folds, seed, groups)
     masks = np.zeros((folds, total), np.float32)
     for k in range(folds):
         masks[k, offset:offset + len(y)] = fold != k
@@ -71,10 +71,12 @@ def _cv(logits, fold, y, offset, start):
 
 
 def transfer(source, target, source_labels=None, target_labels=None, *, hooks=None, kind: str = "logistic",
-             folds: int = 5, seed: int = 0, names: tuple[str, str] = ("source", "target"), **options) -> TransferResult:
+             folds: int = 5, seed: int = 0, names: tuple[str, str] = ("source", "target"), source_groups=None,
+             target_groups=None, **options) -> TransferResult:
     """Train on ``source`` and test on ``target`` at every hook (both :class:`Activations` of the same hooks, or
     arrays ``[L, N, D]``), in one compiled call: the probe fitted on all source rows, and ``folds``-fold probes
-    within each set for comparison."""
+    within each set for comparison. The within-set folds keep groups whole (``source_groups``/``target_groups``,
+    by default the activations' own ``groups`` when they carry them; see :func:`kfold`)."""
     if kind not in KINDS:
         raise ValueError(f"transfer fits one of {', '.join(KINDS)}; got {kind!r}")
     hooks_s, Xs = stacked(source, hooks)
@@ -89,8 +91,10 @@ def transfer(source, target, source_labels=None, target_labels=None, *, hooks=No
     X, y = np.concatenate([Xs, Xt], axis=1), np.concatenate([ys, yt])
     train = np.zeros((1, ns + nt), np.float32)
     train[0, :ns] = 1
-    fs, ms = _fold_masks(ys, folds, seed, 0, ns + nt)
-    ft, mt = _fold_masks(yt, folds, seed, ns, ns + nt)
+    gs = getattr(source, "groups", None) if source_groups is None else source_groups
+    gt = getattr(target, "groups", None) if target_groups is None else target_groups
+    fs, ms = _fold_masks(ys, folds, seed, 0, ns + nt, gs)
+    ft, mt = _fold_masks(yt, folds, seed, ns, ns + nt, gt)
     _, logits = fit_masked(kind, options, X, y, np.concatenate([train, ms, mt]))
     logits = np.asarray(logits, np.float64)
     out = logits[:, 0, ns:]
@@ -163,8 +167,15 @@ class W2STable(Result):
                        "task: weak, strong on weak, ceiling, PGR")
 
 
-def _split(y, fractions, seed):
-    """Stratified split of rows into len(fractions) parts."""
+def _split(y, fractions, seed, groups=None):
+    """Stratified split of rows into len(fractions) parts; with ``groups``, each group whole in one part (stratified
+    as far as the groups allow)."""
+    if groups is not None:
+        gid = check_groups(groups, len(y))
+        if int(gid.max()) + 1 < len(fractions):
+            raise ValueError(f"a split by group into {len(fractions)} parts needs at least {len(fractions)} groups; "
+                             f"got {int(gid.max()) + 1}")
+        return balanced_parts(y, gid, fractions, seed)
     rng = np.random.default_rng(seed)
     part = np.empty(len(y), np.int64)
     cuts = np.cumsum(fractions)[:-1]
@@ -177,7 +188,7 @@ def _split(y, fractions, seed):
 
 
 def weak_to_strong(acts, weak_hook: str, strong_hook: str, labels=None, *, task: str = "task",
-                   kind: str = "logistic", split: Sequence[float] = (0.3, 0.4, 0.3), seed: int = 0,
+                   kind: str = "logistic", split: Sequence[float] = (0.3, 0.4, 0.3), seed: int = 0, groups=None,
                    **options) -> W2SResult:
     """Weak-to-strong supervision with probes on :class:`Activations` ``acts`` (or a dict hook -> ``[N, D]``).
 
@@ -185,7 +196,10 @@ def weak_to_strong(acts, weak_hook: str, strong_hook: str, labels=None, *, task:
     student's training rows, and held-out test rows. The weak supervisor is a probe at ``weak_hook`` trained on
     the first part; its predictions label the second part, on which the strong student is trained at
     ``strong_hook``; the ceiling is the same student trained on the second part's true labels. All three are scored
-    on the third part."""
+    on the third part.
+
+    ``groups`` (one id per row; default: ``acts.groups`` when the activations carry them): the split keeps each
+    group whole, so no test row has a near-duplicate among the supervisor's or the student's training rows."""
     if kind not in KINDS:
         raise ValueError(f"weak_to_strong fits one of {', '.join(KINDS)}; got {kind!r}")
     fr = np.asarray(split, np.float64)
@@ -201,7 +215,8 @@ def weak_to_strong(acts, weak_hook: str, strong_hook: str, labels=None, *, task:
     _, Xw = stacked(acts, [weak_hook])
     _, Xs = stacked(acts, [strong_hook])
     y = check_labels(getattr(acts, "labels", None) if labels is None else labels, Xw.shape[1])
-    part = _split(y, fr, seed)
+    groups = getattr(acts, "groups", None) if groups is None else groups
+    part = _split(y, fr, seed, groups)
     for p, name in enumerate(("supervisor", "student", "test")):
         if len(np.unique(y[part == p])) < 2:
             raise ValueError(f"the {name} split has one class only; give more examples or change split={tuple(split)}")
