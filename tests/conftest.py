@@ -276,6 +276,17 @@ def random_tokens(vocab: int, shape, seed: int = 0) -> np.ndarray:
     return np.random.default_rng(seed).integers(0, vocab, size=shape).astype(np.int32)
 
 
+def left_padded(vocab: int, lengths, seed: int = 0, pad: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """Random prompts of ``lengths`` left-padded with ``pad`` to the longest: ``(tokens [B, T], mask [B, T])``."""
+    T = max(lengths)
+    toks = random_tokens(vocab, (len(lengths), T), seed=seed)
+    mask = np.zeros((len(lengths), T), np.int32)
+    for i, n in enumerate(lengths):
+        mask[i, T - n:] = 1
+        toks[i, : T - n] = pad
+    return toks, mask
+
+
 CORPORA = __import__("pathlib").Path(__file__).resolve().parents[2] / "shared" / "data" / "corpora"
 
 

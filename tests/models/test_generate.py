@@ -10,20 +10,8 @@ import torch
 
 import interp
 from interp import edits
-from tests.conftest import random_tokens
+from tests.conftest import left_padded, random_tokens
 from tests.numerics import assert_close, model_bound
-
-PAD = 0
-
-
-def left_padded(vocab, lengths, seed=0):
-    T = max(lengths)
-    toks = random_tokens(vocab, (len(lengths), T), seed=seed)
-    mask = np.zeros((len(lengths), T), np.int32)
-    for i, n in enumerate(lengths):
-        mask[i, T - n:] = 1
-        toks[i, : T - n] = PAD
-    return toks, mask
 
 
 def check_against_full(model, out, edit_list=()):

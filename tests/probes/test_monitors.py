@@ -16,7 +16,7 @@ from interp import sae
 from interp.probes import Monitor
 from interp.probes.monitor import calibrated_threshold
 from interp.weights import weights_hash
-from tests.conftest import random_tokens
+from tests.conftest import left_padded, random_tokens
 from tests.numerics import assert_close, model_bound
 
 HOOK = "blocks.1.hook_resid_post"
@@ -37,16 +37,6 @@ class StandIn(eqx.Module):
 def stand_in(model, seed=0, hook=HOOK, model_hash=None):
     w = np.random.default_rng(seed).normal(size=model.d_model).astype(np.float32) / np.sqrt(model.d_model)
     return StandIn(jnp.asarray(w), jnp.float32(0.5), hook, model_hash)
-
-
-def left_padded(vocab, lengths, seed=0):
-    T = max(lengths)
-    toks = random_tokens(vocab, (len(lengths), T), seed=seed)
-    mask = np.zeros((len(lengths), T), np.int32)
-    for i, n in enumerate(lengths):
-        mask[i, T - n:] = 1
-        toks[i, : T - n] = 0
-    return toks, mask
 
 
 def check_against_full(model, out, monitors):
