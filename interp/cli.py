@@ -179,7 +179,7 @@ def plain_warnings(prog: str):
 def train_sae(args) -> None:
     import interp
     from interp import sae
-    from interp.sae.trainer import prepare_out_dir
+    from interp.sae.checkpoints import prepare_out_dir
 
     config_cls, _ = sae.architecture(args.arch)
     extra = architecture_kwargs(args, config_cls)
@@ -218,7 +218,7 @@ def train_sae(args) -> None:
 def train_transcoders(args) -> None:
     import interp
     from interp.sae import train_transcoders as train
-    from interp.sae.trainer import check_writable
+    from interp.sae.checkpoints import check_writable
 
     check_writable(Path(args.out))  # before the model loads and trains
     model = interp.load(args.model)

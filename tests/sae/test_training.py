@@ -101,7 +101,8 @@ def test_nan_stops_training_and_keeps_last_checkpoint(tmp_path):
     ckpt = tmp_path / "checkpoints" / "step-00000004"
     meta = json.loads((ckpt / "meta.json").read_text())
     assert meta["step"] == 4
-    from interp.sae.trainer import init_state, load_checkpoint, make_optimizer
+    from interp.sae.checkpoints import load_checkpoint
+    from interp.sae.trainer import init_state, make_optimizer
 
     cfg = small_cfg(tmp_path)
     state, _ = load_checkpoint(ckpt, init_state(cfg, make_optimizer(cfg)))
@@ -197,7 +198,8 @@ def test_input_normalization_is_folded_into_the_saved_weights(tmp_path):
     result = sae.train(cfg, store=sae.ArrayActivationStore(x, batch_size=256), progress=False)
     s = result.scale
     assert s == pytest.approx(np.sqrt(16) / np.linalg.norm(x[:1024], axis=-1).mean(), rel=0.2)
-    from interp.sae.trainer import init_state, latest_checkpoint, load_checkpoint, make_optimizer
+    from interp.sae.checkpoints import latest_checkpoint, load_checkpoint
+    from interp.sae.trainer import init_state, make_optimizer
 
     trained, _ = load_checkpoint(latest_checkpoint(tmp_path), init_state(cfg, make_optimizer(cfg)))
     raw = jnp.asarray(x[:512])
