@@ -279,6 +279,29 @@ def histogram_figure(counts: np.ndarray, edges: np.ndarray, *, title: str | None
     return _layout(fig, title, height=260)
 
 
+def score_distribution_figure(scores: dict, *, title: str | None = None, bins: int = 20):
+    """For each scorer, histograms of the explanations' scores and of the shuffled control's: ``scores`` maps a
+    scorer's name to ``(values, control_values)``. One panel per scorer."""
+    go = _go()
+    from plotly.subplots import make_subplots
+
+    names = list(scores)
+    fig = make_subplots(rows=1, cols=max(len(names), 1), subplot_titles=[n.split(":")[0] for n in names])
+    lo = min([0.0] + [float(np.min(v)) for pair in scores.values() for v in pair if len(v)])
+    edges = np.linspace(lo, 1.0, bins + 1)
+    for k, name in enumerate(names, 1):
+        for vals, label, colour in ((scores[name][0], "explanation", "#2166ac"),
+                                    (scores[name][1], "shuffled control", "#b2182b")):
+            counts, _ = np.histogram(np.asarray(vals, float), bins=edges)
+            fig.add_trace(go.Bar(x=(edges[:-1] + edges[1:]) / 2, y=counts, width=np.diff(edges), name=label,
+                                 marker_color=colour, opacity=0.6, legendgroup=label, showlegend=k == 1,
+                                 hovertemplate=f"{label}: %{{x:.2f}}: %{{y}} latents<extra></extra>"), row=1, col=k)
+        fig.update_xaxes(title="score", row=1, col=k)
+    fig.update_layout(barmode="overlay")
+    fig.update_yaxes(title="latents", row=1, col=1)
+    return _layout(fig, title, height=300)
+
+
 def logit_effect_figure(promoted: Sequence[tuple[str, float]], suppressed: Sequence[tuple[str, float]], *,
                         title: str | None = None, figure=None):
     """Tokens a feature's decoder direction promotes and suppresses through the unembedding."""

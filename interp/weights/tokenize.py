@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import json
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -44,8 +45,9 @@ class Tokenizer:
     """Text <-> ids with the checkpoint's BOS rule. Hashable by identity (it is static model metadata)."""
 
     def __init__(self, tok: _HFTokenizer, *, bos_id: int | None = None, eos_id: int | None = None,
-                 pad_id: int | None = None, add_bos: bool = False):
+                 pad_id: int | None = None, add_bos: bool = False, chat_template: str | None = None):
         self.hf = tok
+        self.chat_template = chat_template  # Jinja source from the checkpoint, None when it has none
         self.bos_id, self.eos_id = bos_id, eos_id
         self.pad_id = pad_id if pad_id is not None else (eos_id if eos_id is not None else 0)
         self.add_bos = add_bos
@@ -79,7 +81,11 @@ class Tokenizer:
         # The rule lives in tokenizer.json's post-processor: see whether it inserts BOS.
         add_bos = (bos is not None and tok.encode("a").ids[:1] == [bos]
                    and tok.encode("a", add_special_tokens=False).ids[:1] != [bos])
-        return cls(tok, bos_id=bos, eos_id=eos, pad_id=pad, add_bos=add_bos)
+        template = tc.get("chat_template")
+        if isinstance(template, list):  # [{"name": "default", "template": ...}, ...]
+            template = next((t.get("template") for t in template if t.get("name") == "default"), None)
+        return cls(tok, bos_id=bos, eos_id=eos, pad_id=pad, add_bos=add_bos,
+                   chat_template=template if isinstance(template, str) else None)
 
     @classmethod
     def from_gguf_metadata(cls, meta: Mapping) -> Tokenizer:
@@ -135,7 +141,9 @@ class Tokenizer:
             tok.post_processor = processors.TemplateProcessing(
                 single=f"{b} $A", pair=f"{b} $A {b} $B", special_tokens=[(b, bos)]
             )
-        return cls(tok, bos_id=bos, eos_id=eos, pad_id=pad, add_bos=add_bos)
+        template = meta.get("tokenizer.chat_template")
+        return cls(tok, bos_id=bos, eos_id=eos, pad_id=pad, add_bos=add_bos,
+                   chat_template=template if isinstance(template, str) else None)
 
     def save(self, path: str | Path) -> None:
         self.hf.save(str(path))
@@ -211,11 +219,41 @@ class Tokenizer:
     def _pieces(self, ids: list[int]) -> list[str]:
         return [self.hf.decode([i], skip_special_tokens=False) for i in ids]
 
+    def apply_chat_template(self, messages: Sequence[Mapping], *, add_generation_prompt: bool = True) -> str:
+        """The text of a conversation (``[{"role": ..., "content": ...}, ...]``) in the checkpoint's own chat
+        template (Jinja, rendered in a sandbox as ``transformers`` does). The text begins with any BOS the template
+        writes, so encode it with ``prepend_bos=False``."""
+        if not self.chat_template:
+            raise ValueError("this tokenizer has no chat template (the checkpoint's tokenizer_config.json or GGUF "
+                             "metadata names none); use an instruct model, or write the prompt text yourself")
+        for m in messages:
+            if not isinstance(m, Mapping) or not isinstance(m.get("role"), str) or not isinstance(m.get("content"),
+                                                                                                  str):
+                raise ValueError(f"each message must be a mapping with string 'role' and 'content', got {m!r}")
+        return _chat_environment().from_string(self.chat_template).render(
+            messages=[dict(m) for m in messages], add_generation_prompt=add_generation_prompt,
+            bos_token=self._special(self.bos_id), eos_token=self._special(self.eos_id))
+
+    def _special(self, i: int | None) -> str:
+        return self.hf.id_to_token(i) if i is not None else ""
+
     def to_single_token(self, text: str) -> int:
         ids = self.encode(text, prepend_bos=False)
         if len(ids) != 1:
             raise ValueError(f"{text!r} is {len(ids)} tokens, not one: {self.to_str_tokens(ids)}")
         return ids[0]
+
+
+@functools.cache
+def _chat_environment():
+    from jinja2.sandbox import ImmutableSandboxedEnvironment
+
+    def raise_exception(message):
+        raise ValueError(f"the chat template refused the conversation: {message}")
+
+    env = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True)
+    env.globals["raise_exception"] = raise_exception
+    return env
 
 
 def _json_object(path: Path) -> dict:
