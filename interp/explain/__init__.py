@@ -23,6 +23,7 @@ from interp.explain.explainers import (
     pattern_text,
 )
 from interp.explain.local import LocalModel
+from interp.explain.planted import planted_detectors, separable_groups
 from interp.explain.run import Explanations, explain_latents
 from interp.explain.scorers import SCORERS, Score, Scorer, auroc, balanced_accuracy
 
@@ -30,5 +31,5 @@ __all__ = [
     "SCORERS", "Backend", "Baseline", "Context", "ExampleSampler", "Explainer", "Explanation", "Explanations",
     "LLMExplainer", "LatentExamples", "LocalModel", "OpenAICompatible", "Reply", "ResponseCache", "Rule", "Score",
     "Scorer", "auroc", "balanced_accuracy", "default_cache", "explain_latents", "explain_prompt", "parse_pattern",
-    "pattern_text",
+    "pattern_text", "planted_detectors", "separable_groups",
 ]
