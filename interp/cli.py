@@ -1,6 +1,7 @@
 """The ``interp`` command line. ``interp demo`` runs the main job on the packaged defaults and writes a report;
 ``interp predict`` prints next-token predictions and a logit lens; ``interp train-sae`` and
-``interp train-transcoders`` train dictionaries; ``interp search`` searches input tokens for an objective (GCG)."""
+``interp train-transcoders`` train dictionaries; ``interp search`` searches input tokens for an objective (GCG);
+``interp explain`` explains and scores a dictionary's latents into a JSONL file."""
 
 from __future__ import annotations
 
@@ -299,6 +300,207 @@ def search(args, out=None) -> None:
         print(f"wrote {args.out}", file=out)
 
 
+# ---------------------------------------------------------------------------------------------- interp explain
+EXPLAINER_FORMS = "baseline, local, local:NAME (a packaged name, checkpoint folder or .gguf file) or openai:MODEL@URL"
+
+
+@dataclasses.dataclass(frozen=True)
+class LatentSpec:
+    """``--latents`` as given: ints and ``(start, stop, step)`` ranges, ``None`` for an open end; resolved against
+    the dictionary's width once it is known."""
+
+    text: str
+    parts: tuple
+
+    def resolve(self, width: int) -> list[int]:
+        """The latents, in the order given, each once; a latent past the width raises ValueError naming it."""
+        out: dict[int, None] = {}
+        for part in self.parts:
+            if isinstance(part, int):
+                if part >= width:
+                    raise ValueError(f"--latents {self.text}: latent {part} is out of range; the dictionary has "
+                                     f"{width} latents (0..{width - 1})")
+                out[part] = None
+                continue
+            start, stop, step = part
+            start = 0 if start is None else start
+            stop = width if stop is None else stop
+            if stop > width:
+                raise ValueError(f"--latents {self.text}: {start}:{stop} reaches past the dictionary's {width} latents "
+                                 f"(0..{width - 1}); use {start}:{width} or {start}: for the rest")
+            if start >= stop:
+                raise ValueError(f"--latents {self.text}: the range {start}:{stop} is empty (the dictionary has "
+                                 f"{width} latents)")
+            out.update(dict.fromkeys(range(start, stop, step)))
+        return list(out)
+
+
+def latent_spec(text: str) -> LatentSpec:
+    """An argparse type for ``--latents``: ``A:B`` (B excluded, either end optional, an optional ``:STEP``), a
+    comma list ``3,17,40``, or both mixed (``0:10,42``). Latents are numbers from 0."""
+    forms = "give A:B (B excluded; A or B may be left out), a list such as 3,17,40, or both, such as 0:10,42"
+
+    def index(s: str, what: str) -> int:
+        s = s.strip()
+        if not s.isdigit():
+            raise argparse.ArgumentTypeError(f"{text!r}: {what} {s!r} is not a latent number (0, 1, ...); {forms}")
+        return int(s)
+
+    parts = []
+    for piece in text.split(","):
+        if not piece.strip():
+            raise argparse.ArgumentTypeError(f"{text!r} has an empty item; {forms}")
+        if ":" not in piece:
+            parts.append(index(piece, "latent"))
+            continue
+        bits = piece.split(":")
+        if len(bits) > 3:
+            raise argparse.ArgumentTypeError(f"{text!r}: {piece!r} has more than two ':'; {forms}")
+        start = index(bits[0], "start") if bits[0].strip() else None
+        stop = index(bits[1], "stop") if bits[1].strip() else None
+        step = index(bits[2], "step") if len(bits) == 3 and bits[2].strip() else 1
+        if step < 1:
+            raise argparse.ArgumentTypeError(f"{text!r}: the step of {piece!r} must be at least 1")
+        if start is not None and stop is not None and start >= stop:
+            raise argparse.ArgumentTypeError(f"{text!r}: the range {piece.strip()} is empty (its stop is excluded); "
+                                             f"{forms}")
+        parts.append((start, stop, step))
+    return LatentSpec(text, tuple(parts))
+
+
+def explainer_spec(text: str) -> tuple[str, str | None, str | None]:
+    """An argparse type for ``--explainer``: ``("baseline", None, None)``, ``("local", NAME or None, None)`` or
+    ``("openai", MODEL, BASE_URL)``."""
+    import re
+
+    if text == "baseline":
+        return "baseline", None, None
+    if text == "local" or text.startswith("local:"):
+        name = text.removeprefix("local").removeprefix(":").strip()
+        if text.startswith("local:") and not name:
+            raise argparse.ArgumentTypeError(f"{text!r} names no model after 'local:'; accepted: {EXPLAINER_FORMS}")
+        return "local", name or None, None
+    if text.startswith("openai:"):
+        m = re.fullmatch(r"openai:([^@\s][^\s]*?)@(https?://\S+)", text)
+        if not m:
+            raise argparse.ArgumentTypeError(f"{text!r} is not openai:MODEL@URL, such as "
+                                             "openai:gpt-4o-mini@https://api.openai.com/v1 or "
+                                             "openai:Qwen/Qwen2.5-7B-Instruct@http://127.0.0.1:8000/v1")
+        return "openai", m.group(1), m.group(2)
+    raise argparse.ArgumentTypeError(f"unknown explainer {text!r}; accepted: {EXPLAINER_FORMS}")
+
+
+def scorer_list(text: str) -> list[str]:
+    """An argparse type for ``--scorers``: a comma list of the scorers in ``interp.explain.SCORERS``."""
+    from interp.explain.scorers import SCORERS
+
+    names = [s.strip() for s in text.split(",")]
+    bad = [s for s in names if s not in SCORERS]
+    if bad:
+        raise argparse.ArgumentTypeError(f"unknown scorer {bad[0]!r}; scorers: {', '.join(SCORERS)} (a comma list, "
+                                         "such as detection,fuzzing)")
+    if len(set(names)) != len(names):
+        raise argparse.ArgumentTypeError(f"{text!r} names a scorer twice; give each once")
+    return names
+
+
+def add_explain_args(p: argparse.ArgumentParser) -> None:
+    from interp.explain.scorers import SCORERS
+
+    p.add_argument("--model", default="smollm2-135m", help="the model the dictionary reads (packaged name, "
+                                                           "checkpoint folder or .gguf file)")
+    p.add_argument("--sae", required=True, help="dictionary folder (SAELens layout, as train-sae writes)")
+    p.add_argument("--latents", type=latent_spec, default=None,
+                   help="latents to explain: A:B (B excluded, either end optional), a list 3,17,40, or both, "
+                        "0:10,42 (default: all)")
+    p.add_argument("--explainer", type=explainer_spec, default="baseline",
+                   help="baseline (token patterns, no language model), local (the --model as chat "
+                        "model), local:NAME (another local instruct model), or openai:MODEL@URL (an OpenAI-compatible "
+                        "server, such as openai:gpt-4o-mini@https://api.openai.com/v1)")
+    p.add_argument("--api-key-env", default=None,
+                   help="environment variable holding the API key of an openai: explainer (default: none, a server "
+                        "without authentication); the key is never written anywhere")
+    p.add_argument("--scorers", type=scorer_list, default="detection,fuzzing",
+                   help=f"comma list of scorers: {', '.join(SCORERS)}")
+    p.add_argument("--scorer-backend", choices=["rule", "explainer"], default=None,
+                   help="rule: the rule checker of token patterns; explainer: the explainer's chat model (default: "
+                        "rule for baseline, explainer for local and openai)")
+    p.add_argument("--out", default=None, help="JSONL file of explanations and scores (default: explanations.jsonl "
+                                               "in the --sae folder)")
+    p.add_argument("--resume", action="store_true", help="continue --out: keep its latents, do the rest")
+    p.add_argument("--corpus", default=None, help="text file, folder, JSONL or Parquet the examples come from "
+                                                  "(default: built-in text)")
+    p.add_argument("--contexts", type=POSITIVE, default=256, help="contexts indexed for examples")
+    p.add_argument("--context-size", type=number(int, 2), default=64, help="tokens per context")
+    p.add_argument("--seed", type=SEED, default=0, help="seeds the examples, fuzzing marks and the shuffled control")
+    p.add_argument("--chunk", type=POSITIVE, default=16, help="latents explained and scored together (the file "
+                                                              "grows a chunk at a time)")
+    p.add_argument("--progress", action=argparse.BooleanOptionalAction, default=True,
+                   help="progress bars on stderr: indexing, explaining, scoring")
+
+
+def explain(args, out=None) -> None:
+    import numpy as np
+
+    import interp
+    from interp import sae
+    from interp.explain import Baseline, LLMExplainer, LocalModel, OpenAICompatible, Scorer, explain_latents
+    from interp.features import feature_index
+    from interp.sae.store import iter_contexts
+
+    out = out or sys.stdout
+    kind, name, url = args.explainer
+    if args.api_key_env is not None and kind != "openai":
+        raise ValueError(f"--api-key-env is for an openai:MODEL@URL explainer, not --explainer {kind}; leave it out")
+    scorer_backend = args.scorer_backend or ("rule" if kind == "baseline" else "explainer")
+    if kind == "baseline" and scorer_backend == "explainer":
+        raise ValueError("--scorer-backend explainer needs a chat model, and the baseline explainer has none; use "
+                         "--scorer-backend rule, or --explainer local or openai:MODEL@URL")
+    # a missing API key or a bad URL fails here, before anything loads
+    backend = OpenAICompatible(url, name, api_key_env=args.api_key_env) if kind == "openai" else None
+    sae_dir = Path(args.sae).expanduser()
+    path = Path(args.out).expanduser() if args.out else sae_dir / "explanations.jsonl"
+    if path.is_dir():
+        raise IsADirectoryError(f"--out {path} is a folder; give a file name such as {path / 'explanations.jsonl'}")
+    if path.exists() and not args.resume:
+        raise FileExistsError(f"{path} exists; pass --resume to continue it, or --out another file")
+    dictionary = sae.load(sae_dir)
+    try:
+        latents = (args.latents or latent_spec(":")).resolve(int(dictionary.cfg.width))
+    except ValueError as e:
+        args.usage_error(str(e))
+    if args.progress:
+        print(f"interp explain: loading {args.model}", file=sys.stderr, flush=True)
+    model = interp.load(args.model)
+    hook_shapes = model.hook_shapes()
+    hook = dictionary.cfg.hook_name
+    if hook not in hook_shapes:
+        from interp.hooks import suggest
+
+        raise ValueError(f"the dictionary reads hook '{hook}', which {args.model} does not have"
+                         f"{suggest(hook, hook_shapes)}; is --model the model it was trained on?")
+    if hook_shapes[hook][-1] != dictionary.cfg.d_in:
+        raise ValueError(f"the dictionary reads {dictionary.cfg.d_in} numbers at '{hook}', but {args.model} has "
+                         f"{hook_shapes[hook][-1]} there; is --model the model it was trained on?")
+    if kind == "local":
+        chat_model = model if name is None or name == args.model else interp.load(name)
+        backend = LocalModel(chat_model, label=name or args.model)
+    explainer = Baseline() if backend is None else LLMExplainer(backend)
+    scorers = [Scorer(s, backend if scorer_backend == "explainer" else None, seed=args.seed) for s in args.scorers]
+
+    contexts = iter_contexts(model.tokenizer, args.corpus, args.context_size, n_contexts=args.contexts)
+    tokens = np.stack([next(contexts) for _ in range(args.contexts)])
+    index = feature_index(model, dictionary, tokens, skip_positions=1, progress=args.progress)
+    corpus = args.corpus or "built-in text (Python's documentation topics and standard-library sources)"
+    provenance = {"model": args.model, "sae": str(sae_dir), "corpus": corpus, "contexts": args.contexts,
+                  "context_size": args.context_size}
+    result = explain_latents(model, dictionary, index, latents, explainer=explainer, scorers=scorers, out=path,
+                             resume=args.resume, chunk=args.chunk, seed=args.seed, progress=args.progress,
+                             provenance=provenance)
+    print(repr(result), file=out)
+    print(f"wrote {path}", file=out)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="interp", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -335,6 +537,10 @@ def build_parser() -> argparse.ArgumentParser:
     se = sub.add_parser("search", help="search input tokens (GCG) that raise a target's log-probability or a latent",
                         formatter_class=DefaultsHelp)
     add_search_args(se)
+    ex = sub.add_parser("explain", help="explain what each latent of a dictionary responds to, and score the "
+                                        "explanations (JSONL)", formatter_class=DefaultsHelp)
+    add_explain_args(ex)
+    ex.set_defaults(usage_error=ex.error)  # --latents is checked against the dictionary's width once it is loaded
     return parser
 
 
@@ -367,6 +573,12 @@ def main(argv=None) -> int:
             search(args)
         except (ValueError, OSError) as e:
             raise SystemExit(f"interp search: {e}") from None
+    elif args.command == "explain":
+        try:
+            with plain_warnings("interp explain"):
+                explain(args)
+        except (ValueError, OSError) as e:
+            raise SystemExit(f"interp explain: {e}") from None
     return 0
 
 
