@@ -14,6 +14,7 @@ import warnings
 from pathlib import Path
 
 from interp.demo import DEFAULT_TRANSCODERS, DemoConfig
+from interp.explain.spec import EXPLAINER_SPECS
 
 PREDICT_PROMPTS = (
     "The capital of France is",
@@ -301,7 +302,7 @@ def search(args, out=None) -> None:
 
 
 # ---------------------------------------------------------------------------------------------- interp explain
-EXPLAINER_FORMS = "baseline, local, local:NAME (a packaged name, checkpoint folder or .gguf file) or openai:MODEL@URL"
+EXPLAINER_FORMS = EXPLAINER_SPECS
 
 
 @dataclasses.dataclass(frozen=True)
@@ -369,25 +370,13 @@ def latent_spec(text: str) -> LatentSpec:
 
 
 def explainer_spec(text: str) -> tuple[str, str | None, str | None]:
-    """An argparse type for ``--explainer``: ``("baseline", None, None)``, ``("local", NAME or None, None)`` or
-    ``("openai", MODEL, BASE_URL)``."""
-    import re
+    """An argparse type for ``--explainer`` (:func:`interp.explain.parse_explainer`)."""
+    from interp.explain.spec import parse_explainer
 
-    if text == "baseline":
-        return "baseline", None, None
-    if text == "local" or text.startswith("local:"):
-        name = text.removeprefix("local").removeprefix(":").strip()
-        if text.startswith("local:") and not name:
-            raise argparse.ArgumentTypeError(f"{text!r} names no model after 'local:'; accepted: {EXPLAINER_FORMS}")
-        return "local", name or None, None
-    if text.startswith("openai:"):
-        m = re.fullmatch(r"openai:([^@\s][^\s]*?)@(https?://\S+)", text)
-        if not m:
-            raise argparse.ArgumentTypeError(f"{text!r} is not openai:MODEL@URL, such as "
-                                             "openai:gpt-4o-mini@https://api.openai.com/v1 or "
-                                             "openai:Qwen/Qwen2.5-7B-Instruct@http://127.0.0.1:8000/v1")
-        return "openai", m.group(1), m.group(2)
-    raise argparse.ArgumentTypeError(f"unknown explainer {text!r}; accepted: {EXPLAINER_FORMS}")
+    try:
+        return parse_explainer(text)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
 
 
 def scorer_list(text: str) -> list[str]:
@@ -444,7 +433,7 @@ def explain(args, out=None) -> None:
 
     import interp
     from interp import sae
-    from interp.explain import Baseline, LLMExplainer, LocalModel, OpenAICompatible, Scorer, explain_latents
+    from interp.explain import Baseline, LLMExplainer, Scorer, backend_from_spec, explain_latents
     from interp.features import feature_index
     from interp.sae.store import iter_contexts
 
@@ -457,7 +446,7 @@ def explain(args, out=None) -> None:
         raise ValueError("--scorer-backend explainer needs a chat model, and the baseline explainer has none; use "
                          "--scorer-backend rule, or --explainer local or openai:MODEL@URL")
     # a missing API key or a bad URL fails here, before anything loads
-    backend = OpenAICompatible(url, name, api_key_env=args.api_key_env) if kind == "openai" else None
+    backend = backend_from_spec(args.explainer, api_key_env=args.api_key_env) if kind != "local" else None
     sae_dir = Path(args.sae).expanduser()
     path = Path(args.out).expanduser() if args.out else sae_dir / "explanations.jsonl"
     if path.is_dir():
@@ -483,8 +472,7 @@ def explain(args, out=None) -> None:
         raise ValueError(f"the dictionary reads {dictionary.cfg.d_in} numbers at '{hook}', but {args.model} has "
                          f"{hook_shapes[hook][-1]} there; is --model the model it was trained on?")
     if kind == "local":
-        chat_model = model if name is None or name == args.model else interp.load(name)
-        backend = LocalModel(chat_model, label=name or args.model)
+        backend = backend_from_spec(args.explainer, model=model, model_name=args.model)
     explainer = Baseline() if backend is None else LLMExplainer(backend)
     scorers = [Scorer(s, backend if scorer_backend == "explainer" else None, seed=args.seed) for s in args.scorers]
 
@@ -514,6 +502,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="layer whose residual stream the SAE reads (default: the middle layer)")
     d.add_argument("--transcoders", default=None,
                    help=f"transcoder set for the attribution graph (default: {DEFAULT_TRANSCODERS} when present)")
+    d.add_argument("--explainer", type=explainer_spec, default="baseline",
+                   help=f"who explains the SAE's latents: {EXPLAINER_FORMS}")
+    d.add_argument("--api-key-env", default=None,
+                   help="environment variable holding the API key of an openai: explainer")
     p = sub.add_parser("predict", help="next-token predictions and a logit lens for a few prompts",
                        formatter_class=DefaultsHelp)
     p.add_argument("--model", default="smollm2-135m", help="packaged name, checkpoint folder or .gguf file")
@@ -555,7 +547,8 @@ def main(argv=None) -> int:
         from interp.demo import run
 
         cfg = DemoConfig(model=args.model, out=args.out, corpus=args.corpus, sae_tokens=args.sae_tokens,
-                         sae_layer=args.sae_layer, transcoders=args.transcoders)
+                         sae_layer=args.sae_layer, transcoders=args.transcoders, explainer=args.explainer,
+                         api_key_env=args.api_key_env)
         try:
             run(cfg)
         except (ValueError, FileNotFoundError, IsADirectoryError) as e:

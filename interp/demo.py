@@ -8,7 +8,9 @@
 3. study indirect object identification (IOI): residual-stream and head patching, direct logit attribution
    per head, and the circuit traced by edge attribution patching (EAP) over every edge;
 4. train a small TopK SAE on a middle layer's residual stream from the default corpus (live curves in the
-   report), evaluate it, and build feature dashboards;
+   report), evaluate it, build feature dashboards, and explain its latents automatically (``--explainer``: the
+   baseline token patterns by default; a local instruct model or an OpenAI-compatible server), each explanation
+   scored by detection and fuzzing on held-out text against a shuffled control;
 5. with transcoders for every layer (``--transcoders``, or the ones cached by ``interp train-transcoders``
    at the path printed), trace an attribution graph whose feature nodes open their dashboards on click;
 6. write ``report.html`` (plotly.js inlined, renders offline) with provenance.
@@ -50,6 +52,9 @@ class DemoConfig:
     context_size: int = 128
     dashboard_contexts: int = 96
     n_dashboards: int = 12
+    explainer: str | tuple = "baseline"  # interp.explain.EXPLAINER_SPECS (or parse_explainer's tuple)
+    explain_latents: int = 64  # latents explained and scored (the dashboards' first)
+    api_key_env: str | None = None  # for an openai: explainer
     ioi_prompts: int = 8
     eap_edges: int = 40
     transcoders: str | None = None  # folder of a Transcoders set; default: DEFAULT_TRANSCODERS when present
@@ -122,6 +127,15 @@ def run(cfg: DemoConfig | None = None, out=sys.stdout) -> Path:
         patch,
         prompts,
     )
+    from interp.explain import (
+        Baseline,
+        LLMExplainer,
+        Scorer,
+        backend_from_spec,
+        explain_latents,
+        label_graph,
+        parse_explainer,
+    )
     from interp.features import feature_card, feature_index
     from interp.report import HTML, Report
     from interp.viz import figures as F
@@ -136,6 +150,9 @@ def run(cfg: DemoConfig | None = None, out=sys.stdout) -> Path:
     if out_path.is_dir():
         raise IsADirectoryError(f"--out {out_path} is a folder; give a file name such as {out_path / 'report.html'}")
     step = _Steps(6 if with_graph else 5, out)
+    spec = parse_explainer(cfg.explainer) if isinstance(cfg.explainer, str) else tuple(cfg.explainer)
+    # a server's backend is built first, so that a missing API key fails before any work
+    remote = backend_from_spec(spec, api_key_env=cfg.api_key_env) if spec[0] == "openai" else None
     report = Report(f"interp: a tour of {cfg.model}")
     corpus_name = cfg.corpus or "built-in text (Python's documentation topics and standard-library sources)"
 
@@ -224,6 +241,17 @@ def run(cfg: DemoConfig | None = None, out=sys.stdout) -> Path:
     chosen = _pick_features(index, cfg.n_dashboards)
     print(f"      FVU {ev.fvu:.3f}, L0 {ev.l0:.1f}, CE loss recovered {ev.ce_loss_recovered:.3f}; "
           f"{len(chosen)} dashboards", file=out)
+    backend = remote or backend_from_spec(spec, model=model, model_name=cfg.model)
+    explainer = LLMExplainer(backend) if backend is not None else Baseline()
+    scorers = ["detection", "fuzzing"] if backend is None else [Scorer(t, backend) for t in ("detection", "fuzzing")]
+    extra = [f for f in _pick_features(index, cfg.explain_latents) if f not in chosen]
+    to_explain = (chosen + extra)[:max(cfg.explain_latents, len(chosen))]
+    t_expl = time.perf_counter()
+    expl = explain_latents(model, d, index, to_explain, explainer=explainer, scorers=scorers, seed=cfg.seed)
+    table = expl.summary_table()
+    print(f"      {len(to_explain)} latents explained ({explainer.name}) in {time.perf_counter() - t_expl:.1f} s: "
+          + ", ".join(f"{n.split(':')[0]} {t['mean']:.2f} (control {t['control_mean']:.2f})"
+                      for n, t in table.items()), file=out)
     report.add(views.training_view(result.history), title=f"SAE training on {hook}")
     report.add({k: (round(v, 4) if isinstance(v, float) else v) for k, v in ev.as_dict().items()},
                title="SAE evaluation on held-out text",
@@ -234,9 +262,15 @@ def run(cfg: DemoConfig | None = None, out=sys.stdout) -> Path:
                                   xaxis="log10 fraction of tokens", title="Latent density"),
                note=f"{int((density == 0).sum())} of {d.cfg.width} latents never fired on "
                     f"{index.n_tokens:,} held-out tokens.")
-    report.add([feature_card(model, d, index, f) for f in chosen], title="Feature dashboards",
+    report.add([feature_card(model, d, index, f, explanations=expl) for f in chosen], title="Feature dashboards",
                note="Top-activating held-out contexts (orange: activation on each token; hover for values), "
-                    "activation histogram, and the tokens each latent's decoder direction promotes and suppresses.")
+                    "activation histogram, and the tokens each latent's decoder direction promotes and suppresses; "
+                    "above them, the latent's automated explanation with its scores.")
+    report.add(expl, title="Automated explanations",
+               note=f"Explainer: {explainer.name}. Each explanation is scored on held-out contexts it was not "
+                    "written from: detection (does a context make the latent fire?) and fuzzing (are the marked "
+                    "tokens the activating ones?), balanced, with 95% bootstrap intervals; the control scores each "
+                    "latent with another latent's explanation.")
 
     dictionaries = [d]
     # 5 ------------------------------------------------------------------ attribution graph
@@ -253,7 +287,22 @@ def run(cfg: DemoConfig | None = None, out=sys.stdout) -> Path:
         sc = graph.scores()
         print(f"      {len([i for i in graph.kept() if graph.kind(int(i)) == 'feature'])} features kept; "
               f"replacement {sc['replacement']:.2f}, completeness {sc['completeness']:.2f}", file=out)
-        report.add(views.graph_explorer_view(model, tc, graph, held[:48, :64]), title="Attribution graph",
+        from interp.features import feature_indices
+
+        graph_tokens = held[:48, :64]
+        s_feat = graph.slices()["feature"]
+        kept = [int(i) for i in graph.kept() if graph.kind(int(i)) == "feature"]
+        by_layer: dict[int, set] = {}
+        for i in kept:
+            by_layer.setdefault(int(graph.feature_layer[i - s_feat.start]), set()).add(
+                int(graph.feature_id[i - s_feat.start]))
+        tc_indices = feature_indices(model, {l: (tc.dictionaries[l], tc.hook_in.format(layer=l)) for l in by_layer},
+                                     graph_tokens, skip_positions=tc.skip_positions)
+        tc_expl = {l: explain_latents(model, tc.dictionaries[l], tc_indices[l], sorted(fs), scorers=[],
+                                      seed=cfg.seed) for l, fs in by_layer.items()}
+        label_graph(graph, tc_expl)
+        report.add(views.graph_explorer_view(model, tc, graph, graph_tokens, explanations=tc_expl),
+                   title="Attribution graph",
                    note="Nodes: token embeddings (bottom), transcoder features and error nodes by layer and "
                         "position, and the top logits (top). Click a feature to read its dashboard.")
         dictionaries += list(tc.dictionaries[:1])

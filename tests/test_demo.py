@@ -24,10 +24,14 @@ def test_demo_writes_a_complete_report(default_model, tmp_path):
     assert path.stat().st_size > 3_000_000
     for title in ("Logit lens and direct logit attribution", "Induction heads", "Indirect object identification",
                   "Residual stream patching", "Head output patching", "The circuit traced by edge attribution",
-                  "SAE training on blocks.15.hook_resid_post", "Feature dashboards", "Provenance",
+                  "SAE training on blocks.15.hook_resid_post", "Feature dashboards", "Automated explanations",
+                  "shuffled control", "Provenance",
                   "weights_sha256"):
         assert title in html, title
     assert html.count('class="feature-card"') == 3
+    # every dashboard carries its explanation (the baseline's token pattern) and scores
+    assert "latents explained (baseline)" in log
+    assert html.count('<p class="explanation">') == 3 and "detection" in html
     assert not list(tmp_path.glob(".report.html.partial-*"))
 
 

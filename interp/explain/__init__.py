@@ -22,14 +22,17 @@ from interp.explain.explainers import (
     parse_pattern,
     pattern_text,
 )
+from interp.explain.graphs import label_graph
 from interp.explain.local import LocalModel
 from interp.explain.planted import planted_detectors, separable_groups
 from interp.explain.run import Explanations, explain_latents
 from interp.explain.scorers import SCORERS, Score, Scorer, auroc, balanced_accuracy
+from interp.explain.spec import EXPLAINER_SPECS, backend_from_spec, explainer_from_spec, parse_explainer
 
 __all__ = [
-    "SCORERS", "Backend", "Baseline", "Context", "ExampleSampler", "Explainer", "Explanation", "Explanations",
-    "LLMExplainer", "LatentExamples", "LocalModel", "OpenAICompatible", "Reply", "ResponseCache", "Rule", "Score",
-    "Scorer", "auroc", "balanced_accuracy", "default_cache", "explain_latents", "explain_prompt", "parse_pattern",
-    "pattern_text", "planted_detectors", "separable_groups",
+    "EXPLAINER_SPECS", "SCORERS", "Backend", "Baseline", "Context", "ExampleSampler", "Explainer", "Explanation",
+    "Explanations", "LLMExplainer", "LatentExamples", "LocalModel", "OpenAICompatible", "Reply", "ResponseCache",
+    "Rule", "Score", "Scorer", "auroc", "backend_from_spec", "balanced_accuracy", "default_cache", "explain_latents",
+    "explain_prompt", "explainer_from_spec", "label_graph", "parse_explainer", "parse_pattern", "pattern_text",
+    "planted_detectors", "separable_groups",
 ]

@@ -69,7 +69,8 @@ def explain_latents(model, dictionary, index, latents: Sequence[int], *, explain
     from interp.explain.explainers import Baseline
 
     explainer = explainer or Baseline()
-    scorers = [Scorer(s, seed=seed) if isinstance(s, str) else s for s in (scorers or ["detection", "fuzzing"])]
+    scorers = [Scorer(s, seed=seed) if isinstance(s, str) else s
+               for s in (["detection", "fuzzing"] if scorers is None else scorers)]
     latents = [int(f) for f in latents]
     if len(set(latents)) != len(latents):
         raise ValueError("latents repeat; give each latent once")

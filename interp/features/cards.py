@@ -180,8 +180,9 @@ def logit_effects(model, direction) -> np.ndarray:
 
 def feature_card(model, dictionary, index: FeatureIndex, latent: int, *, n_contexts: int = 10, before: int = 12,
                  after: int = 4, n_logits: int = 8, bins: int = 30, label: str | None = None,
-                 explanations: dict | None = None) -> FeatureCard:
-    """The dashboard of one latent from a :class:`FeatureIndex` (contexts at distinct positions, best first)."""
+                 explanations: Mapping | None = None) -> FeatureCard:
+    """The dashboard of one latent from a :class:`FeatureIndex` (contexts at distinct positions, best first);
+    ``explanations``: latent -> text, or an :class:`interp.explain.Explanations` (its labels, with scores)."""
     pos, val = index.entries(latent)
     _N, T = index.tokens.shape
     order = np.argsort(-val)[:n_contexts]
@@ -199,6 +200,8 @@ def feature_card(model, dictionary, index: FeatureIndex, latent: int, *, n_conte
     counts, edges = np.histogram(val, bins=bins) if len(val) else (np.zeros(0), np.zeros(1))
     eff = logit_effects(model, dictionary.W_dec[latent])
     top, bottom = np.argsort(-eff)[:n_logits], np.argsort(eff)[:n_logits]
+    if hasattr(explanations, "labels"):  # an interp.explain.Explanations
+        explanations = explanations.labels()
     expl = (explanations or {}).get(latent)
     return FeatureCard(
         latent=int(latent), label=label or f"latent {latent}", density=float(len(val) / max(index.n_tokens, 1)),
@@ -207,9 +210,11 @@ def feature_card(model, dictionary, index: FeatureIndex, latent: int, *, n_conte
         suppressed=list(zip(token_strings(model, bottom), map(float, eff[bottom]))), explanation=expl)
 
 
-def graph_cards(model, transcoders, graph, tokens, *, indices: dict | None = None) -> dict[int, FeatureCard]:
+def graph_cards(model, transcoders, graph, tokens, *, indices: dict | None = None,
+                explanations: Mapping | None = None) -> dict[int, FeatureCard]:
     """Dashboards of every kept feature node of ``graph`` over ``tokens [N, T]``; the layers' indices come from
-    one model pass (``indices``, layer -> FeatureIndex, is filled in and reused)."""
+    one model pass (``indices``, layer -> FeatureIndex, is filled in and reused). ``explanations``: layer -> the
+    explanations of that layer's transcoder (latent -> text, or :class:`interp.explain.Explanations`)."""
     indices = {} if indices is None else indices
     s = graph.slices()["feature"]
     feats = [int(i) for i in graph.kept() if graph.kind(int(i)) == "feature"]
@@ -221,5 +226,6 @@ def graph_cards(model, transcoders, graph, tokens, *, indices: dict | None = Non
     cards = {}
     for i in feats:
         l, f = int(graph.feature_layer[i - s.start]), int(graph.feature_id[i - s.start])
-        cards[i] = feature_card(model, transcoders.dictionaries[l], indices[l], f, label=graph.label(i), n_contexts=6)
+        cards[i] = feature_card(model, transcoders.dictionaries[l], indices[l], f, label=graph.label(i), n_contexts=6,
+                                explanations=(explanations or {}).get(l))
     return cards

@@ -362,6 +362,9 @@ def _node_text(graph, i: int, influence: np.ndarray) -> str:
     parts = [f"<b>{escape(graph.label(i))}</b>", f"influence {influence[i]:.3f}"]
     if kind == "feature":
         parts.append(f"activation {graph.feature_act[j]:.3f}")
+        note = graph.info.get("explanations", {}).get(str(i))
+        if note:
+            parts.append(escape(note))
         groups = [name for name, members in graph.supernodes.items() if i in members]
         if groups:
             parts.append("supernode " + ", ".join(escape(g) for g in groups))

@@ -149,11 +149,13 @@ def monitor_view(generation, rows: Sequence[int] | None = None, *, figure: bool 
     return parts
 
 
-def graph_explorer_view(model, transcoders, graph, tokens=None) -> list:
-    """The static form of the graph explorer: the graph, with each kept feature's dashboard on click."""
+def graph_explorer_view(model, transcoders, graph, tokens=None, explanations=None) -> list:
+    """The static form of the graph explorer: the graph, with each kept feature's dashboard on click
+    (``explanations``: layer -> that transcoder's explanations, shown on the cards)."""
     from interp.features import graph_cards
 
-    return graph_view(graph, graph_cards(model, transcoders, graph, tokens) if tokens is not None else None)
+    cards = graph_cards(model, transcoders, graph, tokens, explanations=explanations) if tokens is not None else None
+    return graph_view(graph, cards)
 
 
 # ---------------------------------------------------------------------------------------------- any result
@@ -197,6 +199,7 @@ def _views() -> list[tuple[type, object]]:
     """(result type, function -> report parts); the first type an item is an instance of decides."""
     from interp.circuits import Decomposition, DLAResult, EdgeResult, HeadScores, LensResult, PatchResult, PromptSet
     from interp.circuits.graph import Graph, Intervention
+    from interp.explain import Explanations
     from interp.features import FeatureCard, FeatureIndex
     from interp.models.generate import Generation
     from interp.probes import SweepResult
@@ -217,8 +220,33 @@ def _views() -> list[tuple[type, object]]:
         (DictionaryMetrics, lambda r: [_metrics_table({k: v for k, v in r.as_dict().items() if v is not None})]),
         (TrainResult, _train_parts),
         (SweepResult, lambda r: [summary_html(r), probe_sweep_figure(r)]),
+        (Explanations, lambda r: [summary_html(r), *r.figures(), explanations_table(r)]),
         (Generation, lambda r: [summary_html(r), *monitor_view(r)]),
     ]
+
+
+def explanations_table(explanations, limit: int = 200) -> HTML:
+    """Each latent's explanation with its scores and the shuffled control's, best first (at most ``limit``)."""
+    names = explanations.scorer_names()
+    first = names[0] if names else None
+
+    def key(r):
+        v = r.get("scores", {}).get(first, {}).get("value") if first else None
+        return -v if v is not None else 1.0
+
+    rows = []
+    for r in sorted(explanations.records, key=key)[:limit]:
+        cells = []
+        for n in names:
+            s, c = r.get("scores", {}).get(n, {}), r.get("control", {}).get(n, {})
+            fmt = lambda d: "" if d.get("value") is None else f"{d['value']:.2f}"
+            cells.append(f"<td>{fmt(s)}</td><td class=\"note\">{fmt(c)}</td>")
+        text = r.get("explanation") or f"({r.get('status')}: {r.get('error') or ''})"
+        rows.append(f"<tr><td>{r['latent']}</td><td>{escape(text)}</td>{''.join(cells)}</tr>")
+    head = "".join(f"<th>{escape(n.split(':')[0])}</th><th>control</th>" for n in names)
+    more = (f'<p class="note">{len(explanations.records) - limit} more latents not shown</p>'
+            if len(explanations.records) > limit else "")
+    return HTML(f'<table class="kv"><tr><th>latent</th><th>explanation</th>{head}</tr>{"".join(rows)}</table>{more}')
 
 
 def result_view(item) -> list | None:

@@ -214,7 +214,8 @@ class FeatureDashboard(W.VBox):
                                  "to index")
             index = feature_index(model, dictionary, tokens, hook=hook)
         self.model, self.dictionary, self.index = model, dictionary, index
-        self.explanations = dict(explanations or {})
+        # latent -> text, or an interp.explain.Explanations (its labels, with scores)
+        self.explanations = explanations.labels() if hasattr(explanations, "labels") else dict(explanations or {})
         density = index.density()
         first = int(np.argmax(density)) if latent is None else latent
         self.latent = W.BoundedIntText(value=first, min=0, max=index.width - 1, description="latent")

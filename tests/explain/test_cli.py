@@ -167,7 +167,7 @@ def test_unknown_scorer_lists_the_valid_ones(planted, capsys, no_loading):
 def test_explainer_parse_errors_give_the_accepted_forms(planted, capsys, no_loading, spec):
     err = usage_error(capsys, command(planted, "--explainer", spec))
     assert "argument --explainer" in err
-    assert "openai:MODEL@URL" in err
+    assert "openai:MODEL@" in err
 
 
 def test_mismatched_options_are_refused_before_loading(planted, no_loading):
@@ -255,7 +255,7 @@ def test_local_explainer_chats_with_the_loaded_model(planted, tmp_path, monkeypa
         def chat(self, conversations, **kwargs):
             return [Reply(None, error="offline") for _ in conversations]
 
-    monkeypatch.setattr("interp.explain.LocalModel", FakeLocal)
+    monkeypatch.setattr("interp.explain.local.LocalModel", FakeLocal)
     out = tmp_path / "local.jsonl"
     assert main(command(planted, "--latents", "0:2", "--explainer", "local", "--out", str(out))) == 0
     assert made == [(default_model, "smollm2-135m")] and loads == ["smollm2-135m"]  # the one model serves both
