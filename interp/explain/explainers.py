@@ -195,7 +195,9 @@ def clean_explanation(text: str) -> str | None:
     characters; None when nothing is left."""
     for line in text.strip().splitlines():
         line = re.sub(r"^\s*(explanation|answer|the neuron (responds to|fires on))\s*[:\-]\s*", "", line.strip(),
-                      flags=re.I).strip().strip('"').strip()
+                      flags=re.I).strip()
+        if len(line) >= 2 and line[0] == line[-1] == '"' and line.count('"') == 2:  # a quoted reply, not a pattern
+            line = line[1:-1].strip()
         if line:
             return line[:200]
     return None

@@ -112,6 +112,15 @@ def test_pattern_text_round_trips():
     assert list(Rule("b", "a").matches(["a", "b", "b", "a", "b"])) == [False, True, False, False, True]
 
 
+def test_replies_are_cleaned_without_breaking_patterns():
+    from interp.explain.explainers import clean_explanation
+
+    assert clean_explanation('Explanation: "city names"\nmore') == "city names"
+    assert clean_explanation('  \nthe token " the"') == 'the token " the"'
+    assert parse_pattern(clean_explanation('Answer: the token " the"; the token "a"')) == [Rule(" the"), Rule("a")]
+    assert clean_explanation(" \n ") is None
+
+
 def test_baseline_names_the_planted_rules(index):
     idx, _ = index
     s = ExampleSampler(None, idx, seed=1)
