@@ -3,6 +3,8 @@ runs the right computation in the kernel, checked against the library computed d
 
 from __future__ import annotations
 
+import html
+
 import numpy as np
 import pytest
 
@@ -95,6 +97,13 @@ def test_feature_dashboard_cards_match_the_dictionary(tiny3):
     assert top["acts"][top["center"]] == pytest.approx(z[top["row"], top["pos"], nxt], rel=1e-5)
     assert f'data-latent="{nxt}"' in dash.card_html.value
     assert sum(dash.hist.data[0].y) == card.n_active
+    # explanations (an explain run over the dashboard's own index) show on the cards, with their scores
+    from interp.explain import explain_latents
+
+    res = explain_latents(tiny3, d, dash.index, [int(nxt)])
+    with_expl = W.FeatureDashboard(tiny3, d, index=dash.index, latent=int(nxt), explanations=res)
+    text = res.text(int(nxt))
+    assert text and html.escape(text) in with_expl.card_html.value and "detection" in with_expl.card_html.value
 
 
 def test_graph_explorer_click_and_intervention(tiny3, prompt):
