@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 from interp.explain import (
+    ExampleSampler,
     LLMExplainer,
     LocalModel,
     ResponseCache,
@@ -80,18 +81,19 @@ def test_local_model_chats_scores_with_probabilities_and_caches(default_model, p
     yes, no = (default_model.tokenizer.encode(w, prepend_bos=False)[0] for w in ("Yes", "No"))
     want = np.exp(logits[[yes, no]] - logits[[yes, no]].max())
     np.testing.assert_allclose(p, want / want.sum(), atol=2e-3)
-    # an explainer and a probability scorer on two planted latents
-    res = explain_latents(default_model, d, index, [0, 1], explainer=LLMExplainer(backend),
-                          scorers=[Scorer("detection", backend)])
+    # an explainer and a probability scorer on two planted latents (few, short examples: this is about the wiring)
+    sampler = ExampleSampler(default_model, index, window=12, n_top=4, n_quantile_train=0, n_train_neg=0, n_test=4)
+    run = lambda: explain_latents(default_model, d, index, [0, 1], explainer=LLMExplainer(backend, max_tokens=12),
+                                  scorers=[Scorer("detection", backend)], sampler=sampler)
+    res = run()
     for r in res.records:
         assert r["status"] in ("ok", "failed")
         assert r["prompt"][0]["role"] == "system" and "<<" in r["prompt"][-1]["content"]
         if r["status"] == "ok":
             s = r["scores"]["detection:" + backend.name]
-            assert 0.0 <= s["value"] <= 1.0 and s["auroc"] == s["value"]
+            assert 0.0 <= s["value"] <= 1.0 and s["auroc"] == s["value"] and s["n"] == 8
     n = len(list((tmp_path / "cache").rglob("*.json")))
-    explain_latents(default_model, d, index, [0, 1], explainer=LLMExplainer(backend),
-                    scorers=[Scorer("detection", backend)])
+    assert run().records == res.records
     assert len(list((tmp_path / "cache").rglob("*.json"))) == n  # the rerun was served from the cache
     sims = backend.expected_numbers([conv], [["Paris", " is", " nice"]])
     assert sims[0].shape == (3,) and ((0 <= sims[0]) & (sims[0] <= 9)).all()
