@@ -19,8 +19,9 @@ class LocalModel:
     """The chat :class:`~interp.explain.backends.Backend` on ``model`` (loaded with ``interp.load``; its tokenizer
     must carry a chat template, as SmolLM2-135M-Instruct's does). ``label`` names it (default: the model's
     config name); the cache key also holds a hash of its weights, so a fine-tuned model never reads another's
-    replies. ``batch_size`` conversations run together; prompts are left-padded to multiples of 32 tokens so a
-    few compiled programs serve every call.
+    replies (pass ``label``: a loaded model does not know the name it was loaded by). Up to ``batch_size``
+    conversations run together (a smaller call runs in the next power of two), left-padded to multiples of 32
+    tokens, so a few compiled programs serve every call.
 
     Beyond ``chat``: :meth:`choice_probs` (the probability of each answer, e.g. Yes/No) and
     :meth:`expected_numbers` (the expected 0-9 number the model would write after each listed token)."""
@@ -55,7 +56,7 @@ class LocalModel:
 
     def _batch(self, seqs: Sequence[Sequence[int]], extra: int = 0):
         T = _round_up(max(len(s) for s in seqs) + extra)
-        B = self.batch_size
+        B = min(self.batch_size, 1 << (len(seqs) - 1).bit_length())  # a power of two: few shapes, little padding
         pad = self.model.tokenizer.pad_id
         ids = np.full((B, T), pad, np.int32)
         mask = np.zeros((B, T), np.int32)

@@ -7,7 +7,9 @@ appended as soon as its chunk is scored: ``latent``, ``status`` ("ok", "dead" or
 ``scores`` and ``control`` (scorer -> value, interval, n, ...), ``control_latent``, the explainer's ``prompt`` and
 raw ``response``, the example counts, and ``provenance``. ``resume=True`` keeps the latents already in the file
 (a torn last line from an interrupted run is dropped) and does the rest; the backends' response cache makes a
-rerun of finished work free.
+rerun of finished work free. The control pairing is drawn over the latents of the call, so resuming with the
+same latent list gives the records one uninterrupted run would; records kept from a run over another list keep
+that run's pairing (``control_latent`` says which).
 """
 
 from __future__ import annotations

@@ -119,6 +119,9 @@ def test_replies_are_cleaned_without_breaking_patterns():
     assert clean_explanation('  \nthe token " the"') == 'the token " the"'
     assert parse_pattern(clean_explanation('Answer: the token " the"; the token "a"')) == [Rule(" the"), Rule("a")]
     assert clean_explanation(" \n ") is None
+    assert clean_explanation("The neuron responds to:\n- city names\n- rivers") == "city names"
+    assert clean_explanation("It fires on these:\n- city names") == "It fires on these: city names"
+    assert clean_explanation("1. words about cooking") == "words about cooking"
 
 
 def test_baseline_names_the_planted_rules(index):
