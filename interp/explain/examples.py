@@ -88,8 +88,8 @@ class ExampleSampler:
     occurs). ``window``: tokens per context, the activating token placed ``after`` tokens before its end;
     ``n_top`` top-activating and ``n_quantile_train`` quantile-sampled contexts are shown to the explainer;
     ``n_test`` activating contexts drawn evenly from ``quantiles`` activation bins and ``n_test`` non-activating ones
-    (half of them hard, when there are any) are held out; ``n_train_neg`` random non-activating contexts are shown
-    to contrasting explainers."""
+    are held out, and ``n_train_neg`` non-activating contexts are shown to contrasting explainers; a
+    ``hard_fraction`` of both (when there are any) are hard ones, holding a token the latent fires on most."""
 
     def __init__(self, model, index, *, window: int = 24, after: int = 4, n_top: int = 10,
                  n_quantile_train: int = 6, n_train_neg: int = 10, n_test: int = 10, quantiles: int = 5,
@@ -186,23 +186,30 @@ class ExampleSampler:
             c = np.concatenate([np.zeros((N, 1), int), np.cumsum(fired, axis=1)], axis=1)
             starts_ok = (c[:, self.window:] - c[:, :-self.window]) == 0
         starts_ok[:, :lo] = False
-        n_neg_test = self.n_test
-        n_hard = int(round(n_neg_test * self.hard_fraction))
+        n_hard_test = int(round(self.n_test * self.hard_fraction))
+        n_hard_train = int(round(self.n_train_neg * self.hard_fraction))
         top_tokens = Counter(c.ids[int(np.argmax(c.acts))] for c in train if c.kind == "top")
         hard: list[Context] = []
         for tok, _ in top_tokens.most_common(3):
             occ = self._occurrences(tok)
             for p in rng.permutation(occ)[:200]:
-                if len(hard) >= n_hard:
+                if len(hard) >= n_hard_test + n_hard_train:
                     break
                 r, t = divmod(int(p), T)
                 s = self._start_for(t)
                 if t >= lo and starts_ok[r, s] and not _windows_overlap((r, s), taken, self.window):
                     taken.setdefault(r, []).append(s)
                     hard.append(self._context(dense, r, s, "hard"))
+        # hard ones alternate between the held-out set and the explainer's, the held-out set first
+        hard_test, hard_train = [], []
+        for h in hard:
+            take_test = len(hard_test) < n_hard_test and (len(hard_test) <= len(hard_train) or
+                                                          len(hard_train) >= n_hard_train)
+            (hard_test if take_test else hard_train).append(h)
         negatives: list[Context] = []
         cand_r, cand_s = np.nonzero(starts_ok)
-        want = n_neg_test - len(hard) + self.n_train_neg
+        need_test = self.n_test - len(hard_test)
+        want = need_test + self.n_train_neg - len(hard_train)
         for k in rng.permutation(len(cand_r))[: 20 * want + 20]:
             if len(negatives) >= want:
                 break
@@ -210,6 +217,6 @@ class ExampleSampler:
             if not _windows_overlap((r, s), taken, self.window):
                 taken.setdefault(r, []).append(s)
                 negatives.append(self._context(dense, r, s, "random"))
-        test_neg = hard + negatives[: n_neg_test - len(hard)]
-        train_neg = negatives[n_neg_test - len(hard):]
+        test_neg = hard_test + negatives[:need_test]
+        train_neg = hard_train + negatives[need_test:]
         return LatentExamples(int(latent), train, train_neg, test_pos, test_neg, int(len(val)), float(val.max()))

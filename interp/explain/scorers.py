@@ -64,43 +64,75 @@ def auroc(y: np.ndarray, p: np.ndarray) -> float:
     return float(((pos[:, None] > neg[None]).sum() + 0.5 * (pos[:, None] == neg[None]).sum()) / (len(pos) * len(neg)))
 
 
-def _corr(a: np.ndarray, b: np.ndarray) -> float:
-    if a.std() == 0 or b.std() == 0:
-        return 0.0
-    return float(np.corrcoef(a, b)[0, 1])
-
-
 def bootstrap_ci(stat, n: int, *, resamples: int = 200, seed: int = 0) -> tuple[float, float]:
-    """95% percentile interval of ``stat(indices)`` over ``resamples`` resamplings of ``n`` items."""
+    """95% percentile interval of ``stat(indices)`` over ``resamples`` resamplings of ``n`` items (``stat`` takes
+    one index vector)."""
     rng = np.random.default_rng(seed)
-    vals = [stat(rng.integers(0, n, n)) for _ in range(resamples)]
-    vals = [v for v in vals if np.isfinite(v)]
-    if not vals:
+    return _interval(np.array([stat(rng.integers(0, n, n)) for _ in range(resamples)]))
+
+
+def _interval(vals: np.ndarray) -> tuple[float, float]:
+    vals = vals[np.isfinite(vals)]
+    if not len(vals):
         return (float("nan"), float("nan"))
     return (float(np.percentile(vals, 2.5)), float(np.percentile(vals, 97.5)))
 
 
-def classify_score(name: str, y: np.ndarray, p: np.ndarray, probabilistic: bool, seed: int = 0) -> Score:
-    """A detection/fuzzing :class:`Score` from labels ``y`` and predictions ``p`` (probabilities, or 0/1)."""
+def _resamples(n: int, resamples: int, seed: int) -> np.ndarray:
+    return np.random.default_rng(seed).integers(0, n, (resamples, n))
+
+
+def _balanced_accuracy_rows(y: np.ndarray, pred: np.ndarray) -> np.ndarray:
+    """Balanced accuracy of each row of ``y``, ``pred`` ([R, n] booleans); NaN for a row with one class."""
+    npos, nneg = y.sum(1), (~y).sum(1)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        out = 0.5 * ((pred & y).sum(1) / npos + (~pred & ~y).sum(1) / nneg)
+    return np.where((npos > 0) & (nneg > 0), out, np.nan)
+
+
+def _auroc_rows(y: np.ndarray, p: np.ndarray) -> np.ndarray:
+    """AUROC of each row (Mann-Whitney with ties counted half); NaN for a row with one class."""
+    from scipy.stats import rankdata
+
+    ranks = rankdata(p, axis=1)
+    npos, nneg = y.sum(1), (~y).sum(1)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        out = ((ranks * y).sum(1) - npos * (npos + 1) / 2) / (npos * nneg)
+    return np.where((npos > 0) & (nneg > 0), out, np.nan)
+
+
+def classify_score(name: str, y: np.ndarray, p: np.ndarray, probabilistic: bool, seed: int = 0,
+                   resamples: int = 200) -> Score:
+    """A detection/fuzzing :class:`Score` from labels ``y`` and predictions ``p`` (probabilities, or 0/1); the
+    interval comes from ``resamples`` bootstrap resamplings, computed together."""
     y = np.asarray(y, bool)
     p = np.asarray(p, np.float64)
     acc = balanced_accuracy(y, p > 0.5)
     roc = auroc(y, p) if probabilistic else None
-    stat = (lambda i: auroc(y[i], p[i])) if probabilistic else (lambda i: balanced_accuracy(y[i], p[i] > 0.5))
-    value = roc if probabilistic else acc
-    return Score(name, value, bootstrap_ci(stat, len(y), seed=seed), len(y), acc, roc)
+    idx = _resamples(len(y), resamples, seed)
+    boot = _auroc_rows(y[idx], p[idx]) if probabilistic else _balanced_accuracy_rows(y[idx], p[idx] > 0.5)
+    return Score(name, roc if probabilistic else acc, _interval(boot), len(y), acc, roc)
 
 
-def simulation_score(contexts: Sequence[Context], predicted: Sequence[np.ndarray], seed: int = 0) -> Score:
-    """Correlation of predicted and true activations over every token of ``contexts`` (bootstrap over contexts)."""
+def simulation_score(contexts: Sequence[Context], predicted: Sequence[np.ndarray], seed: int = 0,
+                     resamples: int = 200) -> Score:
+    """Correlation of predicted and true activations over every token of ``contexts`` (bootstrap over contexts,
+    from per-context sums)."""
     true = [np.asarray(c.acts, np.float64) for c in contexts]
     pred = [np.asarray(p, np.float64) for p in predicted]
+    # per context: count, sum x, sum y, sum xx, sum yy, sum xy
+    sums = np.array([[len(t), t.sum(), q.sum(), t @ t, q @ q, t @ q] for t, q in zip(true, pred)])
 
-    def stat(idx):
-        return _corr(np.concatenate([true[i] for i in idx]), np.concatenate([pred[i] for i in idx]))
+    def corr(tot):  # tot [..., 6]
+        n, sx, sy, sxx, syy, sxy = np.moveaxis(tot, -1, 0)
+        vx, vy = sxx - sx * sx / n, syy - sy * sy / n
+        with np.errstate(invalid="ignore", divide="ignore"):
+            r = (sxy - sx * sy / n) / np.sqrt(vx * vy)
+        return np.where((vx > 1e-12 * np.maximum(sxx, 1)) & (vy > 1e-12 * np.maximum(syy, 1)), r, 0.0)
 
-    all_idx = np.arange(len(true))
-    return Score("simulation", stat(all_idx), bootstrap_ci(stat, len(true), seed=seed), len(true))
+    value = float(corr(sums.sum(0)))
+    boot = corr(sums[_resamples(len(true), resamples, seed)].sum(1))
+    return Score("simulation", value, _interval(boot), len(true))
 
 
 # ---------------------------------------------------------------------------------------------- items

@@ -267,3 +267,26 @@ def test_a_failing_backend_is_recorded_and_the_run_goes_on(index, tmp_path):
     st = {r["latent"]: (r["status"], r["error"]) for r in res.records}
     assert st[0][0] == "failed" and "503" in st[0][1]
     assert st[2] == ("dead", "no activating examples")
+
+
+def test_bootstrap_intervals_equal_resampling_one_by_one():
+    from interp.explain.examples import Context
+    from interp.explain.scorers import _resamples, classify_score, simulation_score
+
+    rng = np.random.default_rng(1)
+    y = rng.random(30) < 0.5
+    p = rng.random(30) + 0.4 * y
+    idx = _resamples(30, 200, seed=5)
+    for prob in (True, False):
+        s = classify_score("detection", y, p, prob, seed=5)
+        f = (lambda i: auroc(y[i], p[i])) if prob else (lambda i: balanced_accuracy(y[i], p[i] > 0.5))
+        vals = np.array([f(i) for i in idx])
+        vals = vals[np.isfinite(vals)]
+        assert s.ci == pytest.approx((np.percentile(vals, 2.5), np.percentile(vals, 97.5)))
+    ctx = [Context([0] * 6, ["x"] * 6, list(rng.random(6) * (rng.random(6) < 0.3)), 0, 0, "top") for _ in range(12)]
+    pred = [np.asarray(c.acts) + rng.random(6) for c in ctx]
+    sim = simulation_score(ctx, pred, seed=5)
+    cat = lambda xs, i: np.concatenate([xs[k] for k in i])
+    assert sim.value == pytest.approx(np.corrcoef(cat([c.acts for c in ctx], range(12)), cat(pred, range(12)))[0, 1])
+    vals = [np.corrcoef(cat([c.acts for c in ctx], i), cat(pred, i))[0, 1] for i in _resamples(12, 200, seed=5)]
+    assert sim.ci == pytest.approx((np.percentile(vals, 2.5), np.percentile(vals, 97.5)))
