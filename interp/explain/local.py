@@ -15,6 +15,29 @@ def _round_up(n: int, step: int = 32) -> int:
     return -(-n // step) * step
 
 
+def _jit(fn):
+    import equinox as eqx
+
+    return eqx.filter_jit(fn)
+
+
+@_jit
+def _prefill(model, ids, mask, positions, kv):
+    """The cache after running ``ids [1, P]`` (left-padded) through ``model``."""
+    return model.forward(ids, attention_mask=mask, positions=positions, kv=kv)[1]
+
+
+@_jit
+def _extend(model, ids, mask, positions, kv):
+    """Logits of ``ids [B, S]`` (right-padded) run after the one-row prefix in ``kv``, shared by every row."""
+    import jax
+    import jax.numpy as jnp
+
+    B = ids.shape[0]
+    rows = jax.tree_util.tree_map(lambda a: jnp.repeat(a, B, axis=0) if a.ndim else a, kv)
+    return model.forward(ids, attention_mask=mask, positions=positions, kv=rows)[0]
+
+
 class LocalModel:
     """The chat :class:`~interp.explain.backends.Backend` on ``model`` (loaded with ``interp.load``; its tokenizer
     must carry a chat template, as SmolLM2-135M-Instruct's does). ``label`` names it (default: the model's
@@ -67,6 +90,42 @@ class LocalModel:
             ids[i], mask[i] = ids[0], mask[0]
         return ids, mask
 
+    def _next_logits(self, seqs: Sequence[Sequence[int]]):
+        """Next-token logits ``[n, vocab]`` (float32) after each id sequence. When the sequences share a prefix of
+        at least 32 tokens (a scorer's prompts differ only in the text asked about), the prefix runs once and its
+        keys and values serve every sequence; each sequence's own tokens then run on top."""
+        import jax.numpy as jnp
+
+        n = len(seqs)
+        shared = 0
+        for column in zip(*seqs):
+            if any(t != column[0] for t in column):
+                break
+            shared += 1
+        shared = min(shared, min(len(s) for s in seqs) - 1)
+        if shared < 32:
+            ids, mask = self._batch(seqs)
+            return self.model(ids, attention_mask=mask)[:n, -1].astype(jnp.float32)
+        P = _round_up(shared)
+        rest = [list(s[shared:]) for s in seqs]
+        S = _round_up(max(len(r) for r in rest), 16)
+        B = min(self.batch_size, 1 << (n - 1).bit_length())
+        pad = self.model.tokenizer.pad_id
+        ids_p = np.full((1, P), pad, np.int32)
+        ids_p[0, P - shared:] = seqs[0][:shared]
+        mask_p = (np.arange(P) >= P - shared).astype(np.int32)[None]
+        pos_p = np.maximum(np.cumsum(mask_p, axis=1) - 1, 0).astype(np.int32)
+        kv = _prefill(self.model, ids_p, mask_p, pos_p, self.model.init_cache(1, P + S))
+        ids_s = np.full((B, S), pad, np.int32)
+        mask_s = np.zeros((B, S), np.int32)
+        for i, r in enumerate(rest):
+            ids_s[i, :len(r)] = r
+            mask_s[i, :len(r)] = 1
+        pos_s = np.broadcast_to(shared + np.arange(S, dtype=np.int32), (B, S))
+        logits = _extend(self.model, ids_s, mask_s, pos_s, kv)
+        last = np.array([len(r) - 1 for r in rest])
+        return logits[np.arange(n), last].astype(jnp.float32)
+
     def _cached(self, kind: str, conversations, params: dict, compute):
         keys = [ResponseCache.key(self.name, c, kind=kind, **params) for c in conversations]
         got = [self.cache.get(k) if self.cache else None for k in keys]
@@ -109,10 +168,8 @@ class LocalModel:
             raise ValueError(f"the choices {list(choices)} begin with the same token; give choices that differ at once")
 
         def compute(convs):
-            seqs = [self._ids(c) for c in convs]
-            ids, mask = self._batch(seqs)
-            logits = np.asarray(jax.nn.log_softmax(self.model(ids, attention_mask=mask)[:, -1].astype("float32")))
-            lp = logits[: len(convs)][:, firsts]
+            logits = np.asarray(jax.nn.log_softmax(self._next_logits([self._ids(c) for c in convs]), axis=-1))
+            lp = logits[:, firsts]
             p = np.exp(lp - lp.max(axis=1, keepdims=True))
             return [",".join(f"{v:.6g}" for v in row / row.sum()) for row in p]
 

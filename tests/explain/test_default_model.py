@@ -81,6 +81,14 @@ def test_local_model_chats_scores_with_probabilities_and_caches(default_model, p
     yes, no = (default_model.tokenizer.encode(w, prepend_bos=False)[0] for w in ("Yes", "No"))
     want = np.exp(logits[[yes, no]] - logits[[yes, no]].max())
     np.testing.assert_allclose(p, want / want.sum(), atol=2e-3)
+    # prompts that share a long prefix run it once; each one's logits equal its own full forward pass
+    system = {"role": "system", "content": "You check explanations of a neuron in a language model: decide whether "
+                                           "the neuron fires anywhere in a text."}
+    seqs = [backend._ids([system, {"role": "user", "content": f"Explanation: the word Paris\n\nText: {t}"}])
+            for t in ("I went to Paris", "a cat sat on the mat today", "x")]
+    shared = np.asarray(backend._next_logits(seqs))
+    for row, ids in zip(shared, seqs):
+        np.testing.assert_allclose(row, np.asarray(default_model(np.array([ids]))[0, -1]), atol=2e-3)
     # an explainer and a probability scorer on two planted latents (few, short examples: this is about the wiring)
     sampler = ExampleSampler(default_model, index, window=12, n_top=4, n_quantile_train=0, n_train_neg=0, n_test=4)
     run = lambda: explain_latents(default_model, d, index, [0, 1], explainer=LLMExplainer(backend, max_tokens=12),
