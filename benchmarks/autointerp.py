@@ -489,19 +489,10 @@ def main() -> None:  # noqa: C901 - one benchmark, read top to bottom
     bres = explain_latents(model, d, index, latents, explainer=base, scorers=list(rule.values()), sampler=sampler,
                            seed=args.seed)
     t_brun = time.perf_counter() - t
-    from interp.explain.scorers import balanced_accuracy, bootstrap_ci
-
-    y, p = np.arange(2 * n_test) < n_test, np.arange(2 * n_test) % 3 == 0
-    t = time.perf_counter()
-    for _ in range(20):
-        bootstrap_ci(lambda i: balanced_accuracy(y[i], p[i]), len(y), seed=args.seed)
-    t_boot = (time.perf_counter() - t) / 20
     n_expl = sum(bexpl[f].text is not None for f in latents)
     print(f"explained {n_expl} of {len(latents)}; seconds per latent: explain {t_bexp * 1e3:.2f} ms, score "
           + ", ".join(f"{k} {v * 1e3:.2f} ms" for k, v in t_brule.items())
           + f"; explain_latents (with the control) {t_brun:.2f} s in all")
-    print(f"  (each detection/fuzzing Score carries a bootstrap interval of 200 resamples: {t_boot * 1e3:.2f} ms of "
-          "its time)")
     for name in rule:
         real, ctrl = bres.scores(name)
         lo = -1.0 if name == "simulation" else 0.0
@@ -551,7 +542,7 @@ def main() -> None:  # noqa: C901 - one benchmark, read top to bottom
             summary.append(f"rule check {label}: identical on {same}/{len(keys)} latents (+{same_c}/{len(keys_c)} "
                            f"controls), {fmt_agree([ours[f] for f in keys], [dv[f] for f in keys])}; time per latent "
                            f"ours {t_brule[task] * 1e3:.2f} ms vs delphi {np.mean(secs) * 1e3:.2f} ms "
-                           f"({ratio}; our bootstrap interval {t_boot * 1e3:.1f} ms of it)")
+                           f"({ratio})")
 
     # ------------------------------------------------------------------ (b) local model
     local = [f for f in latents if full(examples[f], n_test)][: args.local_latents]
