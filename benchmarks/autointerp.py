@@ -1,7 +1,7 @@
 """Automated interpretability on the default model: our explain/score pipeline against EleutherAI's delphi.
 
     python benchmarks/autointerp.py [--latents 100] [--local-latents 100] [--sae DIR] [--budget-minutes M] [--quick]
-    PYTHONPATH=/work/delphi-site python benchmarks/autointerp.py ...      # with the delphi peer (see below)
+    PYTHONPATH=delphi-site python benchmarks/autointerp.py ...      # with the delphi peer (see below)
 
 1. A TopK dictionary (width 2048, k 32) trained on the middle layer's residual stream of SmolLM2-135M-Instruct
    (150k tokens of the built-in corpus; cached under ``$INTERP_CACHE/benchmarks``, or ``--sae DIR``), a feature
@@ -55,9 +55,9 @@ from pathlib import Path
 
 import numpy as np
 
-DELPHI_SITE = "/work/delphi-site"
+DELPHI_SITE = "delphi-site"  # beside the environment, outside it (ignored by git)
 DELPHI_INSTALL = (
-    f"/work/main/.venv/bin/pip install --no-deps --target {DELPHI_SITE} eai-delphi==0.1.3 aiofiles==25.1.0 "
+    f".venv/bin/python -m pip install --no-deps --target {DELPHI_SITE} eai-delphi==0.1.3 aiofiles==25.1.0 "
     "asyncer==0.0.18 blobfile==3.3.0 faiss-cpu==1.15.1 lxml==6.1.3 orjson==3.13.0 pycryptodomex==3.24.2 "
     "scikit-learn==1.9.1 sentence-transformers==6.2.0 threadpoolctl==3.8.0 tiktoken==0.14.0; then run with "
     f"PYTHONPATH={DELPHI_SITE}")
