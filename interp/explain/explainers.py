@@ -192,7 +192,7 @@ def explain_prompt(ex: LatentExamples, *, max_examples: int = 12) -> list[dict]:
 
 def clean_explanation(text: str) -> str | None:
     """The explanation in a model's reply: its first non-empty line without a leading label, list bullet or
-    surrounding quotes, at most 200 characters; a preamble line ending in ":" is joined to the line after it.
+    surrounding quotes, at most 200 characters; a preamble line ending in ":" gives way to the lines after it.
     None when nothing is left."""
     lines = [ln.strip() for ln in text.strip().splitlines() if ln.strip()]
     for k, line in enumerate(lines):
@@ -201,9 +201,10 @@ def clean_explanation(text: str) -> str | None:
         line = re.sub(r"^([-*\u2022]|\d+[.)])\s+", "", line).strip()
         if len(line) >= 2 and line[0] == line[-1] == '"' and line.count('"') == 2:  # a quoted reply, not a pattern
             line = line[1:-1].strip()
-        if line.endswith(":") and k + 1 < len(lines):  # "The neuron responds to:" then the answer
+        if line.endswith(":") and k + 1 < len(lines):  # a preamble ("... the following phrases:"), then the answer
             rest = clean_explanation("\n".join(lines[k + 1:]))
-            return f"{line} {rest}"[:200] if rest else line[:200]
+            if rest:
+                return rest
         if line:
             return line[:200]
     return None

@@ -209,5 +209,6 @@ class LocalModel:
 
         pairs = list(zip(conversations, [list(x) for x in lines]))
         keyed = [c + [{"role": "assistant", "content": "\n".join(items)}] for c, items in pairs]
-        got, _ = self._cached("numbers", keyed, {}, lambda convs: compute([pairs[keyed.index(c)] for c in convs]))
+        by_key = {id(k): pair for k, pair in zip(keyed, pairs)}
+        got, _ = self._cached("numbers", keyed, {}, lambda convs: compute([by_key[id(c)] for c in convs]))
         return [np.array([float(v) for v in g.split(",")]) if g is not None else None for g in got]

@@ -132,6 +132,8 @@ def explain_latents(model, dictionary, index, latents: Sequence[int], *, explain
                 "scores": scored[f] if status == "ok" else {}, "control": controls[f] if status == "ok" else {},
                 "control_latent": control_of.get(f), "control_explanation": expl[control_of[f]].text
                 if f in control_of else None,
+                # an explainer that writes the same text for two latents makes that control no control at all
+                "control_same_text": f in control_of and expl[control_of[f]].text == e.text,
                 "examples": {"train": len(ex.train), "train_neg": len(ex.train_neg), "test_pos": len(ex.test_pos),
                              "test_neg": len(ex.test_neg), "n_active": ex.n_active, "max_act": ex.max_act},
                 "prompt": e.prompt, "response": e.response, "provenance": prov})
@@ -143,7 +145,7 @@ def explain_latents(model, dictionary, index, latents: Sequence[int], *, explain
                 fh.flush()
                 os.fsync(fh.fileno())
     elapsed = time.perf_counter() - t0
-    return Explanations([done[f] for f in latents], path=out, seconds=elapsed)
+    return Explanations([done[f] for f in latents], path=out, seconds=elapsed, scored=len(todo))
 
 
 @dataclasses.dataclass
@@ -154,7 +156,8 @@ class Explanations(Result):
 
     records: list[dict]
     path: Path | None = None
-    seconds: float | None = None
+    seconds: float | None = None  # time spent scoring in the run that returned this
+    scored: int | None = None  # latents scored in that run (a resumed run scores only the pending ones)
 
     @classmethod
     def load(cls, path: str | Path) -> Explanations:
@@ -246,8 +249,11 @@ class Explanations(Result):
         for name, t in self.summary_table().items():
             facts[name] = (f"{t['mean']:.3f} [{t['ci'][0]:.3f}, {t['ci'][1]:.3f}]; control {t['control_mean']:.3f} "
                            f"[{t['control_ci'][0]:.3f}, {t['control_ci'][1]:.3f}]")
-        if self.seconds is not None and self.records:
-            facts["seconds per latent (scoring)"] = self.seconds / len(self.records)
+        if self.seconds is not None and self.scored:
+            facts["seconds per latent (scoring)"] = self.seconds / self.scored
+        same = sum(bool(r.get("control_same_text")) for r in self.records)
+        if same:
+            facts["controls with the latent's own text"] = same
         first = self.scorer_names()[:1]
         top = []
         if first:

@@ -120,7 +120,8 @@ def test_replies_are_cleaned_without_breaking_patterns():
     assert parse_pattern(clean_explanation('Answer: the token " the"; the token "a"')) == [Rule(" the"), Rule("a")]
     assert clean_explanation(" \n ") is None
     assert clean_explanation("The neuron responds to:\n- city names\n- rivers") == "city names"
-    assert clean_explanation("It fires on these:\n- city names") == "It fires on these: city names"
+    assert clean_explanation("The neuron responds to the following short phrases:\n- tell()") == "tell()"
+    assert clean_explanation("It fires on these:") == "It fires on these:"
     assert clean_explanation("1. words about cooking") == "words about cooking"
 
 
