@@ -301,7 +301,7 @@ def run(cfg: DemoConfig | None = None, out=sys.stdout) -> Path:
         tc_expl = {l: explain_latents(model, tc.dictionaries[l], tc_indices[l], sorted(fs), scorers=[],
                                       seed=cfg.seed) for l, fs in by_layer.items()}
         label_graph(graph, tc_expl)
-        report.add(views.graph_explorer_view(model, tc, graph, graph_tokens, explanations=tc_expl),
+        report.add(views.graph_explorer_view(model, tc, graph, graph_tokens, explanations=tc_expl, indices=tc_indices),
                    title="Attribution graph",
                    note="Nodes: token embeddings (bottom), transcoder features and error nodes by layer and "
                         "position, and the top logits (top). Click a feature to read its dashboard.")

@@ -149,12 +149,14 @@ def monitor_view(generation, rows: Sequence[int] | None = None, *, figure: bool 
     return parts
 
 
-def graph_explorer_view(model, transcoders, graph, tokens=None, explanations=None) -> list:
+def graph_explorer_view(model, transcoders, graph, tokens=None, explanations=None, indices=None) -> list:
     """The static form of the graph explorer: the graph, with each kept feature's dashboard on click
-    (``explanations``: layer -> that transcoder's explanations, shown on the cards)."""
+    (``explanations``: layer -> that transcoder's explanations, shown on the cards; ``indices``: layer -> a
+    FeatureIndex already built over ``tokens``, reused instead of another model pass)."""
     from interp.features import graph_cards
 
-    cards = graph_cards(model, transcoders, graph, tokens, explanations=explanations) if tokens is not None else None
+    cards = (graph_cards(model, transcoders, graph, tokens, indices=indices, explanations=explanations)
+             if tokens is not None else None)
     return graph_view(graph, cards)
 
 
