@@ -23,6 +23,15 @@ from interp.sae._base import (
     unregister,
 )
 from interp.sae.batchtopk import BatchTopKConfig, BatchTopKSAE
+from interp.sae.crosscoder import (
+    Crosscoder,
+    CrosscoderConfig,
+    CrosscoderDiff,
+    crosscoder_acts,
+    crosscoder_diff,
+    evaluate_crosscoder,
+    train_crosscoder,
+)
 from interp.sae.files import load, save
 from interp.sae.jumprelu import JumpReLUConfig, JumpReLUSAE
 from interp.sae.matryoshka import MatryoshkaConfig, MatryoshkaSAE
@@ -42,9 +51,10 @@ from interp.sae.transcoders import Transcoders, train_transcoders
 
 __all__ = [
     "REGISTRY", "ActivationStore", "ArrayActivationStore", "AuxLoss", "BatchTopKConfig", "BatchTopKSAE",
-    "CachedActivationStore", "DictConfig", "Dictionary", "DictionaryMetrics", "JumpReLUConfig", "JumpReLUSAE",
-    "LossContext", "MatryoshkaConfig", "MatryoshkaSAE", "Option", "SAELensLayout", "StandardConfig", "StandardSAE",
-    "TopKConfig", "TopKSAE", "TrainConfig", "TrainResult", "TrainingDiverged", "Transcoders", "architecture",
-    "cache_activations", "create", "evaluate", "iter_contexts", "iter_texts", "load", "metric_names",
-    "reconstruction_metrics", "register", "save", "train", "train_transcoders", "unregister",
+    "CachedActivationStore", "Crosscoder", "CrosscoderConfig", "CrosscoderDiff", "DictConfig", "Dictionary",
+    "DictionaryMetrics", "JumpReLUConfig", "JumpReLUSAE", "LossContext", "MatryoshkaConfig", "MatryoshkaSAE",
+    "Option", "SAELensLayout", "StandardConfig", "StandardSAE", "TopKConfig", "TopKSAE", "TrainConfig", "TrainResult",
+    "TrainingDiverged", "Transcoders", "architecture", "cache_activations", "create", "crosscoder_acts",
+    "crosscoder_diff", "evaluate", "evaluate_crosscoder", "iter_contexts", "iter_texts", "load", "metric_names",
+    "reconstruction_metrics", "register", "save", "train", "train_crosscoder", "train_transcoders", "unregister",
 ]
