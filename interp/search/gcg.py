@@ -23,7 +23,7 @@ import numpy as np
 from jaxtyping import Array, Bool, Float, Int
 
 from interp.results import Result, Summary
-from interp.search.objectives import Objective, logits_at
+from interp.search.objectives import Contrast, Objective, check_same_vocabulary, logits_at
 
 __all__ = ["SearchResult", "allowed_tokens", "gcg", "layout", "losses", "token_gradient"]
 
@@ -32,10 +32,27 @@ SLOT = "{span}"
 
 
 # ----------------------------------------------------------------------------------------------- compiled parts
-def _evaluate(model, objective: Objective, tokens, start: int, n: int, delta=None, fluency: bool = True):
-    """``(objective loss [B], span NLL [B], success [B])``; the forward stops after the objective's hook unless the
-    span's own log-probability (``fluency``) needs the logits."""
+def _evaluate(model, objective: Objective, tokens, start: int, n: int, donehot=None, fluency: bool = True):
+    """``(objective loss [B], span NLL [B], success [B])``; a :class:`Contrast` subtracts its baseline's loss (the
+    span NLL and success are the searched model's). ``donehot [n V]``: a zero-valued one-hot whose gradient is the
+    token gradient (None: no gradient asked)."""
+    if isinstance(objective, Contrast):
+        loss, flu, success = _evaluate_one(model, objective.inner, tokens, start, n, donehot, fluency)
+        base_loss, _, _ = _evaluate_one(objective.baseline, objective.inner, tokens, start, n, donehot, False)
+        return loss - objective.weight * base_loss, flu, success
+    return _evaluate_one(model, objective, tokens, start, n, donehot, fluency)
+
+
+def _evaluate_one(model, objective: Objective, tokens, start: int, n: int, donehot=None, fluency: bool = True):
+    """One model's ``(loss, span NLL, success)``; the forward stops after the objective's hook unless the span's own
+    log-probability (``fluency``) needs the logits."""
     hook, captured = objective.hook(), {}
+    delta = None
+    if donehot is not None:
+        e = donehot @ model.embed.W_E  # zero in value; its gradient is the token gradient
+        if model.embed.scale is not None:
+            e = e * jnp.asarray(model.embed.scale, e.dtype)
+        delta = jnp.zeros((1, tokens.shape[1], e.shape[1]), e.dtype).at[0, start:start + n].set(e)
 
     def hk(name, x):
         if delta is not None and name == "hook_embed":
@@ -67,14 +84,10 @@ def _candidates_loss(model, objective, tokens, start, n, weight, fluency):
 @eqx.filter_jit
 def _gradient(model, objective, tokens, start, n, weight, fluency):
     W_E = model.embed.W_E
-    scale = model.embed.scale
 
     def total(onehot):
-        e = (onehot - jax.lax.stop_gradient(onehot)) @ W_E  # zero in value; its gradient is the token gradient
-        if scale is not None:
-            e = e * jnp.asarray(scale, e.dtype)
-        delta = jnp.zeros((1, tokens.shape[1], W_E.shape[1]), e.dtype).at[0, start:start + n].set(e)
-        loss, flu, _ = _evaluate(model, objective, tokens, start, n, delta, fluency)
+        donehot = onehot - jax.lax.stop_gradient(onehot)
+        loss, flu, _ = _evaluate(model, objective, tokens, start, n, donehot, fluency)
         return (loss + weight * flu).sum()
 
     onehot = jax.nn.one_hot(tokens[0, start:start + n], W_E.shape[0], dtype=W_E.dtype)
@@ -311,6 +324,8 @@ def gcg(
                         f"{type(objective).__name__}")
     if not np.isfinite(fluency) or fluency < 0:
         raise ValueError(f"fluency={fluency} must be a finite weight >= 0")
+    if isinstance(objective, Contrast):
+        check_same_vocabulary(model, objective.baseline)
     lay = layout(model, objective, prompt, span)
     n, start = lay.n, lay.start
     if n_replace > n:

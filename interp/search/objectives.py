@@ -19,8 +19,8 @@ from jaxtyping import Array, Bool, Float, Int
 
 from interp.hooks import NOOP, layer_of, suggest
 
-__all__ = ["REGISTRY", "LatentObjective", "LogProbObjective", "Negated", "Objective", "ScoreObjective", "latent",
-           "logits_at", "logprob", "make", "negate", "score"]
+__all__ = ["REGISTRY", "Contrast", "LatentObjective", "LogProbObjective", "Negated", "Objective", "ScoreObjective",
+           "contrast", "latent", "logits_at", "logprob", "make", "negate", "score"]
 
 
 def logits_at(model, resid: Float[Array, "B T D"], idx: Int[Array, " N"]) -> Float[Array, "B N V"]:
@@ -133,6 +133,34 @@ class Negated(Objective):
         return f"lower {self.inner.describe(model)}"
 
 
+class Contrast(Objective):
+    """``inner`` on the searched model minus ``weight`` x ``inner`` on a ``baseline`` model that shares its vocabulary
+    (what the model does that the baseline does not: a fine-tuned model against its base). The search runs both
+    models on the same tokens and takes the gradient through both; success is ``inner``'s success on the searched
+    model. Built by :func:`contrast`."""
+
+    inner: Objective
+    baseline: eqx.Module
+    weight: float = eqx.field(static=True, default=1.0)
+
+    def hook(self) -> str | None:
+        return self.inner.hook()
+
+    def appended(self) -> Int[Array, " N"]:
+        return self.inner.appended()
+
+    def stop_layer(self, n_layers: int) -> int | None:
+        return self.inner.stop_layer(n_layers)
+
+    def evaluate(self, model, resid, acts, tokens):
+        raise TypeError("a Contrast runs two models, so it is evaluated by the search itself "
+                        "(interp.search.losses / gcg), not from one model's activations")
+
+    def describe(self, model) -> str:
+        w = "" if self.weight == 1.0 else f"{self.weight:g} x "
+        return f"{self.inner.describe(model)} minus {w}the same on the baseline model"
+
+
 def _text(model, ids) -> str:
     ids = [int(i) for i in jnp.asarray(ids).reshape(-1)]
     return repr(model.to_string(ids)) if model.tokenizer is not None else f"ids {ids}"
@@ -176,9 +204,43 @@ def score(model, fn: Callable, hook_name: str, *, threshold: float | None = None
     return ScoreObjective(fn, hook_name, _threshold(threshold))
 
 
-def negate(objective: Objective) -> Negated:
-    """Lower what ``objective`` raises."""
+def negate(objective: Objective) -> Objective:
+    """Lower what ``objective`` raises (for a :class:`Contrast`: the contrast of the negated inner objective)."""
+    if isinstance(objective, Contrast):
+        return Contrast(Negated(objective.inner), objective.baseline, objective.weight)
     return Negated(objective)
+
+
+def contrast(objective: Objective, baseline, *, model=None, weight: float = 1.0) -> Contrast:
+    """``objective`` on the searched model minus ``weight`` x ``objective`` on ``baseline`` (e.g. a fine-tuned model
+    against its base: spans that raise a continuation in the one and not in the other). ``baseline`` must share the
+    searched model's vocabulary (and tokenizer); pass ``model`` to have that checked here rather than at the search."""
+    if not isinstance(objective, Objective) or isinstance(objective, Contrast):
+        raise TypeError(f"contrast takes a single-model interp.search Objective; got {type(objective).__name__}")
+    if not (isinstance(weight, (int, float)) and weight == weight and abs(weight) != float("inf")):
+        raise ValueError(f"weight={weight!r} must be a finite number")
+    if model is not None:
+        check_same_vocabulary(model, baseline)
+    hook = objective.hook()
+    if hook is not None:
+        _check_hook(baseline, hook)
+    return Contrast(objective, baseline, float(weight))
+
+
+def check_same_vocabulary(model, baseline) -> None:
+    """Refuse a baseline whose token ids mean something else than the model's (another vocabulary size, another
+    tokenizer vocabulary, or a tokenizer on one side only)."""
+    if model.d_vocab != baseline.d_vocab:
+        raise ValueError(f"the baseline model has a vocabulary of {baseline.d_vocab} tokens and the searched model "
+                         f"{model.d_vocab}: a contrast needs two models over the same token ids (a fine-tuned model "
+                         "and its base)")
+    a, b = model.tokenizer, baseline.tokenizer
+    if (a is None) != (b is None):
+        raise ValueError("one model has a tokenizer and the other none: give both models the same tokenizer")
+    if a is not None and a is not b and a.hf.get_vocab(with_added_tokens=True) != b.hf.get_vocab(
+            with_added_tokens=True):
+        raise ValueError("the two models' tokenizers map text to different token ids: a contrast needs the same "
+                         "tokenizer on both (a fine-tuned model and its base)")
 
 
 def _check_hook(model, name: str) -> None:
