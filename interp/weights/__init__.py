@@ -9,6 +9,7 @@ import jax.numpy as jnp
 from interp.models import GGUF_FAMILIES, HF_FAMILIES, Model
 from interp.weights._check import check_tensors
 from interp.weights.default import DEFAULT_MODELS, cache_dir, default_gguf_path, ensure_default
+from interp.weights.export import save_hf_dir
 from interp.weights.fingerprint import weights_hash
 from interp.weights.gguf_file import GGUFFile, hf_tensors
 from interp.weights.hf import SafetensorsReader, read_config, safetensor_files
@@ -82,5 +83,5 @@ def load_gguf(path: str | Path, *, dtype=jnp.float32) -> Model:
 
 __all__ = [
     "DEFAULT_MODELS", "GGUFFile", "SafetensorsReader", "cache_dir", "default_gguf_path", "ensure_default",
-    "load", "load_gguf", "load_hf_dir", "weights_hash",
+    "load", "load_gguf", "load_hf_dir", "save_hf_dir", "weights_hash",
 ]
