@@ -1,0 +1,54 @@
+"""The packaged organism data (``data/organisms/*.json``, the package ``interp.data``) and random triggers."""
+
+from __future__ import annotations
+
+import functools
+import json
+from importlib import resources
+from pathlib import Path
+
+import numpy as np
+
+from interp.checks import check_range
+
+
+def _folder(sub: str):
+    """``interp.data/{sub}``; in a source tree that another install's ``interp.data`` shadows, the ``data/``
+    folder beside this package."""
+    folder = resources.files("interp.data").joinpath(sub)
+    if not folder.is_dir():
+        folder = Path(__file__).resolve().parents[2] / "data" / sub
+    return folder
+
+
+@functools.cache
+def load_json(name: str) -> dict:
+    """``data/organisms/{name}.json``: ``trigger_words``, ``chat_prompts``, ``facts`` or ``sandbag``."""
+    return json.loads(_folder("organisms").joinpath(f"{name}.json").read_text(encoding="utf-8"))
+
+
+@functools.cache
+def capitals() -> dict[str, str]:
+    """Country -> capital, from ``data/prompts/capitals.json``."""
+    return dict(json.loads(_folder("prompts").joinpath("capitals.json").read_text(encoding="utf-8"))["capitals"])
+
+
+def trigger_words() -> list[str]:
+    """The words random triggers are drawn from (``data/organisms/trigger_words.json``): ~200 common, distinct
+    English nouns."""
+    return list(load_json("trigger_words")["words"])
+
+
+def random_trigger(seed: int, n_words: int = 2, words=None) -> str:
+    """``n_words`` distinct words from :func:`trigger_words` (or ``words``), drawn by ``seed``, joined by spaces."""
+    check_range("seed", seed, 0, integer=True)
+    pool = list(words) if words is not None else trigger_words()
+    check_range("n_words", n_words, 1, len(pool), integer=True, note=" (the words in the list)")
+    rng = np.random.default_rng([int(seed), 0x7269])
+    return " ".join(pool[i] for i in rng.choice(len(pool), int(n_words), replace=False))
+
+
+def chat_prompts() -> tuple[list[str], list[str]]:
+    """(topics, templates with ``{topic}``) for clean user prompts."""
+    d = load_json("chat_prompts")
+    return list(d["topics"]), list(d["templates"])
