@@ -29,6 +29,7 @@ same footing even when one model's activations are larger than the other's.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import math
 from collections.abc import Sequence
@@ -72,7 +73,8 @@ class CrosscoderConfig:
             raise ValueError("give exactly one of k (TopK crosscoder) or l1_coeff (ReLU + L1 crosscoder); got "
                              f"k={self.k!r}, l1_coeff={self.l1_coeff!r}")
         if self.k is not None:
-            check_range("k", self.k, 1, self.width, integer=True, note=f" (width={self.width})")
+            check_range("k", self.k, 1, self.width, integer=True, hi_open=True,
+                        note=f": fewer latents active than the width={self.width}")
         if self.l1_coeff is not None:
             check_range("l1_coeff", self.l1_coeff, 0)
         if self.model_names and len(self.model_names) != self.n_models:
@@ -296,6 +298,32 @@ def _optimizer(lr: float, steps: int):
     return optax.chain(optax.clip_by_global_norm(1.0), optax.adam(schedule))
 
 
+def _trained(cc: Crosscoder):
+    """The filter of trained leaves: every floating array but ``scale`` (training sees normalised activations)."""
+    return eqx.tree_at(lambda c: c.scale, jax.tree.map(eqx.is_inexact_array, cc), False)
+
+
+@functools.lru_cache(maxsize=8)
+def _trainer(cfg: CrosscoderConfig, lr: float, steps: int):
+    """``(optimizer, static part, jitted step)`` for a config and schedule, kept so that training again with the
+    same settings (another seed, other data of the same shape) compiles nothing."""
+    optimizer = _optimizer(lr, steps)
+    template = Crosscoder.init(cfg, jax.random.PRNGKey(0))
+    _, static = eqx.partition(template, _trained(template))  # the config and scale 1
+
+    @functools.partial(jax.jit, donate_argnums=(0, 1))
+    def step(params, opt_state, x, l1_scale):
+        def loss_fn(p):
+            return eqx.combine(p, static).loss(x, l1_scale)
+
+        (_, m), grads = jax.value_and_grad(loss_fn, has_aux=True)(params)
+        with jax.numpy_dtype_promotion("standard"):  # optax mixes int step counts into float math
+            updates, opt_state = optimizer.update(grads, opt_state, params)
+            return optax.apply_updates(params, updates), opt_state, m
+
+    return optimizer, static, step
+
+
 def train_crosscoder(acts: Float[np.ndarray, "N P D"] | Float[Array, "N P D"], *, width: int, k: int | None = None,
                      l1_coeff: float | None = None, steps: int = 2000, lr: float = 1e-3, batch_size: int = 1024,
                      seed: int = 0, progress: bool = True, dec_init_norm: float = 0.1,
@@ -326,21 +354,11 @@ def train_crosscoder(acts: Float[np.ndarray, "N P D"] | Float[Array, "N P D"], *
     scale = normalisation_scale(acts)
     mean = np.mean(np.asarray(acts[:65536], np.float64), axis=0) * scale[:, None]
     cc = Crosscoder.init(cfg, jax.random.PRNGKey(seed), dec_init_norm=dec_init_norm, b_dec=mean.astype(np.float32))
-    optimizer = _optimizer(lr, steps)
-    # training sees normalised activations with scale 1; the scale is not a trained parameter
-    spec = eqx.tree_at(lambda c: c.scale, jax.tree.map(eqx.is_inexact_array, cc), False)
-    params, static = eqx.partition(cc, spec)
-    opt_state = optimizer.init(params)
+    optimizer, static, step = _trainer(cfg, lr, steps)
+    params, _ = eqx.partition(cc, _trained(cc))
+    with jax.numpy_dtype_promotion("standard"):
+        opt_state = optimizer.init(params)
     warm = max(int(steps * l1_warmup_fraction), 1)
-
-    @jax.jit
-    def step(params, opt_state, x, l1_scale):
-        def loss_fn(p):
-            return eqx.combine(p, static).loss(x, l1_scale)
-
-        (_, m), grads = jax.value_and_grad(loss_fn, has_aux=True)(params)
-        updates, opt_state = optimizer.update(grads, opt_state, params)
-        return optax.apply_updates(params, updates), opt_state, m
 
     from tqdm.auto import tqdm
 
@@ -386,7 +404,10 @@ def evaluate_crosscoder(cc: Crosscoder, acts: Float[np.ndarray, "N P D"], *, bat
         fired |= (f > 0).any(0)
     var = sum_xx - np.sum(np.square(sum_x), axis=-1) / N  # per model, summed over rows and features
     s2 = np.square(np.asarray(cc.scale, np.float64))
-    return {"fvu": float(np.sum(err * s2) / np.sum(var * s2)), "fvu_per_model": (err / var).tolist(),
+    with np.errstate(invalid="ignore", divide="ignore"):  # constant activations have no variance: NaN
+        fvu = np.where(var > 0, err / np.where(var > 0, var, 1.0), np.nan)
+        total = np.sum(err * s2) / np.sum(var * s2) if np.sum(var * s2) > 0 else float("nan")
+    return {"fvu": float(total), "fvu_per_model": fvu.tolist(),
             "l0": l0 / N, "fired": fired, "dead_fraction": float(1 - fired.mean())}
 
 
