@@ -13,6 +13,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+from collections.abc import Mapping
 from pathlib import Path
 
 import equinox as eqx
@@ -179,7 +180,8 @@ def _same_model(family, a, b) -> bool:
             and modules(a) == modules(b))
 
 
-def save_hf_dir(model: Model, folder: str | Path, *, overwrite: bool = False) -> Path:
+def save_hf_dir(model: Model, folder: str | Path, *, overwrite: bool = False,
+                extra: Mapping[str, str | bytes] | None = None) -> Path:
     """Write ``model`` as a Hugging Face checkpoint folder: ``config.json``, ``model.safetensors`` (float32, the
     names and layouts ``transformers`` uses; a tied head is not written) and, when the model has a tokenizer,
     ``tokenizer.json`` and ``tokenizer_config.json`` (special tokens, chat template). ``interp.load(folder)`` gives
@@ -187,7 +189,7 @@ def save_hf_dir(model: Model, folder: str | Path, *, overwrite: bool = False) ->
 
     The folder appears complete or not at all. An existing folder is refused unless ``overwrite=True``. A model
     whose arrays are not laid out as its family's loader builds them (after ``fold_norm_weights``, say) is refused.
-    Returns the folder."""
+    ``extra`` maps more file names to their text or bytes, written in the same atomic step. Returns the folder."""
     from safetensors.numpy import save_file
 
     folder = Path(folder).expanduser()
@@ -202,6 +204,11 @@ def save_hf_dir(model: Model, folder: str | Path, *, overwrite: bool = False) ->
         save_file(tensors, str(tmp / "model.safetensors"), metadata={"format": "pt"})
         if model.tokenizer is not None:
             save_tokenizer(model.tokenizer, tmp)
+        for name, content in (extra or {}).items():
+            if Path(name).name != name or name in ("config.json", "model.safetensors"):
+                raise ValueError(f"extra file name {name!r} must be a plain file name other than the checkpoint's own")
+            path = tmp / name
+            path.write_bytes(content) if isinstance(content, bytes) else path.write_text(content)
     return folder
 
 
