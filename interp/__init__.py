@@ -29,7 +29,7 @@ from interp.models import (  # noqa: E402
     length_buckets,
     set_length_buckets,
 )
-from interp.weights import load, load_gguf, load_hf_dir  # noqa: E402
+from interp.weights import load, load_gguf, load_hf_dir, save_hf_dir  # noqa: E402
 from interp.weights.tokenize import Tokenizer  # noqa: E402
 
 __version__ = "0.1.0"
@@ -37,6 +37,6 @@ __version__ = "0.1.0"
 __all__ = [
     "Cache", "Edit", "Hooks", "LlamaConfig", "Model", "Tokenizer", "act_name", "any_length", "check_tokens",
     "compilation_cache_dir", "compile_count", "compile_stats", "edits", "enable_compilation_cache", "hooks",
-    "length_buckets", "load", "load_gguf", "load_hf_dir", "models", "set_length_buckets", "weights",
+    "length_buckets", "load", "load_gguf", "load_hf_dir", "models", "save_hf_dir", "set_length_buckets", "weights",
     "FactoredMatrix",
 ]
