@@ -15,9 +15,9 @@ Two sparsity mechanisms:
 - ``l1_coeff``: the paper's ReLU + L1, whose penalty is ``sum_i f_i sum_p |W_dec[p, i]|`` (the decoder norms are
   summed over models, not taken jointly, which favours latents that live in one model only when that explains
   the data as well);
-- ``k``: TopK over the joint pre-activations, chosen by ``relu(pre_i) sum_p |W_dec[p, i]|`` (what latent i adds
-  to the reconstruction, as Minder et al. 2025 choose for their BatchTopK crosscoders), so that moving scale from
-  a latent's decoder into its encoder does not change which latents are picked.
+- ``k``: TopK over the joint pre-activations, chosen by ``relu(pre_i) sum_p |W_dec[p, i]|`` (the size of what
+  latent i adds to the reconstruction, by the same summed norm), so that moving scale from a latent's decoder
+  into its encoder does not change which latents are picked; the kept latents take their ReLU'd pre-activations.
 
 Input normalisation: each model's activations are multiplied by ``scale[p]`` so that their mean squared norm is
 D, then encoded; the decoder output is divided by ``scale[p]`` again. ``encode`` and ``decode`` take and return
@@ -168,6 +168,7 @@ class Crosscoder(eqx.Module):
         return self.activate(self.pre_acts(x))
 
     def decode_normalised(self, f: Float[Array, "... M"]) -> Float[Array, "... P D"]:
+        """Reconstruction in normalised units (what training compares with ``scale_p x_p``)."""
         return jnp.einsum("...M,PMD->...PD", f, self.W_dec) + self.b_dec
 
     def decode(self, f: Float[Array, "... M"]) -> Float[Array, "... P D"]:
@@ -268,11 +269,11 @@ def _check_acts(acts, what: str = "acts") -> tuple[int, int, int]:
     if len(shape) != 3:
         raise ValueError(f"{what} has shape {shape}; it needs [N, n_models, d_in] (the same tokens' activations in "
                          "each model, e.g. from crosscoder_acts)")
-    if not np.issubdtype(np.dtype(acts.dtype), np.floating):
+    if not jnp.issubdtype(acts.dtype, jnp.floating):
         raise ValueError(f"{what} has dtype {acts.dtype}; activations must be floating point")
     N = shape[0]
     for i in range(0, N, 65536):  # in chunks: a full boolean copy of a large array is not needed
-        block = np.asarray(acts[i:i + 65536])
+        block = np.asarray(acts[i:i + 65536], np.float32)
         if not np.isfinite(block).all():
             n, p = np.argwhere(~np.isfinite(block))[0][:2]
             raise ValueError(f"{what} holds NaN or infinite values (first at row {i + n}, model {p}); drop those "
@@ -353,8 +354,11 @@ def train_crosscoder(acts: Float[np.ndarray, "N P D"] | Float[Array, "N P D"], *
                            model_names=tuple(model_names))
     scale = normalisation_scale(acts)
     mean = np.mean(np.asarray(acts[:65536], np.float64), axis=0) * scale[:, None]
-    cc = Crosscoder.init(cfg, jax.random.PRNGKey(seed), dec_init_norm=dec_init_norm, b_dec=mean.astype(np.float32))
-    optimizer, static, step = _trainer(cfg, lr, steps)
+    # names do not change the computation: one compiled step serves every hook and pair of models
+    unnamed = dataclasses.replace(cfg, hook_name="", model_names=())
+    cc = Crosscoder.init(unnamed, jax.random.PRNGKey(seed), dec_init_norm=dec_init_norm,
+                         b_dec=mean.astype(np.float32))
+    optimizer, static, step = _trainer(unnamed, lr, steps)
     params, _ = eqx.partition(cc, _trained(cc))
     with jax.numpy_dtype_promotion("standard"):
         opt_state = optimizer.init(params)
@@ -380,7 +384,9 @@ def train_crosscoder(acts: Float[np.ndarray, "N P D"] | Float[Array, "N P D"], *
             bar.set_postfix(loss=f"{loss:.4g}", fvu=f"{float(m['fvu']):.3f}", l0=f"{float(m['l0']):.1f}")
         bar.update(1)
     bar.close()
-    return eqx.tree_at(lambda c: c.scale, eqx.combine(params, static), jnp.asarray(scale))
+    out = eqx.combine(params, static)
+    return Crosscoder(W_enc=out.W_enc, b_enc=out.b_enc, W_dec=out.W_dec, b_dec=out.b_dec, scale=jnp.asarray(scale),
+                      cfg=cfg)
 
 
 def evaluate_crosscoder(cc: Crosscoder, acts: Float[np.ndarray, "N P D"], *, batch_size: int = 4096) -> dict:
