@@ -40,7 +40,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
-from jaxtyping import Array, Float, PRNGKeyArray
+from jaxtyping import Array, Bool, Float, PRNGKeyArray
 
 from interp._io import atomic_dir
 from interp.checks import check_range
@@ -181,11 +181,15 @@ class Crosscoder(eqx.Module):
     def __call__(self, x: Float[Array, "... P D"]) -> Float[Array, "... P D"]:
         return self.decode(self.encode(x))
 
-    def loss(self, x: Float[Array, "N P D"], l1_scale: Float[Array, ""] | float = 1.0
-             ) -> tuple[Float[Array, ""], dict]:
+    def loss(self, x: Float[Array, "N P D"], l1_scale: Float[Array, ""] | float = 1.0,
+             dead: Bool[Array, " M"] | None = None, aux_coeff: float = 0.0) -> tuple[Float[Array, ""], dict]:
         """Training loss on normalised activations (``scale`` is not applied): squared error summed over models
         and features, averaged over activations, plus for L1 crosscoders ``l1_scale * l1_coeff`` times the mean of
-        ``sum_i f_i sum_p |W_dec[p, i]|`` (``l1_scale`` ramps the penalty up at the start of training)."""
+        ``sum_i f_i sum_p |W_dec[p, i]|`` (``l1_scale`` ramps the penalty up at the start of training).
+
+        With ``dead`` (latents silent for long) and ``aux_coeff``, TopK crosscoders add ``aux_coeff`` times AuxK
+        (Gao et al. 2024): the reconstruction error, held fixed, is fitted by the largest pre-activations of dead
+        latents, so that they get gradient again."""
         pre = jnp.einsum("NPD,PDM->NM", x, self.W_enc) + self.b_enc
         f = self.activate(pre)
         err = x - self.decode_normalised(f)
@@ -193,8 +197,18 @@ class Crosscoder(eqx.Module):
         var = jnp.mean(jnp.sum(jnp.square(x - jnp.mean(x, axis=0)), axis=(-2, -1)))
         l1 = jnp.mean(jnp.sum(f * jnp.sum(self.dec_norms(), axis=0), axis=-1))
         loss = mse if self.cfg.l1_coeff is None else mse + l1_scale * self.cfg.l1_coeff * l1
-        return loss, {"loss": loss, "mse": mse, "fvu": mse / var, "l1": l1, "l0": jnp.mean(jnp.sum(f > 0, axis=-1)),
-                      "fired": jnp.any(f > 0, axis=0)}
+        m = {"mse": mse, "fvu": mse / var, "l1": l1, "l0": jnp.mean(jnp.sum(f > 0, axis=-1)),
+             "fired": jnp.any(f > 0, axis=0)}
+        if dead is not None and self.cfg.k is not None:
+            k_aux = min(max(self.cfg.d_in // 2, 1), self.cfg.width)
+            vals, idx = jax.lax.top_k(jnp.where(dead, pre, -jnp.inf), k_aux)
+            vals = jnp.where(jnp.isfinite(vals), jax.nn.relu(vals), 0.0)
+            f_aux = jnp.put_along_axis(jnp.zeros_like(pre), idx, vals, axis=-1, inplace=False)
+            e_hat = jnp.einsum("NM,PMD->NPD", f_aux, self.W_dec)
+            ramp = jnp.minimum(jnp.sum(dead).astype(jnp.float32) / k_aux, 1.0)  # fewer dead than k_aux: less
+            aux = ramp * jnp.mean(jnp.sum(jnp.square(e_hat - jax.lax.stop_gradient(err)), axis=(-2, -1))) / var
+            loss, m["auxk"] = loss + aux_coeff * aux, aux
+        return loss, {"loss": loss, **m}
 
     # ------------------------------------------------------------------ files
     def save(self, folder: str | Path) -> Path:
@@ -305,22 +319,24 @@ def _trained(cc: Crosscoder):
 
 
 @functools.lru_cache(maxsize=8)
-def _trainer(cfg: CrosscoderConfig, lr: float, steps: int):
+def _trainer(cfg: CrosscoderConfig, lr: float, steps: int, aux_coeff: float, dead_after_tokens: int):
     """``(optimizer, static part, jitted step)`` for a config and schedule, kept so that training again with the
     same settings (another seed, other data of the same shape) compiles nothing."""
     optimizer = _optimizer(lr, steps)
     template = Crosscoder.init(cfg, jax.random.PRNGKey(0))
     _, static = eqx.partition(template, _trained(template))  # the config and scale 1
 
-    @functools.partial(jax.jit, donate_argnums=(0, 1))
-    def step(params, opt_state, x, l1_scale):
+    @functools.partial(jax.jit, donate_argnums=(0, 1, 2))
+    def step(params, opt_state, since_fired, x, l1_scale):
         def loss_fn(p):
-            return eqx.combine(p, static).loss(x, l1_scale)
+            return eqx.combine(p, static).loss(x, l1_scale, since_fired >= dead_after_tokens, aux_coeff)
 
         (_, m), grads = jax.value_and_grad(loss_fn, has_aux=True)(params)
+        since_fired = jnp.where(m.pop("fired"), 0, jnp.minimum(since_fired + x.shape[0], 2**30)).astype(jnp.int32)
+        m["dead_fraction"] = jnp.mean((since_fired >= dead_after_tokens).astype(jnp.float32))
         with jax.numpy_dtype_promotion("standard"):  # optax mixes int step counts into float math
             updates, opt_state = optimizer.update(grads, opt_state, params)
-            return optax.apply_updates(params, updates), opt_state, m
+            return optax.apply_updates(params, updates), opt_state, since_fired, m
 
     return optimizer, static, step
 
@@ -328,7 +344,8 @@ def _trainer(cfg: CrosscoderConfig, lr: float, steps: int):
 def train_crosscoder(acts: Float[np.ndarray, "N P D"] | Float[Array, "N P D"], *, width: int, k: int | None = None,
                      l1_coeff: float | None = None, steps: int = 2000, lr: float = 1e-3, batch_size: int = 1024,
                      seed: int = 0, progress: bool = True, dec_init_norm: float = 0.1,
-                     l1_warmup_fraction: float = 0.05, hook_name: str = "",
+                     l1_warmup_fraction: float = 0.05, aux_coeff: float = 1 / 32,
+                     dead_after_tokens: int = 1_000_000, hook_name: str = "",
                      model_names: Sequence[str] = ()) -> Crosscoder:
     """Train a crosscoder on ``acts [N, n_models, D]`` (row n: one token's activations in every model).
 
@@ -337,13 +354,19 @@ def train_crosscoder(acts: Float[np.ndarray, "N P D"] | Float[Array, "N P D"], *
     Adam with gradient clipping at 1 and the learning rate decayed linearly to 0 over the last fifth of
     ``steps``; the L1 coefficient ramps up from 0 over the first ``l1_warmup_fraction`` of steps. Batches are
     drawn from ``acts`` (a NumPy array stays on the host) in a shuffled order seeded by ``seed``; the result is
-    the same for the same seed and data. The decoder bias starts at the data mean."""
+    the same for the same seed and data. The decoder bias starts at the data mean.
+
+    TopK crosscoders add AuxK (weighted by ``aux_coeff``; 0 turns it off) for latents silent for
+    ``dead_after_tokens`` activations; the L1 penalty keeps latents alive on its own (the paper uses no
+    auxiliary loss). ``hook_name`` and ``model_names`` are recorded in the config."""
     N, P, D = _check_acts(acts)
     check_range("steps", steps, 1, integer=True)
     check_range("batch_size", batch_size, 1, integer=True)
     check_range("lr", lr, 0, lo_open=True)
     check_range("dec_init_norm", dec_init_norm, 0, lo_open=True)
     check_range("l1_warmup_fraction", l1_warmup_fraction, 0, 1)
+    check_range("aux_coeff", aux_coeff, 0)
+    check_range("dead_after_tokens", dead_after_tokens, 1, integer=True)
     if P < 2:
         raise ValueError(f"acts hold {P} model's activations; a crosscoder for model diffing needs at least 2 "
                          "(stack them on axis 1: [N, n_models, D])")
@@ -358,7 +381,8 @@ def train_crosscoder(acts: Float[np.ndarray, "N P D"] | Float[Array, "N P D"], *
     unnamed = dataclasses.replace(cfg, hook_name="", model_names=())
     cc = Crosscoder.init(unnamed, jax.random.PRNGKey(seed), dec_init_norm=dec_init_norm,
                          b_dec=mean.astype(np.float32))
-    optimizer, static, step = _trainer(unnamed, lr, steps)
+    optimizer, static, step = _trainer(unnamed, lr, steps, aux_coeff, dead_after_tokens)
+    since_fired = jnp.zeros((width,), jnp.int32)
     params, _ = eqx.partition(cc, _trained(cc))
     with jax.numpy_dtype_promotion("standard"):
         opt_state = optimizer.init(params)
@@ -376,12 +400,14 @@ def train_crosscoder(acts: Float[np.ndarray, "N P D"] | Float[Array, "N P D"], *
         idx = np.sort(order[at:at + batch_size])
         at += batch_size
         x = jnp.asarray(np.asarray(acts[idx], np.float32) * scale_host)
-        params, opt_state, m = step(params, opt_state, x, jnp.float32(min((i + 1) / warm, 1.0)))
+        params, opt_state, since_fired, m = step(params, opt_state, since_fired, x,
+                                                 jnp.float32(min((i + 1) / warm, 1.0)))
         if i % 50 == 0 or i == steps - 1:
             loss = float(m["loss"])
             if not math.isfinite(loss):
                 raise FloatingPointError(f"the crosscoder's loss became {loss} at step {i}; lower lr")
-            bar.set_postfix(loss=f"{loss:.4g}", fvu=f"{float(m['fvu']):.3f}", l0=f"{float(m['l0']):.1f}")
+            bar.set_postfix(loss=f"{loss:.4g}", fvu=f"{float(m['fvu']):.3f}", l0=f"{float(m['l0']):.1f}",
+                            dead=f"{float(m['dead_fraction']):.2f}")
         bar.update(1)
     bar.close()
     out = eqx.combine(params, static)

@@ -328,3 +328,41 @@ def test_loss_weights_latents_by_summed_decoder_norms():
     loss, m = cc.loss(jnp.asarray(x), 0.5)
     np.testing.assert_allclose([float(m["mse"]), float(m["l1"]), float(loss)],
                                [mse, penalty, mse + 0.5 * 0.3 * penalty], rtol=1e-5)
+
+
+def test_auxk_fits_the_error_with_dead_latents():
+    """TopK's auxiliary loss: the error, held fixed, reconstructed from the largest pre-activations of dead latents
+    (here all latents but 0; d_in=4 gives k_aux=2), normalised like FVU; only dead latents get its gradient."""
+    import equinox as eqx
+    import jax
+
+    rng = np.random.default_rng(1)
+    base = hand_made([1.0, 2.0, 0.5, 3.0, 1.0, 1.0], [0.5, 2.0, 1.5, 4.0, 1.0, 2.0])
+    cc = Crosscoder(W_enc=jnp.asarray(rng.standard_normal((2, 4, 6)), jnp.float32), b_enc=jnp.zeros(6),
+                    W_dec=base.W_dec, b_dec=base.b_dec, scale=base.scale,
+                    cfg=CrosscoderConfig(n_models=2, d_in=4, width=6, k=1))
+    x = rng.standard_normal((8, 2, 4)).astype(np.float32)
+    dead = np.array([False, True, True, True, True, True])
+    _, plain = cc.loss(jnp.asarray(x))
+    loss, m = cc.loss(jnp.asarray(x), dead=jnp.asarray(dead), aux_coeff=0.25)
+    W_enc, W_dec = np.asarray(cc.W_enc, np.float64), np.asarray(cc.W_dec, np.float64)
+    pre = np.einsum("npd,pdm->nm", x, W_enc)
+    err = x - np.asarray(cc.decode_normalised(cc.activate(jnp.asarray(pre, jnp.float32))))
+    f_aux = np.zeros_like(pre)
+    for n in range(len(x)):
+        top = np.argsort(-np.where(dead, pre[n], -np.inf))[:2]
+        f_aux[n, top] = np.maximum(pre[n, top], 0)
+    e_hat = np.einsum("nm,pmd->npd", f_aux, W_dec)
+    var = np.mean(np.sum((x - x.mean(0)) ** 2, axis=(1, 2)))
+    want = np.mean(np.sum((e_hat - err) ** 2, axis=(1, 2))) / var
+    np.testing.assert_allclose(float(m["auxk"]), want, rtol=1e-4)
+    np.testing.assert_allclose(float(loss), float(plain["mse"]) + 0.25 * want, rtol=1e-4)
+    # gradient of the auxiliary term alone reaches only dead latents' encoder columns
+    def aux_only(c):
+        return c.loss(jnp.asarray(x), dead=jnp.asarray(dead), aux_coeff=1.0)[1]["auxk"]
+
+    g = eqx.filter_grad(aux_only)(cc)
+    assert np.abs(np.asarray(g.W_enc)[..., 0]).max() == 0 and np.abs(np.asarray(g.W_enc)[..., 1:]).max() > 0
+    assert np.isfinite(jax.tree.leaves(eqx.filter(g, eqx.is_array))[0]).all()
+    # no dead latent: no auxiliary loss
+    assert float(cc.loss(jnp.asarray(x), dead=jnp.zeros(6, bool), aux_coeff=1.0)[1]["auxk"]) == 0
