@@ -415,20 +415,24 @@ def train_crosscoder(acts: Float[np.ndarray, "N P D"] | Float[Array, "N P D"], *
                       cfg=cfg)
 
 
+@eqx.filter_jit
+def _encode_decode(cc: Crosscoder, x):
+    f = cc.encode(x)
+    return f, cc.decode(f)
+
+
 def evaluate_crosscoder(cc: Crosscoder, acts: Float[np.ndarray, "N P D"], *, batch_size: int = 4096) -> dict:
     """Reconstruction and sparsity of ``cc`` on ``acts [N P D]`` (models' own units): ``fvu`` (squared error over
     variance, all models together, in normalised units), ``fvu_per_model`` (each model's in its own units), ``l0``
     (mean active latents), ``fired`` (bool ``[M]``: latents active on any row) and ``dead_fraction``."""
     N, P, D = _check_acts(acts)
-    if (P, D) != (cc.cfg.n_models, cc.cfg.d_in):
-        cc._check_input(np.zeros((1, P, D)))
-    encode = eqx.filter_jit(lambda c, x: (lambda f: (f, c.decode(f)))(c.encode(x)))
+    cc._check_input(acts)
     err = np.zeros((P,))
     sum_x, sum_xx = np.zeros((P, D)), np.zeros((P,))
     l0, fired = 0.0, np.zeros((cc.cfg.width,), bool)
     for i in range(0, N, batch_size):
         x = np.asarray(acts[i:i + batch_size], np.float32)
-        f, x_hat = (np.asarray(a) for a in encode(cc, jnp.asarray(x)))
+        f, x_hat = (np.asarray(a) for a in _encode_decode(cc, jnp.asarray(x)))
         err += np.sum(np.square(x_hat.astype(np.float64) - x), axis=(0, 2))
         sum_x += x.sum(0)
         sum_xx += np.sum(np.square(x.astype(np.float64)), axis=(0, 2))
@@ -477,6 +481,18 @@ class CrosscoderDiff(Result):
         top = [(f"latent {i} ({b} only)", float(self.relative_norm[i])) for i in self.second_only[:8]]
         return Summary(f"crosscoder diff, {a} vs {b}", {"latents": len(self.relative_norm)}, facts, top,
                        "relative decoder norm r of the largest latents only the second model has")
+
+    def to_dict(self) -> dict:
+        """Plain JSON-ready values: the three id lists, per-latent ``relative_norm``, ``cosine`` and ``norms``
+        (NaN as None), the models compared and the threshold."""
+        def floats(a):
+            return [None if not np.isfinite(v) else float(v) for v in np.asarray(a).reshape(-1)]
+
+        return {"models": list(self.models), "model_names": list(self.model_names), "threshold": self.threshold,
+                "second_only": [int(i) for i in self.second_only], "first_only": [int(i) for i in self.first_only],
+                "shared": [int(i) for i in self.shared], "relative_norm": floats(self.relative_norm),
+                "cosine": floats(self.cosine), "norms": [floats(n) for n in self.norms],
+                "fired": None if self.fired is None else [bool(v) for v in self.fired]}
 
 
 def crosscoder_diff(cc: Crosscoder, *, models: tuple[int, int] = (0, 1), threshold: float = 0.9,

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import json
 
+import equinox as eqx
+import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
@@ -161,6 +163,8 @@ def test_diff_of_known_norms():
     np.testing.assert_allclose(d.norms, [n0, n1], rtol=1e-6)
     assert d.model_names == ("base", "chat") and "chat only 2" in repr(d) and "latent 1 (chat only)" in repr(d)
     assert "<table" in d._repr_html_()
+    j = json.loads(json.dumps(d.to_dict()))
+    assert j["second_only"] == [1, 3] and j["relative_norm"][6] is None and j["norms"][1][5] == 4.0
     # the other way round: the first model's only latents
     back = crosscoder_diff(cc, models=(1, 0))
     assert back.second_only.tolist() == [2] and back.first_only.tolist() == [1, 3]
@@ -312,6 +316,10 @@ def test_harvest_from_texts():
     np.testing.assert_allclose(acts, crosscoder_acts(a, b, ids, hook), rtol=1e-6, atol=1e-6)
 
 
+# one compiled program per call signature instead of an eager run of every operation
+jit_loss = eqx.filter_jit(lambda cc, x, *args, **kw: cc.loss(x, *args, **kw))
+
+
 def test_loss_weights_latents_by_summed_decoder_norms():
     """The L1 variant's penalty is sum_i f_i (|d_0,i| + |d_1,i|) (the paper's), not f_i times a joint norm."""
     rng = np.random.default_rng(0)
@@ -325,7 +333,7 @@ def test_loss_weights_latents_by_summed_decoder_norms():
     x_hat = np.einsum("nm,pmd->npd", f, W_dec) + np.asarray(cc.b_dec)
     mse = np.mean(np.sum((x - x_hat) ** 2, axis=(1, 2)))
     penalty = np.mean(f @ np.array([1.0, 4.0, 2.0, 7.0]))
-    loss, m = cc.loss(jnp.asarray(x), 0.5)
+    loss, m = jit_loss(cc, jnp.asarray(x), 0.5)
     np.testing.assert_allclose([float(m["mse"]), float(m["l1"]), float(loss)],
                                [mse, penalty, mse + 0.5 * 0.3 * penalty], rtol=1e-5)
 
@@ -333,9 +341,6 @@ def test_loss_weights_latents_by_summed_decoder_norms():
 def test_auxk_fits_the_error_with_dead_latents():
     """TopK's auxiliary loss: the error, held fixed, reconstructed from the largest pre-activations of dead latents
     (here all latents but 0; d_in=4 gives k_aux=2), normalised like FVU; only dead latents get its gradient."""
-    import equinox as eqx
-    import jax
-
     rng = np.random.default_rng(1)
     base = hand_made([1.0, 2.0, 0.5, 3.0, 1.0, 1.0], [0.5, 2.0, 1.5, 4.0, 1.0, 2.0])
     cc = Crosscoder(W_enc=jnp.asarray(rng.standard_normal((2, 4, 6)), jnp.float32), b_enc=jnp.zeros(6),
@@ -343,11 +348,15 @@ def test_auxk_fits_the_error_with_dead_latents():
                     cfg=CrosscoderConfig(n_models=2, d_in=4, width=6, k=1))
     x = rng.standard_normal((8, 2, 4)).astype(np.float32)
     dead = np.array([False, True, True, True, True, True])
-    _, plain = cc.loss(jnp.asarray(x))
-    loss, m = cc.loss(jnp.asarray(x), dead=jnp.asarray(dead), aux_coeff=0.25)
+    _, plain = jit_loss(cc, jnp.asarray(x))
+    loss, m = jit_loss(cc, jnp.asarray(x), dead=jnp.asarray(dead), aux_coeff=0.25)
     W_enc, W_dec = np.asarray(cc.W_enc, np.float64), np.asarray(cc.W_dec, np.float64)
     pre = np.einsum("npd,pdm->nm", x, W_enc)
-    err = x - np.asarray(cc.decode_normalised(cc.activate(jnp.asarray(pre, jnp.float32))))
+    relu = np.maximum(pre, 0)
+    keep = np.argmax(relu * np.linalg.norm(W_dec, axis=-1).sum(0), axis=1)  # k=1
+    f = np.zeros_like(pre)
+    f[np.arange(len(x)), keep] = relu[np.arange(len(x)), keep]
+    err = x - (np.einsum("nm,pmd->npd", f, W_dec) + np.asarray(cc.b_dec))
     f_aux = np.zeros_like(pre)
     for n in range(len(x)):
         top = np.argsort(-np.where(dead, pre[n], -np.inf))[:2]
@@ -361,8 +370,8 @@ def test_auxk_fits_the_error_with_dead_latents():
     def aux_only(c):
         return c.loss(jnp.asarray(x), dead=jnp.asarray(dead), aux_coeff=1.0)[1]["auxk"]
 
-    g = eqx.filter_grad(aux_only)(cc)
+    g = eqx.filter_jit(eqx.filter_grad(aux_only))(cc)
     assert np.abs(np.asarray(g.W_enc)[..., 0]).max() == 0 and np.abs(np.asarray(g.W_enc)[..., 1:]).max() > 0
     assert np.isfinite(jax.tree.leaves(eqx.filter(g, eqx.is_array))[0]).all()
     # no dead latent: no auxiliary loss
-    assert float(cc.loss(jnp.asarray(x), dead=jnp.zeros(6, bool), aux_coeff=1.0)[1]["auxk"]) == 0
+    assert float(jit_loss(cc, jnp.asarray(x), dead=jnp.zeros(6, bool), aux_coeff=1.0)[1]["auxk"]) == 0
