@@ -13,6 +13,7 @@ Axes: B batch, T positions, V vocabulary.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import hashlib
 import json
 import math
@@ -165,20 +166,32 @@ def _build(params, base: Model) -> Model:
 
 
 # ----------------------------------------------------------------------------- the run
-def _optimizer(cfg: FinetuneConfig):
-    warm = max(cfg.warmup_steps, 1)
-    schedule = optax.join_schedules([optax.linear_schedule(cfg.lr / warm, cfg.lr, warm),
-                                     optax.constant_schedule(cfg.lr)], [warm])
-    schedule = schedule if cfg.warmup_steps else optax.constant_schedule(cfg.lr)
-    adamw = optax.adamw(schedule, weight_decay=cfg.weight_decay)
-    return optax.chain(optax.clip_by_global_norm(cfg.grad_clip), adamw) if cfg.grad_clip else adamw
+@functools.lru_cache(maxsize=8)
+def _optimizer(grad_clip: float | None):
+    """AdamW whose learning rate and weight decay are inputs of each step (the host computes the schedule), so
+    runs that differ in them share one compiled step."""
+    adamw = optax.inject_hyperparams(optax.adamw)(learning_rate=0.0, weight_decay=0.0)
+    return optax.chain(optax.clip_by_global_norm(grad_clip), adamw) if grad_clip else adamw
 
 
-def _make_step(optimizer, kl_weight: float, use_kl: bool):
-    """The compiled step ``(state, base, batch, kl_batch) -> (state, loss, kl)``."""
+def _learning_rate(cfg: FinetuneConfig, step: int) -> float:
+    """Linear warmup from ``lr / warmup_steps`` to ``lr`` over ``warmup_steps``, then constant."""
+    return cfg.lr * min(1.0, (step + 1) / cfg.warmup_steps) if cfg.warmup_steps else cfg.lr
+
+
+def _set_hyperparams(opt_state, lr, weight_decay):
+    inject = opt_state[-1] if isinstance(opt_state, tuple) and not hasattr(opt_state, "hyperparams") else opt_state
+    new = inject._replace(hyperparams={**inject.hyperparams, "learning_rate": lr, "weight_decay": weight_decay})
+    return new if inject is opt_state else (*opt_state[:-1], new)
+
+
+@functools.lru_cache(maxsize=8)
+def _make_step(grad_clip: float | None, use_kl: bool):
+    """The compiled step ``(state, base, batch, kl_batch, lr, weight_decay, kl_weight) -> (state, loss, kl)``."""
+    optimizer = _optimizer(grad_clip)
 
     @eqx.filter_jit
-    def step(state: _State, base: Model, batch, kl_batch):
+    def step(state: _State, base: Model, batch, kl_batch, lr, weight_decay, kl_weight):
         def loss_fn(params):
             model = _build(params, base)
             nll, n = target_nll(model, *batch)
@@ -187,11 +200,12 @@ def _make_step(optimizer, kl_weight: float, use_kl: bool):
                 return loss, (loss, jnp.zeros((), jnp.float32))
             kl, m = target_kl(model, base, *kl_batch)
             kl = kl / m
-            return loss + jnp.float32(kl_weight) * kl, (loss, kl)
+            return loss + kl_weight * kl, (loss, kl)
 
         (_, (loss, kl)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
+        opt_state = _set_hyperparams(state.opt_state, lr, weight_decay)
         with jax.numpy_dtype_promotion("standard"):  # optax mixes int step counts into float math
-            updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
+            updates, opt_state = optimizer.update(grads, opt_state, state.params)
             params = optax.apply_updates(state.params, updates)
         return _State(params, opt_state, state.step + 1), loss, kl
 
@@ -276,8 +290,7 @@ def finetune(model: Model, data: Sequence[Example], config: FinetuneConfig | Non
             raise FileExistsError(f"{out} already holds checkpoints; pass resume=True to continue that run, or "
                                   "choose another out folder")
 
-    optimizer = _optimizer(cfg)
-    state = _init(model, cfg, optimizer)
+    state = _init(model, cfg, _optimizer(cfg.grad_clip))
     identity = _identity(model, cfg, data, kl_data) if out is not None else None
     history: list[dict] = []
     if resume:
@@ -293,7 +306,8 @@ def finetune(model: Model, data: Sequence[Example], config: FinetuneConfig | Non
     pad = pad if pad < model.d_vocab else 0
     T = padded_length(data, model.n_ctx)
     T_kl = padded_length(kl_data, model.n_ctx) if kl_data is not None else 0
-    step_fn = _make_step(optimizer, cfg.kl_weight, kl_data is not None)
+    step_fn = _make_step(cfg.grad_clip, kl_data is not None)
+    weight_decay, kl_weight = jnp.float32(cfg.weight_decay), jnp.float32(cfg.kl_weight)
 
     def checkpoint():
         step = int(state.step)
@@ -307,7 +321,8 @@ def finetune(model: Model, data: Sequence[Example], config: FinetuneConfig | Non
         for i in range(start, cfg.steps):
             batch = _batch(data, cfg, i, T, pad, cfg.seed)
             kl_batch = _batch(kl_data, cfg, i, T_kl, pad, cfg.seed + 1) if kl_data is not None else None
-            new_state, loss, kl = step_fn(state, model, batch, kl_batch)
+            lr = jnp.float32(_learning_rate(cfg, i))
+            new_state, loss, kl = step_fn(state, model, batch, kl_batch, lr, weight_decay, kl_weight)
             loss, kl = float(loss), float(kl) if kl_data is not None else None
             if not math.isfinite(loss) or (kl is not None and not math.isfinite(kl)):
                 where = latest_checkpoint(out) if out is not None else None
