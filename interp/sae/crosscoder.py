@@ -12,18 +12,23 @@ with r near 1 point at what fine-tuning added.
 
 Two sparsity mechanisms:
 
-- ``l1_coeff``: the paper's ReLU + L1, whose penalty is ``sum_i f_i sum_p |W_dec[p, i]|`` (the decoder norms are
-  summed over models, not taken jointly, which favours latents that live in one model only when that explains
-  the data as well);
+- ``l1_coeff``: the paper's ReLU + L1, whose penalty is ``sum_i f_i sum_p |W_dec[p, i]|``: the decoder norms are
+  summed over models rather than taken jointly, so a latent two models share costs as much as two latents each
+  model has alone, and the penalty does not press model-specific features into shared latents;
 - ``k``: TopK over the joint pre-activations, chosen by ``relu(pre_i) sum_p |W_dec[p, i]|`` (the size of what
   latent i adds to the reconstruction, by the same summed norm), so that moving scale from a latent's decoder
   into its encoder does not change which latents are picked; the kept latents take their ReLU'd pre-activations.
+  AuxK (Gao et al. 2024) gives latents that stopped firing gradient again.
 
 Input normalisation: each model's activations are multiplied by ``scale[p]`` so that their mean squared norm is
 D, then encoded; the decoder output is divided by ``scale[p]`` again. ``encode`` and ``decode`` take and return
 activations in the models' own units; ``W_enc``, ``W_dec`` and ``b_dec`` live in the normalised units (the scale
 is kept as a field and saved, not folded into the weights), so decoder norms of different models compare on the
 same footing even when one model's activations are larger than the other's.
+
+Files: a folder with ``cfg.json`` (``architecture: "crosscoder"`` and the config under ``interp``) and
+``crosscoder_weights.safetensors`` (``W_enc``, ``b_enc``, ``W_dec``, ``b_dec``, ``scale``; float32). SAELens has no
+crosscoder layout, so this one is the package's own.
 """
 
 from __future__ import annotations
