@@ -95,20 +95,20 @@ def hf_tensors(model: Model) -> tuple[object, dict[str, np.ndarray]]:
     low = _probe(family, config, shapes, starts, lambda g: g & _LOW_MASK)
 
     flat = np.zeros(total, np.float32)
-    count = np.zeros(total, np.int32)
+    seen, covered = np.zeros(total, bool), 0
     for key, leaf in _leaves(model).items():
         hi, lo = high[key] - offset[key], low[key] - offset[key]
-        index = np.rint(hi).astype(np.int64) * (1 << _LOW_BITS) + np.rint(lo).astype(np.int64)
+        index = (np.rint(hi).astype(np.int64) * (1 << _LOW_BITS) + np.rint(lo).astype(np.int64)).ravel()
         if (np.any(hi != np.rint(hi)) or np.any(lo != np.rint(lo)) or index.min(initial=0) < 0
                 or index.max(initial=0) >= total):
             raise ValueError(f"model array {key} is not a plain rearrangement of stored tensors in the "
                              f"{family.__name__} loader, so it cannot be written back")
-        values = np.asarray(leaf, np.float32) - offset[key]
-        flat[index.ravel()] = values.ravel()
-        np.add.at(count, index.ravel(), 1)
-    if np.any(count != 1):
-        name = next(n for n in shapes if np.any(count[starts[n]:starts[n] + sizes[n]] != 1))
-        raise ValueError(f"stored tensor {name} is not covered exactly once by the model's arrays, so the "
+        flat[index] = (np.asarray(leaf, np.float32) - offset[key]).ravel()
+        seen[index] = True
+        covered += index.size
+    if covered != total or not seen.all():  # with as many reads as elements, all seen means each seen once
+        name = next((n for n in shapes if not seen[starts[n]:starts[n] + sizes[n]].all()), next(iter(shapes)))
+        raise ValueError(f"the model's arrays do not cover stored tensor {name} exactly once, so the "
                          f"{family.__name__} loader cannot be inverted")
     tensors = {n: flat[starts[n]:starts[n] + sizes[n]].reshape(shapes[n]) for n in shapes}
     if hasattr(family, "gguf_to_hf") and family.GGUF_ARCHITECTURES:  # a model read from GGUF: HF's conventions
