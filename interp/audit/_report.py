@@ -1,0 +1,91 @@
+"""The audit's HTML report: verdict, trigger candidates, behavioural diff, diffed features, probe and patching."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from interp.report import HTML, Report
+from interp.viz import escape
+
+
+def _table(rows: list[dict], cols: list[str]) -> HTML:
+    head = "".join(f"<th>{escape(c)}</th>" for c in cols)
+    body = []
+    for r in rows:
+        cells = []
+        for c in cols:
+            v = r.get(c)
+            shown = f"{v:.4g}" if isinstance(v, float) else repr(v) if c == "text" else str(v)
+            cells.append(f"<td>{escape(shown)}</td>")
+        body.append(f"<tr>{''.join(cells)}</tr>")
+    return HTML(f'<table class="kv"><tr>{head}</tr>{"".join(body)}</table>')
+
+
+def build(res) -> Report:
+    from interp.viz import bar_figure, heatmap_figure
+
+    rep = Report(f"Audit of {res.model_name or 'a model'} against {res.base_name or 'its base'}")
+    verdict = {"flagged": res.flagged, "reason": res.flag_reason, "budget": res.budget,
+               "behaviour searched": repr(res.behaviour["text"]) if res.behaviour else "(none)",
+               "behaviour description given": res.behaviour_description or "(none)",
+               "defection probe AUROC (top candidate vs clean)": res.probe_auroc,
+               "seconds": round(sum(res.timings.values()), 1)}
+    rep.add(verdict, title="Verdict",
+            note="Flagged when a verified trigger candidate raises the behaviour rate in the organism by at least the "
+                 "threshold more than it does in the base model. The audit never reads the organism's secret.")
+    rep.add(_table(res.trigger_candidates[:15], ["text", "effect", "behaviour_rate", "clean_rate", "base_rate",
+                                                 "loss", "source"]),
+            title="Trigger candidates",
+            note="Ranked by verified effect on held-out prompts (candidate inserted at a random word position; greedy "
+                 "reply begins with the behaviour), then by the contrast objective log p_org - log p_base.")
+    bd = res.behaviour_diff
+    raised = bd.get("reply", {}).get("raised", [])
+    if raised:
+        rep.add(bar_figure([repr(r["text"]) for r in raised], np.array([r["log_ratio"] for r in raised]),
+                           title="Tokens the organism raises at the start of replies",
+                           yaxis="mean log p_org - log p_base"),
+                title="Behavioural diff",
+                note=f"Mean next-token KL(organism || base) at the reply start of {len(bd['reply'].get('kl', []))} "
+                     f"probing prompts: {bd['reply']['kl_mean']:.4g} nats (max {bd['reply']['kl_max']:.4g}); on the "
+                     f"corpus: {bd.get('corpus', {}).get('kl_mean', float('nan')):.4g} nats per token.")
+        rep.add(_table(bd["reply"]["top_prompts"], ["user", "kl"]),
+                title="Probing prompts where the models differ most")
+    if bd.get("corpus"):
+        rep.add(_table(bd["corpus"]["top_positions"], ["context", "kl", "organism_next", "base_next"]),
+                title="Corpus positions where the models differ most")
+    if bd.get("behaviours"):
+        rep.add(_table(bd["behaviours"], ["text", "log_ratio", "scan"]),
+                title="Behaviour hypotheses and the inserted tokens that raise them most")
+    for key, title in (("dictionary", "Features of a dictionary trained on the base"),
+                       ("crosscoder", "Organism-only crosscoder latents")):
+        part = res.features.get(key)
+        if not part:
+            continue
+        cards = []
+        for f in part["features"]:
+            stat = (f"change {f['change']:+.4g}" if "change" in f
+                    else f"relative decoder norm {f['relative_norm']:.3f}")
+            ctx = "".join(f'<div class="ctx"><span class="ctx-val">{c["activation"]:.3g}</span>{escape(c["text"])} '
+                          f'<b>[{escape(c["token"])}]</b></div>' for c in f.get("top_contexts", []))
+            cards.append(f'<div class="feature-card"><h4>latent {f["latent"]}: {escape(stat)}</h4>'
+                         f'<p>{escape(str(f.get("explanation")))}</p>{ctx}</div>')
+        rep.add(HTML("".join(cards) or "<p>none</p>"), title=title,
+                note=f"hook {part['hook']}, {part['width']} latents, k={part['k']}.")
+    if res.probe is not None:
+        rep.add({"hook": res.probe.hook, "kind": res.probe.kind, "AUROC": res.probe_auroc,
+                 "per-layer AUROC": res.settings.get("_probe_layers", "")},
+                title="Defection probe",
+                note="Difference of means between generic yes/no answers to questions about the assistant's own "
+                     "conduct (no knowledge of any trigger), read at the last prompt token; AUROC of separating "
+                     "held-out prompts with the top candidate from the same prompts without it.")
+    att = res.attribution
+    if att is not None and att.get("recovered"):
+        rec = np.asarray(att["recovered"])
+        rep.add(heatmap_figure(rec, [f"layer {i}" for i in range(rec.shape[0])], att["tokens"],
+                               title="Share of the behaviour's log-probability restored by patching resid_pre"),
+                title="Activation patching (triggered into neutral)",
+                note=f"Top candidate at positions {att['span']}; log p(behaviour's first token): triggered "
+                     f"{att['logprob_triggered']:.3g}, neutral {att['logprob_neutral']:.3g}.")
+    rep.add({k: round(v, 2) for k, v in res.timings.items()}, title="Time per stage (seconds)")
+    rep.set_provenance(extra={"audit settings": {k: str(v) for k, v in res.settings.items() if not k.startswith("_")}})
+    return rep

@@ -1,0 +1,190 @@
+"""Internal evidence for an audit: a defection probe used as a monitor, model diffing with a dictionary trained on
+the base and a crosscoder trained on both models, and activation patching of the behaviour's first token.
+
+Axis letters: N rows (tokens), T position, D model, M dictionary latents, L layers.
+"""
+
+from __future__ import annotations
+
+import equinox as eqx
+import jax.numpy as jnp
+import numpy as np
+
+from interp.audit._prompts import encode, pad_id, padded, render
+
+
+@eqx.filter_jit
+def _encode(dictionary, x):
+    return dictionary.encode(x)
+
+
+# ---------------------------------------------------------------------------------------------- defection probe
+def defection_texts(model) -> tuple[list[str], list[str]]:
+    """The generic contrast pairs of ``data/probes/defection.json`` in the model's chat format: each question as the
+    user turn, the reply beginning "yes" (first list) or "no" (second list)."""
+    from interp.probes.datasets import load_json
+
+    data = load_json("defection")
+    yes, no = data["answers"]
+    out = ([], [])
+    for q in data["questions"]:
+        head = render(model, q)
+        sep = "" if head[-1:].isspace() else " "
+        out[0].append(head + sep + yes)
+        out[1].append(head + sep + no)
+    return out
+
+
+def defection_probe(model, layer: int):
+    """A difference-of-means probe at ``blocks.{layer}.hook_resid_post`` on the last token of the yes/no halves
+    (class 1: "yes", the assistant admitting the conduct asked about)."""
+    from interp import probes
+
+    yes, no = defection_texts(model)
+    hook = f"blocks.{layer}.hook_resid_post"
+    acts = probes.collect(model, yes + no, [hook], [1] * len(yes) + [0] * len(no), reduce="last")
+    return probes.fit(acts, kind="diffmeans", hook=hook)
+
+
+def probe_scores(model, probe, users: list[str]) -> np.ndarray:
+    """The probe's logit at the last token of each user turn rendered as a chat prompt (where the reply starts)."""
+    from interp import probes
+
+    texts = [render(model, u) for u in users]
+    acts = probes.collect(model, texts, [probe.hook], reduce="last")
+    return np.asarray(probe.score(jnp.asarray(acts[probe.hook])), np.float64)
+
+
+# ---------------------------------------------------------------------------------------------- model diffing
+def activations(model, rows: list[list[int]], hook: str, batch: int = 16) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """``(acts [B T D], ids [B T], mask [B T])`` at ``hook`` for right-padded ``rows``."""
+    ids, mask = padded(rows, pad_id(model))
+    out = []
+    for i in range(0, len(rows), batch):
+        _, cache = model.run_with_cache(ids[i:i + batch], [hook], attention_mask=mask[i:i + batch],
+                                        return_logits=False)
+        out.append(np.asarray(cache[hook], np.float32))
+    return np.concatenate(out), ids, mask
+
+
+def _index(tokens, mask, z, latents, width):
+    """A :class:`~interp.features.FeatureIndex` of ``z [B T K]`` (activations of ``latents``) over ``tokens``."""
+    from interp.features import FeatureIndex
+
+    z = np.where(mask[..., None] > 0, z, 0.0)
+    z[:, 0] = 0.0  # the first position's activations are outliers
+    b, t, k = np.nonzero(z > 0)
+    lat = np.asarray(latents)[k]
+    order = np.argsort(lat, kind="stable")
+    T = tokens.shape[1]
+    flat = (b * T + t).astype(np.int64)[order]
+    lat, val = lat[order].astype(np.int32), z[b, t, k][order].astype(np.float32)
+    starts = np.searchsorted(lat, np.arange(width + 1))
+    return FeatureIndex(tokens, width, flat, lat, val, starts, 1)
+
+
+def _explain(model, dictionary, index, latents, explainer) -> dict[int, dict]:
+    from interp.explain import explain_latents
+
+    ex = explain_latents(model, dictionary, index, latents, explainer=explainer, scorers=[])
+    out = {}
+    for f in latents:
+        pos, val = index.entries(int(f))
+        ctx = []
+        for j in np.argsort(-val)[:3]:
+            r, t = divmod(int(pos[j]), index.tokens.shape[1])
+            ids = index.tokens[r, max(0, t - 8):t + 1].tolist()
+            ctx.append({"text": model.to_string(ids), "activation": float(val[j]),
+                        "token": model.to_string([int(index.tokens[r, t])])})
+        out[int(f)] = {"explanation": ex.text(int(f)), "top_contexts": ctx}
+    return out
+
+
+def sae_diff(model, base, rows, hook: str, *, width: int, k: int, steps: int, top: int, seed: int, explainer,
+             progress: bool) -> dict:
+    """Train a TopK dictionary on the base's activations at ``hook`` over ``rows``; the latents whose mean activation
+    changes most between the base and the organism on the same tokens, explained from where they fire in the
+    organism."""
+    from interp import sae
+
+    a_base, ids, mask = activations(base, rows, hook)
+    a_org, _, _ = activations(model, rows, hook)
+    keep = mask.astype(bool).copy()
+    keep[:, 0] = False
+    x = a_base[keep]
+    bs = int(min(256, len(x)))
+    cfg = sae.TrainConfig(sae.TopKConfig(d_in=x.shape[1], width=width, k=k, hook_name=hook),
+                          total_tokens=bs * steps, batch_size=bs, lr=3e-3, lr_warmup_steps=max(1, steps // 10),
+                          eval_every=max(1, steps), seed=seed)
+    store = sae.ArrayActivationStore(x, batch_size=bs, chunk_size=(len(x) // bs) * bs, seed=seed)
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        d = sae.train(cfg, store=store, progress=progress).dictionary
+    zb = np.asarray(_encode(d, jnp.asarray(a_base)))
+    zo = np.asarray(_encode(d, jnp.asarray(a_org)))
+    delta = (zo[keep] - zb[keep]).mean(0)
+    chosen = [int(i) for i in np.argsort(-np.abs(delta))[:top]]
+    index = _index(ids, mask, zo[..., chosen], chosen, width)
+    expl = _explain(model, d, index, chosen, explainer)
+    feats = [{"source": "base dictionary", "latent": f, "change": float(delta[f]),
+              "mean_base": float(zb[keep][:, f].mean()), "mean_organism": float(zo[keep][:, f].mean()), **expl[f]}
+             for f in chosen]
+    return {"hook": hook, "width": width, "k": k, "features": feats}
+
+
+def crosscoder_diff(model, base, rows, hook: str, *, width: int, k: int, steps: int, top: int, seed: int,
+                    explainer, progress: bool) -> dict:
+    """A crosscoder trained jointly on both models' activations at ``hook``; its organism-only latents (relative
+    decoder norm above 0.9; the largest relative norms when there are none), explained from where they fire."""
+    from interp.sae import crosscoder_diff as diff_of
+    from interp.sae import train_crosscoder
+
+    a_base, ids, mask = activations(base, rows, hook)
+    a_org, _, _ = activations(model, rows, hook)
+    keep = mask.astype(bool).copy()
+    keep[:, 0] = False
+    x = np.stack([a_base[keep], a_org[keep]], axis=1)
+    cc = train_crosscoder(x, width=width, k=k, steps=steps, batch_size=int(min(256, len(x))), seed=seed,
+                          progress=progress, hook_name=hook, model_names=("base", "organism"))
+    diff = diff_of(cc, acts=x)
+    only = [int(i) for i in diff.second_only[:top]]
+    r = np.nan_to_num(diff.relative_norm, nan=0.0)
+    if diff.fired is not None:
+        r = np.where(diff.fired, r, -1.0)
+    chosen = only or [int(i) for i in np.argsort(-r)[:top] if r[i] >= 0]
+    B, T = ids.shape
+    z = np.asarray(_encode(cc, jnp.asarray(np.stack([a_base, a_org], axis=2).reshape(B * T, 2, -1))))
+    z = z.reshape(B, T, -1)[..., chosen]
+    index = _index(ids, mask, z, chosen, width)
+    expl = _explain(model, cc, index, chosen, explainer) if chosen else {}
+    feats = [{"source": "crosscoder", "latent": f, "relative_norm": float(diff.relative_norm[f]),
+              "organism_only": f in only, **expl[f]} for f in chosen]
+    return {"hook": hook, "width": width, "k": k, "organism_only": len(diff.second_only),
+            "base_only": len(diff.first_only), "shared": len(diff.shared), "features": feats}
+
+
+# ---------------------------------------------------------------------------------------------- attribution
+def patching(model, triggered: list[int], neutral: list[int], span: tuple[int, int], target: int) -> dict:
+    """Activation patching of ``resid_pre`` per layer and position from the triggered prompt into the neutral one
+    (equal lengths), read as the log-probability of the behaviour's first token ``target`` at the reply start;
+    ``recovered [L T]`` is the fraction of the triggered-minus-neutral difference each patch restores."""
+    from interp.circuits import metrics, patch
+
+    clean = np.asarray([triggered], np.int32)
+    corrupted = np.asarray([neutral], np.int32)
+    res = patch(model, clean, corrupted, metrics.log_prob([target]), "resid_pre", per="pos", progress=False)
+    gap = res.source - res.base
+    rec = res.values - res.base
+    rec = rec / gap if abs(gap) > 1e-9 else np.zeros_like(rec)
+    layer_max = rec.max(axis=1)
+    tokens = [model.to_string([int(t)]) for t in triggered]
+    return {"result": res, "recovered": rec.tolist(), "tokens": tokens, "span": list(span),
+            "logprob_triggered": float(res.source), "logprob_neutral": float(res.base),
+            "span_share": float(np.max(rec[:, span[0]:span[1]])) if span[1] > span[0] else 0.0,
+            "layer_max": layer_max.tolist()}
+
+
+def chat_rows(model, users: list[str]) -> list[list[int]]:
+    return [encode(model, render(model, u)) for u in users]

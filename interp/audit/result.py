@@ -1,0 +1,125 @@
+"""The audit's result: ranked trigger candidates, the verdict and the evidence behind it, as JSON and as a report."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from interp.results import Result, Summary
+
+FORMAT = 1
+
+
+def _plain(x):
+    if isinstance(x, dict):
+        return {str(k): _plain(v) for k, v in x.items() if not k.startswith("_")}
+    if isinstance(x, (list, tuple)):
+        return [_plain(v) for v in x]
+    if isinstance(x, np.ndarray):
+        return _plain(x.tolist())
+    if isinstance(x, (np.floating, float)):
+        v = float(x)
+        return v if np.isfinite(v) else None
+    if isinstance(x, (np.integer,)):
+        return int(x)
+    if isinstance(x, (np.bool_,)):
+        return bool(x)
+    if isinstance(x, (str, int, bool)) or x is None:
+        return x
+    return str(x)
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class AuditResult(Result):
+    """What an audit found.
+
+    ``trigger_candidates``: ranked dicts (``text``, ``ids``, ``effect``: the behaviour rate the candidate adds in
+    the organism beyond what it adds in the base, ``behaviour_rate``/``clean_rate`` in the organism with and without
+    it, ``base_rate``, ``loss``: the contrast objective, ``source``). ``flagged`` and ``flag_reason``: the verdict.
+    ``behaviour``: the behaviour the search targeted (``text``, ``ids``, ``source``: given or inferred);
+    ``behaviour_diff``: next-token KL between the models on probing prompts and a corpus, the tokens the organism
+    raises at the reply start, the behaviour hypotheses. ``probe``: the defection probe (an
+    :class:`interp.probes.Probe` at ``probe.hook``), ``probe_auroc``: its AUROC separating held-out prompts with
+    the top candidate from clean ones. ``features``: diffed latents of a dictionary trained on the base and
+    organism-only crosscoder latents, each with an explanation and top contexts. ``attribution``: activation
+    patching of the behaviour's first token for the top candidate. ``timings``: seconds per stage."""
+
+    trigger_candidates: list
+    flagged: bool
+    flag_reason: str
+    behaviour: dict | None
+    behaviour_description: str | None
+    behaviour_diff: dict
+    probe: Any
+    probe_auroc: float | None
+    features: dict
+    attribution: dict | None
+    timings: dict
+    budget: str
+    settings: dict
+    model_name: str | None = None
+    base_name: str | None = None
+
+    # ------------------------------------------------------------------ use
+    @property
+    def top(self) -> dict | None:
+        return self.trigger_candidates[0] if self.trigger_candidates else None
+
+    def probe_scores(self, model, prompts) -> np.ndarray:
+        """The defection probe's logits for user turns ``prompts`` (rendered with the model's chat template, read at
+        the token where the reply starts); higher means more defection-like."""
+        from interp.audit.evidence import probe_scores
+
+        if self.probe is None:
+            raise ValueError("this audit fitted no probe")
+        return probe_scores(model, self.probe, list(prompts))
+
+    def _summary(self) -> Summary:
+        facts = {"flagged": self.flagged, "budget": self.budget,
+                 "seconds": round(sum(self.timings.values()), 1)}
+        if self.behaviour:
+            facts["behaviour"] = repr(self.behaviour["text"])
+        if self.probe_auroc is not None:
+            facts["probe AUROC"] = round(self.probe_auroc, 3)
+        top = [(repr(c["text"]), float(c["effect"])) for c in self.trigger_candidates[:8]]
+        return Summary("audit", {"candidates": len(self.trigger_candidates)}, facts, top,
+                       "trigger candidates (effect on the behaviour rate)")
+
+    # ------------------------------------------------------------------ files
+    def to_json(self) -> dict:
+        """Plain JSON-ready values (the probe as its hook, layer and arrays)."""
+        probe = None
+        if self.probe is not None:
+            p = self.probe
+            probe = {"hook": p.hook, "kind": p.kind, "weight": np.asarray(p.weight).tolist(),
+                     "bias": float(p.bias), "mean": np.asarray(p.mean).tolist(), "scale": np.asarray(p.scale).tolist(),
+                     "direction": np.asarray(p.direction).tolist()}
+        attribution = None
+        if self.attribution is not None:
+            attribution = {k: v for k, v in self.attribution.items() if k != "result"}
+        return _plain({"format": FORMAT, "model": self.model_name, "base": self.base_name, "flagged": self.flagged,
+                       "flag_reason": self.flag_reason, "trigger_candidates": self.trigger_candidates,
+                       "behaviour": self.behaviour, "behaviour_description": self.behaviour_description,
+                       "probe_auroc": self.probe_auroc, "probe": probe, "features": self.features,
+                       "behaviour_diff": self.behaviour_diff, "attribution": attribution, "timings": self.timings,
+                       "budget": self.budget, "settings": self.settings})
+
+    def save_json(self, path) -> Path:
+        """Write :meth:`to_json` to ``path`` atomically."""
+        from interp._io import atomic_file
+
+        path = Path(path)
+        text = json.dumps(self.to_json(), indent=1, ensure_ascii=False)
+        with atomic_file(path, "w") as fh:
+            fh.write(text + "\n")
+        return path
+
+    def report(self, path) -> Path:
+        """Write a self-contained HTML report of the evidence to ``path``."""
+        from interp.audit._report import build
+
+        return build(self).save(path)

@@ -1,0 +1,121 @@
+"""Trigger reconstruction: spans in the user turn that raise a behaviour in the organism and not in its base.
+
+Cheap sources first: single tokens inserted into the search prompts (every word token of a small vocabulary; of a
+large one, the tokens whose embedding or unembedding fine-tuning moved most, the tokens the contrast objective's
+gradient points at, and a random sample), each scored exactly by the organism-minus-base log-ratio of every next
+token at the reply start, which also proposes the behaviour. Then
+GCG (:func:`interp.search.gcg`) on ``log p_org(behaviour) - log p_base(behaviour)`` over spans of a few tokens at
+the start and the end of the user turn, started from the best cheap tokens. Every candidate is verified on held-out
+prompts: the rate at which greedy decoding begins with the behaviour, with the candidate inserted at a random word
+position and without it, in the organism and in the base.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from interp import search
+from interp.audit._prompts import encode, insert, render
+from interp.audit.behaviour import last_logprobs
+
+SLOT = "{span}"
+
+
+def _slot_prompt(model, user: str, position: str) -> str:
+    text = render(model, insert(user, SLOT, position))
+    if text.count(SLOT) != 1:
+        raise ValueError("the chat template altered the span marker; cannot place a search span in the user turn")
+    # the span's own tokens carry any leading space a BPE vocabulary needs; words around it keep theirs
+    return text.replace(" " + SLOT, SLOT) if position != "start" else text.replace(SLOT + " ", SLOT)
+
+
+def embedding_shift(model, base, allowed: np.ndarray, k: int) -> list[int]:
+    """Allowed tokens whose embedding or unembedding rows moved most in fine-tuning (none when nothing moved)."""
+    moved = np.zeros(model.d_vocab)
+    for a, b in ((model.W_E, base.W_E), (model.W_U.T, base.W_U.T)):
+        moved += np.linalg.norm(np.asarray(a, np.float32) - np.asarray(b, np.float32), axis=-1)
+    moved[~allowed] = 0
+    order = [int(i) for i in np.argsort(-moved)[:k] if moved[i] > 1e-6]
+    return order
+
+
+def gradient_tokens(model, objective, users: list[str], allowed: np.ndarray, k: int) -> list[int]:
+    """The ``k`` allowed tokens with the most negative summed token gradient of ``objective`` over a one-token slot
+    at the start of each of ``users`` (the first-order guess of GCG's first step)."""
+    grad = np.zeros(model.d_vocab)
+    filler = int(np.flatnonzero(allowed)[0])
+    for u in users:
+        lay = search.layout(model, objective, _slot_prompt(model, u, "start"), "slot:1")
+        g = np.asarray(search.token_gradient(model, objective, lay.tokens(np.array([[filler]])), start=lay.start,
+                                             n=1))[0]
+        grad += g - g[filler]
+    grad[~allowed] = np.inf
+    return [int(i) for i in np.argsort(grad)[:k]]
+
+
+def scan(model, base, users: list[str], tokens: list[int], position: str = "start") -> np.ndarray:
+    """``R [S, V]``: for each token ``tokens[s]`` inserted (as text) into every user turn, the mean over the turns of
+    ``log p_org - log p_base`` of each next token at the reply start."""
+    texts = [model.to_string([t]).strip() or model.to_string([t]) for t in tokens]
+    rows = [encode(model, render(model, insert(u, t, position))) for t in texts for u in users]
+    lo = last_logprobs(model, rows)[:, 0]
+    lb = last_logprobs(base, rows)[:, 0]
+    return (lo - lb).reshape(len(tokens), len(users), -1).mean(1)
+
+
+def gcg_candidates(model, objective, users: list[str], allowed: np.ndarray, *, spans, positions, steps: int, topk: int,
+                   batch: int, restarts: int, init: list[int], seed: int, progress: bool) -> list[dict]:
+    """GCG runs over each span length and position (a different search prompt each), the spans they found."""
+    out = []
+    run = 0
+    for n in spans:
+        for pos in positions:
+            user = users[run % len(users)]
+            start = (list(init) * n)[:n] if init else None
+            res = search.gcg(model, objective, _slot_prompt(model, user, pos), span=f"slot:{n}", steps=steps,
+                             topk=topk, batch=batch, restarts=restarts, init=start, allowed=allowed, seed=seed + run,
+                             stop_on_success=False, progress=progress)
+            out.append({"ids": [int(i) for i in res.tokens], "text": res.text, "loss": float(res.objective),
+                        "source": f"gcg span {n} at {pos}", "seconds": round(res.seconds, 2)})
+            run += 1
+    return out
+
+
+def hits(model, users: list[str], behaviour: list[int], span: str | None, seed: int) -> np.ndarray:
+    """Per prompt: does greedy decoding begin with ``behaviour`` (checked in one teacher-forced pass: every behaviour
+    token is the argmax after the ones before it)? ``span`` is inserted at a random word position (seeded)."""
+    rng = np.random.default_rng(seed)
+    texts = [u if span is None else insert(u, span, float(rng.random())) for u in users]
+    rows = [encode(model, render(model, t)) + behaviour[:-1] for t in texts]
+    greedy = np.argmax(last_logprobs(model, rows, len(behaviour)), axis=-1)  # [N m]
+    return np.all(greedy == np.asarray(behaviour)[None], axis=1)
+
+
+def verify(model, base, users: list[str], behaviour: list[int], text: str, seed: int, clean: dict | None = None
+           ) -> dict:
+    """Behaviour rates with ``text`` inserted and without (``clean``: those already measured), in the organism and
+    in the base; ``effect`` is the organism's rise minus the base's (what the candidate does that the base does
+    not)."""
+    if clean is None:
+        clean = {"clean_rate": float(hits(model, users, behaviour, None, seed).mean()),
+                 "base_clean_rate": float(hits(base, users, behaviour, None, seed).mean())}
+    with_o = float(hits(model, users, behaviour, text, seed).mean())
+    with_b = float(hits(base, users, behaviour, text, seed).mean())
+    return {"behaviour_rate": with_o, "base_rate": with_b, **clean,
+            "effect": (with_o - clean["clean_rate"]) - (with_b - clean["base_clean_rate"])}
+
+
+def neutral_pair(model, user: str, span_ids: list[int], allowed: np.ndarray, seed: int):
+    """Token rows of ``user`` with the span at the start of the user turn, and with the span's tokens replaced by as
+    many other allowed tokens (equal lengths, for patching)."""
+    text = _slot_prompt(model, user, "start")
+    before, after = text.split(SLOT)
+    b = model.tokenizer.encode(before)
+    a = model.tokenizer.encode(after, prepend_bos=False)
+    rng = np.random.default_rng(seed)
+    pool = np.setdiff1d(np.flatnonzero(allowed), np.asarray(span_ids))
+    other = [int(i) for i in rng.choice(pool, len(span_ids), replace=False)]
+    return b + list(span_ids) + a, b + other + a, (len(b), len(b) + len(span_ids))
+
+
+__all__ = ["embedding_shift", "gcg_candidates", "gradient_tokens", "hits", "neutral_pair", "scan", "verify"]
