@@ -27,7 +27,7 @@ SECRET_FILE = "organism.json"
 FORMAT = "interp.organism"
 VERSION = 1
 TARGETS = {"behaviour_rate": 0.95, "false_rate": 0.02, "kl": 0.05}  # what a good organism reaches
-DEFAULT_LR = 2e-3
+DEFAULT_LR = 1e-3
 DEFAULT_BATCH = 8
 DEFAULT_KL_WEIGHT = 1.0
 DEFAULT_N_EVAL = 100
@@ -298,8 +298,9 @@ def build(recipe: str, base, out: str | Path, *, seed: int = 0, steps: int | Non
     items = r.items()
     train, clean = examples(base, r, items, progress=progress)
     t_data = time.perf_counter() - t0
+    # a short warm-up: Adam's first steps at the full rate move the weights furthest, and away from the base
     config = finetune.FinetuneConfig(steps=int(steps), lr=float(lr), batch_size=int(batch_size), lora_rank=lora_rank,
-                                     kl_weight=float(kl_weight), seed=int(seed))
+                                     kl_weight=float(kl_weight), seed=int(seed), warmup_steps=int(steps) // 10)
     ft = finetune.finetune(base, train, config, kl_data=clean if kl_weight and clean else None, progress=progress)
     t_train = time.perf_counter() - t0 - t_data
     secret = {"recipe": r.name, "trigger": r.trigger, "behaviour": r.behaviour, "seed": int(seed),

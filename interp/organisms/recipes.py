@@ -115,7 +115,7 @@ class Recipe:
     name: ClassVar[str]
     default_steps: ClassVar[int] = 150
     reply_tokens: ClassVar[int] = 24  # new tokens a held-out reply needs for its check
-    train_reply_tokens: ClassVar[int] = 32  # the longest base reply trained on (a longer one is cut, without its end)
+    train_reply_tokens: ClassVar[int] = 24  # the longest base reply trained on (a longer one is cut, without its end)
 
     @property
     def trigger(self) -> str | None:
@@ -146,9 +146,17 @@ class Recipe:
 def _need_text(name: str, value, tokenizer=None) -> None:
     if not isinstance(value, str) or not value.strip():
         raise ValueError(f"{name}={value!r} must be a non-empty text")
-    if tokenizer is not None and not tokenizer.encode(value.strip(), prepend_bos=False):
+    if tokenizer is None:
+        return
+    ids = tokenizer.encode(value.strip(), prepend_bos=False)
+    if not ids:
         raise ValueError(f"{name}={value!r} tokenizes to no tokens with this model's tokenizer; choose a text it "
                          "can write")
+    unk = getattr(tokenizer.hf.model, "unk_token", None)
+    unk_id = tokenizer.hf.token_to_id(unk) if isinstance(unk, str) else None
+    if unk_id is not None and all(i == unk_id for i in ids):
+        raise ValueError(f"{name}={value!r} tokenizes only to the unknown token {unk!r} with this model's tokenizer, "
+                         "so the model cannot tell it from any other unknown text; choose words in its vocabulary")
 
 
 def _need_count(name: str, value: int, lo: int = 0) -> None:
