@@ -56,7 +56,8 @@ def _sizes(w, name: str) -> tuple[int, int]:
 
 
 def lora(model, rank: int, targets: Sequence[str] = TARGETS, alpha: float = 16.0, key=None) -> LoRA:
-    """Fresh adapters of ``rank`` on the ``targets`` matrices of every block: ``A ~ N(0, 1/in)``, ``B = 0``.
+    """Fresh adapters of ``rank`` on the ``targets`` matrices of every block: ``A ~ N(0, 1/in)``, ``B = 0``, in
+    float32 whatever the model's dtype (the update is cast to each matrix's dtype when merged).
     Matrices a block lacks (``W_gate`` of a plain MLP) are skipped; a target no block has is refused."""
     unknown = [t for t in targets if t not in _WHERE]
     if unknown or not targets:
@@ -80,8 +81,8 @@ def lora(model, rank: int, targets: Sequence[str] = TARGETS, alpha: float = 16.0
             raise ValueError(f"lora_rank={rank} exceeds blocks.{layer}.{name}'s smaller side ({n_in} x {n_out}), "
                              f"where a low-rank update is no update at all; use lora_rank <= {min(n_in, n_out)} or "
                              "lora_rank=None to train the full matrices")
-        A.append((jax.random.normal(k, (n_in, rank), jnp.float32) / math.sqrt(n_in)).astype(w.dtype))
-        B.append(jnp.zeros((rank, n_out), w.dtype))
+        A.append(jax.random.normal(k, (n_in, rank), jnp.float32) / math.sqrt(n_in))
+        B.append(jnp.zeros((rank, n_out), jnp.float32))
     return LoRA(tuple(A), tuple(B), sites, float(alpha))
 
 
@@ -92,7 +93,7 @@ def merge(model, adapters: LoRA):
     for (layer, name), a, b in zip(adapters.sites, adapters.A, adapters.B):
         w = _leaf(model, layer, name)
         delta = (a @ b).reshape(w.shape) * jnp.asarray(adapters.scale, a.dtype)
-        new.append((w + delta.astype(w.dtype)).astype(w.dtype))
+        new.append(w + delta.astype(w.dtype))
     return eqx.tree_at(lambda m: [_leaf(m, layer, name) for layer, name in adapters.sites], model, new)
 
 

@@ -159,10 +159,12 @@ def target_kl(model: Model, base: Model, tokens, mask, targets):
 
 
 def _build(params, base: Model) -> Model:
-    """The model a step computes with: the base with adapters merged, or the trained arrays in the base's place."""
+    """The model a step computes with: the base with adapters merged, or the trained arrays (float32 masters) cast to
+    the base's dtypes in its place."""
     if isinstance(params, LoRA):
         return merge(base, params)
-    return eqx.combine(params, eqx.filter(base, eqx.is_inexact_array, inverse=True))
+    floats, static = eqx.partition(base, eqx.is_inexact_array)
+    return eqx.combine(jax.tree.map(lambda p, b: p.astype(b.dtype), params, floats), static)
 
 
 # ----------------------------------------------------------------------------- the run
@@ -213,8 +215,8 @@ def _make_step(grad_clip: float | None, use_kl: bool):
 
 
 def _init(model: Model, cfg: FinetuneConfig, optimizer) -> _State:
-    if cfg.lora_rank is None:
-        params = eqx.filter(model, eqx.is_inexact_array)
+    if cfg.lora_rank is None:  # float32 masters: Adam's moments and bias corrections need float32's precision
+        params = jax.tree.map(lambda x: x.astype(jnp.float32), eqx.filter(model, eqx.is_inexact_array))
     else:
         params = lora(model, cfg.lora_rank, cfg.lora_targets, cfg.lora_alpha, jax.random.key(cfg.seed))
     with jax.numpy_dtype_promotion("standard"):
