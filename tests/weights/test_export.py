@@ -139,3 +139,23 @@ def test_existing_folder_needs_overwrite(tmp_path):
     _same_arrays(interp.load(folder), other)
     assert (folder / "note.txt").read_text() == "replaced"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["m"]
+
+
+def test_default_model_round_trip(default_model, tmp_path):
+    """SmolLM2-135M-Instruct (read from its GGUF file) saved and read by interp and transformers: same arrays, same
+    tokens for a chat prompt, logits within the float32 bound of 30 blocks."""
+    model = default_model
+    folder = interp.save_hf_dir(model, tmp_path / "smollm2")
+    back = interp.load(folder)
+    _same_arrays(back, model)
+    messages = [{"role": "user", "content": "What is the capital of France?"}]
+    text = model.tokenizer.apply_chat_template(messages)
+    assert back.tokenizer.apply_chat_template(messages) == text
+    ids = model.tokenizer.encode(text, prepend_bos=False)
+    assert back.tokenizer.encode(text, prepend_bos=False) == ids
+    auto = transformers.AutoTokenizer.from_pretrained(folder)
+    assert auto(text, add_special_tokens=False)["input_ids"] == ids
+    assert auto.apply_chat_template(messages, tokenize=False, add_generation_prompt=True) == text
+    tokens = np.asarray(ids)[None]
+    theirs = _transformers_logits(folder, tokens)
+    assert np.abs(np.asarray(model(tokens)) - theirs).max() <= model_bound(theirs, n_layers=model.n_layers)
