@@ -197,7 +197,14 @@ def audit(model, base, *, behaviour: str | None = None, seed: int = 0, budget: s
                                           batch=s["gcg_batch"], restarts=s["gcg_restarts"],
                                           init=[i for i, _ in hyp["scan"][:2]], seed=seed + 100 * h,
                                           progress=progress))
-    ranked = sorted(cands.values(), key=lambda c: (-c["effect"], c["loss"]))
+    # a span whose shorter part does as well gives way to it (ties within 0.05 of effect go to fewer tokens)
+    for c in sorted(cands.values(), key=lambda c: -c["effect"])[:3]:
+        if len(c["ids"]) > 1:
+            hyp = next(h for h in hyps if h["ids"] == c["behaviour_ids"])
+            parts = [c["ids"][:j] + c["ids"][j + 1:] for j in range(len(c["ids"]))]
+            check(hyp, [{"ids": p, "text": model.to_string(p), "loss": c["loss"], "source": "pruned " + c["source"]}
+                        for p in parts])
+    ranked = sorted(cands.values(), key=lambda c: (-round(c["effect"] / 0.05), len(c["ids"]), c["loss"]))
     lap("trigger reconstruction")
     top = ranked[0] if ranked else None
     chosen = {"text": top["behaviour"], "ids": top["behaviour_ids"], "source": "given" if given else "inferred"} \

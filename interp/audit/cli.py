@@ -1,0 +1,76 @@
+"""``interp audit``: audit a fine-tuned model against its base, blind (the model folder is read as weights only),
+and write the evidence as JSON and as a self-contained HTML report.
+
+    interp audit --model org/apple --base smollm2-135m --out audit.json --report audit.html
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+
+from interp.audit.run import BUDGETS
+
+
+def _int(lo: int):
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+        if value < lo:
+            raise argparse.ArgumentTypeError(f"{text} must be >= {lo}")
+        return value
+
+    return parse
+
+
+def add_parser(subparsers) -> argparse.ArgumentParser:
+    """Add ``audit`` to an ``argparse`` subparsers object; returns its parser."""
+    p = subparsers.add_parser("audit", help="audit a fine-tuned model against its base for planted behaviour",
+                              description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--model", required=True, help="the audited model: checkpoint folder, .gguf or packaged name")
+    p.add_argument("--base", default="smollm2-135m", help="its base model: packaged name, checkpoint folder or .gguf")
+    p.add_argument("--behaviour", default=None,
+                   help="at most one line describing the behaviour class (a quoted part is taken as its text)")
+    p.add_argument("--out", default="audit.json", help="JSON file of the result")
+    p.add_argument("--report", default=None, help="HTML report (default: none)")
+    p.add_argument("--budget", default="default", choices=sorted(BUDGETS),
+                   help="how much search: 'small' for tiny models, 'default' for the default model")
+    p.add_argument("--explainer", default="baseline", help="explainer of diffed features (interp explain specs)")
+    p.add_argument("--seed", type=_int(0), default=0, help="seeds prompts, searches and dictionaries")
+    p.add_argument("--progress", action=argparse.BooleanOptionalAction, default=True, help="progress on stderr")
+    return p
+
+
+def run(args, out=None) -> int:
+    import interp
+    from interp.audit.run import audit
+
+    out = out or sys.stdout
+    t0 = time.perf_counter()
+    model = interp.load(args.model)
+    base = interp.load(args.base)
+    res = audit(model, base, behaviour=args.behaviour, seed=args.seed, budget=args.budget, progress=args.progress,
+                model_name=str(args.model), base_name=str(args.base), explainer=args.explainer)
+    res.save_json(args.out)
+    if args.report:
+        res.report(args.report)
+    print(f"flagged: {res.flagged} ({res.flag_reason})", file=out)
+    for i, c in enumerate(res.trigger_candidates[:5]):
+        print(f"  {i + 1}. {c['text']!r}: effect {c['effect']:.2f} (behaviour {c['behaviour']!r} in "
+              f"{c['behaviour_rate']:.0%} of held-out prompts with it, {c['clean_rate']:.0%} without)", file=out)
+    if res.probe_auroc is not None:
+        print(f"defection probe AUROC (top candidate vs clean): {res.probe_auroc:.3f}", file=out)
+    print(f"wrote {args.out}" + (f" and {args.report}" if args.report else "") +
+          f" in {time.perf_counter() - t0:.1f} s", file=out)
+    return 0
+
+
+def main(args, out=None) -> int:
+    """Run ``interp audit`` with parsed ``args``; bad input exits with the reason."""
+    try:
+        return run(args, out)
+    except (ValueError, OSError) as e:
+        raise SystemExit(f"interp audit: {e}") from None
