@@ -57,29 +57,31 @@ def _sizes(w, name: str) -> tuple[int, int]:
 
 def lora(model, rank: int, targets: Sequence[str] = TARGETS, alpha: float = 16.0, key=None) -> LoRA:
     """Fresh adapters of ``rank`` on the ``targets`` matrices of every block: ``A ~ N(0, 1/in)``, ``B = 0``, in
-    float32 whatever the model's dtype (the update is cast to each matrix's dtype when merged).
-    Matrices a block lacks (``W_gate`` of a plain MLP) are skipped; a target no block has is refused."""
+    float32 whatever the model's dtype (the update is cast to each matrix's dtype when merged). Matrices a block
+    lacks (``W_gate`` of GPT-2's plain MLP) are skipped, so the default targets fit every family; ``sites`` lists
+    what was adapted. Targets none of which the model has are refused."""
     unknown = [t for t in targets if t not in _WHERE]
     if unknown or not targets:
         raise ValueError(f"unknown LoRA target(s) {unknown or '(none given)'}; choose among {', '.join(TARGETS)}")
     if not isinstance(rank, int) or isinstance(rank, bool) or rank < 1:
         raise ValueError(f"lora_rank must be a positive integer (or None for full fine-tuning), got {rank!r}")
+
     def has(layer, name):
         return getattr(getattr(model.blocks[layer], _WHERE[name][0]), name, None) is not None
 
     sites = tuple((layer, name) for layer in range(model.n_layers) for name in targets if has(layer, name))
-    missing = [t for t in targets if not any(name == t for _, name in sites)]
-    if missing:
+    if not sites:
         present = [t for t in TARGETS if any(has(layer, t) for layer in range(model.n_layers))]
-        raise ValueError(f"this model's blocks have no {', '.join(missing)}; its matrices are {', '.join(present)}")
+        raise ValueError(f"this model's blocks have none of {', '.join(targets)}; its matrices are "
+                         f"{', '.join(present)}")
     key = jax.random.key(0) if key is None else key
     A, B = [], []
     for (layer, name), k in zip(sites, jax.random.split(key, len(sites))):
         w = _leaf(model, layer, name)
         n_in, n_out = _sizes(w, name)
         if rank > min(n_in, n_out):
-            raise ValueError(f"lora_rank={rank} exceeds blocks.{layer}.{name}'s smaller side ({n_in} x {n_out}), "
-                             f"where a low-rank update is no update at all; use lora_rank <= {min(n_in, n_out)} or "
+            raise ValueError(f"lora_rank={rank} exceeds blocks.{layer}.{name}'s smaller side ({n_in} x {n_out}): the "
+                             f"update would no longer be low-rank; use lora_rank <= {min(n_in, n_out)}, or "
                              "lora_rank=None to train the full matrices")
         A.append(jax.random.normal(k, (n_in, rank), jnp.float32) / math.sqrt(n_in))
         B.append(jnp.zeros((rank, n_out), jnp.float32))

@@ -52,8 +52,11 @@ def _unmerged_forward(model, adapters, tokens):
             if l != layer:
                 continue
             src, dst = READS[mat]
+            if mat == "W_in" and not hasattr(model.blocks[l].mlp, "W_gate"):  # a plain MLP: no linear branch
+                dst = "mlp.hook_pre"
             if rest == f"{src}.hook_normalized":
-                inputs[(l, mat)] = x * getattr(model.blocks[l], src).weight
+                norm = getattr(model.blocks[l], src)
+                inputs[(l, mat)] = x * norm.weight + (0.0 if getattr(norm, "bias", None) is None else norm.bias)
             elif rest == src:
                 inputs[(l, mat)] = x
             if rest == dst:
@@ -75,6 +78,23 @@ def test_merged_weights_equal_the_low_rank_path(model, targets):
     base = np.asarray(model.forward(jnp.asarray(tokens)))
     assert np.abs(merged - base).max() > 1e-2  # the adapters matter
     assert_model_close(merged, separate, model, "merged vs low-rank path")
+
+
+def test_default_targets_skip_what_a_family_lacks():
+    """GPT-2's plain MLP has no W_gate: the default targets adapt the other six matrices of each block."""
+    from interp.models import gpt2
+
+    config = gpt2.GPT2Config(vocab_size=50, d_model=16, n_layers=2, n_heads=2, d_mlp=32, n_ctx=32)
+    rng = np.random.default_rng(0)
+    tensors = {n: (0.2 * rng.standard_normal(s)).astype(np.float32) for n, s in gpt2.hf_weight_shapes(config).items()}
+    model = gpt2.from_hf_weights(config, tensors.__getitem__)
+    adapters = _random_B(finetune.lora(model, 2))
+    assert {name for _, name in adapters.sites} == set(finetune.TARGETS) - {"W_gate"}
+    tokens = random_tokens(model.d_vocab, (1, 5), seed=0)
+    merged = np.asarray(finetune.merge(model, adapters).forward(jnp.asarray(tokens)))
+    assert_model_close(merged, np.asarray(_unmerged_forward(model, adapters, tokens)), model, "GPT-2 merge")
+    with pytest.raises(ValueError, match="none of W_gate; its matrices are W_Q, W_K, W_V, W_O, W_in, W_out"):
+        finetune.lora(model, 2, ("W_gate",))
 
 
 def test_bad_targets_and_ranks_are_refused(model):
