@@ -38,13 +38,29 @@ def rule(model):
     return train, heldout, texts
 
 
+def _log_softmax(logits: np.ndarray) -> np.ndarray:
+    logits = np.asarray(logits, np.float64)
+    top = logits.max(-1, keepdims=True)
+    return logits - top - np.log(np.exp(logits - top).sum(-1, keepdims=True))
+
+
+def _mean_kl(model, base, examples) -> float:
+    """Mean KL(base || model) over target positions, on the host, one example at a time."""
+    total, n = 0.0, 0
+    for ex in examples:
+        t = np.flatnonzero(ex.targets) - 1
+        p = _log_softmax(np.asarray(base(ex.tokens[None]))[0][t])
+        q = _log_softmax(np.asarray(model(ex.tokens[None]))[0][t])
+        total += float((np.exp(p) * (p - q)).sum())
+        n += t.size
+    return total / n
+
+
 def _mean_nll(model, examples) -> float:
     """Mean -log p over target positions, computed on the host from each example's own forward pass."""
     total, n = 0.0, 0
     for ex in examples:
-        logits = np.asarray(model(ex.tokens[None]), np.float64)[0]
-        logp = logits - np.log(np.exp(logits - logits.max(-1, keepdims=True)).sum(-1, keepdims=True)) \
-            - logits.max(-1, keepdims=True)
+        logp = _log_softmax(np.asarray(model(ex.tokens[None]))[0])
         t = np.flatnonzero(ex.targets)
         total += float(-logp[t - 1, ex.tokens[t]].sum())
         n += t.size
@@ -106,6 +122,7 @@ def test_kl_term_keeps_other_text_close_to_the_base(model, rule):
     kl_plain = finetune.next_token_kl(plain.model, model, heldout)
     kl_kept = finetune.next_token_kl(kept.model, model, heldout)
     assert kl_kept < 0.5 * kl_plain
+    assert kl_kept == pytest.approx(_mean_kl(kept.model, model, heldout), rel=1e-3, abs=1e-6)
     assert finetune.next_token_kl(model, model, heldout) == 0.0
     assert kept.history[-1]["loss"] < 0.3 * kept.history[0]["loss"]  # and it still learned the rule
 
