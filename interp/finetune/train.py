@@ -2,10 +2,10 @@
 plus an optional KL-to-base term, atomic checkpoints with checksums and exact resume, as dictionary training has.
 
 ``finetune(model, data, FinetuneConfig(...), out=...)`` trains low-rank adapters (``lora_rank``) or every float
-array of the model (``lora_rank=None``), checkpointing to ``out/checkpoints/step-NNNNNNNN``; ``resume=True``
-continues the newest checkpoint that verifies and ends with the adapters, optimizer state and history an
-uninterrupted run ends with. Batches are a function of (seed, step) alone, padded on the right to one length, so
-the step compiles once.
+array of the model (``lora_rank=None``), checkpointing to ``out/checkpoints/step-NNNNNNNN`` (the newest three are
+kept) and writing ``out/history.json`` at the end; ``resume=True`` continues the newest checkpoint that verifies
+and ends with the adapters, optimizer state and history an uninterrupted run ends with. Batches are a function
+of (seed, step) alone, padded on the right to one length, so the step compiles once.
 
 Axes: B batch, T positions, V vocabulary.
 """
@@ -28,6 +28,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from interp._io import atomic_file
 from interp.finetune.data import (
     Example,
     as_examples,
@@ -340,6 +341,8 @@ def finetune(model: Model, data: Sequence[Example], config: FinetuneConfig | Non
                 checkpoint()
     if out is not None:
         checkpoint()
+        with atomic_file(out / "history.json", "w") as fh:
+            json.dump(history, fh, indent=1)
     tuned = _build(state.params, model)
     return Finetuned(tuned, history, cfg, state.params if isinstance(state.params, LoRA) else None)
 

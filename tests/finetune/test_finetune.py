@@ -4,6 +4,7 @@ does, divergence names the last intact checkpoint, and bad input is refused with
 
 from __future__ import annotations
 
+import json
 import shutil
 
 import jax
@@ -135,6 +136,7 @@ def test_resume_ends_where_an_uninterrupted_run_does(model, rule, tmp_path):
     shutil.rmtree(tmp_path / "b" / "checkpoints" / "step-00000006")  # as if stopped after step 3's checkpoint
     resumed = finetune.finetune(model, train, cfg, kl_data=texts, out=tmp_path / "b", resume=True, progress=False)
     assert resumed.history == whole.history
+    assert json.loads((tmp_path / "b" / "history.json").read_text()) == whole.history
     for x, y in zip(jax.tree.leaves(resumed.adapters), jax.tree.leaves(whole.adapters)):
         assert np.array_equal(np.asarray(x), np.asarray(y))
 
