@@ -1,7 +1,9 @@
 """The ``interp`` command line. ``interp demo`` runs the main job on the packaged defaults and writes a report;
 ``interp predict`` prints next-token predictions and a logit lens; ``interp train-sae`` and
 ``interp train-transcoders`` train dictionaries; ``interp search`` searches input tokens for an objective (GCG);
-``interp explain`` explains and scores a dictionary's latents into a JSONL file."""
+``interp explain`` explains and scores a dictionary's latents into a JSONL file; ``interp organism`` plants a
+behaviour in a model by fine-tuning (a model organism) and ``interp audit`` audits a fine-tuned model against its
+base for planted behaviour."""
 
 from __future__ import annotations
 
@@ -13,8 +15,10 @@ import time
 import warnings
 from pathlib import Path
 
+from interp.audit import cli as audit_cli
 from interp.demo import DEFAULT_TRANSCODERS, DemoConfig
 from interp.explain.spec import EXPLAINER_SPECS
+from interp.organisms import cli as organism_cli
 
 PREDICT_PROMPTS = (
     "The capital of France is",
@@ -533,6 +537,8 @@ def build_parser() -> argparse.ArgumentParser:
                                         "explanations (JSONL)", formatter_class=DefaultsHelp)
     add_explain_args(ex)
     ex.set_defaults(usage_error=ex.error)  # --latents is checked against the dictionary's width once it is loaded
+    organism_cli.add_parser(sub)
+    audit_cli.add_parser(sub)
     return parser
 
 
@@ -566,6 +572,10 @@ def main(argv=None) -> int:
             search(args)
         except (ValueError, OSError) as e:
             raise SystemExit(f"interp search: {e}") from None
+    elif args.command == "organism":
+        return organism_cli.main(args)
+    elif args.command == "audit":
+        return audit_cli.main(args)
     elif args.command == "explain":
         try:
             with plain_warnings("interp explain"):
