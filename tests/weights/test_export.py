@@ -22,10 +22,12 @@ from tests.numerics import model_bound
 from tests.tiny_chat import tiny_chat_model
 from tests.weights.tiny_files import tiny_llama_gguf
 
+# each family and what its config.json must carry beyond the basics: tied heads, biases, Qwen2's q/k/v-only biases,
+# sliding windows (Mistral, Qwen3, Gemma 2/3), soft-caps, partial rotary and sequential residuals (GPT-NeoX)
 MAKERS = {
-    **{v: make_hf_model for v in ("gqa", "tied", "biases", "llama3_rope", "qwen2", "mistral_window")},
+    **{v: make_hf_model for v in ("gqa", "tied", "biases", "qwen2", "mistral_window")},
     **{v: gemma_qwen3.make_hf for v in gemma_qwen3.FAMILIES},
-    **{v: gpt2_neox.make_hf for v in gpt2_neox.VARIANTS},
+    **{v: gpt2_neox.make_hf for v in ("gpt2", "gpt2_layer_scale", "neox_sequential")},
 }
 
 
