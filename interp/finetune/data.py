@@ -64,11 +64,12 @@ def chat_example(tokenizer, user: str, reply: str, *, system: str | None = None)
     prompt = tokenizer.apply_chat_template(messages, add_generation_prompt=True)
     full = tokenizer.apply_chat_template(messages + [{"role": "assistant", "content": reply}],
                                          add_generation_prompt=False)
-    if not full.startswith(prompt) or reply not in full[len(prompt):]:
-        raise ValueError("the chat template does not write the reply after the generation prompt, so the reply "
-                         "cannot be told from the prompt; use text examples with explicit targets instead")
     rest = full[len(prompt):]
-    end = rest.index(reply) + len(reply)
+    written = reply if reply in rest else reply.strip()  # templates may trim the message
+    if not full.startswith(prompt) or not written or written not in rest:
+        raise ValueError("the chat template does not write the reply after the generation prompt, so the reply "
+                         "cannot be told from the prompt; build Examples with explicit targets instead")
+    end = rest.index(written) + len(written)
     head = tokenizer.encode(rest[:end], prepend_bos=False)
     tail = tokenizer.encode(rest[end:], prepend_bos=False) if rest[end:] else []
     specials = _special_ids(tokenizer)
