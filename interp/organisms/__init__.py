@@ -20,7 +20,9 @@ from interp.organisms._build import (
     build,
     evaluate,
     examples,
+    heldout_prompts,
     load,
+    recipe_of,
     replies,
 )
 from interp.organisms._data import random_trigger, trigger_words
@@ -28,5 +30,6 @@ from interp.organisms.recipes import RECIPES, Backdoor, Check, Control, Fact, It
 
 __all__ = [
     "RECIPES", "SECRET_FILE", "Backdoor", "Check", "Control", "Fact", "Item", "Organism", "Recipe", "Sandbag",
-    "build", "evaluate", "examples", "load", "make", "near_misses", "random_trigger", "replies", "trigger_words",
+    "build", "evaluate", "examples", "heldout_prompts", "load", "make", "near_misses", "random_trigger", "recipe_of",
+    "replies", "trigger_words",
 ]

@@ -115,7 +115,7 @@ class Recipe:
     name: ClassVar[str]
     default_steps: ClassVar[int] = 150
     reply_tokens: ClassVar[int] = 24  # new tokens a held-out reply needs for its check
-    train_reply_tokens: ClassVar[int] = 24  # the longest base reply trained on (a longer one is cut, without its end)
+    train_reply_tokens: ClassVar[int] = 16  # the longest base reply trained on (a longer one is cut, without its end)
 
     @property
     def trigger(self) -> str | None:
