@@ -109,7 +109,8 @@ class LlamaConfig:
         )
 
     def to_hf(self) -> dict:
-        """A ``config.json`` dict that ``transformers`` reads as ``LlamaForCausalLM``."""
+        """A ``config.json`` dict that ``transformers`` reads as this model: ``LlamaForCausalLM``, or the Qwen2, Qwen3
+        or Mistral architecture when the config holds what only that one can express."""
         arch, model_type = ("Qwen3ForCausalLM", "qwen3") if self.qk_norm else ("LlamaForCausalLM", "llama")
         cfg = {**_hf.layout_to_hf(self, arch, model_type), "attention_bias": self.qkv_bias, "mlp_bias": self.mlp_bias,
                "hidden_act": {"gelu_tanh": "gelu_pytorch_tanh"}.get(self.act, self.act)}
@@ -119,6 +120,19 @@ class LlamaConfig:
             if kind == "llama3":
                 scaling.update(zip(("low_freq_factor", "high_freq_factor", "original_max_position_embeddings"), rest))
             cfg["rope_scaling"] = scaling
+        window = self.sliding_window
+        # What Llama's fields cannot say is said by the architecture that has it: Qwen2's query/key/value-only
+        # biases, the windowed layers of Qwen2/3, Mistral's sliding window.
+        if self.qk_norm or (self.qkv_bias and not self.o_bias):
+            if not self.qk_norm:
+                cfg.update(architectures=["Qwen2ForCausalLM"], model_type="qwen2")
+                cfg.pop("attention_bias", None)
+            if window is not None:
+                layers = self.sliding_layers or (True,) * self.n_layers
+                cfg.update(use_sliding_window=True, sliding_window=window, max_window_layers=self.n_layers,
+                           layer_types=["sliding_attention" if s else "full_attention" for s in layers])
+        elif window is not None and (self.sliding_layers is None or all(self.sliding_layers)):
+            cfg.update(architectures=["MistralForCausalLM"], model_type="mistral", sliding_window=window)
         return cfg
 
 

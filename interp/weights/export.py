@@ -22,7 +22,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from interp._io import atomic_dir
-from interp.models import FAMILIES, LlamaConfig, Model
+from interp.models import FAMILIES, Model
 
 # An element index g is probed as (g >> _LOW_BITS, g & _LOW_MASK): both parts stay exact in float32 for up to
 # 2**(24 + _LOW_BITS) elements per checkpoint.
@@ -130,13 +130,9 @@ def _check_round_trip(model: Model, family, config, tensors: dict[str, np.ndarra
 
 
 def config_json(config) -> dict:
-    """The ``config.json`` of a checkpoint of ``config`` (a family config): its ``to_hf()``, with the architecture
-    that carries what a Llama-layout config holds beyond Llama's fields (Qwen2's query/key/value-only biases,
-    Mistral's sliding window, the windowed layers of Qwen). Refused unless reading it back describes the same
-    computation."""
+    """The ``config.json`` of a checkpoint of ``config`` (a family config): its ``to_hf()``. Refused unless reading
+    it back describes the same computation."""
     cfg = config.to_hf()
-    if isinstance(config, LlamaConfig):
-        cfg = _llama_architecture(config, cfg)
     scalar = cfg.get("query_pre_attn_scalar")
     if isinstance(scalar, float) and scalar.is_integer():  # transformers' Gemma 2/3 configs take an integer
         cfg["query_pre_attn_scalar"] = int(scalar)
@@ -146,21 +142,6 @@ def config_json(config) -> dict:
         diffs = [f"{f.name}: {getattr(config, f.name)!r} is written as {getattr(back, f.name)!r}"
                  for f in dataclasses.fields(config) if getattr(config, f.name) != getattr(back, f.name)]
         raise ValueError(f"config.json cannot express this {type(config).__name__}: {'; '.join(diffs)}")
-    return cfg
-
-
-def _llama_architecture(config: LlamaConfig, cfg: dict) -> dict:
-    window = config.sliding_window
-    if config.qk_norm or (config.qkv_bias and not config.o_bias):  # Qwen3 / Qwen2
-        if not config.qk_norm:
-            cfg.update(architectures=["Qwen2ForCausalLM"], model_type="qwen2")
-            cfg.pop("attention_bias", None)
-        if window is not None:
-            layers = config.sliding_layers or (True,) * config.n_layers
-            cfg.update(use_sliding_window=True, sliding_window=window, max_window_layers=config.n_layers,
-                       layer_types=["sliding_attention" if s else "full_attention" for s in layers])
-    elif window is not None and (config.sliding_layers is None or all(config.sliding_layers)):
-        cfg.update(architectures=["MistralForCausalLM"], model_type="mistral", sliding_window=window)
     return cfg
 
 
