@@ -83,7 +83,7 @@ def build(res) -> Report:
         rec = np.asarray(att["recovered"])
         rep.add(heatmap_figure(rec, [f"layer {i}" for i in range(rec.shape[0])], att["tokens"],
                                title="Share of the behaviour's log-probability restored by patching resid_pre"),
-                title="Activation patching (triggered into neutral)",
+                title=f"{att.get('method', 'activation patching').capitalize()} (triggered into neutral)",
                 note=f"Top candidate at positions {att['span']}; log p(behaviour's first token): triggered "
                      f"{att['logprob_triggered']:.3g}, neutral {att['logprob_neutral']:.3g}.")
     rep.add({k: round(v, 2) for k, v in res.timings.items()}, title="Time per stage (seconds)")

@@ -20,7 +20,7 @@ def _logprobs(model, ids, mask):
     return jax.nn.log_softmax(logits.astype(jnp.float32), axis=-1)
 
 
-def logprobs(model, rows: list[list[int]], batch: int = 16, bucket: int = 16) -> list[np.ndarray]:
+def logprobs(model, rows: list[list[int]], batch: int = 16, bucket: int = 8) -> list[np.ndarray]:
     """Next-token log-probabilities ``[len(row), V]`` of each row. Rows run right-padded (padding masked) in batches of
     ``batch`` rows and lengths rounded up to a multiple of ``bucket``, so calls of many lengths share few programs."""
     out = []
@@ -44,7 +44,7 @@ def _logprobs_at(model, ids, mask, idx):
     return jax.nn.log_softmax(logits, axis=-1)
 
 
-def last_logprobs(model, rows: list[list[int]], m: int = 1, batch: int = 16, bucket: int = 16) -> np.ndarray:
+def last_logprobs(model, rows: list[list[int]], m: int = 1, batch: int = 16, bucket: int = 8) -> np.ndarray:
     """``[N, m, V]``: the next-token log-probabilities at the last ``m`` positions of each row (only those positions
     are unembedded; batches and lengths padded as in :func:`logprobs`)."""
     out = []

@@ -61,9 +61,10 @@ def activations(model, rows: list[list[int]], hook: str, batch: int = 16) -> tup
     ids, mask = padded(rows, pad_id(model))
     out = []
     for i in range(0, len(rows), batch):
-        _, cache = model.run_with_cache(ids[i:i + batch], [hook], attention_mask=mask[i:i + batch],
-                                        return_logits=False)
-        out.append(np.asarray(cache[hook], np.float32))
+        n = min(batch, len(rows) - i)
+        take = np.r_[i:i + n, np.full(batch - n, i + n - 1)]  # every call one shape
+        _, cache = model.run_with_cache(ids[take], [hook], attention_mask=mask[take], return_logits=False)
+        out.append(np.asarray(cache[hook], np.float32)[:n])
     return np.concatenate(out), ids, mask
 
 
@@ -100,15 +101,22 @@ def _explain(model, dictionary, index, latents, explainer) -> dict[int, dict]:
     return out
 
 
-def sae_diff(model, base, rows, hook: str, *, width: int, k: int, steps: int, top: int, seed: int, explainer,
-             progress: bool) -> dict:
-    """Train a TopK dictionary on the base's activations at ``hook`` over ``rows``; the latents whose mean activation
-    changes most between the base and the organism on the same tokens, explained from where they fire in the
-    organism."""
-    from interp import sae
-
+def harvest(model, base, rows, hook: str) -> dict:
+    """Both models' activations at ``hook`` over the same right-padded ``rows``, for :func:`sae_diff` and
+    :func:`crosscoder_diff`."""
     a_base, ids, mask = activations(base, rows, hook)
     a_org, _, _ = activations(model, rows, hook)
+    return {"hook": hook, "base": a_base, "organism": a_org, "ids": ids, "mask": mask}
+
+
+def sae_diff(model, acts: dict, *, width: int, k: int, steps: int, top: int, seed: int, explainer,
+             progress: bool) -> dict:
+    """Train a TopK dictionary on the base's activations (``acts`` from :func:`harvest`); the latents whose mean
+    activation changes most between the base and the organism on the same tokens, explained from where they fire in
+    the organism."""
+    from interp import sae
+
+    hook, a_base, a_org, ids, mask = acts["hook"], acts["base"], acts["organism"], acts["ids"], acts["mask"]
     keep = mask.astype(bool).copy()
     keep[:, 0] = False
     x = a_base[keep]
@@ -134,15 +142,15 @@ def sae_diff(model, base, rows, hook: str, *, width: int, k: int, steps: int, to
     return {"hook": hook, "width": width, "k": k, "features": feats}
 
 
-def crosscoder_diff(model, base, rows, hook: str, *, width: int, k: int, steps: int, top: int, seed: int,
-                    explainer, progress: bool) -> dict:
-    """A crosscoder trained jointly on both models' activations at ``hook``; its organism-only latents (relative
-    decoder norm above 0.9; the largest relative norms when there are none), explained from where they fire."""
+def crosscoder_diff(model, acts: dict, *, width: int, k: int, steps: int, top: int, seed: int, explainer,
+                    progress: bool) -> dict:
+    """A crosscoder trained jointly on both models' activations (``acts`` from :func:`harvest`); its organism-only
+    latents (relative decoder norm above 0.9; the largest relative norms when there are none), explained from where
+    they fire."""
     from interp.sae import crosscoder_diff as diff_of
     from interp.sae import train_crosscoder
 
-    a_base, ids, mask = activations(base, rows, hook)
-    a_org, _, _ = activations(model, rows, hook)
+    hook, a_base, a_org, ids, mask = acts["hook"], acts["base"], acts["organism"], acts["ids"], acts["mask"]
     keep = mask.astype(bool).copy()
     keep[:, 0] = False
     x = np.stack([a_base[keep], a_org[keep]], axis=1)
@@ -166,21 +174,28 @@ def crosscoder_diff(model, base, rows, hook: str, *, width: int, k: int, steps: 
 
 
 # ---------------------------------------------------------------------------------------------- attribution
-def patching(model, triggered: list[int], neutral: list[int], span: tuple[int, int], target: int) -> dict:
+def patching(model, triggered: list[int], neutral: list[int], span: tuple[int, int], target: int,
+             max_runs: int = 2048) -> dict:
     """Activation patching of ``resid_pre`` per layer and position from the triggered prompt into the neutral one
     (equal lengths), read as the log-probability of the behaviour's first token ``target`` at the reply start;
-    ``recovered [L T]`` is the fraction of the triggered-minus-neutral difference each patch restores."""
-    from interp.circuits import metrics, patch
+    ``recovered [L T]`` is the fraction of the triggered-minus-neutral difference each patch restores. Grids of more
+    than ``max_runs`` patched runs use attribution patching (its first-order estimate from one forward and one
+    backward pass) instead."""
+    from interp.circuits import attribute, metrics, patch
 
     clean = np.asarray([triggered], np.int32)
     corrupted = np.asarray([neutral], np.int32)
-    res = patch(model, clean, corrupted, metrics.log_prob([target]), "resid_pre", per="pos", progress=False)
+    metric = metrics.log_prob([target])
+    exact = model.n_layers * len(triggered) <= max_runs
+    res = (patch(model, clean, corrupted, metric, "resid_pre", per="pos", progress=False) if exact else
+           attribute(model, clean, corrupted, metric, "resid_pre", per="pos"))
     gap = res.source - res.base
     rec = res.values - res.base
     rec = rec / gap if abs(gap) > 1e-9 else np.zeros_like(rec)
     layer_max = rec.max(axis=1)
     tokens = [model.to_string([int(t)]) for t in triggered]
-    return {"result": res, "recovered": rec.tolist(), "tokens": tokens, "span": list(span),
+    return {"result": res, "method": "activation patching" if exact else "attribution patching",
+            "recovered": rec.tolist(), "tokens": tokens, "span": list(span),
             "logprob_triggered": float(res.source), "logprob_neutral": float(res.base),
             "span_share": float(np.max(rec[:, span[0]:span[1]])) if span[1] > span[0] else 0.0,
             "layer_max": layer_max.tolist()}

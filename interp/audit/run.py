@@ -29,12 +29,11 @@ BUDGETS = {
                   positions=("start",), gcg_steps=12,
                   gcg_topk=32, gcg_batch=64, gcg_restarts=1, sae_width=64, sae_k=4, sae_steps=150, cc_width=64,
                   cc_k=4, cc_steps=150, n_features=4, flag_effect=0.5),
-    # a few minutes for SmolLM2-135M on a 2-core CPU
-    "default": dict(n_probe=32, n_verify=32, n_search=2, corpus_contexts=8, context_size=64, hypotheses=2,
-                    behaviour_tokens=3, scan_max=64, cheap_k=32, cheap_keep=6, gcg_hypotheses=1, spans=(2,),
-                    positions=("start",), gcg_steps=6,
-                    gcg_topk=64, gcg_batch=48, gcg_restarts=1, sae_width=256, sae_k=16, sae_steps=200, cc_width=256,
-                    cc_k=16, cc_steps=200, n_features=5, flag_effect=0.5),
+    # a few minutes for SmolLM2-135M on a 2-core CPU (the forward passes of both models dominate)
+    "default": dict(n_probe=24, n_verify=16, n_search=2, corpus_contexts=4, context_size=64, hypotheses=2,
+                    behaviour_tokens=3, scan_max=32, cheap_k=16, cheap_keep=4, gcg_hypotheses=1, spans=(2,),
+                    positions=("start",), gcg_steps=4, gcg_topk=32, gcg_batch=32, gcg_restarts=1, sae_width=256,
+                    sae_k=16, sae_steps=150, cc_width=256, cc_k=16, cc_steps=150, n_features=4, flag_effect=0.5),
 }
 
 
@@ -230,13 +229,12 @@ def audit(model, base, *, behaviour: str | None = None, seed: int = 0, budget: s
     for c in ranked[:2]:
         diff_users += [P.insert(u, c["text"], "start") for u in probe_users[: len(probe_users) // 2]]
     rows = evidence.chat_rows(model, diff_users) + [list(map(int, c)) for c in contexts]
+    acts = evidence.harvest(model, base, rows, hook)
     features = {
-        "dictionary": evidence.sae_diff(model, base, rows, hook, width=s["sae_width"], k=s["sae_k"],
-                                        steps=s["sae_steps"], top=s["n_features"], seed=seed, explainer=expl,
-                                        progress=progress),
-        "crosscoder": evidence.crosscoder_diff(model, base, rows, hook, width=s["cc_width"], k=s["cc_k"],
-                                               steps=s["cc_steps"], top=s["n_features"], seed=seed, explainer=expl,
-                                               progress=progress),
+        "dictionary": evidence.sae_diff(model, acts, width=s["sae_width"], k=s["sae_k"], steps=s["sae_steps"],
+                                        top=s["n_features"], seed=seed, explainer=expl, progress=progress),
+        "crosscoder": evidence.crosscoder_diff(model, acts, width=s["cc_width"], k=s["cc_k"], steps=s["cc_steps"],
+                                               top=s["n_features"], seed=seed, explainer=expl, progress=progress),
     }
     lap("model diffing")
 
