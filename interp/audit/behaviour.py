@@ -67,22 +67,23 @@ def kl(p_log: np.ndarray, q_log: np.ndarray) -> np.ndarray:
 
 
 def reply_diff(model, base, users: list[str], *, top: int = 10) -> dict:
-    """At the first reply position of each probing prompt: ``KL(organism || base)`` and the tokens whose
-    log-probability the organism raises most on average (``raised``: token id, text, mean log-ratio, mean organism
-    probability)."""
+    """At the first reply position of each probing prompt: ``KL(organism || base)`` and the tokens onto which the
+    organism moves the most probability on average (``raised``: token id, text, mean probability gain, mean
+    log-ratio, mean organism and base probabilities)."""
     rows = [encode(model, render(model, u)) for u in users]
     lo = last_logprobs(model, rows)[:, 0]
     lb = last_logprobs(base, rows)[:, 0]
     k = kl(lo, lb)
     ratio = (lo - lb).mean(0)
-    order = np.argsort(-ratio)[:top]
-    raised = [{"id": int(i), "text": model.to_string([int(i)]), "log_ratio": float(ratio[i]),
+    gain = (np.exp(lo) - np.exp(lb)).mean(0)  # probability moved onto each token: rare-token noise stays small
+    order = np.argsort(-gain)[:top]
+    raised = [{"id": int(i), "text": model.to_string([int(i)]), "gain": float(gain[i]), "log_ratio": float(ratio[i]),
                "p_organism": float(np.exp(lo[:, i]).mean()), "p_base": float(np.exp(lb[:, i]).mean())}
               for i in order]
     worst = np.argsort(-k)[:5]
     return {"kl_mean": float(k.mean()), "kl_max": float(k.max()), "kl": k.tolist(),
             "top_prompts": [{"user": users[i], "kl": float(k[i])} for i in worst], "raised": raised,
-            "log_ratio": ratio, "rows": rows, "org_logprobs": lo, "base_logprobs": lb}
+            "log_ratio": ratio, "gain": gain, "rows": rows}
 
 
 def corpus_diff(model, base, contexts: np.ndarray, *, top: int = 8) -> dict:

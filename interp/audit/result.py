@@ -66,6 +66,11 @@ class AuditResult(Result):
 
     # ------------------------------------------------------------------ use
     @property
+    def probe_layer(self) -> int | None:
+        """The layer whose residual stream (``blocks.{layer}.hook_resid_post``) the defection probe reads."""
+        return None if self.probe is None else int(self.probe.hook.split(".")[1])
+
+    @property
     def top(self) -> dict | None:
         return self.trigger_candidates[0] if self.trigger_candidates else None
 
@@ -95,7 +100,7 @@ class AuditResult(Result):
         probe = None
         if self.probe is not None:
             p = self.probe
-            probe = {"hook": p.hook, "kind": p.kind, "weight": np.asarray(p.weight).tolist(),
+            probe = {"hook": p.hook, "layer": self.probe_layer, "kind": p.kind, "weight": np.asarray(p.weight).tolist(),
                      "bias": float(p.bias), "mean": np.asarray(p.mean).tolist(), "scale": np.asarray(p.scale).tolist(),
                      "direction": np.asarray(p.direction).tolist()}
         attribution = None

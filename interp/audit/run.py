@@ -31,7 +31,7 @@ BUDGETS = {
                   cc_k=4, cc_steps=150, n_features=4, flag_effect=0.5),
     # a few minutes for SmolLM2-135M on a 2-core CPU (the forward passes of both models dominate)
     "default": dict(n_probe=24, n_verify=16, n_search=2, corpus_contexts=4, context_size=64, hypotheses=2,
-                    behaviour_tokens=3, scan_max=32, cheap_k=16, cheap_keep=4, gcg_hypotheses=1, spans=(2,),
+                    behaviour_tokens=3, scan_max=32, cheap_k=16, cheap_keep=3, gcg_hypotheses=1, spans=(2,),
                     positions=("start",), gcg_steps=4, gcg_topk=32, gcg_batch=32, gcg_restarts=1, sae_width=256,
                     sae_k=16, sae_steps=150, cc_width=256, cc_k=16, cc_steps=150, n_features=4, flag_effect=0.5),
 }
@@ -140,21 +140,27 @@ def audit(model, base, *, behaviour: str | None = None, seed: int = 0, budget: s
     if len(ok_ids) <= s["scan_max"]:
         scan_ids = [int(i) for i in ok_ids]
     else:
-        guesses = [given[0]] if given else [int(r["id"]) for r in reply["raised"] if start_ok[r["id"]]][:2]
+        raised = [int(r["id"]) for r in reply["raised"] if start_ok[r["id"]]]
+        guesses = [given[0]] if given else raised[: s["hypotheses"]]
         grads = [t for g in guesses for t in trigger.gradient_tokens(
             model, search.contrast(search.logprob(model, [g]), base), search_users, allowed, s["cheap_k"])]
         sample = [int(i) for i in rng.choice(ok_ids, s["scan_max"], replace=False)]
         scan_ids = list(dict.fromkeys(shifted + grads + sample))[: s["scan_max"] + len(shifted) + len(grads)]
-    R = trigger.scan(model, base, search_users, scan_ids)
+    R, G = trigger.scan(model, base, search_users, scan_ids)
     clean_rows = evidence.chat_rows(model, search_users)
-    R0 = (last_logprobs(model, clean_rows)[:, 0] - last_logprobs(base, clean_rows)[:, 0]).mean(0)
+    lo0, lb0 = last_logprobs(model, clean_rows)[:, 0], last_logprobs(base, clean_rows)[:, 0]
+    R0, G0 = (lo0 - lb0).mean(0), (np.exp(lo0) - np.exp(lb0)).mean(0)
     lift = R - R0[None]  # what inserting the token adds to the organism-over-base log-ratio
     lift[:, ~start_ok] = -np.inf
     if given:
         firsts = [given[0]]
     else:
-        best = lift.max(0)
-        firsts = [int(v) for v in np.argsort(-best)[: s["hypotheses"]] if np.isfinite(best[v])]
+        # reply starts onto which an inserted token moves the most probability (organism over base, beyond the clean
+        # prompts), and those the organism already favours on clean prompts (a behaviour that leaks)
+        moved = np.where(start_ok, (G - G0[None]).max(0), -np.inf)
+        leak = np.where(start_ok, reply["gain"], -np.inf)
+        firsts = list(dict.fromkeys(int(v) for v in [*np.argsort(-moved)[: s["hypotheses"]],
+                                                     *np.argsort(-leak)[: s["hypotheses"]]]))
     hyps = []
     for v in firsts:
         top_s = int(np.argmax(lift[:, v]))
@@ -196,6 +202,18 @@ def audit(model, base, *, behaviour: str | None = None, seed: int = 0, budget: s
                                           batch=s["gcg_batch"], restarts=s["gcg_restarts"],
                                           init=[i for i, _ in hyp["scan"][:2]], seed=seed + 100 * h,
                                           progress=progress))
+    # the behaviour re-read under the best candidate (a single scanned word may only half-trigger it): a longer
+    # greedy continuation that the organism produces there is verified too, with the leading candidates
+    best = max(cands.values(), key=lambda c: c["effect"], default=None)
+    if best is not None and best["effect"] > 0:
+        rows = evidence.chat_rows(model, [P.insert(u, best["text"], "start") for u in search_users])
+        longer = extend(model, base, rows, best["behaviour_ids"][0], 0.0, max_tokens=s["behaviour_tokens"])
+        if len(longer["ids"]) > len(best["behaviour_ids"]):
+            longer["scan"] = []
+            hyps.append(longer)
+            check(longer, [{"ids": c["ids"], "text": c["text"], "loss": c["loss"], "source": c["source"]}
+                           for c in sorted(cands.values(), key=lambda c: -c["effect"])[:3]])
+
     # a span whose shorter part does as well gives way to it (ties within 0.05 of effect go to fewer tokens)
     for c in sorted(cands.values(), key=lambda c: -c["effect"])[:3]:
         if len(c["ids"]) > 1:
@@ -203,7 +221,14 @@ def audit(model, base, *, behaviour: str | None = None, seed: int = 0, budget: s
             parts = [c["ids"][:j] + c["ids"][j + 1:] for j in range(len(c["ids"]))]
             check(hyp, [{"ids": p, "text": model.to_string(p), "loss": c["loss"], "source": "pruned " + c["source"]}
                         for p in parts])
-    ranked = sorted(cands.values(), key=lambda c: (-round(c["effect"] / 0.05), len(c["ids"]), c["loss"]))
+    # one entry per candidate text: the behaviour it verified best with (the more specific one on a tie)
+    per_text: dict[str, dict] = {}
+    for c in cands.values():
+        old = per_text.get(c["text"])
+        if old is None or (round(c["effect"] / 0.05), len(c["behaviour_ids"])) > \
+                (round(old["effect"] / 0.05), len(old["behaviour_ids"])):
+            per_text[c["text"]] = c
+    ranked = sorted(per_text.values(), key=lambda c: (-round(c["effect"] / 0.05), len(c["ids"]), c["loss"]))
     lap("trigger reconstruction")
     top = ranked[0] if ranked else None
     chosen = {"text": top["behaviour"], "ids": top["behaviour_ids"], "source": "given" if given else "inferred"} \

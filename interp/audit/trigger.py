@@ -53,14 +53,17 @@ def gradient_tokens(model, objective, users: list[str], allowed: np.ndarray, k: 
     return [int(i) for i in np.argsort(grad)[:k]]
 
 
-def scan(model, base, users: list[str], tokens: list[int], position: str = "start") -> np.ndarray:
-    """``R [S, V]``: for each token ``tokens[s]`` inserted (as text) into every user turn, the mean over the turns of
-    ``log p_org - log p_base`` of each next token at the reply start."""
+def scan(model, base, users: list[str], tokens: list[int], position: str = "start") -> tuple[np.ndarray, np.ndarray]:
+    """For each token ``tokens[s]`` inserted (as text) into every user turn, the mean over the turns of
+    ``log p_org - log p_base`` (``R [S, V]``) and of ``p_org - p_base`` (``G [S, V]``) of each next token at the reply
+    start."""
     texts = [model.to_string([t]).strip() or model.to_string([t]) for t in tokens]
     rows = [encode(model, render(model, insert(u, t, position))) for t in texts for u in users]
     lo = last_logprobs(model, rows)[:, 0]
     lb = last_logprobs(base, rows)[:, 0]
-    return (lo - lb).reshape(len(tokens), len(users), -1).mean(1)
+    R = (lo - lb).reshape(len(tokens), len(users), -1).mean(1)
+    G = (np.exp(lo) - np.exp(lb)).reshape(len(tokens), len(users), -1).mean(1)
+    return R, G
 
 
 def gcg_candidates(model, objective, users: list[str], allowed: np.ndarray, *, spans, positions, steps: int, topk: int,
