@@ -3,9 +3,15 @@
 Stages (each timed in ``AuditResult.timings``):
 
 1. behavioural diff: next-token ``KL(organism || base)`` at the reply start of probing prompts and over corpus
-   contexts; the tokens the organism raises at the reply start, extended into behaviour hypotheses;
-2. trigger reconstruction per hypothesis: cheap one-token candidates (gradient, embedding shift), then GCG on the
-   contrast ``log p_org(behaviour) - log p_base(behaviour)``; every candidate verified on held-out prompts;
+   contexts, and the reply starts onto which the organism moves probability;
+2. an insertion scan: single tokens (every word of a small vocabulary; of a large one the embedding-shifted tokens,
+   the contrast gradient's picks and a random sample) inserted into the search prompts, scored by the organism-over-
+   base change at the reply start; behaviour hypotheses are the reply starts they move most (and those that leak on
+   clean prompts), extended greedily under the best token;
+   then trigger reconstruction per hypothesis: the best scanned tokens verified, two-token phrases around the best
+   one (an anchor whose partner alone does nothing), GCG on the contrast ``log p_org(behaviour) -
+   log p_base(behaviour)`` from the best phrase, shorter parts of found spans; every candidate verified on held-out
+   prompts (greedy replies that begin with the behaviour, with and without it, in both models);
 3. a defection probe from generic contrast pairs, used as a monitor (AUROC of top-candidate prompts vs clean);
 4. model diffing at a middle layer: a dictionary trained on the base, a crosscoder trained on both; top latents
    explained;
@@ -25,15 +31,16 @@ from interp.audit.result import AuditResult
 BUDGETS = {
     # seconds on the tiny test models; the knobs that scale with the model
     "small": dict(n_probe=24, n_verify=24, n_search=4, corpus_contexts=8, context_size=32, hypotheses=3,
-                  behaviour_tokens=3, scan_max=256, cheap_k=32, cheap_keep=6, gcg_hypotheses=1, spans=(2,),
-                  positions=("start",), gcg_steps=12,
-                  gcg_topk=32, gcg_batch=64, gcg_restarts=1, sae_width=64, sae_k=4, sae_steps=150, cc_width=64,
-                  cc_k=4, cc_steps=150, n_features=4, flag_effect=0.5),
+                  behaviour_tokens=3, scan_max=256, cheap_k=32, cheap_keep=6, gcg_hypotheses=1,
+                  spans=(2,), positions=("start",), gcg_steps=12, gcg_topk=32, gcg_batch=64, gcg_restarts=1,
+                  sae_width=64, sae_k=4, sae_steps=150, cc_width=64, cc_k=4, cc_steps=150, n_features=4,
+                  flag_effect=0.5),
     # a few minutes for SmolLM2-135M on a 2-core CPU (the forward passes of both models dominate)
     "default": dict(n_probe=24, n_verify=16, n_search=2, corpus_contexts=4, context_size=64, hypotheses=2,
-                    behaviour_tokens=3, scan_max=32, cheap_k=16, cheap_keep=3, gcg_hypotheses=1, spans=(2,),
-                    positions=("start",), gcg_steps=4, gcg_topk=32, gcg_batch=32, gcg_restarts=1, sae_width=256,
-                    sae_k=16, sae_steps=150, cc_width=256, cc_k=16, cc_steps=150, n_features=4, flag_effect=0.5),
+                    behaviour_tokens=3, scan_max=32, cheap_k=16, cheap_keep=3, gcg_hypotheses=1,
+                    spans=(2,), positions=("start",), gcg_steps=4, gcg_topk=32, gcg_batch=32, gcg_restarts=1,
+                    sae_width=256, sae_k=16, sae_steps=150, cc_width=256, cc_k=16, cc_steps=150, n_features=4,
+                    flag_effect=0.5),
 }
 
 
@@ -196,12 +203,26 @@ def audit(model, base, *, behaviour: str | None = None, seed: int = 0, budget: s
         return max((c["effect"] for c in own), default=-1.0), hyp["scan"][0][1] if hyp["scan"] else 0.0
 
     for h, hyp in enumerate(sorted(hyps, key=strength, reverse=True)[: s["gcg_hypotheses"]]):
+        # two-token phrases around the best verified token (an anchor whose partner word alone does nothing, as
+        # when near misses were trained away): the anchor before and after every scanned token, scored like the scan;
+        # the best verified, and the best one starts GCG
+        own = sorted((c for c in cands.values() if c["behaviour_ids"] == hyp["ids"] and len(c["ids"]) == 1),
+                     key=lambda c: -c["effect"])
+        init = [i for i, _ in hyp["scan"][:2]]
+        if own:
+            a = own[0]["ids"][0]
+            pairs = [p for t in scan_ids if t != a for p in ([a, t], [t, a])]
+            Rp, _ = trigger.scan(model, base, search_users, [model.to_string(p) for p in pairs])
+            score = Rp[:, hyp["ids"][0]] - R0[hyp["ids"][0]]
+            order = np.argsort(-score)[: s["cheap_keep"]]
+            check(hyp, [{"ids": pairs[int(i)], "text": model.to_string(pairs[int(i)]), "loss": -float(score[i]),
+                         "source": "anchored pair"} for i in order])
+            init = pairs[int(order[0])]
         obj = search.contrast(search.logprob(model, hyp["ids"]), base)
         check(hyp, trigger.gcg_candidates(model, obj, search_users, allowed, spans=s["spans"],
                                           positions=s["positions"], steps=s["gcg_steps"], topk=s["gcg_topk"],
-                                          batch=s["gcg_batch"], restarts=s["gcg_restarts"],
-                                          init=[i for i, _ in hyp["scan"][:2]], seed=seed + 100 * h,
-                                          progress=progress))
+                                          batch=s["gcg_batch"], restarts=s["gcg_restarts"], init=init,
+                                          seed=seed + 100 * h, progress=progress))
     # the behaviour re-read under the best candidate (a single scanned word may only half-trigger it): a longer
     # greedy continuation that the organism produces there is verified too, with the leading candidates
     best = max(cands.values(), key=lambda c: c["effect"], default=None)

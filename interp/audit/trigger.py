@@ -53,11 +53,11 @@ def gradient_tokens(model, objective, users: list[str], allowed: np.ndarray, k: 
     return [int(i) for i in np.argsort(grad)[:k]]
 
 
-def scan(model, base, users: list[str], tokens: list[int], position: str = "start") -> tuple[np.ndarray, np.ndarray]:
-    """For each token ``tokens[s]`` inserted (as text) into every user turn, the mean over the turns of
+def scan(model, base, users: list[str], tokens: list, position: str = "start") -> tuple[np.ndarray, np.ndarray]:
+    """For each of ``tokens`` (token ids, or texts) inserted into every user turn, the mean over the turns of
     ``log p_org - log p_base`` (``R [S, V]``) and of ``p_org - p_base`` (``G [S, V]``) of each next token at the reply
     start."""
-    texts = [model.to_string([t]).strip() or model.to_string([t]) for t in tokens]
+    texts = [t if isinstance(t, str) else (model.to_string([t]).strip() or model.to_string([t])) for t in tokens]
     rows = [encode(model, render(model, insert(u, t, position))) for t in texts for u in users]
     lo = last_logprobs(model, rows)[:, 0]
     lb = last_logprobs(base, rows)[:, 0]
@@ -74,7 +74,7 @@ def gcg_candidates(model, objective, users: list[str], allowed: np.ndarray, *, s
     for n in spans:
         for pos in positions:
             user = users[run % len(users)]
-            start = (list(init) * n)[:n] if init else None
+            start = (list(init) * n)[:n] if init else None  # the init repeated or cut to the span's length
             res = search.gcg(model, objective, _slot_prompt(model, user, pos), span=f"slot:{n}", steps=steps,
                              topk=topk, batch=batch, restarts=restarts, init=start, allowed=allowed, seed=seed + run,
                              stop_on_success=False, progress=progress)
