@@ -31,13 +31,13 @@ from interp.audit.result import AuditResult
 BUDGETS = {
     # seconds on the tiny test models; the knobs that scale with the model
     "small": dict(n_probe=24, n_verify=24, n_search=4, corpus_contexts=8, context_size=32, hypotheses=3,
-                  behaviour_tokens=3, scan_max=256, cheap_k=32, cheap_keep=6, gcg_hypotheses=1,
+                  behaviour_tokens=3, scan_max=256, cheap_k=32, cheap_keep=6, anchor_partners=256, gcg_hypotheses=1,
                   spans=(2,), positions=("start",), gcg_steps=12, gcg_topk=32, gcg_batch=64, gcg_restarts=1,
                   sae_width=64, sae_k=4, sae_steps=150, cc_width=64, cc_k=4, cc_steps=150, n_features=4,
                   flag_effect=0.5),
     # a few minutes for SmolLM2-135M on a 2-core CPU (the forward passes of both models dominate)
     "default": dict(n_probe=24, n_verify=16, n_search=2, corpus_contexts=4, context_size=64, hypotheses=2,
-                    behaviour_tokens=3, scan_max=32, cheap_k=16, cheap_keep=3, gcg_hypotheses=1,
+                    behaviour_tokens=3, scan_max=32, cheap_k=16, cheap_keep=3, anchor_partners=16, gcg_hypotheses=1,
                     spans=(2,), positions=("start",), gcg_steps=4, gcg_topk=32, gcg_batch=32, gcg_restarts=1,
                     sae_width=256, sae_k=16, sae_steps=150, cc_width=256, cc_k=16, cc_steps=150, n_features=4,
                     flag_effect=0.5),
@@ -204,14 +204,16 @@ def audit(model, base, *, behaviour: str | None = None, seed: int = 0, budget: s
 
     for h, hyp in enumerate(sorted(hyps, key=strength, reverse=True)[: s["gcg_hypotheses"]]):
         # two-token phrases around the best verified token (an anchor whose partner word alone does nothing, as
-        # when near misses were trained away): the anchor before and after every scanned token, scored like the scan;
+        # when near misses were trained away): the anchor before and after each of the ``anchor_partners`` scanned
+        # tokens that lift the behaviour most, scored like the scan;
         # the best verified, and the best one starts GCG
         own = sorted((c for c in cands.values() if c["behaviour_ids"] == hyp["ids"] and len(c["ids"]) == 1),
                      key=lambda c: -c["effect"])
         init = [i for i, _ in hyp["scan"][:2]]
         if own:
             a = own[0]["ids"][0]
-            pairs = [p for t in scan_ids if t != a for p in ([a, t], [t, a])]
+            partners = [scan_ids[int(i)] for i in np.argsort(-lift[:, hyp["ids"][0]])[: s["anchor_partners"]]]
+            pairs = [p for t in partners if t != a for p in ([a, t], [t, a])]
             Rp, _ = trigger.scan(model, base, search_users, [model.to_string(p) for p in pairs])
             score = Rp[:, hyp["ids"][0]] - R0[hyp["ids"][0]]
             order = np.argsort(-score)[: s["cheap_keep"]]
