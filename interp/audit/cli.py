@@ -45,6 +45,7 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
 
 
 def run(args, out=None) -> int:
+    """Load both models, audit, write the JSON (and the report), print the verdict and the top candidates."""
     import interp
     from interp.audit.run import audit
 

@@ -202,4 +202,5 @@ def patching(model, triggered: list[int], neutral: list[int], span: tuple[int, i
 
 
 def chat_rows(model, users: list[str]) -> list[list[int]]:
+    """Token ids of each user turn rendered as a chat prompt that ends where the reply starts."""
     return [encode(model, render(model, u)) for u in users]
