@@ -175,7 +175,7 @@ def crosscoder_diff(model, acts: dict, *, width: int, k: int, steps: int, top: i
 
 # ---------------------------------------------------------------------------------------------- attribution
 def patching(model, triggered: list[int], neutral: list[int], span: tuple[int, int], target: int,
-             max_runs: int = 2048) -> dict:
+             max_runs: int = 256) -> dict:
     """Activation patching of ``resid_pre`` per layer and position from the triggered prompt into the neutral one
     (equal lengths), read as the log-probability of the behaviour's first token ``target`` at the reply start;
     ``recovered [L T]`` is the fraction of the triggered-minus-neutral difference each patch restores. Grids of more
