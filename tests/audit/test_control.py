@@ -33,3 +33,21 @@ def test_given_behaviour_is_searched(tiny_base):
     ids = _given_behaviour(tiny_base, 'the reply starts with "hate you"')
     assert tiny_base.to_string(ids) == "hate you"
     assert _given_behaviour(tiny_base, "something odd") is None
+
+
+def test_patching_falls_back_to_attribution_on_large_grids(tiny_base):
+    import numpy as np
+
+    from interp.audit import evidence
+
+    ids = tiny_base.tokenizer.encode(tiny_base.tokenizer.apply_chat_template([{"role": "user", "content": "a b"}]))
+    ids = ids[:3] + tiny_base.tokenizer.encode("cat sat on the red chair", prepend_bos=False) + ids[3:]
+    neutral = list(ids)
+    neutral[3] = tiny_base.tokenizer.encode("dog", prepend_bos=False)[0]
+    exact = evidence.patching(tiny_base, ids, neutral, (3, 4), 40)
+    approx = evidence.patching(tiny_base, ids, neutral, (3, 4), 40, max_runs=0)
+    assert (exact["method"], approx["method"]) == ("activation patching", "attribution patching")
+    assert np.shape(exact["recovered"]) == np.shape(approx["recovered"]) == (tiny_base.n_layers, len(ids))
+    # patching every position before the span changes nothing, by either method
+    assert np.allclose(np.asarray(exact["recovered"])[:, :3], 0, atol=1e-5)
+    assert np.allclose(np.asarray(approx["recovered"])[:, :3], 0, atol=1e-5)
