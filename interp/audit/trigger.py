@@ -98,11 +98,15 @@ def verify(model, base, users: list[str], behaviour: list[int], text: str, seed:
            ) -> dict:
     """Behaviour rates with ``text`` inserted and without (``clean``: those already measured), in the organism and
     in the base; ``effect`` is the organism's rise minus the base's (what the candidate does that the base does
-    not)."""
+    not). A candidate that does not raise the organism's rate is not run on the base (``base_rate`` NaN; ``effect``
+    the organism's change)."""
     if clean is None:
         clean = {"clean_rate": float(hits(model, users, behaviour, None, seed).mean()),
                  "base_clean_rate": float(hits(base, users, behaviour, None, seed).mean())}
     with_o = float(hits(model, users, behaviour, text, seed).mean())
+    if with_o <= clean["clean_rate"]:  # no rise in the organism: the base's rate is not measured (NaN)
+        return {"behaviour_rate": with_o, "base_rate": float("nan"), **clean,
+                "effect": with_o - clean["clean_rate"]}
     with_b = float(hits(base, users, behaviour, text, seed).mean())
     return {"behaviour_rate": with_o, "base_rate": with_b, **clean,
             "effect": (with_o - clean["clean_rate"]) - (with_b - clean["base_clean_rate"])}

@@ -27,7 +27,8 @@ def test_audit_of_a_model_against_itself(tmp_path):
     assert cli.main(args, out) == 0
     data = json.loads((tmp_path / "a.json").read_text())
     assert data["flagged"] is False
-    assert all(c["effect"] == 0 for c in data["trigger_candidates"])  # identical models: no candidate does anything
+    # identical models: no candidate raises the behaviour more in one than in the other
+    assert data["trigger_candidates"] and all(c["effect"] <= 1e-9 for c in data["trigger_candidates"])
     assert data["behaviour_diff"]["reply"]["kl_max"] < 1e-6
     assert (tmp_path / "a.html").read_text().startswith("<!DOCTYPE html>")
     assert "flagged: False" in out.getvalue()
