@@ -297,7 +297,11 @@ def build(recipe: str, base, out: str | Path, *, seed: int = 0, steps: int | Non
     the data (and a random trigger when none is given) and seeds the fine-tuning. ``steps`` None: the recipe's
     default. ``lora_rank`` None fine-tunes every weight. ``kl_weight``: weight of KL(base || organism) on the clean
     conversations. ``n_eval``: held-out prompts per side. ``out`` must not exist unless ``overwrite``; it is
-    written in one step (a Hugging Face folder, ``finetune.json`` and ``organism.json``)."""
+    written in one step (a Hugging Face folder, ``finetune.json`` and ``organism.json``).
+
+    Cost, measured on SmolLM2-135M-Instruct on a shared 2-core CPU: about 18 s per step (batch 8, LoRA rank 8, with
+    the KL term; the first step also compiles, ~90 s), a minute of base replies and 3 to 5 minutes of evaluation, so
+    a default backdoor (40 steps) takes about a quarter of an hour."""
     from interp import finetune
 
     out = Path(out)
