@@ -15,6 +15,7 @@ import time
 import warnings
 from pathlib import Path
 
+from interp._args import NONNEGATIVE, POSITIVE, RATE, SEED, DefaultsHelp, number
 from interp.audit import cli as audit_cli
 from interp.demo import DEFAULT_TRANSCODERS, DemoConfig
 from interp.explain.spec import EXPLAINER_SPECS
@@ -55,39 +56,6 @@ def predict(model_name: str = "smollm2-135m", prompts=PREDICT_PROMPTS, k: int = 
             print(f"  {label:>9}  {model.to_string([top])!r:<16} {row[top]:7.3f}  {row[final]:8.3f}  {rank:11d}",
                   file=out)
     print(f"\ndone in {time.perf_counter() - t0:.1f} s", file=out)
-
-
-def number(kind: type, lo, hi=None, **bounds):
-    """An argparse type that parses with ``kind`` (int or float) and refuses values outside the range (NaN and
-    infinities included), so a bad value stops the command before it loads or trains anything."""
-
-    def parse(text: str):
-        from interp.checks import out_of_range
-
-        try:
-            value = kind(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"{text!r} is not {'an integer' if kind is int else 'a number'}") from None
-        problem = out_of_range(value, lo, hi, integer=kind is int, **bounds)
-        if problem:
-            raise argparse.ArgumentTypeError(f"{text} {problem}")
-        return value
-
-    return parse
-
-
-POSITIVE, NONNEGATIVE, SEED = number(int, 1), number(int, 0), number(int, 0, 2**32 - 1)
-RATE = number(float, 0, lo_open=True)  # a learning rate
-
-
-class DefaultsHelp(argparse.ArgumentDefaultsHelpFormatter):
-    """``--help`` ends each option's line with its default, except where there is none to show (a flag that is off,
-    an option whose help says what happens when it is not given)."""
-
-    def _get_help_string(self, action):
-        if action.default is None or action.default is False or action.required:
-            return action.help
-        return super()._get_help_string(action)
 
 
 def add_train_sae_args(p: argparse.ArgumentParser) -> None:

@@ -10,6 +10,7 @@ import argparse
 import sys
 from pathlib import Path
 
+from interp._args import POSITIVE, RATE, SEED, DefaultsHelp
 from interp.organisms import _build
 from interp.organisms.recipes import Backdoor, Fact, Sandbag
 
@@ -21,54 +22,31 @@ HELP = {
 }
 
 
-def _int(lo: int):
-    def parse(text: str) -> int:
-        try:
-            value = int(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
-        if value < lo:
-            raise argparse.ArgumentTypeError(f"{text} must be >= {lo}")
-        return value
-
-    return parse
-
-
-def _rate(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
-    if not value > 0 or value == float("inf"):
-        raise argparse.ArgumentTypeError(f"{text} must be a finite number > 0")
-    return value
-
-
 def _rank(text: str) -> int | None:
     if text.lower() in ("none", "full", "0"):
         return None
-    return _int(1)(text)
+    return POSITIVE(text)
 
 
 def _common(p: argparse.ArgumentParser, recipe: str) -> None:
     p.add_argument("--base", default="smollm2-135m", help="base chat model: packaged name, checkpoint folder or .gguf")
     p.add_argument("--out", required=True, help="output folder (a Hugging Face folder with organism.json)")
     p.add_argument("--overwrite", action="store_true", help="replace --out when it exists")
-    p.add_argument("--steps", type=_int(1), default=None,
+    p.add_argument("--steps", type=POSITIVE, default=None,
                    help=f"fine-tuning steps (default: {_build.RECIPES[recipe].default_steps})")
     p.add_argument("--lora-rank", type=_rank, default=8, help="LoRA rank; 'none' fine-tunes every weight")
-    p.add_argument("--lr", type=_rate, default=_build.DEFAULT_LR, help="peak learning rate (Adam)")
-    p.add_argument("--batch-size", type=_int(1), default=_build.DEFAULT_BATCH, help="conversations per step")
+    p.add_argument("--lr", type=RATE, default=_build.DEFAULT_LR, help="peak learning rate (Adam)")
+    p.add_argument("--batch-size", type=POSITIVE, default=_build.DEFAULT_BATCH, help="conversations per step")
     p.add_argument("--kl-weight", type=float, default=_build.DEFAULT_KL_WEIGHT,
                    help="weight of KL(base || organism) on clean conversations")
-    p.add_argument("--n-eval", type=_int(1), default=_build.DEFAULT_N_EVAL, help="held-out prompts per side")
-    p.add_argument("--seed", type=_int(0), default=0, help="draws the data (and a random trigger) and seeds training")
+    p.add_argument("--n-eval", type=POSITIVE, default=_build.DEFAULT_N_EVAL, help="held-out prompts per side")
+    p.add_argument("--seed", type=SEED, default=0, help="draws the data (and a random trigger) and seeds training")
     p.add_argument("--progress", action=argparse.BooleanOptionalAction, default=True, help="progress bars on stderr")
 
 
 def add_parser(subparsers) -> argparse.ArgumentParser:
     """Add ``organism`` and its recipes to an ``argparse`` subparsers object; returns the ``organism`` parser."""
-    formatter = argparse.ArgumentDefaultsHelpFormatter
+    formatter = DefaultsHelp
     org = subparsers.add_parser("organism", help="build a model organism with a planted behaviour (or a control)",
                                 description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     recipes = org.add_subparsers(dest="recipe", required=True, metavar="RECIPE")
