@@ -53,17 +53,26 @@ def gradient_tokens(model, objective, users: list[str], allowed: np.ndarray, k: 
     return [int(i) for i in np.argsort(grad)[:k]]
 
 
-def scan(model, base, users: list[str], tokens: list, position: str = "start") -> tuple[np.ndarray, np.ndarray]:
+def scan(model, base, users: list[str], tokens: list, position: str = "start", clean: tuple | None = None,
+         batch: int = 16):
     """For each of ``tokens`` (token ids, or texts) inserted into every user turn, the mean over the turns of
     ``log p_org - log p_base`` (``R [S, V]``) and of ``p_org - p_base`` (``G [S, V]``) of each next token at the reply
-    start."""
+    start. With ``clean`` (the organism's and the base's log-probabilities ``[U, V]`` there without an insertion) also
+    ``K [S]``: how far the insertion moves the organism's reply-start distribution beyond how far it moves the base's,
+    ``KL(org with || org without) - KL(base with || base without)`` averaged over the turns (what a trigger switches
+    on moves the organism's reply far and the base's little)."""
+    from interp.audit.behaviour import kl
+
     texts = [t if isinstance(t, str) else (model.to_string([t]).strip() or model.to_string([t])) for t in tokens]
     rows = [encode(model, render(model, insert(u, t, position))) for t in texts for u in users]
-    lo = last_logprobs(model, rows)[:, 0]
-    lb = last_logprobs(base, rows)[:, 0]
-    R = (lo - lb).reshape(len(tokens), len(users), -1).mean(1)
-    G = (np.exp(lo) - np.exp(lb)).reshape(len(tokens), len(users), -1).mean(1)
-    return R, G
+    lo = last_logprobs(model, rows, batch=batch)[:, 0].reshape(len(tokens), len(users), -1)
+    lb = last_logprobs(base, rows, batch=batch)[:, 0].reshape(len(tokens), len(users), -1)
+    R = (lo - lb).mean(1)
+    G = (np.exp(lo) - np.exp(lb)).mean(1)
+    if clean is None:
+        return R, G
+    K = (kl(lo, np.asarray(clean[0])[None]) - kl(lb, np.asarray(clean[1])[None])).mean(1)
+    return R, G, K
 
 
 def gcg_candidates(model, objective, users: list[str], allowed: np.ndarray, *, spans, positions, steps: int, topk: int,
@@ -84,31 +93,35 @@ def gcg_candidates(model, objective, users: list[str], allowed: np.ndarray, *, s
     return out
 
 
-def hits(model, users: list[str], behaviour: list[int], span: str | None, seed: int) -> np.ndarray:
+def hits(model, users: list[str], behaviour: list[int], span: str | None, seed: int, probs: bool = False):
     """Per prompt: does greedy decoding begin with ``behaviour`` (checked in one teacher-forced pass: every behaviour
-    token is the argmax after the ones before it)? ``span`` is inserted at a random word position (seeded)."""
+    token is the argmax after the ones before it)? ``span`` is inserted at a random word position (seeded).
+    ``probs``: also the probability of the behaviour's first token per prompt."""
     rng = np.random.default_rng(seed)
     texts = [u if span is None else insert(u, span, float(rng.random())) for u in users]
     rows = [encode(model, render(model, t)) + behaviour[:-1] for t in texts]
-    greedy = np.argmax(last_logprobs(model, rows, len(behaviour)), axis=-1)  # [N m]
-    return np.all(greedy == np.asarray(behaviour)[None], axis=1)
+    lp = last_logprobs(model, rows, len(behaviour))  # [N m V]
+    hit = np.all(np.argmax(lp, axis=-1) == np.asarray(behaviour)[None], axis=1)
+    return (hit, np.exp(lp[:, 0, behaviour[0]])) if probs else hit
 
 
 def verify(model, base, users: list[str], behaviour: list[int], text: str, seed: int, clean: dict | None = None
            ) -> dict:
     """Behaviour rates with ``text`` inserted and without (``clean``: those already measured), in the organism and
     in the base; ``effect`` is the organism's rise minus the base's (what the candidate does that the base does
-    not). A candidate that does not raise the organism's rate is not run on the base (``base_rate`` NaN; ``effect``
-    the organism's change)."""
+    not); ``confidence`` the organism's mean probability of the behaviour's first token with the candidate (a planted
+    reply is near certain, a reply that drift made greedy often is not). A candidate that does not raise the
+    organism's rate is not run on the base (``base_rate`` NaN; ``effect`` the organism's change)."""
     if clean is None:
         clean = {"clean_rate": float(hits(model, users, behaviour, None, seed).mean()),
                  "base_clean_rate": float(hits(base, users, behaviour, None, seed).mean())}
-    with_o = float(hits(model, users, behaviour, text, seed).mean())
+    h, p = hits(model, users, behaviour, text, seed, probs=True)
+    with_o, conf = float(h.mean()), float(p.mean())
     if with_o <= clean["clean_rate"]:  # no rise in the organism: the base's rate is not measured (NaN)
-        return {"behaviour_rate": with_o, "base_rate": float("nan"), **clean,
+        return {"behaviour_rate": with_o, "base_rate": float("nan"), **clean, "confidence": conf,
                 "effect": with_o - clean["clean_rate"]}
     with_b = float(hits(base, users, behaviour, text, seed).mean())
-    return {"behaviour_rate": with_o, "base_rate": with_b, **clean,
+    return {"behaviour_rate": with_o, "base_rate": with_b, **clean, "confidence": conf,
             "effect": (with_o - clean["clean_rate"]) - (with_b - clean["base_clean_rate"])}
 
 
