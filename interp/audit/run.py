@@ -33,6 +33,7 @@ BUDGETS = {
     "small": dict(n_probe=24, n_verify=24, n_search=4, corpus_contexts=8, context_size=32, hypotheses=3,
                   behaviour_tokens=3, scan_max=256, cheap_k=32, cheap_keep=6, anchor_partners=256, gcg_hypotheses=1,
                   spans=(2,), positions=("start",), gcg_steps=12, pair_anchors=3, pair_keep=16, scan_batch=64,
+                  wide_anchors=8, wide_partners=48,
                   gcg_topk=32, gcg_batch=64, gcg_restarts=1,
                   sae_width=64, sae_k=4, sae_steps=150, cc_width=64, cc_k=4, cc_steps=150, n_features=4,
                   flag_effect=0.5, flag_confidence=0.45),
@@ -40,6 +41,7 @@ BUDGETS = {
     "default": dict(n_probe=24, n_verify=16, n_search=2, corpus_contexts=4, context_size=64, hypotheses=2,
                     behaviour_tokens=3, scan_max=32, cheap_k=16, cheap_keep=3, anchor_partners=16, gcg_hypotheses=1,
                     spans=(2,), positions=("start",), gcg_steps=4, pair_anchors=2, pair_keep=3, scan_batch=16,
+                    wide_anchors=2, wide_partners=0,
                     gcg_topk=32, gcg_batch=32, gcg_restarts=1,
                     sae_width=256, sae_k=16, sae_steps=150, cc_width=256, cc_k=16, cc_steps=150, n_features=4,
                     flag_effect=0.5, flag_confidence=0.45),
@@ -163,26 +165,29 @@ def audit(model, base, *, behaviour: str | None = None, seed: int = 0, budget: s
     lift[:, ~start_ok] = -np.inf
     switched: list[tuple[list[int], int]] = []  # (insertion, the reply start it switches on), best first
     pair_ids: list[list[int]] = []
+    # what a trigger switches on: the insertions (single tokens, and pairs of the tokens that move the organism's
+    # reply most, for triggers whose single words were trained not to fire) that move the organism's reply start
+    # far beyond the base's; the reply start each moves most probability onto is a behaviour hypothesis (and with
+    # a given behaviour, the pairs that raise it most are verified)
+    by_k = [scan_ids[int(i)] for i in np.argsort(-K)]
+    # the best anchors with every partner, the next ones (up to ``wide_anchors``) with the ``wide_partners`` best
+    tiers = [(by_k[: s["pair_anchors"]], by_k[: s["anchor_partners"]]),
+             (by_k[s["pair_anchors"]: s["wide_anchors"]], by_k[: s["wide_partners"]])]
+    pair_ids = list(dict.fromkeys((a, t) if o else (t, a) for anchors, partners in tiers for a in anchors
+                                  for t in partners if t != a for o in (0, 1)))
+    pair_ids = [list(p) for p in pair_ids]
+    Rq, Gq, Kq = (trigger.scan(model, base, search_users, [model.to_string(p) for p in pair_ids],
+                               clean=(lo0, lb0), batch=s["scan_batch"]) if pair_ids else
+                  (np.zeros((0, R.shape[1])), np.zeros((0, G.shape[1])), np.zeros(0)))
+    ins = [[t] for t in scan_ids] + pair_ids
+    Ga, Ka = np.concatenate([G, Gq]) - G0[None], np.concatenate([K, Kq])
+    Ga[:, ~start_ok] = -np.inf
+    for i in np.argsort(-Ka)[: 2 * s["hypotheses"]]:
+        switched.append((ins[int(i)], int(np.argmax(Ga[i]))))
+    pair_lift = Rq - R0[None]
     if given:
         firsts = [given[0]]
     else:
-        # what a trigger switches on: the insertions (single tokens, and pairs of the tokens that move the organism's
-        # reply most, for triggers whose single words were trained not to fire) that move the organism's reply start
-        # far beyond the base's; the reply start each moves most probability onto is a behaviour hypothesis
-        by_k = [scan_ids[int(i)] for i in np.argsort(-K)]
-        anchors, partners = by_k[: s["pair_anchors"]], by_k[: s["anchor_partners"]]
-        pair_ids = list(dict.fromkeys((a, t) if o else (t, a) for a in anchors for t in partners if t != a
-                                      for o in (0, 1)))
-        pair_ids = [list(p) for p in pair_ids]
-        Rq, Gq, Kq = (trigger.scan(model, base, search_users, [model.to_string(p) for p in pair_ids],
-                                   clean=(lo0, lb0), batch=s["scan_batch"]) if pair_ids else
-                      (np.zeros((0, R.shape[1])), np.zeros((0, G.shape[1])), np.zeros(0)))
-        ins = [[t] for t in scan_ids] + pair_ids
-        Ga, Ka = np.concatenate([G, Gq]) - G0[None], np.concatenate([K, Kq])
-        Ga[:, ~start_ok] = -np.inf
-        for i in np.argsort(-Ka)[: 2 * s["hypotheses"]]:
-            switched.append((ins[int(i)], int(np.argmax(Ga[i]))))
-        pair_lift = Rq - R0[None]
         # then the reply starts onto which an inserted token moves the most probability (organism over base, beyond
         # the clean prompts), and the one the organism already favours most on clean prompts (a behaviour that leaks)
         moved = np.where(start_ok, (G - G0[None]).max(0), -np.inf)
