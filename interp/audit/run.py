@@ -6,12 +6,16 @@ Stages (each timed in ``AuditResult.timings``):
    contexts, and the reply starts onto which the organism moves probability;
 2. an insertion scan: single tokens (every word of a small vocabulary; of a large one the embedding-shifted tokens,
    the contrast gradient's picks and a random sample) inserted into the search prompts, scored by the organism-over-
-   base change at the reply start; behaviour hypotheses are the reply starts they move most (and those that leak on
-   clean prompts), extended greedily under the best token;
+   base change at the reply start, and pairs of the tokens that move the organism's reply start most beyond the
+   base's (``KL(organism with || without) - KL(base with || without)``: what a trigger switches on, even when its
+   words alone were trained not to fire); behaviour hypotheses are the reply starts the most switching insertions
+   move most probability onto (then those any token moves most, and the one that leaks most on clean prompts),
+   extended greedily under that insertion;
    then trigger reconstruction per hypothesis: the best scanned tokens verified, two-token phrases around the best
    one (an anchor whose partner alone does nothing), GCG on the contrast ``log p_org(behaviour) -
    log p_base(behaviour)`` from the best phrase, shorter parts of found spans; every candidate verified on held-out
-   prompts (greedy replies that begin with the behaviour, with and without it, in both models);
+   prompts (greedy replies that begin with the behaviour, with and without it, in both models); flagged when the
+   top candidate's effect and the organism's probability of the behaviour under it both pass their thresholds;
 3. a defection probe from generic contrast pairs, used as a monitor (AUROC of top-candidate prompts vs clean);
 4. model diffing at a middle layer: a dictionary trained on the base, a crosscoder trained on both; top latents
    explained;
