@@ -48,11 +48,16 @@ FAST := not slow and not torch and not browser and not notebook and not heavy
 lint: $(VENV)/.installed-test
 	$(VENV)/bin/ruff check $(LINTED)
 
+# Two worker processes, each test file kept in one of them (its module fixtures built once): compilation and Python
+# overhead are single-threaded, so two processes use a 2-core machine better than one. TEST_WORKERS=0 runs serially.
+TEST_WORKERS ?= 2
+XDIST := $(if $(filter 0,$(TEST_WORKERS)),,-n $(TEST_WORKERS) --dist loadfile)
+
 test: lint browser
-	$(PY) -m pytest -q tests
+	$(PY) -m pytest -q $(XDIST) tests
 
 test-fast: $(VENV)/.installed-test
-	$(PY) -m pytest -q tests -m "$(FAST)"
+	$(PY) -m pytest -q $(XDIST) tests -m "$(FAST)"
 
 # JupyterLab on the notebooks, on 127.0.0.1 only; its news pop-up is switched off.
 lab: $(VENV)/.installed-lab
