@@ -266,16 +266,17 @@ def patching_figure(result, *, normalized: bool = True, title: str | None = None
 
 # ---------------------------------------------------------------------------------------------- features
 def histogram_figure(counts: np.ndarray, edges: np.ndarray, *, title: str | None = None, xaxis: str = "activation",
-                     figure=None):
-    """A histogram from ``counts [n]`` and bin ``edges [n + 1]`` (as ``numpy.histogram`` returns them)."""
+                     unit: str = "tokens", figure=None):
+    """A histogram from ``counts [n]`` and bin ``edges [n + 1]`` (as ``numpy.histogram`` returns them) of ``unit``
+    (what is counted)."""
     go = _go()
     centers = (np.asarray(edges[:-1]) + np.asarray(edges[1:])) / 2
     fig = figure if figure is not None else go.Figure()
     fig.data = []
     fig.add_trace(go.Bar(x=centers, y=counts, width=np.diff(edges), marker_color="#4393c3",
-                         hovertemplate="%{x:.3g}: %{y} tokens<extra></extra>"))
+                         hovertemplate=f"%{{x:.3g}}: %{{y}} {unit}<extra></extra>"))
     fig.update_xaxes(title=xaxis)
-    fig.update_yaxes(title="tokens")
+    fig.update_yaxes(title=unit)
     return _layout(fig, title, height=260)
 
 

@@ -19,6 +19,7 @@ from interp.viz.figures import (
     feature_card_html,
     graph_figure,
     head_scores_figure,
+    histogram_figure,
     intervention_figure,
     lens_cells,
     lens_figure,
@@ -205,7 +206,7 @@ def _views() -> list[tuple[type, object]]:
     from interp.features import FeatureCard, FeatureIndex
     from interp.models.generate import Generation
     from interp.probes import SweepResult
-    from interp.sae import DictionaryMetrics, TrainResult
+    from interp.sae import CrosscoderDiff, DictionaryMetrics, TrainResult
 
     return [
         (PatchResult, lambda r: [summary_html(r), *patching_view(r)]),
@@ -221,10 +222,20 @@ def _views() -> list[tuple[type, object]]:
         (FeatureIndex, lambda r: [summary_html(r)]),
         (DictionaryMetrics, lambda r: [_metrics_table({k: v for k, v in r.as_dict().items() if v is not None})]),
         (TrainResult, _train_parts),
+        (CrosscoderDiff, lambda r: [summary_html(r), crosscoder_norms_figure(r)]),
         (SweepResult, lambda r: [summary_html(r), probe_sweep_figure(r)]),
         (Explanations, lambda r: [summary_html(r), *r.figures(), explanations_table(r)]),
         (Generation, lambda r: [summary_html(r), *monitor_view(r)]),
     ]
+
+
+def crosscoder_norms_figure(diff, bins: int = 20):
+    """How a crosscoder's latents split between its two models: the histogram of relative decoder norms (near 0:
+    the first model only, near 1: the second only, in between: shared), as Lindsey et al. (2024) plot it."""
+    counts, edges = np.histogram(np.asarray(diff.relative_norm), bins=bins, range=(0.0, 1.0))
+    a, b = diff.model_names
+    return histogram_figure(counts, edges, title="Relative decoder norms", unit="latents",
+                            xaxis=f"relative decoder norm (0: {a} only, 1: {b} only)")
 
 
 def explanations_table(explanations, limit: int = 200) -> HTML:

@@ -375,3 +375,17 @@ def test_auxk_fits_the_error_with_dead_latents():
     assert np.isfinite(jax.tree.leaves(eqx.filter(g, eqx.is_array))[0]).all()
     # no dead latent: no auxiliary loss
     assert float(jit_loss(cc, jnp.asarray(x), dead=jnp.zeros(6, bool), aux_coeff=1.0)[1]["auxk"]) == 0
+
+
+def test_report_shows_the_relative_norm_histogram():
+    from interp.viz import result_view
+
+    cc = hand_made([1.0, 0.0, 2.0, 0.05, 1.0, 0.5, 0.0, 3.0], [1.0, 2.0, 0.0, 1.00, 1.1, 4.0, 0.0, 2.0])
+    parts = result_view(crosscoder_diff(cc))
+    fig = parts[1]
+    bar = fig.data[0]
+    # 7 latents with a decoder somewhere (latent 6 has none): 0.0 in the first bin, 0.4 / 0.5 / 0.5 in the middle,
+    # 4/4.5, 1/1.05 and 1.0 in the last two
+    counts = np.asarray(bar.y)
+    assert counts.sum() == 7 and counts[0] == 1 and counts[-1] == 2 and counts[-3] == 1
+    assert "latents" in bar.hovertemplate and "chat only" in fig.layout.xaxis.title.text
