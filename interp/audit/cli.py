@@ -10,20 +10,8 @@ import argparse
 import sys
 import time
 
+from interp._args import SEED
 from interp.audit.run import BUDGETS
-
-
-def _int(lo: int):
-    def parse(text: str) -> int:
-        try:
-            value = int(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
-        if value < lo:
-            raise argparse.ArgumentTypeError(f"{text} must be >= {lo}")
-        return value
-
-    return parse
 
 
 def add_parser(subparsers) -> argparse.ArgumentParser:
@@ -39,7 +27,7 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--budget", default="default", choices=sorted(BUDGETS),
                    help="how much search: 'small' for tiny models, 'default' for the default model")
     p.add_argument("--explainer", default="baseline", help="explainer of diffed features (interp explain specs)")
-    p.add_argument("--seed", type=_int(0), default=0, help="seeds prompts, searches and dictionaries")
+    p.add_argument("--seed", type=SEED, default=0, help="seeds prompts, searches and dictionaries")
     p.add_argument("--progress", action=argparse.BooleanOptionalAction, default=True, help="progress on stderr")
     return p
 
