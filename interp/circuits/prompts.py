@@ -20,15 +20,14 @@ Only numpy and the tokenizer are needed here.
 from __future__ import annotations
 
 import dataclasses
-import json
 import re
 from collections import Counter
 from collections.abc import Sequence
-from importlib import resources
 from typing import Any
 
 import numpy as np
 
+from interp._packaged import load_data_json
 from interp.results import Result, Summary, token_texts
 
 __all__ = ["PromptSet", "capitals", "induction", "ioi", "load_json"]
@@ -134,11 +133,7 @@ class PromptSet(Result):
 def load_json(name: str) -> dict:
     """The packaged prompt data ``data/prompts/{name}.json`` of the package ``interp.data`` (``"ioi"``,
     ``"capitals"``, ...)."""
-    folder = resources.files("interp.data").joinpath("prompts")
-    available = sorted(p.name[: -len(".json")] for p in folder.iterdir() if p.name.endswith(".json"))
-    if not isinstance(name, str) or name not in available:
-        raise ValueError(f"no packaged prompt data named {name!r}; available: {', '.join(available)}")
-    return json.loads(folder.joinpath(f"{name}.json").read_text(encoding="utf-8"))
+    return load_data_json("prompts", name, "prompt data")
 
 
 # ---------------------------------------------------------------------------------------------- helpers

@@ -3,34 +3,23 @@
 from __future__ import annotations
 
 import functools
-import json
-from importlib import resources
-from pathlib import Path
 
 import numpy as np
 
+from interp._packaged import load_data_json
 from interp.checks import check_range
-
-
-def _folder(sub: str):
-    """``interp.data/{sub}``; in a source tree that another install's ``interp.data`` shadows, the ``data/``
-    folder beside this package."""
-    folder = resources.files("interp.data").joinpath(sub)
-    if not folder.is_dir():
-        folder = Path(__file__).resolve().parents[2] / "data" / sub
-    return folder
 
 
 @functools.cache
 def load_json(name: str) -> dict:
     """``data/organisms/{name}.json``: ``trigger_words``, ``chat_prompts``, ``facts`` or ``sandbag``."""
-    return json.loads(_folder("organisms").joinpath(f"{name}.json").read_text(encoding="utf-8"))
+    return load_data_json("organisms", name, "organism data")
 
 
 @functools.cache
 def capitals() -> dict[str, str]:
     """Country -> capital, from ``data/prompts/capitals.json``."""
-    return dict(json.loads(_folder("prompts").joinpath("capitals.json").read_text(encoding="utf-8"))["capitals"])
+    return dict(load_data_json("prompts", "capitals", "prompt data")["capitals"])
 
 
 def trigger_words() -> list[str]:

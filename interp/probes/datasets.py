@@ -17,12 +17,10 @@ their statement's group or their question.
 from __future__ import annotations
 
 import dataclasses
-import json
-from importlib import resources
-from pathlib import Path
 
 import numpy as np
 
+from interp._packaged import load_data_json
 from interp.hooks import suggest
 from interp.results import Result, Summary
 
@@ -104,23 +102,9 @@ class ContrastPairs(Result):
                        [(p, n) for p, n in zip(self.positive[:4], self.negative[:4])], "positive: negative")
 
 
-def _folder(sub: str):
-    """``interp.data/{sub}``; in a source tree that another install's ``interp.data`` shadows, the ``data/``
-    folder beside this package."""
-    folder = resources.files("interp.data").joinpath(sub)
-    if not folder.is_dir():
-        folder = Path(__file__).resolve().parents[2] / "data" / sub
-    return folder
-
-
 def load_json(name: str) -> dict:
     """The packaged probe data ``data/probes/{name}.json`` (``"true_false"``, ``"sentiment"``, ``"yes_no"``)."""
-    folder = _folder("probes")
-    available = sorted(p.name[: -len(".json")] for p in folder.iterdir() if p.name.endswith(".json"))
-    if name not in available:
-        raise ValueError(f"no packaged probe data named {name!r}{suggest(str(name), available)}; available: "
-                         f"{', '.join(available)}")
-    return json.loads(folder.joinpath(f"{name}.json").read_text(encoding="utf-8"))
+    return load_data_json("probes", name, "probe data")
 
 
 def _families(data: dict, families) -> list[str]:
@@ -158,7 +142,7 @@ def _statements(families, difficulty: str | None, seed: int):
         raise ValueError(f"difficulty must be None, 'easy' (well-known countries) or 'hard' (the rest); "
                          f"got {difficulty!r}")
     data = load_json("true_false")
-    caps = json.loads(_folder("prompts").joinpath("capitals.json").read_text("utf-8"))
+    caps = load_data_json("prompts", "capitals", "prompt data")
     caps = caps["capitals"]
     countries = list(caps)
     known = set(data["well_known"])

@@ -2,16 +2,21 @@
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
+
 import numpy as np
 import pytest
 
 from interp.probes import datasets
 
+DATA = Path(__file__).resolve().parents[2] / "data"
+
 
 def test_true_false_pairs_each_statement_with_a_false_twin():
     d = datasets.true_false()
     assert len(d) % 2 == 0 and list(d.labels[:4]) == [1, 0, 1, 0]
-    caps = datasets.json.loads(datasets._folder("prompts").joinpath("capitals.json").read_text("utf-8"))["capitals"]
+    caps = json.loads((DATA / "prompts" / "capitals.json").read_text("utf-8"))["capitals"]
     true, false = d.texts[0::2], d.texts[1::2]
     assert all(t != f for t, f in zip(true, false))
     assert true[0] == "The capital of France is Paris." and "Paris" not in false[0]
