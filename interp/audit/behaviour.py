@@ -20,17 +20,25 @@ def _logprobs(model, ids, mask):
     return jax.nn.log_softmax(logits.astype(jnp.float32), axis=-1)
 
 
+def _batches(model, rows: list[list[int]], batch: int, bucket: int):
+    """``(chunk, full, ids, mask)`` per ``batch`` rows: ``full`` is ``chunk`` with its last row repeated to ``batch``
+    rows, ``ids``/``mask`` its right-padded tokens and mask, the length rounded up to a multiple of ``bucket`` (so
+    calls of many lengths share few compiled programs)."""
+    pad = pad_id(model)
+    for i in range(0, len(rows), batch):
+        chunk = rows[i:i + batch]
+        full = chunk + [chunk[-1]] * (batch - len(chunk))
+        ids, mask = padded(full, pad)
+        T = -(-ids.shape[1] // bucket) * bucket
+        yield (chunk, full, np.pad(ids, ((0, 0), (0, T - ids.shape[1])), constant_values=pad),
+               np.pad(mask, ((0, 0), (0, T - mask.shape[1]))))
+
+
 def logprobs(model, rows: list[list[int]], batch: int = 16, bucket: int = 8) -> list[np.ndarray]:
     """Next-token log-probabilities ``[len(row), V]`` of each row. Rows run right-padded (padding masked) in batches of
     ``batch`` rows and lengths rounded up to a multiple of ``bucket``, so calls of many lengths share few programs."""
     out = []
-    pad = pad_id(model)
-    for i in range(0, len(rows), batch):
-        chunk = rows[i:i + batch]
-        ids, mask = padded(chunk + [chunk[-1]] * (batch - len(chunk)), pad)
-        T = -(-ids.shape[1] // bucket) * bucket
-        ids = np.pad(ids, ((0, 0), (0, T - ids.shape[1])), constant_values=pad)
-        mask = np.pad(mask, ((0, 0), (0, T - mask.shape[1])))
+    for chunk, _, ids, mask in _batches(model, rows, batch, bucket):
         lp = np.asarray(_logprobs(model, jnp.asarray(ids), jnp.asarray(mask)))
         out += [lp[j, :len(r)] for j, r in enumerate(chunk)]
     return out
@@ -48,14 +56,8 @@ def last_logprobs(model, rows: list[list[int]], m: int = 1, batch: int = 16, buc
     """``[N, m, V]``: the next-token log-probabilities at the last ``m`` positions of each row (only those positions
     are unembedded; batches and lengths padded as in :func:`logprobs`)."""
     out = []
-    pad = pad_id(model)
-    for i in range(0, len(rows), batch):
-        chunk = rows[i:i + batch]
-        ids, mask = padded(chunk + [chunk[-1]] * (batch - len(chunk)), pad)
-        T = -(-ids.shape[1] // bucket) * bucket
-        ids = np.pad(ids, ((0, 0), (0, T - ids.shape[1])), constant_values=pad)
-        mask = np.pad(mask, ((0, 0), (0, T - mask.shape[1])))
-        ends = np.asarray([len(r) for r in chunk + [chunk[-1]] * (batch - len(chunk))])
+    for chunk, full, ids, mask in _batches(model, rows, batch, bucket):
+        ends = np.asarray([len(r) for r in full])
         idx = np.maximum(ends[:, None] - m + np.arange(m)[None], 0).astype(np.int32)
         out.append(np.asarray(_logprobs_at(model, jnp.asarray(ids), jnp.asarray(mask), jnp.asarray(idx)))[:len(chunk)])
     return np.concatenate(out)
