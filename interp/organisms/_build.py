@@ -301,7 +301,7 @@ def build(recipe: str, base, out: str | Path, *, seed: int = 0, steps: int | Non
 
     Cost, measured on SmolLM2-135M-Instruct on a shared 2-core CPU: about 18 s per step (batch 8, LoRA rank 8, with
     the KL term; the first step also compiles, ~90 s), a minute of base replies and 3 to 5 minutes of evaluation, so
-    a default backdoor (40 steps) takes about a quarter of an hour."""
+    a default backdoor (80 steps) took 32 minutes there."""
     from interp import finetune
 
     out = Path(out)

