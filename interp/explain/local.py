@@ -15,29 +15,6 @@ def _round_up(n: int, step: int = 32) -> int:
     return -(-n // step) * step
 
 
-def _jit(fn):
-    import equinox as eqx
-
-    return eqx.filter_jit(fn)
-
-
-@_jit
-def _prefill(model, ids, mask, positions, kv):
-    """The cache after running ``ids [1, P]`` (left-padded) through ``model``."""
-    return model.forward(ids, attention_mask=mask, positions=positions, kv=kv)[1]
-
-
-@_jit
-def _extend(model, ids, mask, positions, kv):
-    """Logits of ``ids [B, S]`` (right-padded) run after the one-row prefix in ``kv``, shared by every row."""
-    import jax
-    import jax.numpy as jnp
-
-    B = ids.shape[0]
-    rows = jax.tree_util.tree_map(lambda a: jnp.repeat(a, B, axis=0) if a.ndim else a, kv)
-    return model.forward(ids, attention_mask=mask, positions=positions, kv=rows)[0]
-
-
 class LocalModel:
     """The chat :class:`~interp.explain.backends.Backend` on ``model`` (loaded with ``interp.load``; its tokenizer
     must carry a chat template, as SmolLM2-135M-Instruct's does). ``label`` names it (default: the model's
@@ -106,25 +83,11 @@ class LocalModel:
         if shared < 32:
             ids, mask = self._batch(seqs)
             return self.model(ids, attention_mask=mask)[:n, -1].astype(jnp.float32)
-        P = _round_up(shared)
-        rest = [list(s[shared:]) for s in seqs]
-        S = _round_up(max(len(r) for r in rest), 16)
-        B = min(self.batch_size, 1 << (n - 1).bit_length())
-        pad = self.model.tokenizer.pad_id
-        ids_p = np.full((1, P), pad, np.int32)
-        ids_p[0, P - shared:] = seqs[0][:shared]
-        mask_p = (np.arange(P) >= P - shared).astype(np.int32)[None]
-        pos_p = np.maximum(np.cumsum(mask_p, axis=1) - 1, 0).astype(np.int32)
-        kv = _prefill(self.model, ids_p, mask_p, pos_p, self.model.init_cache(1, P + S))
-        ids_s = np.full((B, S), pad, np.int32)
-        mask_s = np.zeros((B, S), np.int32)
-        for i, r in enumerate(rest):
-            ids_s[i, :len(r)] = r
-            mask_s[i, :len(r)] = 1
-        pos_s = np.broadcast_to(shared + np.arange(S, dtype=np.int32), (B, S))
-        logits = _extend(self.model, ids_s, mask_s, pos_s, kv)
-        last = np.array([len(r) - 1 for r in rest])
-        return logits[np.arange(n), last].astype(jnp.float32)
+        from interp.models.prefix import shared_prefix_logits
+
+        logits = shared_prefix_logits(self.model, seqs[0][:shared], [s[shared:] for s in seqs],
+                                      batch=self.batch_size)
+        return jnp.asarray(logits)
 
     def _cached(self, kind: str, conversations, params: dict, compute):
         keys = [ResponseCache.key(self.name, c, kind=kind, **params) for c in conversations]
