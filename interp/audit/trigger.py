@@ -75,6 +75,47 @@ def scan(model, base, users: list[str], tokens: list, position: str = "start", c
     return R, G, K
 
 
+def word_token_ids(model, allowed: np.ndarray) -> list[int]:
+    """Allowed tokens that write a lowercase word of three or more letters, as it appears in running text: with its
+    leading space where the vocabulary marks one (a BPE vocabulary), else as it is (a word-level one)."""
+    texts = {int(i): model.to_string([int(i)]) for i in np.flatnonzero(allowed)}
+    spaced = any(t.startswith(" ") and t[1:].isalpha() for t in texts.values())
+    return [i for i, t in texts.items()
+            if (t.startswith(" ") or not spaced) and (w := t.strip()).isalpha() and w.islower() and len(w) >= 3]
+
+
+def vocab_scan(model, base, users: list[str], tokens: list[int], clean: tuple, *, given: int | None = None,
+               batch: int = 64) -> dict:
+    """Every one of ``tokens`` appended to the end of each user turn, scored like :func:`scan` but kept small enough
+    for a whole vocabulary: per token ``K`` (the organism's reply start moved beyond the base's) and ``lift`` (the
+    largest rise of ``p_org - p_base`` of one reply start over the clean turns; of ``given`` when a behaviour's first
+    token is given). Each turn's prompt up to the token runs once per model and its keys and values serve every
+    token (:func:`interp.models.prefix.shared_prefix_logits`), so a token costs the few tokens after it."""
+    import jax
+
+    from interp.audit.behaviour import kl
+    from interp.models.prefix import shared_prefix_logits
+
+    parts = []
+    for u in users:
+        before, after = _slot_prompt(model, u, "end").split(SLOT)
+        parts.append((model.tokenizer.encode(before), model.tokenizer.encode(after, prepend_bos=False)))
+    K, lift = np.zeros(len(tokens)), np.zeros(len(tokens))
+    chunk = 16 * batch  # [chunk, V] log-probabilities at a time, whatever the vocabulary's size
+    for lo_i in range(0, len(tokens), chunk):
+        ids = tokens[lo_i:lo_i + chunk]
+        G = np.zeros((len(ids), model.d_vocab), np.float32)
+        for j, (b, a) in enumerate(parts):
+            rows = [[int(t)] + a for t in ids]
+            lo = np.asarray(jax.nn.log_softmax(shared_prefix_logits(model, b, rows, batch=batch, suffix_step=8), -1))
+            lb = np.asarray(jax.nn.log_softmax(shared_prefix_logits(base, b, rows, batch=batch, suffix_step=8), -1))
+            K[lo_i:lo_i + len(ids)] += kl(lo, np.asarray(clean[0])[j][None]) - kl(lb, np.asarray(clean[1])[j][None])
+            G += (np.exp(lo) - np.exp(lb)) - (np.exp(clean[0][j]) - np.exp(clean[1][j]))[None]
+        G /= len(parts)
+        lift[lo_i:lo_i + len(ids)] = G[:, given] if given is not None else G.max(1)
+    return {"K": K / len(users), "lift": lift}
+
+
 def gcg_candidates(model, objective, users: list[str], allowed: np.ndarray, *, spans, positions, steps: int, topk: int,
                    batch: int, restarts: int, init: list[int], seed: int, progress: bool) -> list[dict]:
     """GCG runs over each span length and position (a different search prompt each), the spans they found."""
@@ -138,4 +179,5 @@ def neutral_pair(model, user: str, span_ids: list[int], allowed: np.ndarray, see
     return b + list(span_ids) + a, b + other + a, (len(b), len(b) + len(span_ids))
 
 
-__all__ = ["embedding_shift", "gcg_candidates", "gradient_tokens", "hits", "neutral_pair", "scan", "verify"]
+__all__ = ["embedding_shift", "gcg_candidates", "gradient_tokens", "hits", "neutral_pair", "scan", "verify",
+           "vocab_scan", "word_token_ids"]
