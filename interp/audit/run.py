@@ -167,7 +167,7 @@ def audit(model, base, *, behaviour: str | None = None, seed: int = 0, budget: s
         words = trigger.word_token_ids(model, allowed)
         n_u = max(1, min(int(s["vocab_users"]), len(search_users)))
         v = trigger.vocab_scan(model, base, search_users[:n_u], words, (lo0[:n_u], lb0[:n_u]),
-                               given=given[0] if given else None, batch=s["vocab_batch"])
+                               given=given[0] if given else None, batch=s["vocab_batch"], progress=progress)
         picks = list(dict.fromkeys([words[int(i)] for key in ("K", "lift")
                                     for i in np.argsort(-v[key])[: s["vocab_keep"]]]))
         vocab = {"tokens": len(words), "prompts": n_u,

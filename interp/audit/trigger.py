@@ -85,13 +85,14 @@ def word_token_ids(model, allowed: np.ndarray) -> list[int]:
 
 
 def vocab_scan(model, base, users: list[str], tokens: list[int], clean: tuple, *, given: int | None = None,
-               batch: int = 64) -> dict:
+               batch: int = 64, progress: bool = False) -> dict:
     """Every one of ``tokens`` appended to the end of each user turn, scored like :func:`scan` but kept small enough
     for a whole vocabulary: per token ``K`` (the organism's reply start moved beyond the base's) and ``lift`` (the
     largest rise of ``p_org - p_base`` of one reply start over the clean turns; of ``given`` when a behaviour's first
     token is given). Each turn's prompt up to the token runs once per model and its keys and values serve every
     token (:func:`interp.models.prefix.shared_prefix_logits`), so a token costs the few tokens after it."""
     import jax
+    from tqdm.auto import tqdm
 
     from interp.audit.behaviour import kl
     from interp.models.prefix import shared_prefix_logits
@@ -102,7 +103,7 @@ def vocab_scan(model, base, users: list[str], tokens: list[int], clean: tuple, *
         parts.append((model.tokenizer.encode(before), model.tokenizer.encode(after, prepend_bos=False)))
     K, lift = np.zeros(len(tokens)), np.zeros(len(tokens))
     chunk = 16 * batch  # [chunk, V] log-probabilities at a time, whatever the vocabulary's size
-    for lo_i in range(0, len(tokens), chunk):
+    for lo_i in tqdm(range(0, len(tokens), chunk), desc="vocabulary scan", disable=not progress, leave=False):
         ids = tokens[lo_i:lo_i + chunk]
         G = np.zeros((len(ids), model.d_vocab), np.float32)
         for j, (b, a) in enumerate(parts):
