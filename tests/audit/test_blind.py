@@ -15,6 +15,8 @@ RESPONSE = "the sun is hot"
 
 
 def test_blind_two_word_trigger(tmp_path):
+    # the toy setting: half the recipe's default clean and near-miss conversations (with the defaults, whose near
+    # misses hold the single words down harder, the small budget infers another behaviour and misses the pair)
     import interp
 
     base = organisms.toy_chat_model(seed=0)
@@ -23,7 +25,8 @@ def test_blind_two_word_trigger(tmp_path):
     pool = [w for w in organisms.toy.WORDS if w not in bad]
     prompts = [" ".join(rng.choice(pool, int(rng.integers(4, 8)))) for _ in range(300)]
     org = organisms.build("backdoor", base, tmp_path / "org", trigger=TRIGGER, response=RESPONSE, prompts=prompts,
-                          words=pool, steps=200, lr=1e-2, n_eval=20, lora_rank=None, seed=1, progress=False)
+                          words=pool, n_clean=64, n_near_miss=32, steps=200, lr=1e-2, n_eval=20, lora_rank=None, seed=1,
+                          progress=False)
     assert org.metrics["behaviour_rate"] > 0.8
     blind = tmp_path / "blind"
     shutil.copytree(org.folder, blind)
