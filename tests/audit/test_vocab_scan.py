@@ -42,3 +42,14 @@ def test_trigger_ranks_first_and_scores_match_the_plain_scan(organism, tiny_base
     np.testing.assert_allclose(got["K"][idx], K, rtol=1e-3, atol=1e-4)
     g0 = (np.exp(clean[0]) - np.exp(clean[1])).mean(0)
     np.testing.assert_allclose(got["lift"][idx], (G - g0[None]).max(1), rtol=1e-3, atol=1e-4)
+
+
+def test_an_audit_with_the_vocabulary_scan_finds_the_trigger(organism, tiny_base):
+    from interp import audit
+
+    res = audit.audit(organism, tiny_base, budget="small", vocab_scan=True, progress=False, sae_steps=20, cc_steps=20)
+    words = trigger.word_token_ids(organism, search.allowed_tokens(organism))
+    scan = res.behaviour_diff["vocabulary_scan"]
+    assert scan["tokens"] == len(words) and "vocabulary scan" in res.timings
+    assert TRIGGER in [t["text"].strip() for t in scan["top"]]
+    assert res.flagged and TRIGGER in [c["text"] for c in res.trigger_candidates[:5]]
