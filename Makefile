@@ -53,6 +53,10 @@ lint: $(VENV)/.installed-test
 TEST_WORKERS ?= 2
 XDIST := $(if $(filter 0,$(TEST_WORKERS)),,-n $(TEST_WORKERS) --dist loadfile)
 
+# Two test workers share the cores: OpenBLAS's own threads (behind numpy's and JAX's linear algebra on a CPU) then
+# spin against each other and slow every linear solve about tenfold, so each worker's OpenBLAS runs one thread.
+test test-fast: export OPENBLAS_NUM_THREADS ?= 1
+
 test: lint browser
 	$(PY) -m pytest -q $(XDIST) tests
 

@@ -224,17 +224,19 @@ def run(cfg: DemoConfig | None = None, out=sys.stdout) -> Path:
     hook = f"blocks.{layer}.hook_resid_post"
     step(f"train a TopK SAE ({cfg.sae_width} latents, k={cfg.sae_k}) on {hook} for {cfg.sae_tokens:,} tokens; "
          "feature dashboards")
+    # one shuffle buffer of at most BUFFER tokens, and no more than a short run needs (twice its tokens)
+    buffer = min(BUFFER, -(-2 * cfg.sae_tokens // cfg.context_size) * cfg.context_size)
     tcfg = sae.TrainConfig(
         sae.TopKConfig(d_in=model.d_model, width=cfg.sae_width, k=cfg.sae_k, hook_name=hook), model=cfg.model,
         corpus=cfg.corpus, total_tokens=cfg.sae_tokens, batch_size=cfg.sae_batch, context_size=cfg.context_size,
-        lr=cfg.sae_lr, eval_every=5, seed=cfg.seed, buffer_tokens=BUFFER,
+        lr=cfg.sae_lr, eval_every=5, seed=cfg.seed, buffer_tokens=buffer,
         # 10 warm-up steps, or an eighth of a short run (small settings), so the schedule always completes
         lr_warmup_steps=min(10, max(1, cfg.sae_tokens // cfg.sae_batch // 8)))
     result = sae.train(tcfg, model=model, progress=True)
     d = result.dictionary
     # held-out text: contexts after the ones used for training
-    per_chunk = BUFFER // cfg.context_size  # training reads whole chunks of contexts
-    skip = (cfg.sae_tokens // BUFFER + 2) * per_chunk
+    per_chunk = buffer // cfg.context_size  # training reads whole chunks of contexts
+    skip = (cfg.sae_tokens // buffer + 2) * per_chunk
     held = _contexts(model, cfg.corpus, cfg.dashboard_contexts, cfg.context_size, skip=skip)
     ev = sae.evaluate(model, d, held[:16], skip_positions=1)
     index = feature_index(model, d, held, skip_positions=1, progress=True)

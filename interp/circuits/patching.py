@@ -296,9 +296,14 @@ def run_blocks(model, x, start, positions, mask, hook_fn=None):
 
 
 @eqx.filter_jit
-def _sweep(model, layer, resid, src, masks, attention_mask, metric, suffix, batch_size):
+def _sweep(model, layer, resid, src, masks, attention_mask, metric, suffix, batch_size, n_real=None):
     """The metric of every patch of one layer (``layer`` is traced, so every layer shares the program): ``resid``
-    is the base run's residual entering the layer and ``src`` the source activation to patch in."""
+    is the base run's residual entering the layer and ``src`` the source activation to patch in.
+
+    ``n_real`` (traced): only the first ``n_real`` patches matter (a sweep padded to its length bucket lists the
+    padding positions' patches last); the patches run in chunks and the chunks past ``n_real`` are skipped, so a
+    padded prompt costs what its real positions do while every length of a bucket shares the program. The values
+    of skipped patches are 0."""
     positions, mask = attention_inputs(resid.shape[:2], attention_mask)
 
     def one(m):
@@ -309,9 +314,24 @@ def _sweep(model, layer, resid, src, masks, attention_mask, metric, suffix, batc
 
         return _readout(model, metric, run_blocks(model, resid, layer, positions, mask, hook_fn))
 
-    if batch_size >= masks.shape[0]:
-        return jax.vmap(one)(masks)
-    return jax.lax.map(one, masks, batch_size=batch_size)
+    P = masks.shape[0]
+    if n_real is None:
+        if batch_size >= P:
+            return jax.vmap(one)(masks)
+        return jax.lax.map(one, masks, batch_size=batch_size)
+    # chunks of at most an eighth of the patches, so that little past n_real runs
+    chunk = max(1, min(batch_size, -(-P // 8)))
+    n_chunks = -(-P // chunk)
+    if n_chunks * chunk > P:
+        masks = jnp.concatenate([masks, jnp.zeros((n_chunks * chunk - P,) + masks.shape[1:], masks.dtype)])
+    out = jax.eval_shape(jax.vmap(one), masks[:chunk])
+    out = jnp.zeros((n_chunks * chunk,) + out.shape[1:], out.dtype)
+
+    def body(c, out):
+        vals = jax.vmap(one)(jax.lax.dynamic_slice_in_dim(masks, c * chunk, chunk))
+        return jax.lax.dynamic_update_slice_in_dim(out, vals, c * chunk, 0)
+
+    return jax.lax.fori_loop(0, (n_real + chunk - 1) // chunk, body, out)[:P]
 
 
 def patch(
@@ -359,6 +379,10 @@ def patch(
     if padded:
         mask = pad_positions(mask if mask is not None else np.ones((shape[0], T), np.int32), (1,), padded)
     masks = to_device(target.masks(shape))
+    # a padded sweep lists the padding positions' patches last (position-major): only the first n_real matter
+    n_real = None
+    if padded and target.per in ("pos", "head_pos"):
+        n_real = to_device(np.int32(masks.shape[0] // max(padded, T) * T))
     if batch_size is None:
         batch_size = max(1, _TOKENS_PER_BATCH // (shape[0] * max(padded, T)))
     # one compiled call per layer (the layer is traced, the arrays are the cache's own: no eager stacking or
@@ -369,7 +393,7 @@ def patch(
     with bar:
         for l, name, resid_name in zip(layers, names, resid_names):
             values.append(np.asarray(_sweep(model, to_device(np.int32(l)), base_cache[resid_name], src_cache[name],
-                                            masks, mask, metric, target.suffix(), batch_size), np.float64))
+                                            masks, mask, metric, target.suffix(), batch_size, n_real), np.float64))
             bar.update(1)
     values = np.concatenate(values).reshape((len(layers),) + target.out_shape(shape))
     if padded and target.per in ("pos", "head_pos"):
