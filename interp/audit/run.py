@@ -41,7 +41,7 @@ BUDGETS = {
                   gcg_topk=32, gcg_batch=64, gcg_restarts=1,
                   sae_width=64, sae_k=4, sae_steps=150, cc_width=64, cc_k=4, cc_steps=150, n_features=4,
                   flag_effect=0.5, flag_confidence=0.45, vocab_scan=False, vocab_users=1, vocab_keep=16,
-                  vocab_batch=64),
+                  vocab_batch=64, vocab_base=None),
     # a few minutes for SmolLM2-135M on a 2-core CPU (the forward passes of both models dominate)
     "default": dict(n_probe=24, n_verify=16, n_search=2, corpus_contexts=4, context_size=64, hypotheses=2,
                     behaviour_tokens=3, scan_max=32, cheap_k=16, cheap_keep=3, anchor_partners=16, gcg_hypotheses=1,
@@ -50,13 +50,14 @@ BUDGETS = {
                     gcg_topk=32, gcg_batch=32, gcg_restarts=1,
                     sae_width=256, sae_k=16, sae_steps=150, cc_width=256, cc_k=16, cc_steps=150, n_features=4,
                     flag_effect=0.5, flag_confidence=0.45, vocab_scan=False, vocab_users=1, vocab_keep=16,
-                    vocab_batch=64),
+                    vocab_batch=64, vocab_base=None),
 }
 # the default budget with every lowercase word token of the vocabulary scanned at the end of a search prompt (about
-# 21,000 for SmolLM2-135M; each costs the few tokens after it, the prompt's keys and values being shared): the
-# words that move the organism's reply start most go on to the insertion scan, pairs and verification
+# 21,000 for SmolLM2-135M; each costs the few tokens after it, the prompt's keys and values being shared; the
+# organism scores them all, the base only the 1024 best by each of the organism's scores): the words that move the
+# organism's reply start most go on to the insertion scan, pairs and verification
 BUDGETS["thorough"] = {**BUDGETS["default"], "vocab_scan": True, "vocab_keep": 16, "pair_anchors": 3,
-                       "anchor_partners": 24}
+                       "anchor_partners": 24, "vocab_base": 1024}
 
 
 def check_pair(model, base) -> None:
@@ -167,12 +168,13 @@ def audit(model, base, *, behaviour: str | None = None, seed: int = 0, budget: s
         words = trigger.word_token_ids(model, allowed)
         n_u = max(1, min(int(s["vocab_users"]), len(search_users)))
         v = trigger.vocab_scan(model, base, search_users[:n_u], words, (lo0[:n_u], lb0[:n_u]),
-                               given=given[0] if given else None, batch=s["vocab_batch"], progress=progress)
-        picks = list(dict.fromkeys([words[int(i)] for key in ("K", "lift")
-                                    for i in np.argsort(-v[key])[: s["vocab_keep"]]]))
+                               given=given[0] if given else None, batch=s["vocab_batch"], base_keep=s["vocab_base"],
+                               progress=progress)
+        picks = list(dict.fromkeys([int(i) for key in ("K", "lift") for i in np.argsort(-v[key])[: s["vocab_keep"]]]))
         vocab = {"tokens": len(words), "prompts": n_u,
-                 "top": [{"text": model.to_string([t]), "id": t, "K": float(v["K"][words.index(t)]),
-                          "lift": float(v["lift"][words.index(t)])} for t in picks]}
+                 "base_scanned": len(v["base_scanned"]) if "base_scanned" in v else len(words),
+                 "top": [{"text": model.to_string([words[i]]), "id": words[i], "K": float(v["K"][i]),
+                          "lift": float(v["lift"][i])} for i in picks]}
         lap("vocabulary scan")
     ok_ids = np.flatnonzero(allowed)
     shifted = trigger.embedding_shift(model, base, allowed, 8)

@@ -85,12 +85,29 @@ def word_token_ids(model, allowed: np.ndarray) -> list[int]:
 
 
 def vocab_scan(model, base, users: list[str], tokens: list[int], clean: tuple, *, given: int | None = None,
-               batch: int = 64, progress: bool = False) -> dict:
+               batch: int = 64, base_keep: int | None = None, progress: bool = False) -> dict:
     """Every one of ``tokens`` appended to the end of each user turn, scored like :func:`scan` but kept small enough
     for a whole vocabulary: per token ``K`` (the organism's reply start moved beyond the base's) and ``lift`` (the
     largest rise of ``p_org - p_base`` of one reply start over the clean turns; of ``given`` when a behaviour's first
     token is given). Each turn's prompt up to the token runs once per model and its keys and values serve every
-    token (:func:`interp.models.prefix.shared_prefix_logits`), so a token costs the few tokens after it."""
+    token (:func:`interp.models.prefix.shared_prefix_logits`), so a token costs the few tokens after it.
+
+    ``base_keep``: the organism alone scores every token first (its own ``K`` and ``lift``, the base's terms left
+    out); only the ``base_keep`` best tokens by each score run on the base too, which halves the scan's cost. The
+    other tokens' ``K`` and ``lift`` are ``-inf``; ``organism_K``/``organism_lift`` hold the first pass, and
+    ``base_scanned`` the indices of ``tokens`` that got their full scores. None: every token runs on both models."""
+    if base_keep is None or 2 * int(base_keep) >= len(tokens):
+        K, lift = _vocab_pass(model, base, users, tokens, clean, given, batch, progress)
+        return {"K": K, "lift": lift}
+    Ko, Lo = _vocab_pass(model, None, users, tokens, clean, given, batch, progress)
+    keep = np.unique(np.concatenate([np.argsort(-Ko)[:base_keep], np.argsort(-Lo)[:base_keep]]))
+    K, lift = np.full(len(tokens), -np.inf), np.full(len(tokens), -np.inf)
+    K[keep], lift[keep] = _vocab_pass(model, base, users, [tokens[i] for i in keep], clean, given, batch, progress)
+    return {"K": K, "lift": lift, "organism_K": Ko, "organism_lift": Lo, "base_scanned": keep}
+
+
+def _vocab_pass(model, base, users, tokens, clean, given, batch, progress):
+    """``(K, lift)`` of :func:`vocab_scan` for ``tokens``; without a ``base`` (None) the base's terms are left out."""
     import jax
     from tqdm.auto import tqdm
 
@@ -103,18 +120,23 @@ def vocab_scan(model, base, users: list[str], tokens: list[int], clean: tuple, *
         parts.append((model.tokenizer.encode(before), model.tokenizer.encode(after, prepend_bos=False)))
     K, lift = np.zeros(len(tokens)), np.zeros(len(tokens))
     chunk = 16 * batch  # [chunk, V] log-probabilities at a time, whatever the vocabulary's size
-    for lo_i in tqdm(range(0, len(tokens), chunk), desc="vocabulary scan", disable=not progress, leave=False):
+    desc = "vocabulary scan" + ("" if base is not None else " (organism)")
+    for lo_i in tqdm(range(0, len(tokens), chunk), desc=desc, disable=not progress, leave=False):
         ids = tokens[lo_i:lo_i + chunk]
         G = np.zeros((len(ids), model.d_vocab), np.float32)
         for j, (b, a) in enumerate(parts):
             rows = [[int(t)] + a for t in ids]
             lo = np.asarray(jax.nn.log_softmax(shared_prefix_logits(model, b, rows, batch=batch, suffix_step=8), -1))
-            lb = np.asarray(jax.nn.log_softmax(shared_prefix_logits(base, b, rows, batch=batch, suffix_step=8), -1))
-            K[lo_i:lo_i + len(ids)] += kl(lo, np.asarray(clean[0])[j][None]) - kl(lb, np.asarray(clean[1])[j][None])
-            G += (np.exp(lo) - np.exp(lb)) - (np.exp(clean[0][j]) - np.exp(clean[1][j]))[None]
+            K[lo_i:lo_i + len(ids)] += kl(lo, np.asarray(clean[0])[j][None])
+            G += np.exp(lo) - np.exp(clean[0][j])[None]
+            if base is not None:
+                lb = np.asarray(jax.nn.log_softmax(shared_prefix_logits(base, b, rows, batch=batch, suffix_step=8),
+                                                   -1))
+                K[lo_i:lo_i + len(ids)] -= kl(lb, np.asarray(clean[1])[j][None])
+                G -= np.exp(lb) - np.exp(clean[1][j])[None]
         G /= len(parts)
         lift[lo_i:lo_i + len(ids)] = G[:, given] if given is not None else G.max(1)
-    return {"K": K / len(users), "lift": lift}
+    return K / len(users), lift
 
 
 def gcg_candidates(model, objective, users: list[str], allowed: np.ndarray, *, spans, positions, steps: int, topk: int,

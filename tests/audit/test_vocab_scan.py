@@ -44,12 +44,35 @@ def test_trigger_ranks_first_and_scores_match_the_plain_scan(organism, tiny_base
     np.testing.assert_allclose(got["lift"][idx], (G - g0[None]).max(1), rtol=1e-3, atol=1e-4)
 
 
+def test_organism_first_pass_keeps_the_trigger_and_the_exact_scores(organism, tiny_base):
+    """With ``base_keep`` the organism scores every word alone and the base runs only on the best; the kept words get
+    the full scan's scores, the others none, and the trigger is among the kept and still first."""
+    users = P.user_turns(organism, 4, 0)[:2]
+    rows = evidence.chat_rows(organism, users)
+    clean = (last_logprobs(organism, rows)[:, 0], last_logprobs(tiny_base, rows)[:, 0])
+    words = trigger.word_token_ids(organism, search.allowed_tokens(organism))
+    assert len(words) > 8
+    full = trigger.vocab_scan(organism, tiny_base, users, words, clean, batch=8)
+    part = trigger.vocab_scan(organism, tiny_base, users, words, clean, batch=8, base_keep=3)
+    kept = part["base_scanned"]
+    assert 3 <= len(kept) <= 6
+    assert np.all(np.isneginf(np.delete(part["K"], kept))) and np.all(np.isneginf(np.delete(part["lift"], kept)))
+    np.testing.assert_allclose(part["K"][kept], full["K"][kept], rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(part["lift"][kept], full["lift"][kept], rtol=1e-5, atol=1e-6)
+    trig = organism.tokenizer.encode(TRIGGER, prepend_bos=False)[0]
+    assert words[int(np.argmax(part["K"]))] == trig
+    # the first pass is the organism's own KL to its clean reply start: a divergence, never negative
+    assert part["organism_K"].shape == (len(words),) and np.all(part["organism_K"] >= -1e-6)
+
+
 def test_an_audit_with_the_vocabulary_scan_finds_the_trigger(organism, tiny_base):
     from interp import audit
 
-    res = audit.audit(organism, tiny_base, budget="small", vocab_scan=True, progress=False, sae_steps=20, cc_steps=20)
+    res = audit.audit(organism, tiny_base, budget="small", vocab_scan=True, vocab_base=4, progress=False, sae_steps=20,
+                      cc_steps=20)
     words = trigger.word_token_ids(organism, search.allowed_tokens(organism))
     scan = res.behaviour_diff["vocabulary_scan"]
     assert scan["tokens"] == len(words) and "vocabulary scan" in res.timings
+    assert 4 <= scan["base_scanned"] <= 8
     assert TRIGGER in [t["text"].strip() for t in scan["top"]]
     assert res.flagged and TRIGGER in [c["text"] for c in res.trigger_candidates[:5]]
