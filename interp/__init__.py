@@ -11,6 +11,7 @@ from interp._compilation_cache import compilation_cache_dir, enable_compilation_
 enable_compilation_cache()  # before anything compiles: the imports below are placed after it on purpose
 
 from interp import hooks, models, weights  # noqa: E402
+from interp._version import __version__ as __version__  # noqa: E402
 from interp.hooks import (  # noqa: E402
     Cache,
     Edit,
@@ -31,8 +32,6 @@ from interp.models import (  # noqa: E402
 )
 from interp.weights import load, load_gguf, load_hf_dir, save_hf_dir  # noqa: E402
 from interp.weights.tokenize import Tokenizer  # noqa: E402
-
-__version__ = "0.1.0"
 
 __all__ = [
     "Cache", "Edit", "Hooks", "LlamaConfig", "Model", "Tokenizer", "act_name", "any_length", "check_tokens",

@@ -16,6 +16,7 @@ import warnings
 from pathlib import Path
 
 from interp._args import NONNEGATIVE, POSITIVE, RATE, SEED, DefaultsHelp, number
+from interp._version import __version__
 from interp.audit import cli as audit_cli
 from interp.demo import DEFAULT_TRANSCODERS, DemoConfig
 from interp.explain.spec import EXPLAINER_SPECS
@@ -463,6 +464,7 @@ def explain(args, out=None) -> None:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="interp", description=__doc__)
+    parser.add_argument("--version", action="version", version=f"interp {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
     d = sub.add_parser("demo", help="the main job: model, circuits, an SAE and its features, in report.html",
                        formatter_class=DefaultsHelp)

@@ -56,19 +56,25 @@ print(json.dumps({
 """
 
 
-@pytest.mark.heavy
-def test_wheel_holds_kernels_and_data_and_imports_alone(tmp_path):
-    # Build from a copy, so that no build/ or egg-info folder lands in the checkout.
-    src = tmp_path / "src"
+@pytest.fixture(scope="module")
+def wheel(tmp_path_factory) -> Path:
+    """A wheel built from a copy of the source tree, so that no build/ or egg-info folder lands in the checkout."""
+    tmp = tmp_path_factory.mktemp("wheel")
+    src = tmp / "src"
     ignore = shutil.ignore_patterns("__pycache__", "*.pyc", "*.egg-info")
     for name in ("interp", "kernels", "data"):
         shutil.copytree(ROOT / name, src / name, ignore=ignore)
     for name in ("pyproject.toml", "README.md"):
         shutil.copy(ROOT / name, src / name)
     subprocess.run([sys.executable, "-m", "pip", "wheel", str(src), "--no-deps", "--no-build-isolation", "-q",
-                    "--disable-pip-version-check", "-w", str(tmp_path / "dist")],
-                   check=True, cwd=tmp_path, capture_output=True, text=True)
-    (wheel,) = (tmp_path / "dist").glob("interp-*.whl")
+                    "--disable-pip-version-check", "-w", str(tmp / "dist")],
+                   check=True, cwd=tmp, capture_output=True, text=True)
+    (built,) = (tmp / "dist").glob("interp-*.whl")
+    return built
+
+
+@pytest.mark.heavy
+def test_wheel_holds_kernels_and_data_and_imports_alone(wheel, tmp_path):
     names = zipfile.ZipFile(wheel).namelist()
     assert {"interp/kernels/__init__.py", "interp/kernels/sparse_decode.py", "interp/data/__init__.py",
             "interp/data/prompts/ioi.json", "interp/data/prompts/capitals.json"} <= set(names)
@@ -87,3 +93,29 @@ def test_wheel_holds_kernels_and_data_and_imports_alone(tmp_path):
     assert all(Path(f).is_relative_to(site) for f in got["files"]), got["files"]
     assert got["prompts"] == ["capitals.json", "ioi.json"]
     assert got["ioi"] > 0 and got["kernel"] == "interp.kernels.sparse_decode"
+
+
+def test_wheel_installs_into_a_clean_venv_and_runs(wheel, default_model, tmp_path):
+    """``pip install`` of the wheel into a new virtual environment (no editable install, no checkout beside it): the
+    ``interp`` command it installs prints the version from ``interp/_version.py`` (the wheel's metadata carries the
+    same one) and runs ``interp predict`` on the packaged model."""
+    from interp._version import __version__
+
+    assert wheel.name.startswith(f"interp-{__version__}-")
+    venv = tmp_path / "venv"
+    subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(venv)], check=True, capture_output=True)
+    py = venv / "bin" / "python"
+    subprocess.run([sys.executable, "-m", "pip", "--python", str(py), "install", "--no-deps", "--no-index", "-q",
+                    "--disable-pip-version-check", str(wheel)], check=True, capture_output=True, text=True)
+    # the dependencies come from this environment's site-packages as a plain path: its .pth files (the editable
+    # install's finder among them) are not run, so `interp` can only be the one installed in the new environment
+    env = {**os.environ, "PYTHONPATH": sysconfig.get_paths()["purelib"]}
+    where = subprocess.run([str(py), "-c", "import interp; print(interp.__file__)"], check=True, cwd=tmp_path,
+                           env=env, capture_output=True, text=True).stdout.strip()
+    assert Path(where).is_relative_to(venv), where
+    version = subprocess.run([str(venv / "bin" / "interp"), "--version"], check=True, cwd=tmp_path, env=env,
+                             capture_output=True, text=True).stdout
+    assert version.strip() == f"interp {__version__}"
+    out = subprocess.run([str(venv / "bin" / "interp"), "predict", "--prompt", "The capital of France is"],
+                         check=True, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600).stdout
+    assert "Paris" in out, out
