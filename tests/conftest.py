@@ -355,3 +355,22 @@ def random_transcoders(model, width=24, k=4, seed=0):
                              hook_name_out=G.HOOK_OUT.format(layer=l))
         ds.append(sae.create(cfg, jax.random.key(seed + l)))
     return G.Transcoders(tuple(ds), skip_positions=1)
+
+
+@pytest.fixture
+def hub(tmp_path, monkeypatch):
+    """A running fake Hub (tests/hub_server.py), with HF_ENDPOINT pointing at it and the Hub cache in ``tmp_path``,
+    online."""
+    import huggingface_hub.constants
+
+    from tests.hub_server import FakeHub
+
+    with FakeHub() as server:
+        monkeypatch.setenv("HF_ENDPOINT", server.endpoint)
+        monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
+        monkeypatch.setenv("HF_HUB_OFFLINE", "0")
+        for name in ("HF_HUB_CACHE", "HUGGINGFACE_HUB_CACHE", "HF_TOKEN", "HUGGING_FACE_HUB_TOKEN", "HF_TOKEN_PATH"):
+            monkeypatch.delenv(name, raising=False)
+        # huggingface_hub reads HF_HUB_OFFLINE once, at import (this file sets it for the whole run)
+        monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", False)
+        yield server

@@ -4,6 +4,7 @@
     >>> cfg = sae.TrainConfig(sae.TopKConfig(d_in=576, width=4096, k=32, hook_name="blocks.15.hook_resid_post"))
     >>> result = sae.train(cfg)
     >>> d = sae.load(result.out_dir / "final")     # SAELens layout
+    >>> d = sae.from_pretrained("google/gemma-scope-2b-pt-res", "layer_12/width_16k/average_l0_82")
 
 An architecture is one file registered in ``REGISTRY`` (see ``interp.sae._base``): files, the command line and the
 trainer read what they need from its classes.
@@ -36,6 +37,7 @@ from interp.sae.files import load, save
 from interp.sae.jumprelu import JumpReLUConfig, JumpReLUSAE
 from interp.sae.matryoshka import MatryoshkaConfig, MatryoshkaSAE
 from interp.sae.metrics import DictionaryMetrics, evaluate, reconstruction_metrics
+from interp.sae.pretrained import PUBLISHED_HOOKS, from_pretrained
 from interp.sae.standard import StandardConfig, StandardSAE
 from interp.sae.store import (
     ActivationStore,
@@ -50,11 +52,12 @@ from interp.sae.trainer import TrainConfig, TrainingDiverged, TrainResult, metri
 from interp.sae.transcoders import Transcoders, train_transcoders
 
 __all__ = [
-    "REGISTRY", "ActivationStore", "ArrayActivationStore", "AuxLoss", "BatchTopKConfig", "BatchTopKSAE",
-    "CachedActivationStore", "Crosscoder", "CrosscoderConfig", "CrosscoderDiff", "DictConfig", "Dictionary",
-    "DictionaryMetrics", "JumpReLUConfig", "JumpReLUSAE", "LossContext", "MatryoshkaConfig", "MatryoshkaSAE",
-    "Option", "SAELensLayout", "StandardConfig", "StandardSAE", "TopKConfig", "TopKSAE", "TrainConfig", "TrainResult",
-    "TrainingDiverged", "Transcoders", "architecture", "cache_activations", "create", "crosscoder_acts",
-    "crosscoder_diff", "evaluate", "evaluate_crosscoder", "iter_contexts", "iter_texts", "load", "metric_names",
-    "reconstruction_metrics", "register", "save", "train", "train_crosscoder", "train_transcoders", "unregister",
+    "PUBLISHED_HOOKS", "REGISTRY", "ActivationStore", "ArrayActivationStore", "AuxLoss", "BatchTopKConfig",
+    "BatchTopKSAE", "CachedActivationStore", "Crosscoder", "CrosscoderConfig", "CrosscoderDiff", "DictConfig",
+    "Dictionary", "DictionaryMetrics", "JumpReLUConfig", "JumpReLUSAE", "LossContext", "MatryoshkaConfig",
+    "MatryoshkaSAE", "Option", "SAELensLayout", "StandardConfig", "StandardSAE", "TopKConfig", "TopKSAE", "TrainConfig",
+    "TrainResult", "TrainingDiverged", "Transcoders", "architecture", "cache_activations", "create", "crosscoder_acts",
+    "crosscoder_diff", "evaluate", "evaluate_crosscoder", "from_pretrained", "iter_contexts", "iter_texts", "load",
+    "metric_names", "reconstruction_metrics", "register", "save", "train", "train_crosscoder", "train_transcoders",
+    "unregister",
 ]

@@ -13,25 +13,38 @@ from interp.weights.export import save_hf_dir
 from interp.weights.fingerprint import weights_hash
 from interp.weights.gguf_file import GGUFFile, hf_tensors
 from interp.weights.hf import SafetensorsReader, read_config, safetensor_files
+from interp.weights.hub import hub_snapshot, is_repo_id
 from interp.weights.tokenize import Tokenizer
 
 
-def load(source: str | Path = "smollm2-135m", *, dtype=jnp.float32) -> Model:
-    """Load a model: a packaged name (``"smollm2-135m"``), a Hugging Face checkpoint folder, or a ``.gguf`` file."""
+def load(source: str | Path = "smollm2-135m", *, revision: str | None = None, dtype=jnp.float32) -> Model:
+    """Load a model: a packaged name (``"smollm2-135m"``), a Hugging Face checkpoint folder, a ``.gguf`` file, or a
+    Hugging Face Hub repo id (``"HuggingFaceTB/SmolLM2-135M"``, at ``revision``: a branch, tag or commit hash, the
+    default branch if None), downloaded into the Hub cache once (safetensors only) and loaded as a folder is."""
     key = str(source).lower()
     if key in DEFAULT_MODELS:
+        _no_revision(source, revision)
         return load_hf_dir(ensure_default(key), dtype=dtype)
     path = Path(source).expanduser()
+    if not path.exists() and isinstance(source, str) and is_repo_id(source):
+        return load_hf_dir(hub_snapshot(source, revision=revision), dtype=dtype)
+    _no_revision(source, revision)
     if path.is_dir():
         return load_hf_dir(path, dtype=dtype)
     if path.suffix == ".gguf" or (path.is_file() and _magic(path) == b"GGUF"):
         return load_gguf(path, dtype=dtype)
     if not path.exists():
         raise FileNotFoundError(
-            f"'{source}' is neither a packaged model ({', '.join(sorted(DEFAULT_MODELS))}) nor an existing "
-            "checkpoint folder or .gguf file (models are not downloaded from a hub; pass a local path)"
+            f"'{source}' is neither a packaged model ({', '.join(sorted(DEFAULT_MODELS))}), an existing checkpoint "
+            "folder or .gguf file, nor a Hugging Face Hub repo id ('owner/name', as in 'HuggingFaceTB/SmolLM2-135M')"
         )
     raise ValueError(f"cannot tell what kind of checkpoint {path} is: pass a folder with config.json or a .gguf file")
+
+
+def _no_revision(source, revision: str | None) -> None:
+    if revision is not None:
+        raise ValueError(f"revision={revision!r} applies to Hub repo ids ('owner/name'), not to '{source}'; "
+                         "leave it out for a packaged name or a local path")
 
 
 def _magic(path: Path) -> bytes:
@@ -83,5 +96,5 @@ def load_gguf(path: str | Path, *, dtype=jnp.float32) -> Model:
 
 __all__ = [
     "DEFAULT_MODELS", "GGUFFile", "SafetensorsReader", "cache_dir", "default_gguf_path", "ensure_default",
-    "load", "load_gguf", "load_hf_dir", "save_hf_dir", "weights_hash",
+    "hub_snapshot", "is_repo_id", "load", "load_gguf", "load_hf_dir", "save_hf_dir", "weights_hash",
 ]
