@@ -5,6 +5,26 @@ Axis letters (used in einsums and shape docs):
   G query heads per kv head (H = K*G), E head dim, F mlp hidden, V vocabulary.
 
 Every block takes ``hk`` (a hook runner: ``hk(name, x) -> x``) and the name prefix of its hook points.
+
+Precision. A model loaded in bfloat16 or float16 (``interp.load(..., dtype=jnp.bfloat16)``) keeps its weights and
+every hooked activation in that dtype, and computes in float32 where the reference implementation
+(``transformers``) does:
+
+- norm statistics (mean, variance, the ``hook_scale`` divisors, which stay float32);
+- a LayerNorm's affine step (``w * x + b``, rounded once, as torch's LayerNorm kernel does);
+- an RMSNorm whose weight is stored in float32 multiplies in float32 and rounds once: Gemma keeps its ``1 + w``
+  weights in float32 (a few vectors) because the reference adds 1 and multiplies in float32; Llama-layout
+  norms multiply in the activation dtype, as their reference does;
+- rotary angles and their cos/sin (cast to the activation dtype to rotate, as the reference does);
+- the attention softmax (its scores and soft-capping run in the activation dtype, as the reference's do);
+- the logits (:meth:`interp.models.Model.unembed_logits`): the unembedding accumulates in float32 and the logits
+  come out float32, soft-capped in float32. The reference returns logits rounded to the activation dtype and
+  upcasts them itself before every use (loss, sampling); ours are that value before its final roundings, which
+  is where they differ from the reference's (about half an ulp of the low dtype at the logits' magnitude).
+
+In float32 every one of these is a no-op, so float32 runs do not depend on this. float16 keeps three more bits than
+bfloat16 but only values up to 65504: trained Gemma checkpoints exceed that in the residual stream (loading Gemma in
+float16 warns); SmolLM2-135M runs in it. A cached activation holding inf shows where a checkpoint leaves the range.
 """
 
 from __future__ import annotations
@@ -58,7 +78,9 @@ class RMSNorm(eqx.Module):
         scale = _barrier(jnp.sqrt(jnp.mean(x32 * x32, axis=-1, keepdims=True) + self.eps))
         scale = hk(f"{prefix}.hook_scale", scale)
         normalized = hk(f"{prefix}.hook_normalized", (x32 / scale).astype(dtype))
-        return self.weight * normalized
+        # A weight wider than the activations (Gemma's float32 1 + w) multiplies in its own dtype: see the module doc.
+        wide = self.weight.dtype if jnp.finfo(self.weight.dtype).bits > jnp.finfo(dtype).bits else dtype
+        return (self.weight.astype(wide) * normalized.astype(wide)).astype(dtype)
 
 
 class LayerNorm(eqx.Module):
@@ -76,8 +98,9 @@ class LayerNorm(eqx.Module):
         scale = _barrier(jnp.sqrt(jnp.mean(centred * centred, axis=-1, keepdims=True) + self.eps))
         scale = hk(f"{prefix}.hook_scale", scale)
         normalized = hk(f"{prefix}.hook_normalized", (centred / scale).astype(dtype))
-        out = self.weight * normalized
-        return out if self.bias is None else out + self.bias
+        f32 = x32.dtype  # the affine step in float32, rounded once (see the module doc)
+        out = self.weight.astype(f32) * normalized.astype(f32)
+        return (out if self.bias is None else out + self.bias.astype(f32)).astype(dtype)
 
 
 @dataclasses.dataclass(frozen=True)

@@ -237,13 +237,14 @@ class Tensors:
                              "the weights and the config do not belong together")
         return x
 
-    def arr(self, x):
-        return x if self.recording else jnp.asarray(np.asarray(x), dtype=self.dtype)
+    def arr(self, x, dtype=None):
+        """``x`` as a model array of ``dtype`` (default: the model's)."""
+        return x if self.recording else jnp.asarray(np.asarray(x), dtype=dtype or self.dtype)
 
-    def weight(self, name: str, shape: tuple[int, ...], fn: Callable | None = None):
+    def weight(self, name: str, shape: tuple[int, ...], fn: Callable | None = None, dtype=None):
         """``arr`` of the stored tensor, as stored or after ``fn`` (numpy to numpy; not run when recording)."""
         x = self(name, shape)
-        return self.arr(x if fn is None or self.recording else fn(x))
+        return self.arr(x if fn is None or self.recording else fn(x), dtype)
 
     def unembed(self, config, name: str):
         """The unembedding ``[D V]`` from a head stored ``[V D]``; None when tied to the embedding."""

@@ -13,7 +13,7 @@ from jaxtyping import Array, Bool, Float, Int
 
 from interp.hooks import NOOP, Cache, HookRunner, Hooks, Resolved, ShapeRecorder
 from interp.models import _shapes_cache
-from interp.models._blocks import Embed, LayerNorm, RMSNorm
+from interp.models._blocks import Embed, LayerNorm, RMSNorm, _at_least_f32
 from interp.models._buckets import (
     bucket_length,
     length_buckets,
@@ -139,10 +139,16 @@ class Model(UserAPI, eqx.Module):
         return self.unembed_logits(x)
 
     def unembed_logits(self, x: Float[Array, "... D"]) -> Float[Array, "... V"]:
-        """Logits from the normalised final residual stream (soft-capped when the model does so)."""
-        logits = x @ self.W_U
+        """Logits from the normalised final residual stream (soft-capped when the model does so), in float32 also
+        for a bfloat16 or float16 model: the product accumulates in float32 and is not rounded back (see
+        :mod:`interp.models._blocks`, "Precision")."""
+        f32 = _at_least_f32(x.dtype)
+        if f32 == x.dtype:
+            logits = x @ self.W_U
+        else:
+            logits = jnp.matmul(x, self.W_U, preferred_element_type=f32)
         if self.b_U is not None:
-            logits = logits + self.b_U
+            logits = logits + self.b_U.astype(f32)
         if self.logit_softcap is not None:
             logits = jnp.tanh(logits / self.logit_softcap) * self.logit_softcap
         return logits

@@ -12,6 +12,7 @@ compute ``x / rms(x) * (1 + w)`` and its checkpoints store ``w``: ``1 + w`` is f
 from __future__ import annotations
 
 import dataclasses
+import warnings
 from collections.abc import Mapping
 
 import jax.numpy as jnp
@@ -181,10 +182,16 @@ class GemmaConfig:
 
 def from_hf_weights(config: GemmaConfig, get, *, dtype=jnp.float32, tokenizer=None) -> Model:
     """Build the model from Hugging Face tensors; ``get(name) -> np.ndarray`` (torch's ``[out, in]`` layout)."""
+    if jnp.dtype(dtype) == jnp.float16:
+        warnings.warn(
+            "trained Gemma checkpoints carry residual-stream values past float16's largest (65504; Gemma 3 270M "
+            "reaches about 1e5), which become inf and turn the logits to NaN (transformers adds the stream in "
+            "float16 too); load Gemma with dtype=jnp.bfloat16 (same memory, float32's range) or float32", stacklevel=4)
     t, offset = _hf.Tensors(get, dtype), np.float32(config.norm_offset)
 
-    def norm(name, size):  # (1 + w) folded into the weight, in float32 as the reference computes it
-        return RMSNorm(t.weight(name, (size,), lambda w: np.asarray(w, np.float32) + offset), config.rms_eps)
+    def norm(name, size):  # (1 + w) folded into the weight and kept float32 whatever the dtype, as the reference
+        return RMSNorm(t.weight(name, (size,), lambda w: np.asarray(w, np.float32) + offset, jnp.float32),
+                       config.rms_eps)
 
     global_rope = Rope(dim=config.d_head, theta=config.rope_theta, scaling=config.rope_scaling)
     local_rope = global_rope if config.rope_local_theta is None else Rope(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import json
 import shutil
 
@@ -133,8 +134,8 @@ def test_sharded_checkpoint(hf_checkpoints, tmp_path):
 def test_bfloat16_checkpoint(hf_checkpoints, tmp_path):
     hf, _ = hf_checkpoints("gqa")
     folder = tmp_path / "bf16"
-    hf.to(torch.bfloat16).save_pretrained(folder)
-    hf.to(torch.float32)
+    # a copy: the checkpoint is shared by the session's other tests, and a round trip through bfloat16 rounds it
+    copy.deepcopy(hf).to(torch.bfloat16).save_pretrained(folder)
     model = interp.load(folder)
     assert model.W_E.dtype == np.float32
     stored = hf.model.embed_tokens.weight.detach().to(torch.bfloat16).float().numpy()
