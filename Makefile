@@ -48,11 +48,11 @@ FAST := not slow and not torch and not browser and not notebook and not heavy
 lint: $(VENV)/.installed-test
 	$(VENV)/bin/ruff check $(LINTED)
 
-# Two worker processes, each test file kept in one of them (its module fixtures built once; tests/conftest.py groups
-# the tests by file, and spreads the notebooks one by one): compilation and Python overhead are single-threaded, so
-# two processes use a 2-core machine better than one. TEST_WORKERS=0 runs serially.
+# Two worker processes, each test file kept in one of them (its module fixtures built once; tests/conftest.py spreads
+# the notebooks one by one): compilation and Python overhead are single-threaded, so two processes use a 2-core
+# machine better than one. TEST_WORKERS=0 runs serially.
 TEST_WORKERS ?= 2
-XDIST := $(if $(filter 0,$(TEST_WORKERS)),,-n $(TEST_WORKERS) --dist loadgroup)
+XDIST := $(if $(filter 0,$(TEST_WORKERS)),,-n $(TEST_WORKERS) --dist loadfile)
 
 # Two test workers share the cores: OpenBLAS's own threads (behind numpy's and JAX's linear algebra on a CPU) then
 # spin against each other and slow every linear solve about tenfold, so each worker's OpenBLAS runs one thread.

@@ -56,7 +56,8 @@ MARKERS = ("slow", "torch", "browser", "notebook", "heavy")
 # Tests that take long on tiny models alone (compiling gradients, training runs): marked ``heavy``, so left out of
 # `make test-fast` and kept in `make test`. A module path marks the whole module. Seconds: one run of the fast tier
 # on the 2-core machine, under load.
-# Parametrized tests whose cases are long and independent (a notebook each): spread over the test workers.
+# Parametrized tests whose cases are long and independent (a notebook each): `--dist loadfile` spreads them over the
+# test workers one by one (see pytest_xdist_make_scheduler) while every other file's tests stay in one worker.
 SPREAD = ("tests/notebooks/test_notebooks.py::test_notebook_runs",)
 HEAVY = (
     "tests/circuits/test_graph_toy.py",  # trains its toy model first: 43 s, then 13 s, 5 s, 3 s
@@ -167,9 +168,6 @@ def pytest_collection_modifyitems(config, items):
             item.add_marker("heavy")
         # with `-n N --dist loadgroup` (make test) a file's tests stay in one worker, so that its module fixtures
         # are built once; the long tests that share nothing but the session's fixtures are spread one by one
-        if config.pluginmanager.hasplugin("xdist"):
-            spread = any(item.nodeid.startswith(f"{s}[") for s in SPREAD)
-            item.add_marker(pytest.mark.xdist_group(item.nodeid if spread else item.nodeid.split("::")[0]))
 
 TINY = dict(vocab_size=97, hidden_size=32, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=4,
             intermediate_size=48, rms_norm_eps=1e-5, max_position_embeddings=64)
@@ -374,3 +372,19 @@ def hub(tmp_path, monkeypatch):
         # huggingface_hub reads HF_HUB_OFFLINE once, at import (this file sets it for the whole run)
         monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", False)
         yield server
+
+
+def pytest_xdist_make_scheduler(config, log):
+    """With ``--dist loadfile`` (make test): each file's tests in one worker, so that its module fixtures are built
+    once, except the cases of the :data:`SPREAD` tests, which go out one by one."""
+    if config.getvalue("dist") != "loadfile":
+        return None
+    from xdist.scheduler import LoadScopeScheduling
+
+    class FilesSpreadingSome(LoadScopeScheduling):
+        def _split_scope(self, nodeid: str) -> str:
+            if any(nodeid.startswith(f"{s}[") for s in SPREAD):
+                return nodeid
+            return nodeid.split("::", 1)[0]
+
+    return FilesSpreadingSome(config, log)
