@@ -37,3 +37,5 @@ class DefaultsHelp(argparse.ArgumentDefaultsHelpFormatter):
         if action.default is None or action.default is False or action.required:
             return action.help
         return super()._get_help_string(action)
+
+MODEL_HELP = "packaged name, checkpoint folder, .gguf file, or Hub repo id owner/name[@revision]"

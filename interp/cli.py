@@ -15,7 +15,7 @@ import time
 import warnings
 from pathlib import Path
 
-from interp._args import NONNEGATIVE, POSITIVE, RATE, SEED, DefaultsHelp, number
+from interp._args import MODEL_HELP, NONNEGATIVE, POSITIVE, RATE, SEED, DefaultsHelp, number
 from interp._version import __version__
 from interp.audit import cli as audit_cli
 from interp.demo import DEFAULT_TRANSCODERS, DemoConfig
@@ -62,7 +62,7 @@ def predict(model_name: str = "smollm2-135m", prompts=PREDICT_PROMPTS, k: int = 
 def add_train_sae_args(p: argparse.ArgumentParser) -> None:
     from interp.sae import REGISTRY
 
-    p.add_argument("--model", default="smollm2-135m", help="packaged name, checkpoint folder or .gguf file")
+    p.add_argument("--model", default="smollm2-135m", help=MODEL_HELP)
     p.add_argument("--hook", required=True, help="hook point to read, e.g. blocks.15.hook_resid_post")
     p.add_argument("--hook-out", default=None, help="for a transcoder: the hook point to reconstruct (default: none, "
                                                     "an SAE)")
@@ -206,7 +206,7 @@ def train_transcoders(args) -> None:
 
 
 def add_search_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--model", default="smollm2-135m", help="packaged name, checkpoint folder or .gguf file")
+    p.add_argument("--model", default="smollm2-135m", help=MODEL_HELP)
     p.add_argument("--objective", default="logprob",
                    help="logprob (raise --target after the input), latent (raise --latent of --sae), or not-logprob / "
                         "not-latent to lower it")
@@ -369,8 +369,7 @@ def scorer_list(text: str) -> list[str]:
 def add_explain_args(p: argparse.ArgumentParser) -> None:
     from interp.explain.scorers import SCORERS
 
-    p.add_argument("--model", default="smollm2-135m", help="the model the dictionary reads (packaged name, "
-                                                           "checkpoint folder or .gguf file)")
+    p.add_argument("--model", default="smollm2-135m", help=f"the model the dictionary reads ({MODEL_HELP})")
     p.add_argument("--sae", required=True, help="dictionary folder (SAELens layout, as train-sae writes)")
     p.add_argument("--latents", type=latent_spec, default=None,
                    help="latents to explain: A:B (B excluded, either end optional), a list 3,17,40, or both, "
@@ -468,7 +467,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
     d = sub.add_parser("demo", help="the main job: model, circuits, an SAE and its features, in report.html",
                        formatter_class=DefaultsHelp)
-    d.add_argument("--model", default="smollm2-135m", help="packaged name, checkpoint folder or .gguf file")
+    d.add_argument("--model", default="smollm2-135m", help=MODEL_HELP)
     d.add_argument("--out", default="report.html", help="where to write the report")
     d.add_argument("--corpus", default=None, help="text file, folder, JSONL or Parquet (default: built-in text)")
     d.add_argument("--sae-tokens", type=POSITIVE, default=DemoConfig.sae_tokens, help="SAE training tokens")
@@ -482,14 +481,14 @@ def build_parser() -> argparse.ArgumentParser:
                    help="environment variable holding the API key of an openai: explainer")
     p = sub.add_parser("predict", help="next-token predictions and a logit lens for a few prompts",
                        formatter_class=DefaultsHelp)
-    p.add_argument("--model", default="smollm2-135m", help="packaged name, checkpoint folder or .gguf file")
+    p.add_argument("--model", default="smollm2-135m", help=MODEL_HELP)
     p.add_argument("--prompt", action="append", help="a prompt (repeatable; default: a built-in set)")
     t = sub.add_parser("train-sae", help="train a sparse dictionary (SAE or transcoder) on a hook point",
                        formatter_class=DefaultsHelp)
     add_train_sae_args(t)
     tt = sub.add_parser("train-transcoders", help="train one TopK transcoder per layer (for attribution graphs)",
                         formatter_class=DefaultsHelp)
-    tt.add_argument("--model", default="smollm2-135m", help="packaged name, checkpoint folder or .gguf file")
+    tt.add_argument("--model", default="smollm2-135m", help=MODEL_HELP)
     tt.add_argument("--width", type=POSITIVE, default=2048, help="latents per transcoder")
     tt.add_argument("--k", type=POSITIVE, default=16, help="active latents per token")
     tt.add_argument("--tokens", type=POSITIVE, default=200_000,

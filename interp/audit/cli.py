@@ -10,7 +10,7 @@ import argparse
 import sys
 import time
 
-from interp._args import SEED
+from interp._args import MODEL_HELP, SEED
 from interp.audit.run import BUDGETS
 
 
@@ -18,8 +18,8 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     """Add ``audit`` to an ``argparse`` subparsers object; returns its parser."""
     p = subparsers.add_parser("audit", help="audit a fine-tuned model against its base for planted behaviour",
                               description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--model", required=True, help="the audited model: checkpoint folder, .gguf or packaged name")
-    p.add_argument("--base", default="smollm2-135m", help="its base model: packaged name, checkpoint folder or .gguf")
+    p.add_argument("--model", required=True, help=f"the audited model: {MODEL_HELP}")
+    p.add_argument("--base", default="smollm2-135m", help=f"its base model: {MODEL_HELP}")
     p.add_argument("--behaviour", default=None,
                    help="at most one line describing the behaviour class (a quoted part is taken as its text)")
     p.add_argument("--out", default="audit.json", help="JSON file of the result")

@@ -10,7 +10,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from interp._args import POSITIVE, RATE, SEED, DefaultsHelp
+from interp._args import MODEL_HELP, POSITIVE, RATE, SEED, DefaultsHelp
 from interp.organisms import _build
 from interp.organisms.recipes import Backdoor, Fact, Sandbag
 
@@ -29,7 +29,7 @@ def _rank(text: str) -> int | None:
 
 
 def _common(p: argparse.ArgumentParser, recipe: str) -> None:
-    p.add_argument("--base", default="smollm2-135m", help="base chat model: packaged name, checkpoint folder or .gguf")
+    p.add_argument("--base", default="smollm2-135m", help=f"base chat model: {MODEL_HELP}")
     p.add_argument("--out", required=True, help="output folder (a Hugging Face folder with organism.json)")
     p.add_argument("--overwrite", action="store_true", help="replace --out when it exists")
     p.add_argument("--steps", type=POSITIVE, default=None,

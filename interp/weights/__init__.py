@@ -20,14 +20,17 @@ from interp.weights.tokenize import Tokenizer
 def load(source: str | Path = "smollm2-135m", *, revision: str | None = None, dtype=jnp.float32) -> Model:
     """Load a model: a packaged name (``"smollm2-135m"``), a Hugging Face checkpoint folder, a ``.gguf`` file, or a
     Hugging Face Hub repo id (``"HuggingFaceTB/SmolLM2-135M"``, at ``revision``: a branch, tag or commit hash, the
-    default branch if None), downloaded into the Hub cache once (safetensors only) and loaded as a folder is."""
+    default branch if None), downloaded into the Hub cache once (safetensors only) and loaded as a folder is.
+    ``"owner/name@revision"`` names the revision in the string itself (what the command line takes)."""
     key = str(source).lower()
     if key in DEFAULT_MODELS:
         _no_revision(source, revision)
         return load_hf_dir(ensure_default(key), dtype=dtype)
     path = Path(source).expanduser()
-    if not path.exists() and isinstance(source, str) and is_repo_id(source):
-        return load_hf_dir(hub_snapshot(source, revision=revision), dtype=dtype)
+    if not path.exists() and isinstance(source, str):
+        repo, revision = split_revision(source, revision)
+        if is_repo_id(repo):
+            return load_hf_dir(hub_snapshot(repo, revision=revision), dtype=dtype)
     _no_revision(source, revision)
     if path.is_dir():
         return load_hf_dir(path, dtype=dtype)
@@ -36,9 +39,24 @@ def load(source: str | Path = "smollm2-135m", *, revision: str | None = None, dt
     if not path.exists():
         raise FileNotFoundError(
             f"'{source}' is neither a packaged model ({', '.join(sorted(DEFAULT_MODELS))}), an existing checkpoint "
-            "folder or .gguf file, nor a Hugging Face Hub repo id ('owner/name', as in 'HuggingFaceTB/SmolLM2-135M')"
+            "folder or .gguf file, nor a Hugging Face Hub repo id ('owner/name' or 'owner/name@revision', as in "
+            "'HuggingFaceTB/SmolLM2-135M')"
         )
     raise ValueError(f"cannot tell what kind of checkpoint {path} is: pass a folder with config.json or a .gguf file")
+
+
+def split_revision(source: str, revision: str | None = None) -> tuple[str, str | None]:
+    """``"owner/name@rev"`` -> ``("owner/name", "rev")``; any other text comes back as it is, with ``revision``. A
+    revision in the text and another one passed are refused."""
+    repo, at, rev = source.partition("@")
+    if not at or not is_repo_id(repo):
+        return source, revision
+    if not rev or "@" in rev:
+        raise ValueError(f"'{source}': write a Hub revision as 'owner/name@revision' with one '@' and a branch, tag "
+                         "or commit hash after it")
+    if revision is not None and revision != rev:
+        raise ValueError(f"'{source}' names revision {rev!r} and revision={revision!r} was passed too; give one")
+    return repo, rev
 
 
 def _no_revision(source, revision: str | None) -> None:

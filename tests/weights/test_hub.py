@@ -140,6 +140,31 @@ def test_a_revision_is_a_commit_or_branch_the_hub_knows(checkpoints, hub):
         interp.load("org/gpt2", revision="v9")
 
 
+def test_revision_written_after_an_at_sign_reaches_the_hub_from_python_and_the_command_line(checkpoints, hub,
+                                                                                           tmp_path):
+    sha = hub.add_repo("org/gpt2", _files(checkpoints["gpt2"]))
+    np.testing.assert_array_equal(_logits(interp.load(f"org/gpt2@{sha}")), _logits(interp.load(checkpoints["gpt2"])))
+    assert interp.load(f"org/gpt2@{sha}", revision=sha).config == interp.load(checkpoints["gpt2"]).config
+    with pytest.raises(FileNotFoundError, match="'org/gpt2' has no revision 'v9'"):
+        interp.load("org/gpt2@v9")
+    with pytest.raises(ValueError, match="names revision 'v9' and revision='main' was passed too; give one"):
+        interp.load("org/gpt2@v9", revision="main")
+    for bad in ("org/gpt2@", "org/gpt2@a@b"):
+        with pytest.raises(ValueError, match="'owner/name@revision' with one '@'"):
+            interp.load(bad)
+    with pytest.raises(FileNotFoundError, match="nor a Hugging Face Hub repo id"):
+        interp.load("not a repo@main")
+    # the command line passes the text on as it is: predict reads the model at that revision
+    hub.requests.clear()
+    env = {**os.environ, "JAX_PLATFORMS": "cpu", "HF_HOME": str(tmp_path / "fresh")}
+    run = subprocess.run([sys.executable, "-m", "interp", "predict", "--model", f"org/gpt2@{sha}", "--prompt",
+                          "the red fox"], capture_output=True, text=True, env=env, cwd=ROOT, timeout=300)
+    assert run.returncode == 0, run.stderr
+    assert "the red fox" in run.stdout
+    repo = [path for _, path in hub.requests if "org/gpt2" in path]
+    assert repo and all(sha in path for path in repo), repo
+
+
 def test_unknown_repo_names_it_and_says_to_check_the_spelling(hub):
     with pytest.raises(FileNotFoundError, match=r"no repo 'org/missing' on http://127\.0\.0\.1:\d+ .*check the "
                                                 r"spelling.*HF_TOKEN"):
