@@ -247,6 +247,12 @@ class Resolved:
         return deepest
 
 
+def _mixed():
+    """A dictionary in float32 spliced into a bfloat16 model reads the stream and writes back through JAX's standard
+    promotion (exact upcasts inside the matrix products), also when the user asked for strict promotion."""
+    return jax.numpy_dtype_promotion("standard")
+
+
 class HookRunner:
     """Called by the forward pass at every hook point: applies edits, then records captures."""
 
@@ -268,14 +274,18 @@ class HookRunner:
         x = self._edit_and_capture(name, x)
         for s in self.splice_in.get(name, ()):
             d = s.dictionary
-            clean = d.encode(x)
+            with _mixed():
+                clean = d.encode(x)
             self._latents[id(s)] = (clean, self(f"{s.hook_in}.sae.hook_latents", clean), x)
         for s in self.splice_out.get(name, ()):
             clean, z, x_in = self._latents.pop(id(s))
-            skip = d.skip_term(x_in) if hasattr(d := s.dictionary, "skip_term") else 0.0
-            recons = self(f"{s.hook_out}.sae.hook_recons", (d.decode(z) + skip).astype(x.dtype))
+            with _mixed():
+                skip = d.skip_term(x_in) if hasattr(d := s.dictionary, "skip_term") else 0.0
+                out = (d.decode(z) + skip).astype(x.dtype)
+                out_clean = (d.decode(clean) + skip).astype(x.dtype) if s.error_term else None
+            recons = self(f"{s.hook_out}.sae.hook_recons", out)
             if s.error_term:
-                error = self(f"{s.hook_out}.sae.hook_error", x - (d.decode(clean) + skip).astype(x.dtype))
+                error = self(f"{s.hook_out}.sae.hook_error", x - out_clean)
                 new = recons + error
             else:
                 new = recons

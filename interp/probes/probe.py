@@ -54,6 +54,7 @@ class Probe(Result, eqx.Module):
 
     def score(self, acts: Float[Array, "*B D"]) -> Float[Array, "*B"]:
         """Logits (log-odds of class 1) for activations ``[..., D]``; pure jnp, fine under ``jit``/``vmap``."""
+        acts = jnp.asarray(acts).astype(self.weight.dtype)  # bfloat16 activations are scored in the probe's float32
         return ((acts - self.mean) / self.scale) @ self.weight + self.bias
 
     def predict(self, acts: Float[Array, "*B D"]) -> Bool[Array, "*B"]:

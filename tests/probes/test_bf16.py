@@ -58,3 +58,6 @@ def test_bfloat16_activations_collect_and_fit_in_float32(models, reduce):
     direct = probes.fit(raw, labels)
     upcast = probes.fit(np.asarray(raw, np.float32), labels)
     np.testing.assert_array_equal(np.asarray(direct.weight), np.asarray(upcast.weight))
+    # and scores raw bfloat16 rows as their float32 upcast (under the strict promotion these tests run with)
+    np.testing.assert_array_equal(np.asarray(direct.score(raw)), np.asarray(direct.score(np.asarray(raw, np.float32))))
+    assert direct.score(raw).dtype == jnp.float32

@@ -51,13 +51,13 @@ def test_bfloat16_activations_train_a_float32_dictionary(tmp_path):
     err32 = float(jnp.mean((rec32 - x32) ** 2) / np.mean(x32**2))
     assert err16 < 0.5 and abs(err16 - err32) < 0.05
 
-    # spliced into the bfloat16 model's forward pass, it reads the bfloat16 stream (promoted to float32 by JAX's
-    # default promotion) and writes its reconstruction back in bfloat16
+    # spliced into the bfloat16 model's forward pass, it reads the bfloat16 stream upcast to float32 (so strict
+    # dtype promotion, on in these tests, is satisfied) and writes its reconstruction back in bfloat16
     from interp.hooks import Splice
 
     tokens = np.stack([t[:16] for t in (m16.tokenizer.encode(s) for s in corpus[:2])]).astype(np.int32)
-    with jax.numpy_dtype_promotion("standard"):
-        _, cache = m16.run_with_cache(tokens, [RECONS], splices=[Splice(result.dictionary, HOOK)])
+    assert jax.config.jax_numpy_dtype_promotion == "strict"
+    _, cache = m16.run_with_cache(tokens, [RECONS], splices=[Splice(result.dictionary, HOOK)])
     assert cache[RECONS].dtype == jnp.bfloat16
     _, plain = m16.run_with_cache(tokens, [HOOK])
     want = result.dictionary(jnp.asarray(plain[HOOK], jnp.float32)).astype(jnp.bfloat16)
