@@ -253,6 +253,15 @@ def _mixed():
     return jax.numpy_dtype_promotion("standard")
 
 
+def _join_heads(x, d):
+    """A per-head activation ``[B T H E]`` (``attn.hook_z``) as ``[B T H*E]`` for a dictionary that reads the heads
+    joined (its ``d_in`` is ``H*E``), as attention SAEs are trained; anything else as it is."""
+    d_in = getattr(getattr(d, "cfg", None), "d_in", None)
+    if x.ndim == 4 and d_in == x.shape[-2] * x.shape[-1] and d_in != x.shape[-1]:
+        return x.reshape(*x.shape[:-2], d_in)
+    return x
+
+
 class HookRunner:
     """Called by the forward pass at every hook point: applies edits, then records captures."""
 
@@ -275,14 +284,14 @@ class HookRunner:
         for s in self.splice_in.get(name, ()):
             d = s.dictionary
             with _mixed():
-                clean = d.encode(x)
-            self._latents[id(s)] = (clean, self(f"{s.hook_in}.sae.hook_latents", clean), x)
+                clean = d.encode(_join_heads(x, d))
+            self._latents[id(s)] = (clean, self(f"{s.hook_in}.sae.hook_latents", clean), _join_heads(x, d))
         for s in self.splice_out.get(name, ()):
             clean, z, x_in = self._latents.pop(id(s))
             with _mixed():
                 skip = d.skip_term(x_in) if hasattr(d := s.dictionary, "skip_term") else 0.0
-                out = (d.decode(z) + skip).astype(x.dtype)
-                out_clean = (d.decode(clean) + skip).astype(x.dtype) if s.error_term else None
+                out = (d.decode(z) + skip).astype(x.dtype).reshape(x.shape)
+                out_clean = (d.decode(clean) + skip).astype(x.dtype).reshape(x.shape) if s.error_term else None
             recons = self(f"{s.hook_out}.sae.hook_recons", out)
             if s.error_term:
                 error = self(f"{s.hook_out}.sae.hook_error", x - out_clean)

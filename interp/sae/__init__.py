@@ -37,7 +37,7 @@ from interp.sae.files import load, save
 from interp.sae.jumprelu import JumpReLUConfig, JumpReLUSAE
 from interp.sae.matryoshka import MatryoshkaConfig, MatryoshkaSAE
 from interp.sae.metrics import DictionaryMetrics, evaluate, reconstruction_metrics
-from interp.sae.pretrained import PUBLISHED_HOOKS, from_pretrained
+from interp.sae.pretrained import PUBLISHED_HOOKS, fold_input_norm, from_pretrained
 from interp.sae.standard import StandardConfig, StandardSAE
 from interp.sae.store import (
     ActivationStore,
@@ -57,7 +57,8 @@ __all__ = [
     "Dictionary", "DictionaryMetrics", "JumpReLUConfig", "JumpReLUSAE", "LossContext", "MatryoshkaConfig",
     "MatryoshkaSAE", "Option", "SAELensLayout", "StandardConfig", "StandardSAE", "TopKConfig", "TopKSAE", "TrainConfig",
     "TrainResult", "TrainingDiverged", "Transcoders", "architecture", "cache_activations", "create", "crosscoder_acts",
-    "crosscoder_diff", "evaluate", "evaluate_crosscoder", "from_pretrained", "iter_contexts", "iter_texts", "load",
+    "crosscoder_diff", "evaluate", "evaluate_crosscoder", "fold_input_norm", "from_pretrained", "iter_contexts",
+    "iter_texts", "load",
     "metric_names", "reconstruction_metrics", "register", "save", "train", "train_crosscoder", "train_transcoders",
     "unregister",
 ]

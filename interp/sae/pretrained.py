@@ -39,12 +39,13 @@ Gemma Scope ``-transcoders``           ``blocks.L.ln2.hook_normalized``        `
 
 Where the published hook differs from interp's by a fixed map, the weights absorb it: Gemma Scope's embedding SAEs
 read the embedding before Gemma's ``sqrt(d_model)`` scale, and ``hook_embed`` is after it, so ``W_enc`` is divided
-and ``W_dec``, ``b_dec`` multiplied by ``sqrt(D)``. Three differences are left to the caller, since they depend on
-the model: ``ln2.hook_normalized`` is the MLP's input before the norm's multiplier ``w`` (and LayerNorm's bias
-``b``), which the published transcoders saw applied, so a transcoder spliced there needs them folded in
-(``W_enc <- w[:, None] * W_enc``, ``b_enc <- b_enc + b @ W_enc``); interp's ``attn.hook_z`` is ``[B T H E]`` and an
-attention SAE reads it with the heads joined, ``[B T H*E]``; and on Gemma 2 and 3 sparsify's ``layers.L.mlp`` is the
-MLP's output before its post-norm, while ``hook_mlp_out`` is after it.
+and ``W_dec``, ``b_dec`` multiplied by ``sqrt(D)``. Two differences depend on the model: ``ln2.hook_normalized`` is
+the MLP's input before the norm's multiplier ``w`` (and LayerNorm's bias ``b``), which the published transcoders saw
+applied, so a transcoder spliced there needs them folded in (``W_enc <- w[:, None] * W_enc``,
+``b_enc <- b_enc + b @ W_enc``): ``from_pretrained(..., model=model)`` does it (:func:`fold_input_norm`); and on
+Gemma 2 and 3 sparsify's ``layers.L.mlp`` is the MLP's output before its post-norm, while ``hook_mlp_out`` is after
+it, which is left to the caller. interp's ``attn.hook_z`` is ``[B T H E]``; an attention SAE reads it with the
+heads joined, ``[B T H*E]``, and a ``Splice`` there joins them on the way in and splits them on the way out.
 
 ``hook=`` names the hook instead (a ``(hook_name, hook_name_out)`` pair for a transcoder). A published name that
 has no entry here needs ``hook=``.
@@ -97,7 +98,7 @@ _READABLE_CONVERSIONS = {None, "gemma_2", "gemma_2_transcoder"}
 
 def from_pretrained(source: str | Path | None = None, path: str | None = None, *, release: str | None = None,
                     sae_id: str | None = None, hook: str | tuple[str, str] | None = None,
-                    revision: str | None = None, dtype=jnp.float32) -> Dictionary:
+                    revision: str | None = None, dtype=jnp.float32, model=None) -> Dictionary:
     """A published dictionary as an interp dictionary whose ``encode``/``decode`` compute what its own library's do.
 
     source: a local folder holding one of the layouts (module docstring), or a file in one (``params.npz``), or a
@@ -109,6 +110,9 @@ def from_pretrained(source: str | Path | None = None, path: str | None = None, *
         the one the published name maps to (``PUBLISHED_HOOKS``).
     revision: a branch, tag or commit of a Hub repo.
     dtype: the dictionary's array dtype (files are read as float32 and cast).
+    model: the interp model the dictionary will read. A transcoder that reads a norm's ``hook_normalized`` then gets
+        that norm's multiplier and bias folded in (:func:`fold_input_norm`), so that spliced there it computes what
+        it computed on the published MLP input; other dictionaries are checked against the model's hook points.
     """
     if release is not None or sae_id is not None:
         if source is not None or path is not None:
@@ -127,7 +131,52 @@ def from_pretrained(source: str | Path | None = None, path: str | None = None, *
     else:
         raise FileNotFoundError(f"{source!r} is neither an existing file or folder nor a Hub repo id 'owner/name'; "
                                 "check the path, or name the repo as owner/name")
-    return _open(target, f"{where}/{path}" if path else where, hook, dtype)
+    d = _open(target, f"{where}/{path}" if path else where, hook, dtype)
+    if model is None:
+        return d
+    names = set(model.hook_names)
+    for h in (d.cfg.hook_name, d.cfg.hook_name_out if d.cfg.is_transcoder else None):
+        if h is not None and h not in names:
+            raise ValueError(f"the dictionary uses hook '{h}', which the model does not have; pass hook= the hook "
+                             "point(s) it should use")
+    if d.cfg.d_in != model.d_model and not d.cfg.hook_name.endswith("hook_z"):
+        raise ValueError(f"the dictionary reads {d.cfg.d_in} numbers per token and the model's stream has "
+                         f"{model.d_model}: it was trained on another model")
+    return fold_input_norm(d, model) if d.cfg.hook_name.endswith(".hook_normalized") else d
+
+
+def fold_input_norm(d: Dictionary, model) -> Dictionary:
+    """A transcoder that reads ``blocks.L.ln{1,2}.hook_normalized`` with that norm's multiplier ``w`` and bias ``b``
+    folded in. interp's ``hook_normalized`` is the norm's input divided by its scale, before ``w`` and ``b``; a
+    published transcoder saw the norm's output ``y = x w + b`` (the MLP's input). Folded, it computes on ``x``
+    exactly what it computed on ``y``: ``W_enc <- w[:, None] W_enc``, ``b_enc <- b_enc + b W_enc``, and for a skip
+    connection ``W_skip <- w[:, None] W_skip``, ``b_dec <- b_dec + b W_skip``. Only transcoders: an SAE there would
+    also have to reconstruct ``x`` instead of ``y``."""
+    import re
+
+    m = re.fullmatch(r"blocks\.(\d+)\.(ln1|ln2)\.hook_normalized", d.cfg.hook_name)
+    if m is None:
+        raise ValueError(f"fold_input_norm folds the norm a dictionary reads through 'blocks.L.ln1/ln2.hook_normalized'"
+                         f"; this one reads '{d.cfg.hook_name}'")
+    if not d.cfg.is_transcoder:
+        raise ValueError(f"an SAE at '{d.cfg.hook_name}' reconstructs the norm's output, not the hook's value; "
+                         "fold_input_norm takes transcoders (an SAE belongs at the hook it was trained on)")
+    if d.cfg.apply_b_dec_to_input:
+        raise ValueError("this transcoder subtracts b_dec from its input; fold_input_norm takes transcoders that "
+                         "encode their input as it is")
+    layer = int(m.group(1))
+    if layer >= model.n_layers:
+        raise ValueError(f"the dictionary reads layer {layer} and the model has {model.n_layers} layers")
+    norm = getattr(model.blocks[layer], m.group(2))
+    dt = d.W_enc.dtype
+    w = jnp.asarray(norm.weight, jnp.float32)
+    b = jnp.zeros_like(w) if getattr(norm, "bias", None) is None else jnp.asarray(norm.bias, jnp.float32)
+    f32 = lambda a: jnp.asarray(a, jnp.float32)  # noqa: E731
+    new = {"W_enc": (w[:, None] * f32(d.W_enc)).astype(dt), "b_enc": (f32(d.b_enc) + b @ f32(d.W_enc)).astype(dt)}
+    if d.W_skip is not None:
+        new["W_skip"] = (w[:, None] * f32(d.W_skip)).astype(dt)
+        new["b_dec"] = (f32(d.b_dec) + b @ f32(d.W_skip)).astype(dt)
+    return dataclasses.replace(d, **new)
 
 
 # ------------------------------------------------------------------ where the files are

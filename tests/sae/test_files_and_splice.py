@@ -278,3 +278,26 @@ def test_splice_can_leave_first_positions_to_the_model(default_model, topk_576):
     full = sae.evaluate(m, d, ids)
     skipped = sae.evaluate(m, d, ids, skip_positions=1)
     assert skipped.n_tokens == full.n_tokens and skipped.fvu != full.fvu
+
+
+def test_attention_sae_reads_the_heads_joined_at_hook_z(default_model):
+    """An attention SAE (``d_in`` = heads x head size, as Gemma Scope's ``-att`` ones) spliced at ``attn.hook_z``,
+    ``[B T H E]``: it encodes each position's heads joined, and its reconstruction goes back split into heads."""
+    m = default_model
+    ids = m.to_tokens("The capital of France is")
+    hook = "blocks.2.attn.hook_z"
+    _, clean = m.run_with_cache(ids, names=[hook])
+    z = np.asarray(clean[hook])
+    B, T, H, E = z.shape
+    d = randomized(sae.TopKConfig(d_in=H * E, width=96, k=8, hook_name=hook), seed=3)
+    names = [f"{hook}.sae.hook_latents", f"{hook}.sae.hook_recons", "blocks.2.hook_attn_out", "blocks.2.attn.hook_z"]
+    _, c = m.run_with_cache(ids, names=names, splices=[Splice(d, hook)])
+    joined = z.reshape(B, T, H * E)
+    np.testing.assert_allclose(np.asarray(c[f"{hook}.sae.hook_latents"]), np.asarray(d.encode(joined)), atol=1e-4)
+    want = np.asarray(d(joined)).reshape(B, T, H, E)
+    np.testing.assert_allclose(np.asarray(c[f"{hook}.sae.hook_recons"]), want, atol=1e-4)
+    # with the error term the model's own output is kept until a latent is edited
+    _, c = m.run_with_cache(ids, names=["blocks.2.hook_attn_out"], splices=[Splice(d, hook, error_term=True)])
+    _, plain = m.run_with_cache(ids, names=["blocks.2.hook_attn_out"])
+    np.testing.assert_allclose(np.asarray(c["blocks.2.hook_attn_out"]), np.asarray(plain["blocks.2.hook_attn_out"]),
+                               atol=1e-4)

@@ -328,3 +328,67 @@ def test_other_refusals(tmp_path):
     np.savez(tmp_path / "g" / "params.npz", **p, scaling_factor=np.full(40, 2.0, np.float32))
     with pytest.raises(ValueError, match="holds a scaling_factor other than 1"):
         sae.from_pretrained(tmp_path / "g", hook="blocks.0.hook_resid_post")
+
+
+# ------------------------------------------------------------------ a transcoder folded into the model it reads
+@pytest.mark.parametrize("variant", ["gpt2", "llama"])
+def test_transcoder_with_model_folds_the_norm_and_matches_sparsify_on_the_transformers_mlp_input(variant, tmp_path):
+    """sparsify's skip transcoder of ``h.1.mlp`` / ``layers.1.mlp`` applied (in torch) to the MLP input of the
+    transformers model, which passes through the norm's multiplier (and GPT-2's LayerNorm bias), against the same
+    files opened with ``model=`` and spliced into interp's model from ``ln2.hook_normalized`` to ``hook_mlp_out``."""
+    torch = pytest.importorskip("torch")
+    import interp
+    from interp.hooks import Splice
+    from tests.conftest import make_hf_model
+    from tests.models import test_gpt2_neox_parity as gpt2_neox
+
+    hf = gpt2_neox.make_hf("gpt2") if variant == "gpt2" else make_hf_model("gqa")
+    with torch.no_grad():  # norms far from the identity, so that an unfolded transcoder would be far off
+        for name, p in hf.named_parameters():
+            if ("ln_2" in name or "post_attention_layernorm" in name):
+                p.copy_(torch.randn_like(p) * 0.5 + (1.0 if name.endswith("weight") else 0.0))
+    folder = tmp_path / "model"
+    hf.save_pretrained(folder, safe_serialization=True)
+    model = interp.load(folder)
+    site = "h.1.mlp" if variant == "gpt2" else "layers.1.mlp"
+    coder = sparsify_coder(d_in=model.d_model, transcode=True, skip=True, seed=4)
+    coder.save_to_disk(tmp_path / site)
+
+    tokens = np.random.default_rng(0).integers(0, model.d_vocab, (2, 7))
+    mlp = hf.transformer.h[1].mlp if variant == "gpt2" else hf.model.layers[1].mlp
+    seen = {}
+    handle = mlp.register_forward_pre_hook(lambda mod, args: seen.setdefault("x", args[0].detach()))
+    with torch.no_grad():
+        hf(torch.tensor(tokens))
+        want = coder(seen["x"].reshape(-1, model.d_model)).sae_out.reshape(2, 7, -1).numpy()
+    handle.remove()
+
+    d = sae.from_pretrained(tmp_path / site, model=model)
+    assert (d.cfg.hook_name, d.cfg.hook_name_out) == ("blocks.1.ln2.hook_normalized", "blocks.1.hook_mlp_out")
+    recons = "blocks.1.hook_mlp_out.sae.hook_recons"
+    _, cache = model.run_with_cache(tokens, [recons], splices=[Splice(d, d.cfg.hook_name, d.cfg.hook_name_out)])
+    np.testing.assert_allclose(np.asarray(cache[recons]), want, rtol=1e-4, atol=1e-4)
+    # unfolded, the same files read the wrong numbers there
+    raw = sae.from_pretrained(tmp_path / site)
+    _, cache = model.run_with_cache(tokens, [recons], splices=[Splice(raw, raw.cfg.hook_name, raw.cfg.hook_name_out)])
+    assert float(np.abs(np.asarray(cache[recons]) - want).max()) > 0.1
+
+
+def test_model_checks_and_fold_refusals(tmp_path):
+    import interp
+    from tests.tiny_chat import tiny_chat_folder
+
+    model = interp.load(tiny_chat_folder(tmp_path / "toy"))
+    sparsify_coder(d_in=model.d_model, seed=5).save_to_disk(tmp_path / "layers.7")
+    with pytest.raises(ValueError, match=r"uses hook 'blocks.7.hook_resid_post', which the model does not have"):
+        sae.from_pretrained(tmp_path / "layers.7", model=model)
+    sparsify_coder(d_in=model.d_model + 1, seed=6).save_to_disk(tmp_path / "layers.0")
+    with pytest.raises(ValueError, match=rf"reads {model.d_model + 1} numbers per token and the model's stream has "
+                                         rf"{model.d_model}: it was trained on another model"):
+        sae.from_pretrained(tmp_path / "layers.0", model=model)
+    plain = sae.from_pretrained(tmp_path / "layers.7")
+    with pytest.raises(ValueError, match="this one reads 'blocks.7.hook_resid_post'"):
+        sae.fold_input_norm(plain, model)
+    at_norm = sae.from_pretrained(tmp_path / "layers.7", hook="blocks.0.ln2.hook_normalized")
+    with pytest.raises(ValueError, match="an SAE at 'blocks.0.ln2.hook_normalized' reconstructs the norm's output"):
+        sae.fold_input_norm(at_norm, model)
