@@ -30,6 +30,7 @@ from interp.models import (  # noqa: E402
     length_buckets,
     set_length_buckets,
 )
+from interp.models.sharding import shard  # noqa: E402
 from interp.weights import load, load_gguf, load_hf_dir, save_hf_dir  # noqa: E402
 from interp.weights.tokenize import Tokenizer  # noqa: E402
 from interp.wrap import wrap  # noqa: E402
@@ -38,5 +39,5 @@ __all__ = [
     "Cache", "Edit", "Hooks", "LlamaConfig", "Model", "Tokenizer", "act_name", "any_length", "check_tokens",
     "compilation_cache_dir", "compile_count", "compile_stats", "edits", "enable_compilation_cache", "hooks",
     "length_buckets", "load", "load_gguf", "load_hf_dir", "models", "save_hf_dir", "set_length_buckets", "weights",
-    "FactoredMatrix", "wrap",
+    "FactoredMatrix", "shard", "wrap",
 ]

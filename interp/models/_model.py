@@ -242,6 +242,7 @@ class Model(UserAPI, eqx.Module):
             padded = bucket_length(T, self.n_ctx)
             tokens, attention_mask, positions, resolved = self._pad_inputs(padded, tokens, attention_mask, positions,
                                                                            resolved)
+        tokens, attention_mask, positions = _place_batch(self, tokens, attention_mask, positions)
         out, cache = _run(self, tokens, attention_mask, positions, resolved, stop, return_output)
         check_hook_leaks()  # a TransformerLens-style hook that kept a traced activation is refused
         if padded > T and not keep_padding:
@@ -431,6 +432,17 @@ def to_device(a, dtype=None):
         return a if dtype is None else a.astype(dtype)
     return jax.device_put(np.asarray(a, dtype))
 
+
+
+def _place_batch(model, *arrays):
+    """The batch split over the ``data`` axis of a sharded model's mesh (:mod:`interp.models.sharding`) when that
+    axis divides it; unchanged otherwise (one device, traced values, no mesh)."""
+    from interp.models.sharding import batch_sharding
+
+    tokens = arrays[0]
+    if isinstance(tokens, jax.core.Tracer) or (where := batch_sharding(model, tokens.shape[0])) is None:
+        return arrays
+    return tuple(None if a is None or isinstance(a, jax.core.Tracer) else jax.device_put(a, where) for a in arrays)
 
 
 def _pad_param(a, ndim: int, pos_axes: tuple[int, ...], T: int, padded: int):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import jax
 import jax.numpy as jnp
 
 from interp.models import GGUF_FAMILIES, HF_FAMILIES, Model
@@ -17,11 +18,29 @@ from interp.weights.hub import hub_snapshot, is_repo_id
 from interp.weights.tokenize import Tokenizer
 
 
-def load(source: str | Path = "smollm2-135m", *, revision: str | None = None, dtype=jnp.float32) -> Model:
+def load(source: str | Path = "smollm2-135m", *, revision: str | None = None, dtype=jnp.float32,
+         mesh=None) -> Model:
     """Load a model: a packaged name (``"smollm2-135m"``), a Hugging Face checkpoint folder, a ``.gguf`` file, or a
     Hugging Face Hub repo id (``"HuggingFaceTB/SmolLM2-135M"``, at ``revision``: a branch, tag or commit hash, the
     default branch if None), downloaded into the Hub cache once (safetensors only) and loaded as a folder is.
-    ``"owner/name@revision"`` names the revision in the string itself (what the command line takes)."""
+    ``"owner/name@revision"`` names the revision in the string itself (what the command line takes).
+
+    ``mesh``: a ``jax.sharding.Mesh`` with a ``"model"`` axis (and optionally ``"data"``): the weights are read on
+    the host and placed over it, heads and MLP columns split across ``model`` (:mod:`interp.models.sharding`)."""
+    if mesh is None:
+        return _load(source, revision, dtype)
+    from interp.models.sharding import check_mesh, shard
+
+    check_mesh(mesh)
+    host = jax.devices("cpu")[0] if any(d.platform != "cpu" for d in mesh.devices.flat) else None
+    if host is None:
+        return shard(_load(source, revision, dtype), mesh)
+    with jax.default_device(host):  # the whole model never sits on one accelerator
+        model = _load(source, revision, dtype)
+    return shard(model, mesh)
+
+
+def _load(source, revision, dtype) -> Model:
     key = str(source).lower()
     if key in DEFAULT_MODELS:
         _no_revision(source, revision)
