@@ -92,6 +92,12 @@ def add_train_sae_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--seed", type=SEED, default=0, help="seeds initialisation and shuffling")
     p.add_argument("--data-parallel", type=POSITIVE, default=1, help="devices over which the batch is split")
     p.add_argument("--latent-parallel", type=POSITIVE, default=1, help="devices over which the latents are split")
+    p.add_argument("--distributed", action="store_true",
+                   help="one of several processes (jax.distributed; the cluster's environment names the others): "
+                        "the batch is split over every device of every process; reads --activation-cache")
+    p.add_argument("--coordinator", default=None, help="host:port of process 0 (implies --distributed)")
+    p.add_argument("--num-processes", type=POSITIVE, default=None, help="processes in the run (with --coordinator)")
+    p.add_argument("--process-id", type=NONNEGATIVE, default=None, help="this process's index (with --coordinator)")
     p.add_argument("--out", required=True, help="output folder (checkpoints/, final/, history.json)")
     p.add_argument("--resume", action="store_true", help="continue the latest checkpoint in --out")
     p.add_argument("--progress", action=argparse.BooleanOptionalAction, default=True,
@@ -156,6 +162,10 @@ def train_sae(args) -> None:
     from interp import sae
     from interp.sae.checkpoints import prepare_out_dir
 
+    if args.distributed or args.coordinator:
+        import interp.distributed
+
+        interp.distributed.initialize(args.coordinator, args.num_processes, args.process_id)
     config_cls, _ = sae.architecture(args.arch)
     extra = architecture_kwargs(args, config_cls)
     prepare_out_dir(Path(args.out))  # before the model loads: an output folder that cannot be written fails now

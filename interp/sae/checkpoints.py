@@ -163,13 +163,18 @@ def _fingerprint(path) -> str:
     return f"{len(files)} files, {sum(size for _, size in listing)} bytes, names and sizes sha256 {digest}"
 
 
+# how the run is laid out over devices: a run may resume on another layout (or process count)
+_LAYOUT = ("data_parallel", "latent_parallel")
+
+
 def run_identity(cfg: TrainConfig) -> dict:
     """What makes a checkpoint belong to ``cfg``'s run: every setting that changes the numbers, and not where files
-    live. ``out_dir`` is left out, and a corpus or activation cache given as a path counts by its content (see
-    ``_fingerprint``), so a run folder and its data can be copied, moved or renamed and the run resumed there;
-    other data is another run."""
+    live or how the run is laid out over devices. ``out_dir`` and the layout are left out, and a corpus or activation
+    cache given as a path counts by its content (see ``_fingerprint``), so a run folder and its data can be copied,
+    moved or renamed and the run resumed there; other data is another run."""
     d = json.loads(json.dumps(cfg.to_dict()))
-    del d["out_dir"]
+    for key in ("out_dir", *_LAYOUT):
+        del d[key]
     for key in _DATA:
         if isinstance(getattr(cfg, key), (str, os.PathLike)):
             d[key] = _fingerprint(getattr(cfg, key))
@@ -198,6 +203,7 @@ def check_same_run(meta: dict, cfg: TrainConfig, folder: Path) -> None:
     if saved is None:  # written before checkpoints recorded their identity: paths are all they say of the data
         saved = {k: v for k, v in meta["config"].items() if k != "out_dir"}
         saved.update({k: now[k] for k in _DATA if isinstance(getattr(cfg, k), (str, os.PathLike))})
+    saved = {k: v for k, v in saved.items() if k not in _LAYOUT}
     diffs = _differences(saved, now)
     if diffs:
         raise ValueError(f"--resume with a different config than the checkpoint {folder}: {'; '.join(diffs)}. "

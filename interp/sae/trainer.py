@@ -218,8 +218,31 @@ def check_dimensions(cfg: TrainConfig, store) -> None:
                          f"set d_in={got}")
 
 
+def _layout(cfg: TrainConfig) -> tuple[int, int]:
+    """``(data_parallel, latent_parallel)``: the config's, or across several processes (``jax.distributed``) every
+    device of every process, the batch split over all the devices the latents are not (``data_parallel`` 1)."""
+    dp, lp = cfg.data_parallel, cfg.latent_parallel
+    if jax.process_count() == 1:
+        return dp, lp
+    n, local = jax.device_count(), jax.local_device_count()
+    if dp == 1 and n % lp == 0:
+        dp = n // lp
+    if dp * lp != n:
+        raise ValueError(f"data_parallel × latent_parallel = {dp * lp}, but the {jax.process_count()} processes have "
+                         f"{n} devices in all; a multi-process run uses every device: set data_parallel × "
+                         f"latent_parallel = {n}, or leave data_parallel at 1 to split the batch over the rest")
+    if local % lp:
+        raise ValueError(f"latent_parallel={lp} must divide each process's {local} devices, so that a process "
+                         "holds whole rows of the batch")
+    if cfg.batch_size % dp:
+        raise ValueError(f"batch_size {cfg.batch_size} must divide evenly over the {dp} devices the batch is split "
+                         f"over; use a multiple of {dp}")
+    return dp, lp
+
+
 def _shardings(cfg: TrainConfig):
-    n = cfg.data_parallel * cfg.latent_parallel
+    dp, lp = _layout(cfg)
+    n = dp * lp
     if n <= 1:
         return None
     if jax.device_count() < n:
@@ -227,7 +250,7 @@ def _shardings(cfg: TrainConfig):
     from jax.sharding import Mesh, NamedSharding
     from jax.sharding import PartitionSpec as P
 
-    mesh = Mesh(np.asarray(jax.devices()[:n]).reshape(cfg.data_parallel, cfg.latent_parallel), ("data", "latent"))
+    mesh = Mesh(np.asarray(jax.devices()[:n]).reshape(dp, lp), ("data", "latent"))
 
     # where the latent axis is in each leaf of the dictionary (from its annotated shapes), the optimizer state (which
     # mirrors the dictionary's fields) and the dead-latent counters
@@ -235,7 +258,7 @@ def _shardings(cfg: TrainConfig):
 
     def state_spec(path, leaf):
         axis = latent_axis.get(jax.tree_util.keystr(path).rsplit(".", 1)[-1])
-        if cfg.latent_parallel > 1 and axis is not None and leaf.ndim > axis:
+        if lp > 1 and axis is not None and leaf.ndim > axis:
             return NamedSharding(mesh, P(*[None] * axis, "latent"))
         return NamedSharding(mesh, P())
 
@@ -267,15 +290,24 @@ def train(cfg: TrainConfig, *, model=None, store=None, resume: bool = False, pro
 
     for problem in cfg.schedule_problems():
         warnings.warn(problem, UserWarning, stacklevel=2)
+    procs, rank = jax.process_count(), jax.process_index()
+    lead = rank == 0  # writes files and shows progress
+    progress = progress and lead
     out_dir = Path(cfg.out_dir) if cfg.out_dir else None
     if resume and out_dir is None:
         raise ValueError("resume=True needs out_dir: the folder of the run to continue")
     if out_dir:
-        prepare_out_dir(out_dir)
+        if lead:
+            prepare_out_dir(out_dir)
+        _sync("prepared the run folder")
         if not resume and checkpoint_dirs(out_dir):
             raise FileExistsError(f"{out_dir} already holds checkpoints; pass resume=True (--resume) "
                                   "or another out_dir")
     runs_model = hasattr(store, "on_harvest") if store is not None else not cfg.activation_cache
+    if procs > 1 and runs_model:
+        raise ValueError(f"a run over {procs} processes reads activations every process can open, an activation cache "
+                         "(sae.cache_activations; --activation-cache) or arrays (ArrayActivationStore): harvesting "
+                         f"them from the model in every process would repeat its forward passes {procs} times")
     show_harvest = progress and runs_model
     loads = store is None and model is None and runs_model
     harvest = bar = None
@@ -327,13 +359,19 @@ def train(cfg: TrainConfig, *, model=None, store=None, resume: bool = False, pro
         batch_sharding = None
         if shard is not None:
             batch_sharding, spec = shard
-            state = jax.tree_util.tree_map_with_path(lambda p, l: jax.device_put(l, spec(p, l)), state)
+            state = jax.tree_util.tree_map_with_path(lambda p, l: _put(l, spec(p, l)), state)
 
         def to_device(a):
             a = np.asarray(a, np.float32)
             if scale != 1.0:
                 a = a * np.float32(scale)
-            return jnp.asarray(a) if batch_sharding is None else jax.device_put(a, batch_sharding)
+            if batch_sharding is None:
+                return jnp.asarray(a)
+            if procs == 1:
+                return jax.device_put(a, batch_sharding)
+            # every process reads the same shuffled batch and places only its own rows on its own devices
+            rows = a.shape[0] // procs
+            return jax.make_array_from_process_local_data(batch_sharding, a[rank * rows:(rank + 1) * rows], a.shape)
 
         bar = tqdm(total=cfg.steps, initial=start, desc=f"train {cfg.dictionary.arch} {cfg.dictionary.width}",
                    disable=not progress, unit="step")
@@ -343,10 +381,13 @@ def train(cfg: TrainConfig, *, model=None, store=None, resume: bool = False, pro
         def checkpoint():
             meta = {"step": int(state.step), "store": store.state(), "scale": scale, "history": history,
                     "window": acc, "elapsed_s": time.perf_counter() - t0,
-                    "config": json.loads(json.dumps(cfg.to_dict())), "identity": identity}
-            save_checkpoint(out_dir / "checkpoints" / f"step-{int(state.step):08d}", state, meta)
-            for old in checkpoint_dirs(out_dir)[: -cfg.keep_checkpoints]:
-                shutil.rmtree(old, ignore_errors=True)
+                    "config": json.loads(json.dumps(cfg.to_dict())), "identity": identity, "processes": procs}
+            whole = _gather(state)  # every process joins the gather; the first one writes
+            if lead:
+                save_checkpoint(out_dir / "checkpoints" / f"step-{int(state.step):08d}", whole, meta)
+                for old in checkpoint_dirs(out_dir)[: -cfg.keep_checkpoints]:
+                    shutil.rmtree(old, ignore_errors=True)
+            _sync(f"checkpoint at step {int(state.step)}")
 
         same_io = not cfg.dictionary.is_transcoder
         for i in range(start, cfg.steps):
@@ -385,11 +426,41 @@ def train(cfg: TrainConfig, *, model=None, store=None, resume: bool = False, pro
         for b in (harvest, bar):
             if b is not None:
                 b.close()
-    final = fold_scale(state.dictionary, scale)
     if out_dir:
         checkpoint()
+    final = fold_scale(_gather(state.dictionary) if procs > 1 else state.dictionary, scale)
+    if out_dir and lead:
         save_dictionary(final, out_dir / "final", metadata={**_saelens_metadata(cfg, store),
                                                             "train_config": cfg.to_dict(), "history": history[-1:]})
         with atomic_file(out_dir / "history.json", "w") as fh:
             json.dump(history, fh, indent=2)
+    if out_dir:
+        _sync("wrote the final dictionary")
     return TrainResult(final, history, out_dir, scale)
+
+
+def _put(leaf, sharding):
+    """``leaf`` placed with ``sharding``; across processes each one builds its own devices' parts from the same
+    host value (every process holds it: the same seed, or the same checkpoint)."""
+    if jax.process_count() == 1:
+        return jax.device_put(leaf, sharding)
+    host = np.asarray(leaf)
+    return jax.make_array_from_callback(host.shape, sharding, lambda index: host[index])
+
+
+def _gather(tree):
+    """``tree``'s arrays whole on this host (they may be split over the devices of several processes)."""
+    if jax.process_count() == 1:
+        return tree
+    from jax.experimental import multihost_utils
+
+    arrays, rest = eqx.partition(tree, eqx.is_array)
+    return eqx.combine(jax.tree.map(jnp.asarray, multihost_utils.process_allgather(arrays, tiled=True)), rest)
+
+
+def _sync(what: str) -> None:
+    """Every process waits here for the others (nothing to wait for in a single-process run)."""
+    if jax.process_count() > 1:
+        from jax.experimental import multihost_utils
+
+        multihost_utils.sync_global_devices(what)
