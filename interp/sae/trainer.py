@@ -130,15 +130,16 @@ def make_step(cfg: TrainConfig, optimizer):
         _check_reported(cls, metrics)
         error = metrics.pop("error", None)
         if aux is not None:
-            def aux_value_and_grad(p):
-                return jax.value_and_grad(lambda q: eqx.combine(q, static).aux_loss(x, y, error, ctx.dead))(p)
-
-            def no_aux(p):
-                return jnp.zeros((), loss.dtype), jax.tree.map(jnp.zeros_like, p)
-
-            aux_value, aux_grads = jax.lax.cond(jnp.any(ctx.dead), aux_value_and_grad, no_aux, params)
             c = getattr(state.dictionary.cfg, aux.coeff)
-            grads = jax.tree.map(lambda g, a: g + c * a, grads, aux_grads)
+
+            def with_aux(p, g):
+                value, a = jax.value_and_grad(lambda q: eqx.combine(q, static).aux_loss(x, y, error, ctx.dead))(p)
+                return value, jax.tree.map(lambda gi, ai: gi + c * ai, g, a)
+
+            def no_aux(p, g):  # no latent is dead: the gradients pass through untouched, not plus zeros
+                return jnp.zeros((), loss.dtype), g
+
+            aux_value, grads = jax.lax.cond(jnp.any(ctx.dead), with_aux, no_aux, params, grads)
             loss = loss + c * aux_value
             metrics[aux.name] = aux_value
         if normalize_decoder:  # keep rows on the unit sphere: drop the gradient along each row
