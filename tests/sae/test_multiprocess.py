@@ -30,13 +30,13 @@ WORKER = textwrap.dedent("""
     interp.distributed.initialize(f"127.0.0.1:{port}", num_processes=2, process_id=pid)
     import jax
     from interp import sae
-    from tests.sae.test_multiprocess import config
+    from tests.sae.test_multiprocess import BATCH, config
     from tests.sae.test_training import gaussian_acts
     assert (jax.process_count(), jax.device_count(), jax.local_device_count()) == (2, 4, 2)
     res = sae.train(config(out, latent_parallel=lp), store=sae.ArrayActivationStore(gaussian_acts(seed=4),
-                    batch_size=%d), progress=False)
+                    batch_size=BATCH), progress=False)
     print("DONE", pid, json.dumps(res.history[-1]["loss"]))
-""" % BATCH)
+""")
 
 
 def config(out, **kw):
