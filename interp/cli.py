@@ -95,9 +95,12 @@ def add_train_sae_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--distributed", action="store_true",
                    help="one of several processes (jax.distributed; the cluster's environment names the others): "
                         "the batch is split over every device of every process; reads --activation-cache")
-    p.add_argument("--coordinator", default=None, help="host:port of process 0 (implies --distributed)")
-    p.add_argument("--num-processes", type=POSITIVE, default=None, help="processes in the run (with --coordinator)")
-    p.add_argument("--process-id", type=NONNEGATIVE, default=None, help="this process's index (with --coordinator)")
+    p.add_argument("--coordinator", default=None,
+                   help="host:port of process 0; implies --distributed (default: none, a single process)")
+    p.add_argument("--num-processes", type=POSITIVE, default=None,
+                   help="processes in the run, with --coordinator (default: none, read from the cluster)")
+    p.add_argument("--process-id", type=NONNEGATIVE, default=None,
+                   help="this process's index, with --coordinator (default: none, read from the cluster)")
     p.add_argument("--out", required=True, help="output folder (checkpoints/, final/, history.json)")
     p.add_argument("--resume", action="store_true", help="continue the latest checkpoint in --out")
     p.add_argument("--progress", action=argparse.BooleanOptionalAction, default=True,
