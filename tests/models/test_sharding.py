@@ -98,6 +98,7 @@ def test_sharded_model_equals_one_device(kind, tmp_path):
                           capture_output=True, text=True, timeout=900)
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-4000:]
     assert "REPORT" in done.stdout
+    print(done.stdout.strip().splitlines()[-1])
 
 
 def test_split_axes_follow_the_table():
