@@ -283,9 +283,10 @@ class HookRunner:
         x = self._edit_and_capture(name, x)
         for s in self.splice_in.get(name, ()):
             d = s.dictionary
+            x_in = _join_heads(x, d)
             with _mixed():
-                clean = d.encode(_join_heads(x, d))
-            self._latents[id(s)] = (clean, self(f"{s.hook_in}.sae.hook_latents", clean), _join_heads(x, d))
+                clean = d.encode(x_in)
+            self._latents[id(s)] = (clean, self(f"{s.hook_in}.sae.hook_latents", clean), x_in)
         for s in self.splice_out.get(name, ()):
             clean, z, x_in = self._latents.pop(id(s))
             with _mixed():

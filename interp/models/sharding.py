@@ -32,7 +32,7 @@ from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
 MODEL, DATA = "model", "data"
-# field name -> (the axis split over `model`, the number of dimensions the rule is for)
+# (parent module, field) -> the axis of that weight split over `model`
 _SPLIT = {
     ("attn", "W_Q"): 1, ("attn", "W_K"): 1, ("attn", "W_V"): 1, ("attn", "W_O"): 0,
     ("attn", "b_Q"): 0, ("attn", "b_K"): 0, ("attn", "b_V"): 0,

@@ -152,8 +152,6 @@ def fold_input_norm(d: Dictionary, model) -> Dictionary:
     exactly what it computed on ``y``: ``W_enc <- w[:, None] W_enc``, ``b_enc <- b_enc + b W_enc``, and for a skip
     connection ``W_skip <- w[:, None] W_skip``, ``b_dec <- b_dec + b W_skip``. Only transcoders: an SAE there would
     also have to reconstruct ``x`` instead of ``y``."""
-    import re
-
     m = re.fullmatch(r"blocks\.(\d+)\.(ln1|ln2)\.hook_normalized", d.cfg.hook_name)
     if m is None:
         raise ValueError(f"fold_input_norm folds the norm a dictionary reads through 'blocks.L.ln1/ln2.hook_normalized'"
