@@ -2,9 +2,12 @@
 
 from interp.models import gemma, gpt2, llama, neox, transforms
 from interp.models._blocks import (
+    MLP,
     Attention,
+    AttnOnlyBlock,
     Embed,
     GatedMLP,
+    LayerNorm,
     PreNormBlock,
     RMSNorm,
     Rope,
@@ -35,12 +38,15 @@ __all__ = [
     "GGUF_FAMILIES",
     "GGUFFamily",
     "HF_FAMILIES",
+    "MLP",
     "Attention",
+    "AttnOnlyBlock",
     "Embed",
     "FactoredMatrix",
     "Family",
     "FamilyConfig",
     "GatedMLP",
+    "LayerNorm",
     "LlamaConfig",
     "Model",
     "PreNormBlock",

@@ -342,6 +342,22 @@ class PreNormBlock(eqx.Module):
         return out if kv is None else (out, kv_out)
 
 
+class AttnOnlyBlock(eqx.Module):
+    """``x + attn(ln1(x))``: a block with no MLP (the attention-only toy models of circuit studies). Hook points
+    ``hook_resid_pre``, ``hook_attn_out``, ``hook_resid_post``."""
+
+    ln1: RMSNorm | LayerNorm
+    attn: Attention
+
+    def __call__(self, resid, hk, prefix: str, positions, mask, kv=None, key_positions=None):
+        resid = hk(f"{prefix}.hook_resid_pre", resid)
+        attn_out, kv_out = _attend(self.attn, self.ln1(resid, hk, f"{prefix}.ln1"), hk, f"{prefix}.attn", positions,
+                                   mask, kv, key_positions)
+        attn_out = hk(f"{prefix}.hook_attn_out", attn_out)
+        out = hk(f"{prefix}.hook_resid_post", resid + attn_out)
+        return out if kv is None else (out, kv_out)
+
+
 class ParallelBlock(eqx.Module):
     """``x + attn(ln1(x)) + mlp(ln2(x))``: attention and MLP read the same residual stream (GPT-NeoX / Pythia,
     GPT-J). Hook points ``hook_resid_pre``, ``hook_attn_out``, ``hook_mlp_out``, ``hook_resid_post`` (no

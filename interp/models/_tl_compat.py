@@ -39,12 +39,12 @@ class ModelCfg:
     d_model: int
     n_heads: int
     d_head: int
-    d_mlp: int
+    d_mlp: int | None  # None in an attention-only model
     d_vocab: int
     d_vocab_out: int
     n_ctx: int | None
     n_key_value_heads: int | None
-    act_fn: str
+    act_fn: str | None
     normalization_type: str
     eps: float
     positional_embedding_type: str
@@ -75,16 +75,18 @@ def model_cfg(model) -> ModelCfg:
     block = model.blocks[0]
     attn, rope = block.attn, block.attn.rope
     H, K = attn.W_Q.shape[1], attn.W_K.shape[1]
+    mlp = getattr(block, "mlp", None)  # None in an attention-only model
     tok = model.tokenizer
     return ModelCfg(
         n_layers=model.n_layers, d_model=model.d_model, n_heads=H, d_head=attn.W_Q.shape[2],
-        d_mlp=block.mlp.W_out.shape[0], d_vocab=model.d_vocab, d_vocab_out=model.W_U.shape[1], n_ctx=model.n_ctx,
-        n_key_value_heads=None if K == H else K, act_fn=_ACT_NAMES.get(block.mlp.act, block.mlp.act),
+        d_mlp=None if mlp is None else mlp.W_out.shape[0], d_vocab=model.d_vocab, d_vocab_out=model.W_U.shape[1],
+        n_ctx=model.n_ctx, n_key_value_heads=None if K == H else K,
+        act_fn=None if mlp is None else _ACT_NAMES.get(mlp.act, mlp.act),
         normalization_type="LN" if isinstance(model.ln_final, LayerNorm) else "RMS", eps=model.ln_final.eps,
         positional_embedding_type="standard" if model.embed.W_pos is not None else "rotary",
         rotary_dim=None if rope is None else rope.dim, rotary_base=None if rope is None else rope.theta,
-        gated_mlp=isinstance(block.mlp, GatedMLP), parallel_attn_mlp=isinstance(block, ParallelBlock),
-        attn_only=False, dtype=model.W_E.dtype, default_prepend_bos=bool(tok is not None and tok.add_bos),
+        gated_mlp=isinstance(mlp, GatedMLP), parallel_attn_mlp=isinstance(block, ParallelBlock),
+        attn_only=mlp is None, dtype=model.W_E.dtype, default_prepend_bos=bool(tok is not None and tok.add_bos),
         config=model.config,
     )
 
