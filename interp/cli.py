@@ -483,7 +483,10 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--model", default="smollm2-135m", help=MODEL_HELP)
     d.add_argument("--out", default="report.html", help="where to write the report")
     d.add_argument("--corpus", default=None, help="text file, folder, JSONL or Parquet (default: built-in text)")
-    d.add_argument("--sae-tokens", type=POSITIVE, default=DemoConfig.sae_tokens, help="SAE training tokens")
+    d.add_argument("--sae-tokens", type=POSITIVE, default=DemoConfig.sae_tokens,
+                   help="activations harvested for the SAE")
+    d.add_argument("--sae-epochs", type=POSITIVE, default=DemoConfig.sae_epochs,
+                   help="passes the SAE's training makes over them")
     d.add_argument("--sae-layer", type=NONNEGATIVE, default=None,
                    help="layer whose residual stream the SAE reads (default: the middle layer)")
     d.add_argument("--transcoders", default=None,
@@ -535,8 +538,8 @@ def main(argv=None) -> int:
         from interp.demo import run
 
         cfg = DemoConfig(model=args.model, out=args.out, corpus=args.corpus, sae_tokens=args.sae_tokens,
-                         sae_layer=args.sae_layer, transcoders=args.transcoders, explainer=args.explainer,
-                         api_key_env=args.api_key_env)
+                         sae_epochs=args.sae_epochs, sae_layer=args.sae_layer, transcoders=args.transcoders,
+                         explainer=args.explainer, api_key_env=args.api_key_env)
         try:
             run(cfg)
         except (ValueError, FileNotFoundError, IsADirectoryError) as e:

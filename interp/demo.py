@@ -1,6 +1,6 @@
 """The main job: the whole pipeline on the packaged defaults, written to one self-contained report.
 
-    interp demo [--out report.html] [--sae-tokens 150000] [--corpus PATH] [--transcoders DIR]
+    interp demo [--out report.html] [--sae-tokens 200000] [--sae-epochs 3] [--corpus PATH] [--transcoders DIR]
 
 1. load the default model (SmolLM2-135M-Instruct) and read a prompt with the logit lens and direct logit
    attribution;
@@ -46,9 +46,10 @@ class DemoConfig:
     sae_layer: int | None = None  # default: the middle layer
     sae_width: int = 2048
     sae_k: int = 32
-    sae_tokens: int = 150_000
-    sae_batch: int = 1024
-    sae_lr: float = 1e-3
+    sae_tokens: int = 200_000  # activations harvested once from the model
+    sae_epochs: int = 3  # passes over them: three reach a held-out FVU under 0.2 for little more than one's time
+    sae_batch: int = 256
+    sae_lr: float = 2e-3
     context_size: int = 128
     dashboard_contexts: int = 96
     n_dashboards: int = 12
@@ -222,17 +223,30 @@ def run(cfg: DemoConfig | None = None, out=sys.stdout) -> Path:
     # 4 ------------------------------------------------------------------ SAE and dashboards
     layer = cfg.sae_layer if cfg.sae_layer is not None else model.n_layers // 2
     hook = f"blocks.{layer}.hook_resid_post"
-    step(f"train a TopK SAE ({cfg.sae_width} latents, k={cfg.sae_k}) on {hook} for {cfg.sae_tokens:,} tokens; "
+    step(f"train a TopK SAE ({cfg.sae_width} latents, k={cfg.sae_k}) on {hook}: {cfg.sae_tokens:,} tokens, "
+         f"{cfg.sae_epochs} passes; "
          "feature dashboards")
     # one shuffle buffer of at most BUFFER tokens, and no more than a short run needs (twice its tokens)
     buffer = min(BUFFER, -(-2 * cfg.sae_tokens // cfg.context_size) * cfg.context_size)
     tcfg = sae.TrainConfig(
         sae.TopKConfig(d_in=model.d_model, width=cfg.sae_width, k=cfg.sae_k, hook_name=hook), model=cfg.model,
         corpus=cfg.corpus, total_tokens=cfg.sae_tokens, batch_size=cfg.sae_batch, context_size=cfg.context_size,
-        lr=cfg.sae_lr, eval_every=5, seed=cfg.seed, buffer_tokens=buffer,
-        # 10 warm-up steps, or an eighth of a short run (small settings), so the schedule always completes
-        lr_warmup_steps=min(10, max(1, cfg.sae_tokens // cfg.sae_batch // 8)))
-    result = sae.train(tcfg, model=model, progress=True)
+        lr=cfg.sae_lr, eval_every=5, seed=cfg.seed, buffer_tokens=buffer)
+    from tqdm.auto import tqdm
+
+    from interp.sae.trainer import make_store
+
+    # Harvesting is most of the cost, so the activations are harvested once (the model stops after the SAE's
+    # layer) and trained on for several passes, each in a fresh order.
+    live = make_store(tcfg, model)
+    n_batches = cfg.sae_tokens // cfg.sae_batch
+    acts = np.concatenate([live.next_batch()[0] for _ in tqdm(range(n_batches), desc="harvest", unit="batch")])
+    store = sae.ArrayActivationStore(acts, batch_size=cfg.sae_batch, seed=cfg.seed)
+    steps = cfg.sae_epochs * n_batches
+    tcfg = dataclasses.replace(tcfg, total_tokens=steps * cfg.sae_batch,
+                               # 10 warm-up steps, or an eighth of a short run (small settings)
+                               lr_warmup_steps=min(10, max(1, steps // 8)))
+    result = sae.train(tcfg, model=model, store=store, progress=True)
     d = result.dictionary
     # held-out text: contexts after the ones used for training
     per_chunk = buffer // cfg.context_size  # training reads whole chunks of contexts
