@@ -103,6 +103,23 @@ class LayerNorm(eqx.Module):
         return (out if self.bias is None else out + self.bias.astype(f32)).astype(dtype)
 
 
+class NoNorm(eqx.Module):
+    """No normalisation: returns ``x`` (models trained without norms, such as Nanda et al.'s grokking
+    transformer). It keeps a norm's hook points, ``hook_scale`` (ones) and ``hook_normalized`` (``x``), and reads as
+    a norm of unit weight, so caches, ``apply_ln_to_stack`` and logit attribution treat it like any other."""
+
+    size: int = eqx.field(static=True)
+    eps: float = eqx.field(static=True, default=0.0)
+
+    @property
+    def weight(self) -> Float[Array, " D"]:
+        return jnp.ones((self.size,), jnp.float32)
+
+    def __call__(self, x: Float[Array, "B T D"], hk, prefix: str) -> Float[Array, "B T D"]:
+        hk(f"{prefix}.hook_scale", jnp.ones(x.shape[:-1] + (1,), _at_least_f32(x.dtype)))
+        return hk(f"{prefix}.hook_normalized", x)
+
+
 @dataclasses.dataclass(frozen=True)
 class Rope:
     """Rotary position embedding (rotate-half layout) over the first ``dim`` features of each head.
@@ -319,9 +336,9 @@ class PreNormBlock(eqx.Module):
     With ``kv`` (see :class:`Attention`) the call returns ``(resid, new_kv)``.
     """
 
-    ln1: RMSNorm | LayerNorm
+    ln1: RMSNorm | LayerNorm | NoNorm
     attn: Attention
-    ln2: RMSNorm | LayerNorm
+    ln2: RMSNorm | LayerNorm | NoNorm
     mlp: GatedMLP | MLP
     ln1_post: RMSNorm | None = None
     ln2_post: RMSNorm | None = None
@@ -346,7 +363,7 @@ class AttnOnlyBlock(eqx.Module):
     """``x + attn(ln1(x))``: a block with no MLP (the attention-only toy models of circuit studies). Hook points
     ``hook_resid_pre``, ``hook_attn_out``, ``hook_resid_post``."""
 
-    ln1: RMSNorm | LayerNorm
+    ln1: RMSNorm | LayerNorm | NoNorm
     attn: Attention
 
     def __call__(self, resid, hk, prefix: str, positions, mask, kv=None, key_positions=None):
@@ -363,9 +380,9 @@ class ParallelBlock(eqx.Module):
     GPT-J). Hook points ``hook_resid_pre``, ``hook_attn_out``, ``hook_mlp_out``, ``hook_resid_post`` (no
     ``hook_resid_mid``: there is no stream between the two)."""
 
-    ln1: RMSNorm | LayerNorm
+    ln1: RMSNorm | LayerNorm | NoNorm
     attn: Attention
-    ln2: RMSNorm | LayerNorm
+    ln2: RMSNorm | LayerNorm | NoNorm
     mlp: GatedMLP | MLP
 
     def __call__(self, resid, hk, prefix: str, positions, mask, kv=None, key_positions=None):

@@ -13,7 +13,7 @@ from jaxtyping import Array, Bool, Float, Int
 
 from interp.hooks import NOOP, Cache, HookRunner, Hooks, Resolved, ShapeRecorder
 from interp.models import _shapes_cache
-from interp.models._blocks import Embed, LayerNorm, RMSNorm, _at_least_f32
+from interp.models._blocks import Embed, LayerNorm, NoNorm, RMSNorm, _at_least_f32
 from interp.models._buckets import (
     bucket_length,
     length_buckets,
@@ -51,7 +51,7 @@ class Model(UserAPI, eqx.Module):
 
     embed: Embed
     blocks: tuple
-    ln_final: RMSNorm | LayerNorm
+    ln_final: RMSNorm | LayerNorm | NoNorm
     unembed: Float[Array, "D V"] | None  # None when tied to the embedding
     config: Any = eqx.field(static=True)
     tokenizer: Any = eqx.field(static=True, default=None)

@@ -19,7 +19,7 @@ import numpy as np
 from jaxtyping import Array, Float, Int
 
 from interp.hooks import Edit, act_name, layer_of
-from interp.models._blocks import GatedMLP, LayerNorm, ParallelBlock
+from interp.models._blocks import GatedMLP, LayerNorm, NoNorm, ParallelBlock
 
 # ----------------------------------------------------------------- model.cfg
 
@@ -32,8 +32,8 @@ class ModelCfg:
     looked up on ``model.config`` (the family's own config, e.g. ``LlamaConfig``).
 
     ``n_key_value_heads`` is None for multi-head attention (as in TransformerLens); ``n_ctx`` is None when the
-    checkpoint does not say; ``normalization_type`` is "LN" or "RMS" (folded norms keep their unit weights, so
-    never "LNPre"/"RMSPre")."""
+    checkpoint does not say; ``normalization_type`` is "LN", "RMS", or None for a model without norms (folded
+    norms keep their unit weights, so never "LNPre"/"RMSPre")."""
 
     n_layers: int
     d_model: int
@@ -45,7 +45,7 @@ class ModelCfg:
     n_ctx: int | None
     n_key_value_heads: int | None
     act_fn: str | None
-    normalization_type: str
+    normalization_type: str | None
     eps: float
     positional_embedding_type: str
     rotary_dim: int | None
@@ -71,6 +71,10 @@ class ModelCfg:
             ) from None
 
 
+def _norm_type(norm) -> str | None:
+    return "LN" if isinstance(norm, LayerNorm) else None if isinstance(norm, NoNorm) else "RMS"
+
+
 def model_cfg(model) -> ModelCfg:
     block = model.blocks[0]
     attn, rope = block.attn, block.attn.rope
@@ -82,7 +86,7 @@ def model_cfg(model) -> ModelCfg:
         d_mlp=None if mlp is None else mlp.W_out.shape[0], d_vocab=model.d_vocab, d_vocab_out=model.W_U.shape[1],
         n_ctx=model.n_ctx, n_key_value_heads=None if K == H else K,
         act_fn=None if mlp is None else _ACT_NAMES.get(mlp.act, mlp.act),
-        normalization_type="LN" if isinstance(model.ln_final, LayerNorm) else "RMS", eps=model.ln_final.eps,
+        normalization_type=_norm_type(model.ln_final), eps=model.ln_final.eps,
         positional_embedding_type="standard" if model.embed.W_pos is not None else "rotary",
         rotary_dim=None if rope is None else rope.dim, rotary_base=None if rope is None else rope.theta,
         gated_mlp=isinstance(mlp, GatedMLP), parallel_attn_mlp=isinstance(block, ParallelBlock),

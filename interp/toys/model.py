@@ -11,16 +11,16 @@ import dataclasses
 import jax
 import jax.numpy as jnp
 
-from interp.models import MLP, Attention, AttnOnlyBlock, Embed, LayerNorm, Model, PreNormBlock
-
-_ACTS = ("relu", "gelu", "gelu_tanh", "silu")
+from interp.models import MLP, Attention, AttnOnlyBlock, Embed, LayerNorm, Model, NoNorm, PreNormBlock
+from interp.models._blocks import activation
 
 
 @dataclasses.dataclass(frozen=True)
 class ToyConfig:
-    """A GPT-2-style toy transformer: learned positions (``n_ctx`` of them), LayerNorm before attention and MLP,
-    ``d_mlp=None`` for an attention-only model, an untied unembedding. ``bos_token_id`` (optional) is recorded for
-    the detectors and data helpers."""
+    """A GPT-2-style toy transformer: learned positions (``n_ctx`` of them), LayerNorm before attention and MLP
+    (``layer_norm=False``: no norms at all, as in Nanda et al.'s grokking model), ``d_mlp=None`` for an
+    attention-only model, an untied unembedding. ``bos_token_id`` (optional) is recorded for the detectors and data
+    helpers."""
 
     vocab_size: int
     d_model: int
@@ -30,6 +30,7 @@ class ToyConfig:
     d_mlp: int | None = None
     act: str = "relu"
     ln_eps: float = 1e-5
+    layer_norm: bool = True
     bos_token_id: int | None = None
 
     def __post_init__(self):
@@ -42,8 +43,7 @@ class ToyConfig:
         if self.d_mlp is not None and (isinstance(self.d_mlp, bool) or not isinstance(self.d_mlp, int)
                                        or self.d_mlp < 1):
             raise ValueError(f"ToyConfig.d_mlp must be a positive int or None (attention only), got {self.d_mlp!r}")
-        if self.act not in _ACTS:
-            raise ValueError(f"unsupported activation '{self.act}'; supported: {', '.join(_ACTS)}")
+        activation(self.act)  # raises on an unknown name, listing the known ones
         if self.bos_token_id is not None and not 0 <= self.bos_token_id < self.vocab_size:
             raise ValueError(f"bos_token_id={self.bos_token_id} is outside the vocabulary [0, {self.vocab_size})")
 
@@ -79,7 +79,7 @@ def transformer(config: ToyConfig, *, seed: int = 0, dtype=jnp.float32) -> Model
         return jnp.zeros(shape, dtype)
 
     def norm():
-        return LayerNorm(jnp.ones((D,), dtype), zeros(D), c.ln_eps)
+        return LayerNorm(jnp.ones((D,), dtype), zeros(D), c.ln_eps) if c.layer_norm else NoNorm(D)
 
     def block():
         attn = Attention(W_Q=normal((D, H, E), D), W_K=normal((D, H, E), D), W_V=normal((D, H, E), D),

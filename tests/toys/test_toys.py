@@ -49,6 +49,35 @@ def test_model_with_mlp_builds_prenorm_blocks():
     assert cache["blocks.0.mlp.hook_post"].shape == (1, 5, 32)
 
 
+def test_a_model_without_norms_is_the_plain_sum_of_its_parts():
+    model = _tiny(d_mlp=32, n_layers=1, layer_norm=False)
+    assert model.cfg.normalization_type is None
+    tokens = np.random.default_rng(1).integers(0, 20, (2, 7))
+    logits, cache = model.run_with_cache(jnp.asarray(tokens, jnp.int32))
+    # an independent forward in numpy: no norm anywhere
+    f = lambda a: np.asarray(a, np.float64)  # noqa: E731
+    attn, mlp = model.blocks[0].attn, model.blocks[0].mlp
+    x = f(model.embed.W_E)[tokens] + f(model.embed.W_pos)[:7]
+    q = np.einsum("btd,dhe->bthe", x, f(attn.W_Q)) + f(attn.b_Q)
+    k = np.einsum("btd,dhe->bthe", x, f(attn.W_K)) + f(attn.b_K)
+    v = np.einsum("btd,dhe->bthe", x, f(attn.W_V)) + f(attn.b_V)
+    scores = np.einsum("bqhe,bkhe->bhqk", q, k) / np.sqrt(q.shape[-1])
+    scores = np.where(np.tril(np.ones((7, 7), bool)), scores, -np.inf)
+    pattern = np.exp(scores - scores.max(-1, keepdims=True))
+    pattern /= pattern.sum(-1, keepdims=True)
+    z = np.einsum("bhqk,bkhe->bqhe", pattern, v)
+    x = x + np.einsum("bqhe,hed->bqd", z, f(attn.W_O)) + f(attn.b_O)
+    x = x + np.maximum(x @ f(mlp.W_in) + f(mlp.b_in), 0) @ f(mlp.W_out) + f(mlp.b_out)
+    np.testing.assert_allclose(logits, x @ f(model.W_U), atol=2e-5)
+    np.testing.assert_allclose(cache["blocks.0.ln1.hook_normalized"], cache["blocks.0.hook_resid_pre"])
+    np.testing.assert_array_equal(cache["ln_final.hook_scale"], np.ones((2, 7, 1)))
+    # logit attribution reads the missing norm as one of unit weight: the components add up to the logits
+    stack, _ = cache.decompose_resid(return_labels=True)
+    attrs = cache.logit_attrs(stack, jnp.asarray(tokens))
+    np.testing.assert_allclose(attrs.sum(0), np.take_along_axis(np.asarray(logits), tokens[..., None], -1)[..., 0],
+                               atol=1e-4)
+
+
 @pytest.mark.parametrize("kw, match", [({"d_model": 15}, "divisible"), ({"n_layers": 0}, "positive int"),
                                        ({"d_mlp": 0}, "d_mlp"), ({"act": "tanh"}, "activation"),
                                        ({"bos_token_id": 20}, "outside the vocabulary")])
