@@ -21,12 +21,10 @@ import collections
 import dataclasses
 import re
 
-import equinox as eqx
-import jax
 import jax.numpy as jnp
 import numpy as np
 
-from interp.circuits.heads import head_scores
+from interp.circuits.heads import head_scores, per_token_loss
 from interp.circuits.prompts import induction as _induction_rows
 from interp.models import Model
 from interp.results import Result, Summary
@@ -108,25 +106,19 @@ def repeated_sequences(words: Words, *, n: int = 32, half: int = 31, alphabet: i
     return np.concatenate([np.full((n, 1), words.bos), rows], axis=1).astype(np.int32)
 
 
-@eqx.filter_jit
-def _token_losses(model: Model, rows) -> jax.Array:
-    rows = jnp.asarray(rows)
-    lp = jax.nn.log_softmax(model.forward(rows)[:, :-1].astype(jnp.float32), axis=-1)
-    return -jnp.take_along_axis(lp, rows[:, 1:, None], axis=-1)[..., 0]  # [B T-1]: loss of predicting token t+1
-
-
-def repeated_loss(model: Model, rows) -> float:
+def repeated_loss(model: Model, rows, *, edits_=()) -> float:
     """Mean loss on the second copy of :func:`repeated_sequences` rows, from its second token on (the first
-    cannot be inferred); an induction mechanism drives it towards zero."""
+    cannot be inferred); an induction mechanism drives it towards zero. ``edits_``: hook edits to run with (e.g.
+    :func:`interp.circuits.heads.ablate_heads`)."""
     half = (rows.shape[1] - 1) // 2
-    return float(_token_losses(model, jnp.asarray(rows))[:, half + 1:].mean())
+    return float(per_token_loss(model, jnp.asarray(rows), edits_=edits_)[:, half + 1:].mean())
 
 
 def icl_score(model: Model, rows, *, early: tuple[int, int] = (8, 16), late: tuple[int, int] | None = None) -> float:
     """In-context learning score: the mean loss at the ``late`` positions minus that at the ``early`` ones
     (Olsson et al. use the 500th and 50th tokens; ``late`` defaults to the last eighth of the context). Negative:
     the model predicts better with more context."""
-    losses = _token_losses(model, jnp.asarray(rows))
+    losses = per_token_loss(model, jnp.asarray(rows))
     T = losses.shape[1]
     late = (T - T // 8, T) if late is None else late
     return float(losses[:, late[0]:late[1]].mean() - losses[:, early[0]:early[1]].mean())
