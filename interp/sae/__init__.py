@@ -10,6 +10,7 @@ An architecture is one file registered in ``REGISTRY`` (see ``interp.sae._base``
 trainer read what they need from its classes.
 """
 
+from interp.sae import scaling
 from interp.sae._base import (
     REGISTRY,
     AuxLoss,
@@ -59,6 +60,6 @@ __all__ = [
     "TrainResult", "TrainingDiverged", "Transcoders", "architecture", "cache_activations", "create", "crosscoder_acts",
     "crosscoder_diff", "evaluate", "evaluate_crosscoder", "fold_input_norm", "from_pretrained", "iter_contexts",
     "iter_texts", "load",
-    "metric_names", "reconstruction_metrics", "register", "save", "train", "train_crosscoder", "train_transcoders",
-    "unregister",
+    "metric_names", "reconstruction_metrics", "register", "save", "scaling", "train", "train_crosscoder",
+    "train_transcoders", "unregister",
 ]
