@@ -1,7 +1,8 @@
-"""Full-size runs of the reproduction notebooks (induction heads, grokking): each notebook executed top to bottom
-at its full settings (the test suite runs the same notebooks on small ones), its claims asserted in its cells.
+"""Full-size runs of the reproduction notebooks (induction heads, grokking, TopK SAE scaling, feature absorption):
+each notebook executed top to bottom at its full settings (the test suite runs the same notebooks on small ones),
+its claims asserted in its cells.
 
-    python benchmarks/reproductions.py                    # both
+    python benchmarks/reproductions.py                    # all four
     python benchmarks/reproductions.py --only grokking    # one (grokking at p = 113 takes about an hour on 2 cores)
 
 Prints what each notebook printed (the measured figures) and its wall time; the executed notebooks are kept in
@@ -16,7 +17,8 @@ import time
 from pathlib import Path
 
 NOTEBOOKS = Path(__file__).resolve().parents[1] / "notebooks"
-RUNS = {"induction": "09_induction_heads.ipynb", "grokking": "10_grokking.ipynb"}
+RUNS = {"induction": "09_induction_heads.ipynb", "grokking": "10_grokking.ipynb", "sae-scaling": "11_sae_scaling.ipynb",
+        "absorption": "12_feature_absorption.ipynb"}
 
 
 def main():
