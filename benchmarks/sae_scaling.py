@@ -4,7 +4,7 @@ norm), a TopK SAE (AuxK on) of each width trained on it for the same
 number of passes, each evaluated on held-out activations (later books' text), and the held-out normalised MSE
 fitted as a power law of the width.
 
-    python benchmarks/sae_scaling.py                      # 1M activations x 2 passes, widths 512-4096, k=32
+    python benchmarks/sae_scaling.py                      # 1M activations x 2 passes, widths 256-2048, k=32
     python benchmarks/sae_scaling.py --widths 1024,2048,4096,8192,16384 --tokens 4000000
 
 Prints one row per width (held-out FVU and MSE, training FVU, L0, dead fraction, how much the training FVU still
@@ -28,10 +28,10 @@ def main():
     ap.add_argument("--hook", default="blocks.15.hook_resid_post")
     ap.add_argument("--tokens", type=int, default=1_000_000, help="training activations")
     ap.add_argument("--held-out", type=int, default=65_024)
-    ap.add_argument("--widths", default="512,1024,2048,4096")
+    ap.add_argument("--widths", default="256,512,1024,2048")
     ap.add_argument("--k", type=int, default=32)
     ap.add_argument("--epochs", type=float, default=2.0)
-    ap.add_argument("--batch", type=int, default=512)
+    ap.add_argument("--batch", type=int, default=1024)
     ap.add_argument("--work", default=os.path.expanduser("~/.cache/interp/benchmarks/sae-scaling"))
     args = ap.parse_args()
 
