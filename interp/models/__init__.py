@@ -12,6 +12,7 @@ from interp.models._blocks import (
     PreNormBlock,
     RMSNorm,
     Rope,
+    activation,
 )
 from interp.models._buckets import (
     DEFAULT_BUCKETS,
@@ -54,6 +55,7 @@ __all__ = [
     "PreNormBlock",
     "RMSNorm",
     "Rope",
+    "activation",
     "attention_inputs",
     "bucket_length",
     "check_tokens",

@@ -47,6 +47,8 @@ _ACTIVATIONS = {
 
 
 def activation(name: str):
+    """The activation function called ``name`` (``"relu"``, ``"gelu"``, ``"silu"``, ...); an unknown name raises
+    ``ValueError`` listing the known ones."""
     try:
         return _ACTIVATIONS[name]
     except KeyError:

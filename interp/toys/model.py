@@ -11,8 +11,7 @@ import dataclasses
 import jax
 import jax.numpy as jnp
 
-from interp.models import MLP, Attention, AttnOnlyBlock, Embed, LayerNorm, Model, NoNorm, PreNormBlock
-from interp.models._blocks import activation
+from interp.models import MLP, Attention, AttnOnlyBlock, Embed, LayerNorm, Model, NoNorm, PreNormBlock, activation
 
 
 @dataclasses.dataclass(frozen=True)
