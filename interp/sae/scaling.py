@@ -1,8 +1,10 @@
 """Scaling sweeps (Gao et al. 2024): TopK SAEs of several widths trained at fixed ``k`` on the same activations, their
 held-out reconstruction error, and the power law it follows in the width.
 
-    >>> acts = sae.scaling.harvest(model, "blocks.15.hook_resid_post", corpus, 1_100_000)
-    >>> sweep = sae.scaling.width_sweep(acts[:1_000_000], acts[1_000_000:], [1024, 2048, 4096, 8192], k=32)
+    >>> acts = sae.scaling.harvest(model, "blocks.15.hook_resid_post", corpus, 17 * 65024)  # 17 buffers
+    >>> x, held = acts[:16 * 65024], acts[16 * 65024:]  # the last buffer held out
+    >>> x, held = x[sae.scaling.typical_rows(x)], held[sae.scaling.typical_rows(held)]  # attention sinks out
+    >>> sweep = sae.scaling.width_sweep(x, held, [256, 512, 1024, 2048], k=32)
     >>> sweep.fit.exponent, sweep.fit.r2
 """
 
