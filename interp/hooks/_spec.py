@@ -278,6 +278,7 @@ class HookRunner:
             self.splice_in.setdefault(s.hook_in, []).append(s)
             self.splice_out.setdefault(s.hook_out, []).append(s)
         self._latents: dict[int, tuple] = {}
+        self._groups: dict[str, dict[int, tuple]] = {}  # group -> member layer -> (clean, edited) latents
 
     def __call__(self, name: str, x):
         x = self._edit_and_capture(name, x)
@@ -287,12 +288,21 @@ class HookRunner:
             with _mixed():
                 clean = d.encode(x_in)
             self._latents[id(s)] = (clean, self(f"{s.hook_in}.sae.hook_latents", clean), x_in)
+            if s.group is not None:
+                self._groups.setdefault(s.group, {})[d.layer] = self._latents[id(s)][:2]
         for s in self.splice_out.get(name, ()):
             clean, z, x_in = self._latents.pop(id(s))
+            d = s.dictionary
+            if s.group is not None:
+                members = self._groups[s.group]
+                decode = d.decode_group
+                z, clean = ({l: m[i] for l, m in members.items()} for i in (1, 0))
+            else:
+                decode = d.decode
             with _mixed():
-                skip = d.skip_term(x_in) if hasattr(d := s.dictionary, "skip_term") else 0.0
-                out = (d.decode(z) + skip).astype(x.dtype).reshape(x.shape)
-                out_clean = (d.decode(clean) + skip).astype(x.dtype).reshape(x.shape) if s.error_term else None
+                skip = d.skip_term(x_in) if hasattr(d, "skip_term") else 0.0
+                out = (decode(z) + skip).astype(x.dtype).reshape(x.shape)
+                out_clean = (decode(clean) + skip).astype(x.dtype).reshape(x.shape) if s.error_term else None
             recons = self(f"{s.hook_out}.sae.hook_recons", out)
             if s.error_term:
                 error = self(f"{s.hook_out}.sae.hook_error", x - out_clean)

@@ -11,6 +11,10 @@ points, under the name of ``hook_in`` / ``hook_out``:
 
 Any object with ``encode``, ``decode`` and optional ``skip_term`` works; a pytree dictionary's arrays are
 traced, so splicing a retrained dictionary of the same shape reuses the compiled function.
+
+Splices that share a ``group`` are layers of one cross-layer set (``interp.sae.CrossLayerTranscoder.splices``):
+each member's output is ``dictionary.decode_group(latents)`` over the (possibly edited) latents of every member
+encoded so far in the forward pass, keyed by the member's ``dictionary.layer``.
 """
 
 from __future__ import annotations
@@ -33,15 +37,16 @@ class Splice:
     A pytree: the dictionary's arrays are leaves, the hook names and options static."""
 
     def __init__(self, dictionary: Any, hook_in: str, hook_out: str | None = None, error_term: bool = False,
-                 skip_positions: int = 0):
+                 skip_positions: int = 0, group: str | None = None):
         self.dictionary = dictionary
         self.hook_in = _hook_name(hook_in)
         self.hook_out = self.hook_in if hook_out is None else _hook_name(hook_out)
         self.error_term = error_term
         self.skip_positions = skip_positions  # the first positions keep the model's own activation
+        self.group = group  # splices of one cross-layer set: each output reads the latents of every earlier member
 
     def tree_flatten(self):
-        return (self.dictionary,), (self.hook_in, self.hook_out, self.error_term, self.skip_positions)
+        return (self.dictionary,), (self.hook_in, self.hook_out, self.error_term, self.skip_positions, self.group)
 
     @classmethod
     def tree_unflatten(cls, aux, children):

@@ -25,6 +25,7 @@ from interp.sae._base import (
     unregister,
 )
 from interp.sae.batchtopk import BatchTopKConfig, BatchTopKSAE
+from interp.sae.clt import CLTLayer, CrossLayerTranscoder, train_clt
 from interp.sae.crosscoder import (
     Crosscoder,
     CrosscoderConfig,
@@ -53,13 +54,13 @@ from interp.sae.trainer import TrainConfig, TrainingDiverged, TrainResult, metri
 from interp.sae.transcoders import Transcoders, train_transcoders
 
 __all__ = [
-    "PUBLISHED_HOOKS", "REGISTRY", "ActivationStore", "ArrayActivationStore", "AuxLoss", "BatchTopKConfig",
-    "BatchTopKSAE", "CachedActivationStore", "Crosscoder", "CrosscoderConfig", "CrosscoderDiff", "DictConfig",
+    "ActivationStore", "ArrayActivationStore", "AuxLoss", "BatchTopKConfig", "BatchTopKSAE", "CLTLayer",
+    "CachedActivationStore", "CrossLayerTranscoder", "Crosscoder", "CrosscoderConfig", "CrosscoderDiff", "DictConfig",
     "Dictionary", "DictionaryMetrics", "JumpReLUConfig", "JumpReLUSAE", "LossContext", "MatryoshkaConfig",
-    "MatryoshkaSAE", "Option", "SAELensLayout", "StandardConfig", "StandardSAE", "TopKConfig", "TopKSAE", "TrainConfig",
-    "TrainResult", "TrainingDiverged", "Transcoders", "architecture", "cache_activations", "create", "crosscoder_acts",
-    "crosscoder_diff", "evaluate", "evaluate_crosscoder", "fold_input_norm", "from_pretrained", "iter_contexts",
-    "iter_texts", "load",
-    "metric_names", "reconstruction_metrics", "register", "save", "scaling", "train", "train_crosscoder",
+    "MatryoshkaSAE", "Option", "PUBLISHED_HOOKS", "REGISTRY", "SAELensLayout", "StandardConfig", "StandardSAE",
+    "TopKConfig", "TopKSAE", "TrainConfig", "TrainResult", "TrainingDiverged", "Transcoders", "architecture",
+    "cache_activations", "create", "crosscoder_acts", "crosscoder_diff", "evaluate", "evaluate_crosscoder",
+    "fold_input_norm", "from_pretrained", "iter_contexts", "iter_texts", "load", "metric_names",
+    "reconstruction_metrics", "register", "save", "scaling", "train", "train_clt", "train_crosscoder",
     "train_transcoders", "unregister",
 ]

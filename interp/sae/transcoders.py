@@ -57,6 +57,29 @@ class Transcoders(eqx.Module):
         return [Splice(d, self.hook_in.format(layer=l), self.hook_out.format(layer=l), error_term=error_term,
                        skip_positions=self.skip_positions) for l, d in enumerate(self.dictionaries)]
 
+    # what attribution graphs read (shared with interp.sae.CrossLayerTranscoder)
+    def span(self, layer: int) -> int:
+        """How many consecutive MLP outputs, from ``layer`` on, a feature of ``layer`` writes to: its own only."""
+        return 1
+
+    def encode_layer(self, layer: int, x):
+        return self.dictionaries[layer].encode(x)
+
+    def encoder_direction(self, layer: int, feature: int):
+        return self.dictionaries[layer].W_enc[:, feature]
+
+    def decoder_rows(self, layer: int, ids):
+        """``[A, 1, D]``: the writes of features ``ids`` of ``layer`` to its MLP output."""
+        return self.dictionaries[layer].W_dec[ids][:, None]
+
+    def output_bias(self):
+        return jnp.stack([d.b_dec for d in self.dictionaries])
+
+    def skip(self, layer: int, x):
+        """Layer ``layer``'s skip term on its input ``x`` (0 without one)."""
+        d = self.dictionaries[layer]
+        return d.skip_term(x) if d.W_skip is not None else 0.0
+
     def latent_hook(self, layer: int) -> str:
         return f"{self.hook_in.format(layer=layer)}.sae.hook_latents"
 

@@ -14,9 +14,8 @@ from jax.typing import ArrayLike
 from jaxtyping import Float, Int
 
 from interp.circuits.graph._data import Graph
-from interp.circuits.graph._replacement import _frozen_names, frozen_forward
+from interp.circuits.graph._replacement import Replacement, _frozen_names, frozen_forward
 from interp.results import Result, Summary
-from interp.sae.transcoders import Transcoders
 
 
 def _set_latents(z, name, pos, feat, values):
@@ -76,7 +75,7 @@ class Intervention(Result):
         return [(name(t), float(pb[t]), float(pa[t])) for t in order]
 
 
-def intervene(model, tc: Transcoders, prompt: str | Int[ArrayLike, " T"],
+def intervene(model, tc: Replacement, prompt: str | Int[ArrayLike, " T"],
               changes: Sequence[tuple[int, int, int, float]], *, mode: str = "real") -> Intervention:
     """Set features ``(layer, position, feature, value)`` and report the last position's logits.
 
@@ -105,12 +104,11 @@ def intervene(model, tc: Transcoders, prompt: str | Int[ArrayLike, " T"],
     frozen = {n: cache[n] for n in cache if n.endswith("hook_scale") or n.endswith("attn.hook_pattern")}
     writes = jnp.stack([cache[tc.hook_out.format(layer=l)] for l in range(L)])
     n2 = jnp.stack([cache[tc.hook_in.format(layer=l)] for l in range(L)])
-    skips = jnp.stack([d.skip_term(n2[l]) if d.W_skip is not None else jnp.zeros_like(writes[l])
-                       for l, d in enumerate(tc.dictionaries)])
-    writes = writes - skips
+    writes = writes - jnp.stack([jnp.broadcast_to(jnp.asarray(tc.skip(l, n2[l]), writes.dtype), writes.shape[1:])
+                                 for l in range(L)])
     for l, p, f, v in changes:
-        d = tc.dictionaries[l]
-        old = d.encode(n2[l, 0, p])[f]
-        writes = writes.at[l, 0, p].add((v - old) * d.W_dec[f])
+        old = tc.encode_layer(l, n2[l, 0, p])[f]
+        rows = tc.decoder_rows(l, jnp.asarray([f]))[0]  # [R D]: its writes to the MLP outputs from layer l on
+        writes = writes.at[l:l + len(rows), 0, p].add((v - old) * rows)
     _, _, logits = frozen_forward(model, tc, tokens, frozen, cache["hook_embed"], writes)
     return Intervention(before, np.asarray(logits[0, -1], np.float32))

@@ -9,10 +9,14 @@ import jax.numpy as jnp
 from jaxtyping import Array, Float, Int
 
 from interp.hooks import act_name
+from interp.sae.clt import CrossLayerTranscoder
 from interp.sae.transcoders import Transcoders
 
+# what the replacement model replaces the MLPs with: one transcoder per layer, or one cross-layer transcoder
+Replacement = Transcoders | CrossLayerTranscoder
 
-def _frozen_names(model, tc: Transcoders) -> list[str]:
+
+def _frozen_names(model, tc: Replacement) -> list[str]:
     L = model.n_layers
     names = ["hook_embed", "ln_final.hook_scale", "ln_final.hook_normalized"]
     for l in range(L):
@@ -22,11 +26,12 @@ def _frozen_names(model, tc: Transcoders) -> list[str]:
 
 
 def frozen_forward(
-    model, tc: Transcoders, tokens: Int[Array, "B T"], frozen: dict[str, Array], embed_w: Float[Array, "B T D"],
+    model, tc: Replacement, tokens: Int[Array, "B T"], frozen: dict[str, Array], embed_w: Float[Array, "B T D"],
     writes: Float[Array, "L B T D"],
 ) -> tuple[Float[Array, "L B T D"], Float[Array, "B T D"], Float[Array, "B T V"]]:
     """The linear replacement model: residual stream built from ``embed_w [B T D]`` and MLP writes
-    ``writes [L B T D]`` (plus each transcoder's skip term on its live input), with attention patterns and
+    ``writes [L B T D]`` (what is written to each MLP output; each transcoder's skip term on its live input is
+    added), with attention patterns and
     norm scales taken from ``frozen``. Returns (transcoder inputs ``[L B T D]``, final normalised stream
     ``[B T D]``, logits)."""
     reads = {}
@@ -42,9 +47,7 @@ def frozen_forward(
             reads[ins[name]] = x
         if name in outs:
             l = outs[name]
-            d = tc.dictionaries[l]
-            skip = d.skip_term(reads[l]) if d.W_skip is not None else 0.0
-            return (writes[l] + skip).astype(x.dtype)
+            return (writes[l] + tc.skip(l, reads[l])).astype(x.dtype)
         if name == "ln_final.hook_normalized":
             reads["final"] = x
         return x

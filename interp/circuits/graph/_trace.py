@@ -12,39 +12,68 @@ from jax.typing import ArrayLike
 from jaxtyping import Int
 
 from interp.circuits.graph._data import Graph
-from interp.circuits.graph._replacement import _frozen_names, frozen_forward
-from interp.sae.transcoders import Transcoders
+from interp.circuits.graph._replacement import Replacement, _frozen_names, frozen_forward
 
 
 @eqx.filter_jit
-def _max_active(tc: Transcoders, n2, skip_positions: int):
-    counts = [jnp.max(jnp.sum(d.encode(n2[l])[skip_positions:] > 0, axis=-1)) for l, d in enumerate(tc.dictionaries)]
+def _max_active(tc: Replacement, n2, skip_positions: int):
+    counts = [jnp.max(jnp.sum(tc.encode_layer(l, n2[l])[skip_positions:] > 0, axis=-1)) for l in range(len(tc))]
     return jnp.max(jnp.stack(counts))
 
 
 @eqx.filter_jit
-def _encode_all(tc: Transcoders, n2, skip_positions: int, k: int):
-    """Activations of every transcoder on its inputs ``n2 [L T D]`` -> top-k (values, ids) per position and
-    the reconstruction (with skip term)."""
-    vals, ids, recons = [], [], []
-    for l, d in enumerate(tc.dictionaries):
-        a = d.encode(n2[l])
-        a = a.at[:skip_positions].set(0.0)
+def _encode_all(tc: Replacement, n2, skip_positions: int, k: int):
+    """Activations of every layer's features on their inputs ``n2 [L T D]`` -> top-k (values, ids) ``[L T k]``."""
+    vals, ids = [], []
+    for l in range(len(tc)):
+        a = tc.encode_layer(l, n2[l]).at[:skip_positions].set(0.0)
         v, i = jax.lax.top_k(a, k)
-        vals.append(v)
+        vals.append(jnp.maximum(v, 0.0))
         ids.append(i)
-        # reconstruct from the kept slots only: anything dropped belongs to the error node
-        kept = jnp.zeros_like(a).at[jnp.arange(a.shape[0])[:, None], i].set(v)
-        recons.append(d.decode(kept) + (d.skip_term(n2[l]) if d.W_skip is not None else 0.0))
-    return jnp.stack(vals), jnp.stack(ids), jnp.stack(recons)
+    return jnp.stack(vals), jnp.stack(ids)
+
+
+def _writes_of_active(tc: Replacement, vals: np.ndarray, ids: np.ndarray):
+    """Every (active feature, MLP output it writes to) pair: the write ``[P D]`` (activation x decoder row), the
+    output layer and position ``[P]``, and the feature's flat index into ``[L T k]`` ``[P]``. A per-layer
+    transcoder's feature writes to one output, a cross-layer transcoder's to every output from its layer on; only
+    the kept slots are written (anything dropped belongs to the error node)."""
+    L, T, k = vals.shape
+    rows, out_layer, pos, col = [], [], [], []
+    for l in range(L):
+        t, sl = np.nonzero(vals[l] > 0)
+        if not len(t):
+            continue
+        R = tc.span(l)
+        w = tc.decoder_rows(l, jnp.asarray(ids[l, t, sl])) * jnp.asarray(vals[l, t, sl])[:, None, None]  # [A R D]
+        rows.append(w.astype(jnp.float32).reshape(-1, w.shape[-1]))
+        out_layer.append(np.repeat(np.arange(l, l + R)[None], len(t), 0).reshape(-1))
+        pos.append(np.repeat(t, R))
+        col.append(np.repeat((l * T + t) * k + sl, R))
+    if not rows:
+        D = tc.output_bias().shape[-1]
+        return jnp.zeros((0, D), jnp.float32), *(jnp.zeros(0, jnp.int32) for _ in range(3))
+    return (jnp.concatenate(rows), *(jnp.asarray(np.concatenate(a), jnp.int32) for a in (out_layer, pos, col)))
 
 
 @eqx.filter_jit
-def _rows(model, tc, tokens, frozen, embed_w, writes, at_final, layer, pos, vec, act_writes, errors):
+def _reconstruction(tc: Replacement, n2, pair_writes, out_layer, pos):
+    """What the kept features, decoder biases and skip terms write to each MLP output ``[L T D]``."""
+    L, T, D = n2.shape
+    recon = jnp.broadcast_to(tc.output_bias().astype(jnp.float32)[:, None], (L, T, D))
+    recon = recon.at[out_layer, pos].add(pair_writes)
+    skips = jnp.stack([jnp.broadcast_to(jnp.asarray(tc.skip(l, n2[l]), jnp.float32), (T, D)) for l in range(L)])
+    return recon + skips
+
+
+@eqx.filter_jit
+def _rows(model, tc, tokens, frozen, embed_w, writes, at_final, layer, pos, vec, pairs, errors, n_cols):
     """Incoming direct effects of a batch of N targets. Target i reads direction ``vec[i] [D]`` at position
     ``pos[i]`` of the transcoder input of ``layer[i]`` (or of the final normalised stream when ``at_final[i]``).
-    Returns (features [N L T k], errors [N L T], embeddings [N T])."""
-    L, T, D = act_writes.shape[0], act_writes.shape[1], act_writes.shape[-1]
+    ``pairs``: the writes of the active features (see ``_writes_of_active``).
+    Returns (features [N n_cols], errors [N L T], embeddings [N T])."""
+    L, T, D = errors.shape
+    pair_writes, out_layer, pair_pos, col = pairs
 
     def f(e, w):
         n2, nf, _ = frozen_forward(model, tc, tokens, frozen, e, w)
@@ -58,7 +87,8 @@ def _rows(model, tc, tokens, frozen, embed_w, writes, at_final, layer, pos, vec,
         cf = jnp.zeros((T, D), jnp.float32).at[p].set(jnp.where(fin, v, 0.0))
         g_embed, g_writes = vjp((ci.astype(writes.dtype), cf.astype(writes.dtype)))
         g_w = g_writes[:, 0].astype(jnp.float32)  # [L T D]
-        return (jnp.einsum("LTD,LTKD->LTK", g_w, act_writes), jnp.einsum("LTD,LTD->LT", g_w, errors),
+        per_pair = jnp.sum(g_w[out_layer, pair_pos] * pair_writes, axis=-1)
+        return (jnp.zeros(n_cols, jnp.float32).at[col].add(per_pair), jnp.einsum("LTD,LTD->LT", g_w, errors),
                 jnp.einsum("TD,TD->T", g_embed[0].astype(jnp.float32), embed_w[0].astype(jnp.float32)))
 
     return jax.vmap(one)(at_final, layer, pos, vec)
@@ -98,7 +128,7 @@ class _Rows:
 
 
 def trace(
-    model, tc: Transcoders, prompt: str | Int[ArrayLike, " T"], *, max_logits: int = 10, logit_prob: float = 0.95,
+    model, tc: Replacement, prompt: str | Int[ArrayLike, " T"], *, max_logits: int = 10, logit_prob: float = 0.95,
     max_feature_nodes: int = 512, batch_size: int | None = None, k_per_position: int | None = None,
     progress: bool = False,
 ) -> Graph:
@@ -128,15 +158,15 @@ def trace(
     mlp_out = jnp.stack([cache[tc.hook_out.format(layer=l)][0] for l in range(L)])
     # slots per position: every active feature must get one, or the writes would not add up to the MLP output
     k = int(_max_active(tc, n2, tc.skip_positions)) if k_per_position is None else k_per_position
-    vals, ids, recons = _encode_all(tc, n2, tc.skip_positions, max(k, 1))
-    vals = jnp.maximum(vals, 0.0)
+    vals, ids = _encode_all(tc, n2, tc.skip_positions, max(k, 1))
+    acts_np, ids_np = np.asarray(vals), np.asarray(ids)
+    pairs = _writes_of_active(tc, acts_np, ids_np)
+    recons = _reconstruction(tc, n2.astype(jnp.float32), *pairs[:3])
     errors = (mlp_out - recons).astype(jnp.float32)  # [L T D]; at skipped positions: mlp_out - b_dec - skip
-    W_dec = [d.W_dec for d in tc.dictionaries]
-    act_writes = jnp.stack([W_dec[l][ids[l]] * vals[l][..., None] for l in range(L)]).astype(jnp.float32)
     embed_w = cache["hook_embed"]
-    # what each layer writes besides its skip term: features + decoder bias + error = the MLP's own output
-    b_dec = jnp.stack([d.b_dec for d in tc.dictionaries]).astype(jnp.float32)[:, None]
-    writes = (act_writes.sum(2) + b_dec + errors)[:, None]  # [L 1 T D]
+    # what each layer's MLP output is written as, besides its skip term: features + decoder bias + error
+    writes = (recons - jnp.stack([jnp.broadcast_to(jnp.asarray(tc.skip(l, n2[l]), jnp.float32), n2.shape[1:])
+                                  for l in range(L)]) + errors)[:, None]  # [L 1 T D]
 
     # logit targets
     probs = np.asarray(jax.nn.softmax(logits[0, -1].astype(jnp.float32)))
@@ -146,7 +176,6 @@ def trace(
     W_U = model.W_U.astype(jnp.float32)
     dirs = W_U[:, logit_tokens] - W_U.mean(axis=1, keepdims=True)  # [D K]: logit minus the mean logit
     w_f = _final_weight_vjp(model, cache["ln_final.hook_normalized"])
-    acts_np, ids_np = np.asarray(vals), np.asarray(ids)
     active = np.flatnonzero(acts_np.reshape(-1) > 0)  # flat index into [L T k]
     budget = min(max_feature_nodes, active.size)
     rows = _Rows(K + budget, acts_np.size, L * T, T)
@@ -158,7 +187,8 @@ def trace(
                         jnp.asarray(np.r_[at_final, np.zeros(pad, bool)]),
                         jnp.asarray(np.r_[layer, np.zeros(pad, int)], jnp.int32),
                         jnp.asarray(np.r_[pos, np.zeros(pad, int)], jnp.int32),
-                        jnp.concatenate([vec, jnp.zeros((pad, vec.shape[1]), vec.dtype)]), act_writes, errors)
+                        jnp.concatenate([vec, jnp.zeros((pad, vec.shape[1]), vec.dtype)]), pairs, errors,
+                        acts_np.size)
         rows.add(np.asarray(f)[:n].reshape(n, -1), np.asarray(e)[:n].reshape(n, -1), np.asarray(m)[:n])
 
     logit_vecs = w_f(dirs.T)  # [K D]: gradient of (logit - mean logit) w.r.t. the final normalised stream
@@ -167,7 +197,6 @@ def trace(
         run(np.ones(n, bool), np.zeros(n, int), np.full(n, T - 1), logit_vecs[s:s + n])
 
     # feature targets, chosen by their influence estimated from the rows so far
-    W_enc = [d.W_enc for d in tc.dictionaries]
     visited: list[int] = []
     while len(visited) < budget:
         inf = rows.influence(probs[logit_tokens], visited, L)
@@ -177,7 +206,8 @@ def trace(
         if not cand:
             break
         l_c, p_c, s_c = np.unravel_index(np.asarray(cand), acts_np.shape)
-        vec = jnp.stack([W_enc[l][:, ids_np[l, p, sl]] for l, p, sl in zip(l_c, p_c, s_c)]).astype(jnp.float32)
+        vec = jnp.stack([tc.encoder_direction(int(l), int(ids_np[l, p, sl]))
+                         for l, p, sl in zip(l_c, p_c, s_c)]).astype(jnp.float32)
         run(np.zeros(len(cand), bool), l_c, p_c, vec)
         visited += cand
         if progress:
