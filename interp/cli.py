@@ -210,12 +210,20 @@ def train_transcoders(args) -> None:
 
     check_writable(Path(args.out))  # before the model loads and trains
     model = interp.load(args.model)
-    tc, summary = train(model, width=args.width, k=args.k, total_tokens=args.tokens, corpus=args.corpus,
-                        context_size=args.context_size, model_batch=args.model_batch, lr=args.lr, seed=args.seed,
-                        out_dir=args.out)
+    common = dict(width=args.width, k=args.k, total_tokens=args.tokens, corpus=args.corpus,
+                  context_size=args.context_size, model_batch=args.model_batch, lr=args.lr, seed=args.seed,
+                  out_dir=args.out)
+    if args.cross_layer:
+        from interp.sae import train_clt
+
+        tc, summary = train_clt(model, **common)
+        loader = "interp.sae.CrossLayerTranscoder.load"
+    else:
+        tc, summary = train(model, skip=args.skip, **common)
+        loader = "interp.sae.Transcoders.load"
     for row in summary:
         print(f"layer {row['layer']:2d}: fvu {row.get('fvu', float('nan')):.3f}, L0 {row.get('l0', float('nan')):.1f}")
-    print(f"saved {len(tc)} transcoders to {args.out} (load with interp.sae.Transcoders.load)")
+    print(f"saved {len(tc)} layers to {args.out} (load with {loader})")
 
 
 def add_search_args(p: argparse.ArgumentParser) -> None:
@@ -502,7 +510,8 @@ def build_parser() -> argparse.ArgumentParser:
     t = sub.add_parser("train-sae", help="train a sparse dictionary (SAE or transcoder) on a hook point",
                        formatter_class=DefaultsHelp)
     add_train_sae_args(t)
-    tt = sub.add_parser("train-transcoders", help="train one TopK transcoder per layer (for attribution graphs)",
+    tt = sub.add_parser("train-transcoders", help="train one TopK transcoder per layer, or a cross-layer transcoder "
+                        "(for attribution graphs)",
                         formatter_class=DefaultsHelp)
     tt.add_argument("--model", default="smollm2-135m", help=MODEL_HELP)
     tt.add_argument("--width", type=POSITIVE, default=2048, help="latents per transcoder")
@@ -514,7 +523,13 @@ def build_parser() -> argparse.ArgumentParser:
     tt.add_argument("--lr", type=RATE, default=2e-3, help="peak learning rate (Adam)")
     tt.add_argument("--seed", type=SEED, default=0, help="seeds initialisation and the order of contexts")
     tt.add_argument("--corpus", default=None, help="text file, folder, JSONL or Parquet (default: built-in text)")
-    tt.add_argument("--out", required=True, help="output folder (layer_{l}/ in SAELens layout + transcoders.json)")
+    kind = tt.add_mutually_exclusive_group()
+    kind.add_argument("--skip", action="store_true", help="skip transcoders: each adds an affine skip term x W_skip")
+    kind.add_argument("--cross-layer", action="store_true",
+                    help="one cross-layer transcoder: each layer's features write to every later MLP output "
+                         "(BatchTopK, k per layer on average; circuit-tracer's file layout)")
+    tt.add_argument("--out", required=True, help="output folder (layer_{l}/ in SAELens layout + transcoders.json; "
+                                                 "with --cross-layer W_enc_{l}/W_dec_{l}.safetensors + clt.json)")
     se = sub.add_parser("search", help="search input tokens (GCG) that raise a target's log-probability or a latent",
                         formatter_class=DefaultsHelp)
     add_search_args(se)

@@ -150,12 +150,13 @@ def _match_output_scale(state, x, y):
 def train_transcoders(
     model, *, width: int = 2048, k: int = 16, total_tokens: int = 200_000, corpus=None, context_size: int = 64,
     model_batch: int = 16, lr: float = 2e-3, skip_positions: int = 1, seed: int = 0, out_dir: str | Path | None = None,
-    progress: bool = True,
+    progress: bool = True, skip: bool = False,
 ) -> tuple[Transcoders, list[dict]]:
     """Train a TopK transcoder for every layer from one forward pass per batch (the model runs once for all
     layers). Returns the set and a per-layer summary (final FVU and L0 averaged over the last steps); with
     ``out_dir`` the set is written there (``Transcoders.load(out_dir)`` reads it back). ``corpus``: anything
-    ``interp.sae.iter_texts`` reads (None: the built-in text), or token ids ``[N, context_size]``."""
+    ``interp.sae.iter_texts`` reads (None: the built-in text), or token ids ``[N, context_size]``. ``skip``: skip
+    transcoders, each with an affine skip connection ``x W_skip`` beside its latents (Paulo et al. 2025)."""
     from tqdm.auto import tqdm
 
     L, D = model.n_layers, model.d_model
@@ -165,7 +166,7 @@ def train_transcoders(
                 note=": at least one position of each context must remain")
     rows = model_batch * (context_size - skip_positions)
     # every layer trains with the same step function: hook names are set only when the set is assembled
-    proto = TopKConfig(d_in=D, width=width, k=k, hook_name="in", hook_name_out="out")
+    proto = TopKConfig(d_in=D, width=width, k=k, hook_name="in", hook_name_out="out", skip=skip)
     cfg = TrainConfig(proto, total_tokens=total_tokens, batch_size=rows, lr=lr, context_size=context_size,
                       model_batch=model_batch, skip_positions=skip_positions, lr_warmup_steps=20, seed=seed)
     optimizer = make_optimizer(cfg)
@@ -204,7 +205,7 @@ def train_transcoders(
         stream = {"context_size": context_size, "seqpos_slice": [skip_positions, None]}
         if not isinstance(corpus, np.ndarray):  # text is cut into contexts as an ActivationStore cuts it
             stream["prepend_bos"] = ActivationStore.prepend_bos
-        tc.save(out_dir, info={"trained": {"width": width, "k": k, "total_tokens": total_tokens,
+        tc.save(out_dir, info={"trained": {"width": width, "k": k, "skip": skip, "total_tokens": total_tokens,
                                            "context_size": context_size, "lr": lr, "seconds": time.perf_counter() - t0,
                                            "layers": summary}}, metadata=stream)
     return tc, summary

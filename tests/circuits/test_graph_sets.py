@@ -152,3 +152,20 @@ def test_the_clt_splice_rebuilds_each_layer_from_every_earlier_one(tiny3, pair):
     for l in range(3):
         assert_model_close(cache[f"{clt.hook_out.format(layer=l)}.sae.hook_recons"][0, 1:], recon[l, 1:], tiny3,
                            f"layer {l} reconstruction")
+
+
+def test_trained_skip_transcoders_keep_their_skip_term(tiny3, tmp_path):
+    from interp.sae import train_transcoders
+
+    tokens = np.random.default_rng(0).integers(0, tiny3.d_vocab, size=(32, 16)).astype(np.int32)
+    tc, _ = train_transcoders(tiny3, width=32, k=4, total_tokens=40 * 8 * 15, corpus=tokens, context_size=16,
+                              model_batch=8, lr=1e-2, out_dir=tmp_path / "set", progress=False, skip=True)
+    for d in tc.dictionaries:
+        assert d.cfg.skip and float(jnp.abs(d.W_skip).max()) > 1e-3  # trained from zero
+    back = G.Transcoders.load(tmp_path / "set")
+    np.testing.assert_array_equal(np.asarray(back.dictionaries[2].W_skip), np.asarray(tc.dictionaries[2].W_skip))
+    # the skip term is part of each layer's reconstruction in the spliced model
+    x = jnp.asarray(np.random.default_rng(1).normal(size=(4, tiny3.d_model)), jnp.float32)
+    d = back.dictionaries[1]
+    np.testing.assert_allclose(np.asarray(d(x)), np.asarray(d.decode(d.encode(x)) + x @ d.W_skip), rtol=1e-5,
+                               atol=1e-6)

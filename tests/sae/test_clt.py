@@ -113,3 +113,22 @@ def test_training_on_the_hooked_model_reconstructs_the_mlps(tiny3, tmp_path):
     back = CrossLayerTranscoder.load(tmp_path / "set")
     assert json.loads((tmp_path / "set" / "clt.json").read_text())["trained"]["k"] == 4
     np.testing.assert_array_equal(np.asarray(back.W_dec[2]), np.asarray(clt.W_dec[2]))
+
+
+def test_the_layer_by_layer_gradient_equals_the_definitions():
+    from interp.sae.clt import clt_value_and_grad
+
+    clt = _random(L=4, D=8, F=16)
+    rng = np.random.default_rng(2)
+    x, y = (jnp.asarray(rng.normal(size=(4, 30, 8)), jnp.float32) for _ in range(2))
+    (loss, m), grads = clt_value_and_grad(clt, x, y, 3, 8)
+    (want_loss, want_m), want = jax.value_and_grad(clt_loss, has_aux=True)(clt, x, y, 3, 8)
+    assert float(loss) == pytest.approx(float(want_loss), rel=1e-5)
+    for key in ("fvu", "l0", "fired"):
+        np.testing.assert_allclose(np.asarray(m[key]), np.asarray(want_m[key]), rtol=1e-5)
+    for name in ("W_enc", "b_enc", "b_dec"):
+        np.testing.assert_allclose(np.asarray(getattr(grads, name)), np.asarray(getattr(want, name)), rtol=1e-4,
+                                   atol=1e-6)
+    for l in range(4):
+        np.testing.assert_allclose(np.asarray(grads.W_dec[l]), np.asarray(want.W_dec[l]), rtol=1e-4, atol=1e-6)
+    assert float(jnp.abs(grads.W_dec[3]).max()) > 0

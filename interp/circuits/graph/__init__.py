@@ -1,9 +1,13 @@
-"""Attribution graphs over per-layer transcoders (circuit tracing as in Ameisen et al., 2025).
+"""Attribution graphs over per-layer transcoders or a cross-layer transcoder (circuit tracing as in Ameisen et
+al., 2025).
 
 The *replacement model* is the model with each MLP replaced by a transcoder that reads the MLP's normalised
 input (``blocks.{l}.ln2.hook_normalized``) and writes its output (``blocks.{l}.hook_mlp_out``), with every
 attention pattern and normalisation scale frozen at its value on the traced prompt, and an *error node* per
-layer and position holding what the transcoder misses. With those frozen, the residual stream is a linear
+layer and position holding what the transcoder misses. With skip transcoders the skip term ``x W_skip`` is part
+of the frozen linear model (it reads the live stream). With a cross-layer transcoder
+(:class:`interp.sae.CrossLayerTranscoder`) a feature read at layer l writes to every MLP output from l on, so it
+is one node with direct edges into every later layer. With those frozen, the residual stream is a linear
 function of what is written into it: token embeddings, active features (activation x decoder row) and error
 nodes. So the direct effect of one node on another is exact and computed with vector-Jacobian products:
 the gradient of a target (a feature's pre-activation, or a logit minus the mean logit) with respect to every
@@ -31,7 +35,8 @@ from interp.circuits.graph._prune import auto_supernodes, prune
 from interp.circuits.graph._replacement import _frozen_names as _frozen_names
 from interp.circuits.graph._replacement import frozen_forward
 from interp.circuits.graph._trace import trace
+from interp.sae.clt import CrossLayerTranscoder
 from interp.sae.transcoders import HOOK_IN, HOOK_OUT, Transcoders
 
-__all__ = ["HOOK_IN", "HOOK_OUT", "Graph", "Intervention", "Transcoders", "auto_supernodes", "feature_changes",
-           "frozen_forward", "intervene", "prune", "trace"]
+__all__ = ["HOOK_IN", "HOOK_OUT", "CrossLayerTranscoder", "Graph", "Intervention", "Transcoders", "auto_supernodes",
+           "feature_changes", "frozen_forward", "intervene", "prune", "trace"]

@@ -1,0 +1,130 @@
+"""Per-layer transcoders, skip transcoders and a cross-layer transcoder on the default model, trained on the same
+text with the same width, k and number of tokens: per-layer FVU on held-out text, training time, and the graph
+replacement and completeness scores of attribution graphs on a fixed set of prompts.
+
+    python benchmarks/replacement.py [--tokens 200000] [--width 1024] [--k 16] [--kinds per-layer skip clt]
+
+Each set is trained once into ``~/.cache/interp/benchmarks/replacement/{kind}-w{width}-k{k}-t{tokens}`` and read
+from there on later runs (delete the folder to retrain). Training text: the Gutenberg books of the shared corpora;
+held-out text: WikiText-2 (test). The per-layer sets keep k features per position at every layer (TopK); the
+cross-layer set keeps k per layer and position on average over a batch (BatchTopK) and at inference fires by its
+learned thresholds, so its L0 is printed beside its FVU.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import time
+from pathlib import Path
+
+import numpy as np
+
+CACHE = Path(os.environ.get("INTERP_CACHE", Path.home() / ".cache" / "interp")) / "benchmarks" / "replacement"
+CORPORA = Path(__file__).resolve().parents[2] / "shared" / "data" / "corpora"
+PROMPTS = [
+    "The capital of France is",
+    "The opposite of hot is",
+    "Monday, Tuesday, Wednesday,",
+    "The Eiffel Tower is in the city of",
+    "Michael Jordan plays the sport of",
+    "One, two, three, four,",
+]
+
+
+def train(model, kind: str, width: int, k: int, tokens: int, lr: float | None):
+    from interp.sae import CrossLayerTranscoder, Transcoders, train_clt, train_transcoders
+
+    folder = CACHE / f"{kind}-w{width}-k{k}-t{tokens}"
+    if kind == "clt":
+        if not (folder / "clt.json").exists():
+            train_clt(model, width=width, k=k, total_tokens=tokens, corpus=str(CORPORA / "gutenberg"),
+                      lr=lr or 1e-3, out_dir=folder)
+        meta = json.loads((folder / "clt.json").read_text())
+        return CrossLayerTranscoder.load(folder), meta["trained"]
+    if not (folder / "transcoders.json").exists():
+        train_transcoders(model, width=width, k=k, total_tokens=tokens, corpus=str(CORPORA / "gutenberg"),
+                          lr=lr or 2e-3, skip=kind == "skip", out_dir=folder)
+    meta = json.loads((folder / "transcoders.json").read_text())
+    return Transcoders.load(folder), meta["trained"]
+
+
+def held_out_fvu(model, tc, n_contexts: int = 32, context_size: int = 64) -> tuple[np.ndarray, np.ndarray]:
+    """FVU and L0 of each layer's reconstruction of its MLP output on held-out contexts (first position left out,
+    as in training), each layer fed the model's own MLP inputs."""
+    import jax.numpy as jnp
+
+    from interp.sae import iter_contexts
+
+    text = (CORPORA / "wikitext2" / "test.txt").read_text(encoding="utf-8")
+    it = iter_contexts(model.tokenizer, [text], context_size)
+    toks = np.stack([next(it) for _ in range(n_contexts)])
+    L = model.n_layers
+    names = [h.format(layer=l) for l in range(L) for h in (tc.hook_in, tc.hook_out)]
+    _, cache = model.run_with_cache(jnp.asarray(toks), names, return_logits=False)
+    x = jnp.stack([cache[tc.hook_in.format(layer=l)][:, 1:].reshape(-1, model.d_model) for l in range(L)])
+    y = jnp.stack([cache[tc.hook_out.format(layer=l)][:, 1:].reshape(-1, model.d_model) for l in range(L)])
+    x, y = x.astype(jnp.float32), y.astype(jnp.float32)
+    if hasattr(tc, "decode"):  # a cross-layer transcoder
+        z = tc.encode(x)
+        recon = tc.decode(z)
+    else:
+        z = jnp.stack([tc.encode_layer(l, x[l]) for l in range(L)])
+        recon = jnp.stack([tc.dictionaries[l](x[l]) for l in range(L)])
+    mse = jnp.mean(jnp.sum(jnp.square(y - recon), -1), -1)
+    tv = jnp.mean(jnp.sum(jnp.square(y - jnp.mean(y, 1, keepdims=True)), -1), -1)
+    return np.asarray(mse / tv), np.asarray(jnp.mean(jnp.sum(z > 0, -1), -1))
+
+
+def graph_scores(model, tc, max_nodes: int) -> list[dict]:
+    from interp.circuits import graph as G
+
+    rows = []
+    for p in PROMPTS:
+        t0 = time.perf_counter()
+        g = G.trace(model, tc, p, max_feature_nodes=max_nodes)
+        rows.append({"prompt": p, **g.scores(pruned=False), "top": g.logit_strs[0], "seconds": time.perf_counter() - t0,
+                     "active": g.info["n_active_features"]})
+    return rows
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--tokens", type=int, default=200_000)
+    ap.add_argument("--width", type=int, default=1024)
+    ap.add_argument("--k", type=int, default=16)
+    ap.add_argument("--lr", type=float, default=None, help="default: 2e-3 per-layer, 1e-3 cross-layer")
+    ap.add_argument("--kinds", nargs="*", default=["per-layer", "skip", "clt"])
+    ap.add_argument("--max-feature-nodes", type=int, default=512)
+    args = ap.parse_args()
+
+    import interp
+
+    model = interp.load()
+    summary = {}
+    for kind in args.kinds:
+        tc, trained = train(model, kind, args.width, args.k, args.tokens, args.lr)
+        fvu, l0 = held_out_fvu(model, tc)
+        scores = graph_scores(model, tc, args.max_feature_nodes)
+        summary[kind] = {"train_s": trained.get("seconds", float("nan")), "fvu": fvu, "l0": l0, "scores": scores}
+        print(f"\n{kind}: width {args.width}, k {args.k}, {args.tokens} tokens, trained in "
+              f"{trained.get('seconds', float('nan')):.0f} s")
+        print("  held-out FVU by layer: " + " ".join(f"{v:.2f}" for v in fvu))
+        print(f"  FVU min {fvu.min():.3f} median {np.median(fvu):.3f} max {fvu.max():.3f}; L0 median "
+              f"{np.median(l0):.1f} (min {l0.min():.1f}, max {l0.max():.1f})")
+        for r in scores:
+            print(f"  {r['prompt']!r:40} -> {r['top']!r:10} replacement {r['replacement']:.3f} completeness "
+                  f"{r['completeness']:.3f} ({r['active']} active features, {r['seconds']:.0f} s)")
+    print("\nkind       train s  median FVU  mean replacement  mean completeness  France: replacement completeness")
+    for kind, s in summary.items():
+        rep = np.mean([r["replacement"] for r in s["scores"]])
+        com = np.mean([r["completeness"] for r in s["scores"]])
+        fr = s["scores"][0]
+        print(f"{kind:10} {s['train_s']:7.0f}  {np.median(s['fvu']):10.3f}  {rep:16.3f}  {com:17.3f}  "
+              f"{fr['replacement']:.3f} {fr['completeness']:.3f}")
+    print("targets (France prompt, best set): replacement >= 0.5, completeness >= 0.8")
+
+
+if __name__ == "__main__":
+    main()
