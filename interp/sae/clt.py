@@ -111,7 +111,8 @@ class CrossLayerTranscoder(eqx.Module):
         want = {"b_enc": (L, F), "b_dec": (L, D), "threshold": (L, F)}
         for name, shape in want.items():
             if getattr(self, name).shape != shape:
-                raise ValueError(f"{name} has shape {getattr(self, name).shape}; W_enc {self.W_enc.shape} needs {shape}")
+                raise ValueError(f"{name} has shape {getattr(self, name).shape}; W_enc {self.W_enc.shape} needs "
+                                 f"{shape}")
         if len(self.W_dec) != L or any(w.shape != (F, L - l, D) for l, w in enumerate(self.W_dec)):
             got = [tuple(w.shape) for w in self.W_dec]
             raise ValueError(f"W_dec must hold one [F, L - l, D] array per layer l (F={F}, L={L}, D={D}); got {got}")
