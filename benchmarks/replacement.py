@@ -21,6 +21,8 @@ from pathlib import Path
 
 import numpy as np
 
+from interp.sae import CrossLayerTranscoder
+
 CACHE = Path(os.environ.get("INTERP_CACHE", Path.home() / ".cache" / "interp")) / "benchmarks" / "replacement"
 CORPORA = Path(__file__).resolve().parents[2] / "shared" / "data" / "corpora"
 PROMPTS = [
@@ -34,7 +36,7 @@ PROMPTS = [
 
 
 def train(model, kind: str, width: int, k: int, tokens: int, lr: float | None):
-    from interp.sae import CrossLayerTranscoder, Transcoders, train_clt, train_transcoders
+    from interp.sae import Transcoders, train_clt, train_transcoders
 
     folder = CACHE / f"{kind}-w{width}-k{k}-t{tokens}"
     if kind == "clt":
@@ -50,9 +52,11 @@ def train(model, kind: str, width: int, k: int, tokens: int, lr: float | None):
     return Transcoders.load(folder), meta["trained"]
 
 
-def held_out_fvu(model, tc, n_contexts: int = 32, context_size: int = 64) -> tuple[np.ndarray, np.ndarray]:
-    """FVU and L0 of each layer's reconstruction of its MLP output on held-out contexts (first position left out,
-    as in training), each layer fed the model's own MLP inputs."""
+def held_out_fvu(model, tc, n_contexts: int = 32, context_size: int = 64) -> dict[str, np.ndarray]:
+    """Per layer, on held-out contexts (first position left out, as in training), each layer fed the model's own MLP
+    inputs: FVU of the reconstruction of the MLP output over all positions (``fvu_all``) and over the positions whose
+    MLP output is within 10x the layer's median norm (``fvu``: a few outlier positions, such as attention sinks,
+    otherwise carry most of the variance), the share of positions left out, and L0."""
     import jax.numpy as jnp
 
     from interp.sae import iter_contexts
@@ -66,15 +70,22 @@ def held_out_fvu(model, tc, n_contexts: int = 32, context_size: int = 64) -> tup
     x = jnp.stack([cache[tc.hook_in.format(layer=l)][:, 1:].reshape(-1, model.d_model) for l in range(L)])
     y = jnp.stack([cache[tc.hook_out.format(layer=l)][:, 1:].reshape(-1, model.d_model) for l in range(L)])
     x, y = x.astype(jnp.float32), y.astype(jnp.float32)
-    if hasattr(tc, "decode"):  # a cross-layer transcoder
+    if isinstance(tc, CrossLayerTranscoder):
         z = tc.encode(x)
         recon = tc.decode(z)
     else:
         z = jnp.stack([tc.encode_layer(l, x[l]) for l in range(L)])
         recon = jnp.stack([tc.dictionaries[l](x[l]) for l in range(L)])
-    mse = jnp.mean(jnp.sum(jnp.square(y - recon), -1), -1)
-    tv = jnp.mean(jnp.sum(jnp.square(y - jnp.mean(y, 1, keepdims=True)), -1), -1)
-    return np.asarray(mse / tv), np.asarray(jnp.mean(jnp.sum(z > 0, -1), -1))
+    err = np.asarray(jnp.sum(jnp.square(y - recon), -1))  # [L N]
+    yn = np.asarray(y)
+    norm = np.linalg.norm(yn, axis=-1)
+    keep = norm <= 10 * np.median(norm, axis=1, keepdims=True)
+    out = {"fvu": [], "fvu_all": [], "left_out": 1.0 - keep.mean(1), "l0": np.asarray(jnp.mean(jnp.sum(z > 0, -1), -1))}
+    for l in range(L):
+        for key, rows in (("fvu", keep[l]), ("fvu_all", np.ones_like(keep[l]))):
+            yl = yn[l][rows]
+            out[key].append(err[l][rows].mean() / ((yl - yl.mean(0)) ** 2).sum(-1).mean())
+    return {k: np.asarray(v) for k, v in out.items()}
 
 
 def graph_scores(model, tc, max_nodes: int) -> list[dict]:
@@ -105,14 +116,17 @@ def main() -> None:
     summary = {}
     for kind in args.kinds:
         tc, trained = train(model, kind, args.width, args.k, args.tokens, args.lr)
-        fvu, l0 = held_out_fvu(model, tc)
+        ev = held_out_fvu(model, tc)
+        fvu, l0 = ev["fvu"], ev["l0"]
         scores = graph_scores(model, tc, args.max_feature_nodes)
         summary[kind] = {"train_s": trained.get("seconds", float("nan")), "fvu": fvu, "l0": l0, "scores": scores}
         print(f"\n{kind}: width {args.width}, k {args.k}, {args.tokens} tokens, trained in "
               f"{trained.get('seconds', float('nan')):.0f} s")
         print("  held-out FVU by layer: " + " ".join(f"{v:.2f}" for v in fvu))
-        print(f"  FVU min {fvu.min():.3f} median {np.median(fvu):.3f} max {fvu.max():.3f}; L0 median "
-              f"{np.median(l0):.1f} (min {l0.min():.1f}, max {l0.max():.1f})")
+        print(f"  FVU min {fvu.min():.3f} median {np.median(fvu):.3f} max {fvu.max():.3f} (outlier positions left "
+              f"out: median {np.median(ev['left_out']):.1%} of a layer's; with them, median FVU "
+              f"{np.median(ev['fvu_all']):.3f}); L0 median {np.median(l0):.1f} (min {l0.min():.1f}, "
+              f"max {l0.max():.1f})")
         for r in scores:
             print(f"  {r['prompt']!r:40} -> {r['top']!r:10} replacement {r['replacement']:.3f} completeness "
                   f"{r['completeness']:.3f} ({r['active']} active features, {r['seconds']:.0f} s)")

@@ -31,23 +31,36 @@ def test_replacement_reproduces_the_model(tiny3, tc, pair):
 
 
 def _targets(model, tc, tokens, graph, zero_sources):
-    """Feature pre-activations (minus b_enc) and logits minus their mean, in the replacement model with every
-    source written as in the run, or with every source zeroed (what constants alone give)."""
+    """Feature pre-activations (minus b_enc) and logits minus their mean in the replacement model (any set: per-layer,
+    skip or cross-layer), with every source written as in the run or with every source zeroed (what the decoder
+    biases and skip terms alone give)."""
     _, cache = model.run_with_cache(tokens, G._frozen_names(model, tc))
     frozen = {n: cache[n] for n in cache if n.endswith("hook_scale") or n.endswith("attn.hook_pattern")}
     L = model.n_layers
-    b_dec = jnp.stack([d.b_dec for d in tc.dictionaries])[:, None, None]
+    n2 = jnp.stack([cache[tc.hook_in.format(layer=l)] for l in range(L)])
     if zero_sources:
-        embed, writes = jnp.zeros_like(cache["hook_embed"]), jnp.broadcast_to(b_dec, (L,) + cache["hook_embed"].shape)
+        embed = jnp.zeros_like(cache["hook_embed"])
+        writes = jnp.broadcast_to(tc.output_bias()[:, None, None], (L,) + cache["hook_embed"].shape)
     else:
-        n2 = jnp.stack([cache[tc.hook_in.format(layer=l)] for l in range(L)])
         embed = cache["hook_embed"]
-        writes = jnp.stack([cache[tc.hook_out.format(layer=l)] for l in range(L)])
+        writes = jnp.stack([cache[tc.hook_out.format(layer=l)] - tc.skip(l, n2[l]) for l in range(L)])
     n2, _, logits = G.frozen_forward(model, tc, tokens, frozen, embed, writes)
-    feats = np.array([float(n2[l, 0, p] @ tc.dictionaries[l].W_enc[:, f])
+    feats = np.array([float(n2[l, 0, p] @ tc.encoder_direction(int(l), int(f)))
                       for l, p, f in zip(graph.feature_layer, graph.feature_pos, graph.feature_id)])
     last = np.asarray(logits[0, -1])
     return feats, last[graph.logit_tokens] - last.mean()
+
+
+def check_frozen_ablation(model, tc, tokens, g, j: int) -> None:
+    """Ablating feature node ``j`` in the frozen replacement model moves the top logit by exactly its edge; in the
+    real (spliced) model it moves the logits too."""
+    logit_node = g.slices()["logit"].start
+    res = G.intervene(model, tc, tokens, G.feature_changes(g, [j], 0.0), mode="frozen")
+    v = g.logit_tokens[0]
+    moved = (res.after[v] - res.after.mean()) - (res.before[v] - res.before.mean())
+    assert moved == pytest.approx(-g.adjacency[logit_node, j], rel=1e-3, abs=1e-5)
+    real = G.intervene(model, tc, tokens, G.feature_changes(g, [j], 0.0), mode="real")
+    assert np.abs(real.after - real.before).max() > 1e-6
 
 
 def test_edges_sum_to_their_targets(tiny3, tc, pair, traced):
@@ -75,15 +88,8 @@ def test_edges_sum_to_their_targets(tiny3, tc, pair, traced):
 
 def test_frozen_ablation_moves_a_logit_by_its_edge(tiny3, tc, pair, traced):
     g = traced
-    tokens = pair[0][:1]
-    logit_node = g.slices()["logit"].start
-    j = int(np.argmax(np.abs(g.adjacency[logit_node, : g.n_features])))
-    res = G.intervene(tiny3, tc, tokens, G.feature_changes(g, [j], 0.0), mode="frozen")
-    v = g.logit_tokens[0]
-    moved = (res.after[v] - res.after.mean()) - (res.before[v] - res.before.mean())
-    assert moved == pytest.approx(-g.adjacency[logit_node, j], rel=1e-3, abs=1e-5)
-    real = G.intervene(tiny3, tc, tokens, G.feature_changes(g, [j], 0.0), mode="real")
-    assert np.abs(real.after - real.before).max() > 1e-6
+    j = int(np.argmax(np.abs(g.adjacency[g.slices()["logit"].start, : g.n_features])))
+    check_frozen_ablation(tiny3, tc, pair[0][:1], g, j)
 
 
 def test_influence_on_a_hand_built_graph():

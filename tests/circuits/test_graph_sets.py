@@ -12,6 +12,7 @@ import pytest
 
 from interp.circuits import graph as G
 from interp.sae.clt import init_clt
+from tests.circuits.test_graph import _targets, check_frozen_ablation
 from tests.conftest import random_transcoders
 from tests.numerics import assert_model_close
 
@@ -54,26 +55,6 @@ def test_replacement_reproduces_the_model(tiny3, pair, case):
     assert_model_close(real.after, real.before, tiny3, "spliced model")
 
 
-def _targets(model, tc, tokens, graph, zero_sources):
-    """Feature pre-activations (minus b_enc) and logits minus their mean in the replacement model, with every source
-    written as in the run or with every source zeroed (what the decoder biases and skip terms alone give)."""
-    _, cache = model.run_with_cache(tokens, G._frozen_names(model, tc))
-    frozen = {n: cache[n] for n in cache if n.endswith("hook_scale") or n.endswith("attn.hook_pattern")}
-    L = model.n_layers
-    n2 = jnp.stack([cache[tc.hook_in.format(layer=l)] for l in range(L)])
-    if zero_sources:
-        embed = jnp.zeros_like(cache["hook_embed"])
-        writes = jnp.broadcast_to(tc.output_bias()[:, None, None], (L,) + cache["hook_embed"].shape)
-    else:
-        embed = cache["hook_embed"]
-        writes = jnp.stack([cache[tc.hook_out.format(layer=l)] - tc.skip(l, n2[l]) for l in range(L)])
-    n2, _, logits = G.frozen_forward(model, tc, tokens, frozen, embed, writes)
-    feats = np.array([float(n2[l, 0, p] @ tc.encoder_direction(int(l), int(f)))
-                      for l, p, f in zip(graph.feature_layer, graph.feature_pos, graph.feature_id)])
-    last = np.asarray(logits[0, -1])
-    return feats, last[graph.logit_tokens] - last.mean()
-
-
 def test_edges_sum_to_their_targets(tiny3, pair, case):
     kind, tc, g = case
     tokens = pair[0][:1]
@@ -95,15 +76,8 @@ def test_edges_sum_to_their_targets(tiny3, pair, case):
 
 def test_frozen_ablation_moves_a_logit_by_its_edge(tiny3, pair, case):
     _, tc, g = case
-    tokens = pair[0][:1]
-    logit_node = g.slices()["logit"].start
-    j = int(np.argmax(np.abs(g.adjacency[logit_node, : g.n_features])))
-    res = G.intervene(tiny3, tc, tokens, G.feature_changes(g, [j], 0.0), mode="frozen")
-    v = g.logit_tokens[0]
-    moved = (res.after[v] - res.after.mean()) - (res.before[v] - res.before.mean())
-    assert moved == pytest.approx(-g.adjacency[logit_node, j], rel=1e-3, abs=1e-5)
-    real = G.intervene(tiny3, tc, tokens, G.feature_changes(g, [j], 0.0), mode="real")
-    assert np.abs(real.after - real.before).max() > 1e-6
+    j = int(np.argmax(np.abs(g.adjacency[g.slices()["logit"].start, : g.n_features])))
+    check_frozen_ablation(tiny3, tc, pair[0][:1], g, j)
 
 
 def test_a_clt_feature_writes_past_its_own_layer(tiny3, pair):
@@ -129,10 +103,7 @@ def test_a_clt_feature_writes_past_its_own_layer(tiny3, pair):
     # writes (the frozen intervention adds its decoder rows to every later MLP output independently of tracing)
     logit = g.slices()["logit"].start
     j = max(src, key=lambda i: abs(g.adjacency[logit, i]))
-    res = G.intervene(tiny3, clt, pair[0][:1], G.feature_changes(g, [j], 0.0), mode="frozen")
-    v = g.logit_tokens[0]
-    moved = (res.after[v] - res.after.mean()) - (res.before[v] - res.before.mean())
-    assert moved == pytest.approx(-g.adjacency[logit, j], rel=1e-3, abs=1e-5)
+    check_frozen_ablation(tiny3, clt, pair[0][:1], g, j)
     assert abs(g.adjacency[logit, j] - g_own.adjacency[g_own.slices()["logit"].start, index_own[key(g, j)]]) > 1e-4
     # the nodes are the same features either way (the activations do not depend on the decoders)
     assert set(index_own) == {key(g, j) for j in range(g.n_features)}
