@@ -10,7 +10,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from safetensors.numpy import load_file
+from safetensors.numpy import load_file, save_file
 
 from interp.sae import CrossLayerTranscoder, train_clt
 from interp.sae.clt import clt_loss, init_clt
@@ -79,8 +79,6 @@ def test_files_in_circuit_tracer_layout_round_trip(tmp_path):
         p = tmp_path / "clt" / f"W_enc_{l}.safetensors"
         t = load_file(str(p))
         del t[f"threshold_{l}"]
-        from safetensors.numpy import save_file
-
         save_file(t, str(p))
     relu = CrossLayerTranscoder.load(tmp_path / "clt", hook_in="blocks.{layer}.hook_resid_mid", skip_positions=0)
     assert relu.hook_in == "blocks.{layer}.hook_resid_mid" and relu.skip_positions == 0

@@ -58,12 +58,13 @@ def _writes_of_active(tc: Replacement, vals: np.ndarray, ids: np.ndarray):
 
 @eqx.filter_jit
 def _reconstruction(tc: Replacement, n2, pair_writes, out_layer, pos):
-    """What the kept features, decoder biases and skip terms write to each MLP output ``[L T D]``."""
+    """What the kept features, decoder biases and skip terms write to each MLP output ``[L T D]``, and the skip terms
+    alone ``[L T D]``."""
     L, T, D = n2.shape
     recon = jnp.broadcast_to(tc.output_bias().astype(jnp.float32)[:, None], (L, T, D))
     recon = recon.at[out_layer, pos].add(pair_writes)
     skips = jnp.stack([jnp.broadcast_to(jnp.asarray(tc.skip(l, n2[l]), jnp.float32), (T, D)) for l in range(L)])
-    return recon + skips
+    return recon + skips, skips
 
 
 @eqx.filter_jit
@@ -161,12 +162,11 @@ def trace(
     vals, ids = _encode_all(tc, n2, tc.skip_positions, max(k, 1))
     acts_np, ids_np = np.asarray(vals), np.asarray(ids)
     pairs = _writes_of_active(tc, acts_np, ids_np)
-    recons = _reconstruction(tc, n2.astype(jnp.float32), *pairs[:3])
+    recons, skips = _reconstruction(tc, n2.astype(jnp.float32), *pairs[:3])
     errors = (mlp_out - recons).astype(jnp.float32)  # [L T D]; at skipped positions: mlp_out - b_dec - skip
     embed_w = cache["hook_embed"]
-    # what each layer's MLP output is written as, besides its skip term: features + decoder bias + error
-    writes = (recons - jnp.stack([jnp.broadcast_to(jnp.asarray(tc.skip(l, n2[l]), jnp.float32), n2.shape[1:])
-                                  for l in range(L)]) + errors)[:, None]  # [L 1 T D]
+    # what each layer writes besides its skip term (features + decoder bias + error): the MLP output minus the skip
+    writes = (mlp_out.astype(jnp.float32) - skips)[:, None]  # [L 1 T D]
 
     # logit targets
     probs = np.asarray(jax.nn.softmax(logits[0, -1].astype(jnp.float32)))
