@@ -212,7 +212,7 @@ def train_transcoders(args) -> None:
     model = interp.load(args.model)
     common = dict(width=args.width, k=args.k, total_tokens=args.tokens, corpus=args.corpus,
                   context_size=args.context_size, model_batch=args.model_batch, lr=args.lr, seed=args.seed,
-                  out_dir=args.out)
+                  out_dir=args.out, checkpoint_every=args.checkpoint_every, resume=args.resume)
     if args.cross_layer:
         from interp.sae import train_clt
 
@@ -530,6 +530,9 @@ def build_parser() -> argparse.ArgumentParser:
                          "(BatchTopK, k per layer on average; circuit-tracer's file layout)")
     tt.add_argument("--out", required=True, help="output folder (layer_{l}/ in SAELens layout + transcoders.json; "
                                                  "with --cross-layer W_enc_{l}/W_dec_{l}.safetensors + clt.json)")
+    tt.add_argument("--checkpoint-every", type=NONNEGATIVE, default=100,
+                    help="steps between checkpoints under --out/checkpoints (0: none); the finished set replaces them")
+    tt.add_argument("--resume", action="store_true", help="continue the latest checkpoint in --out")
     se = sub.add_parser("search", help="search input tokens (GCG) that raise a target's log-probability or a latent",
                         formatter_class=DefaultsHelp)
     add_search_args(se)

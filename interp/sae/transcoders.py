@@ -9,9 +9,9 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import math
 import time
 from pathlib import Path
+from typing import Callable
 
 import equinox as eqx
 import jax.numpy as jnp
@@ -19,6 +19,7 @@ import numpy as np
 
 from interp._io import atomic_dir
 from interp.checks import check_range
+from interp.sae.set_runs import SetRun, set_identity
 from interp.sae.topk import TopKConfig
 from interp.sae.trainer import TrainConfig, init_state, make_optimizer, make_step
 
@@ -150,13 +151,18 @@ def _match_output_scale(state, x, y):
 def train_transcoders(
     model, *, width: int = 2048, k: int = 16, total_tokens: int = 200_000, corpus=None, context_size: int = 64,
     model_batch: int = 16, lr: float = 2e-3, skip_positions: int = 1, seed: int = 0, out_dir: str | Path | None = None,
-    progress: bool = True, skip: bool = False,
+    progress: bool = True, skip: bool = False, checkpoint_every: int = 0, resume: bool = False,
+    callback: Callable[[int, list[float]], None] | None = None,
 ) -> tuple[Transcoders, list[dict]]:
     """Train a TopK transcoder for every layer from one forward pass per batch (the model runs once for all
     layers). Returns the set and a per-layer summary (final FVU and L0 averaged over the last steps); with
     ``out_dir`` the set is written there (``Transcoders.load(out_dir)`` reads it back). ``corpus``: anything
     ``interp.sae.iter_texts`` reads (None: the built-in text), or token ids ``[N, context_size]``. ``skip``: skip
-    transcoders, each with an affine skip connection ``x W_skip`` beside its latents (Paulo et al. 2025)."""
+    transcoders, each with an affine skip connection ``x W_skip`` beside its latents (Paulo et al. 2025).
+
+    ``checkpoint_every``: steps between checkpoints under ``out_dir/checkpoints`` (0: none); ``resume=True``
+    continues the newest intact one and ends where an uninterrupted run ends (see :mod:`interp.sae.set_runs`).
+    ``callback(step, fvu)`` is called after each step with the step count and each layer's FVU."""
     from tqdm.auto import tqdm
 
     L, D = model.n_layers, model.d_model
@@ -169,15 +175,29 @@ def train_transcoders(
     proto = TopKConfig(d_in=D, width=width, k=k, hook_name="in", hook_name_out="out", skip=skip)
     cfg = TrainConfig(proto, total_tokens=total_tokens, batch_size=rows, lr=lr, context_size=context_size,
                       model_batch=model_batch, skip_positions=skip_positions, lr_warmup_steps=20, seed=seed)
+    check_range("checkpoint_every", checkpoint_every, 0, integer=True)
+    settings = {"trainer": "transcoders", "width": width, "k": k, "total_tokens": total_tokens,
+                "context_size": context_size, "model_batch": model_batch, "lr": lr, "skip_positions": skip_positions,
+                "seed": seed, "skip": skip}
+    run = SetRun(out_dir, identity=lambda: set_identity(settings, model, corpus),
+                 checkpoint_every=checkpoint_every, resume=resume)
     optimizer = make_optimizer(cfg)
     step = make_step(cfg, optimizer)
     states = [init_state(dataclasses.replace(cfg, seed=seed + l), optimizer) for l in range(L)]
     names = [h.format(layer=l) for l in range(L) for h in (HOOK_IN, HOOK_OUT)]
     recent: list[list[dict]] = [[] for _ in range(L)]
-    bar = tqdm(total=cfg.steps, desc=f"train {L} transcoders x {width}", disable=not progress, unit="step")
-    t0 = time.perf_counter()
+    start, elapsed = 0, 0.0
+    resumed = run.start(states)
+    if resumed is not None:
+        states, meta = resumed
+        start, elapsed, recent = meta["step"], meta["elapsed_s"], meta["recent"]
+    bar = tqdm(total=cfg.steps, initial=start, desc=f"train {L} transcoders x {width}", disable=not progress,
+               unit="step")
+    t0 = time.perf_counter() - elapsed
     batches = _batches(model, corpus, context_size, model_batch, seed)
-    for i in range(cfg.steps):
+    for _ in range(start):  # the batches a resumed run already trained on: drawn again (text is only tokenized)
+        next(batches)
+    for i in range(start, cfg.steps):
         _, cache = model.run_with_cache(next(batches), names, return_logits=False)
         for l in range(L):
             x = cache[HOOK_IN.format(layer=l)][:, skip_positions:].reshape(-1, D).astype(jnp.float32)
@@ -186,10 +206,17 @@ def train_transcoders(
                 states[l] = _match_output_scale(states[l], x, y)
             states[l], m = step(states[l], x, y)
             recent[l] = (recent[l] + [m])[-20:]
-        loss = float(recent[L // 2][-1]["loss"])
-        if not math.isfinite(loss):
-            raise FloatingPointError("a transcoder's loss became NaN; lower lr")
+        losses = np.asarray(jnp.stack([r[-1]["loss"] for r in recent]))  # one transfer for every layer
+        if not np.isfinite(losses).all():
+            bad = int(np.argmin(np.isfinite(losses)))
+            raise FloatingPointError(f"layer {bad}'s transcoder loss became {losses[bad]} at step {i + 1}; lower lr "
+                                     f"(now {lr}). {run.where().capitalize()}")
         bar.update(1)
+        run.after_step(i + 1, cfg.steps, states, lambda: {
+            "elapsed_s": time.perf_counter() - t0,
+            "recent": [[{key: float(v) for key, v in m.items()} for m in r] for r in recent]})
+        if callback is not None:
+            callback(i + 1, [float(r[-1]["fvu"]) for r in recent])
     bar.close()
     dictionaries, summary = [], []
     for l, st in enumerate(states):
