@@ -141,6 +141,7 @@ def test_cross_field_limits_reach_the_command_line_as_messages(acts, tmp_path): 
     (["train-transcoders", "--context-size", "-1"], "argument --context-size: -1 must be a positive integer (>= 1)"),
     (["train-transcoders", "--k", "0"], "argument --k: 0 must be a positive integer (>= 1)"),
     (["train-transcoders", "--skip", "--cross-layer"], "argument --cross-layer: not allowed with argument --skip"),
+    (["train-transcoders", "--checkpoint-every", "-1"], "argument --checkpoint-every: -1 must be an integer >= 0"),
     (["demo", "--sae-tokens", "0"], "argument --sae-tokens: 0 must be a positive integer (>= 1)"),
     (["demo", "--sae-layer", "-1"], "argument --sae-layer: -1 must be an integer >= 0"),
 ])
