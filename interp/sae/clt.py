@@ -25,8 +25,8 @@ import functools
 import json
 import math
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 import equinox as eqx
 import jax
@@ -379,8 +379,9 @@ def train_clt(
     features per layer and position on average (BatchTopK). Returns the set and a per-layer summary (FVU and L0
     averaged over the last 20 steps, the fraction of features that never fired in the last 100 steps). Arguments
     as for :func:`interp.sae.train_transcoders` (``checkpoint_every``, ``resume`` and ``callback`` too: a checkpoint
-    of a CLT at width 1024 on SmolLM2-135M holds ~3.5 GB, parameters and Adam's moments). ``threshold_decay``: of the running average that sets the inference
-    thresholds (default: an average over about the last tenth of training, at least 10 steps).
+    of a CLT at width 1024 on SmolLM2-135M holds ~3.5 GB, parameters and Adam's moments). ``threshold_decay``: of
+    the running average that sets the inference thresholds (default: an average over about the last tenth of
+    training, at least 10 steps).
 
     Cost: a dense product per source layer and the MLP outputs it writes to, so a step costs about ``(L + 1) / 2``
     times a per-layer set's decoder work (on SmolLM2-135M at width 1024: ~16 s a step of 1,008 positions on two
@@ -470,9 +471,9 @@ def train_clt(
             raise FloatingPointError(f"the CLT's loss became {float(loss)} at step {i + 1}; lower lr (now {lr}). "
                                      f"{run.where().capitalize()}")
         bar.update(1)
-        run.after_step(i + 1, steps, (clt, opt_state, fired_recent), lambda: {
+        run.after_step(i + 1, steps, (clt, opt_state, fired_recent), lambda window=recent: {
             "elapsed_s": time.perf_counter() - t0,
-            "recent": [{key: v.tolist() for key, v in r.items()} for r in recent]})
+            "recent": [{key: v.tolist() for key, v in r.items()} for r in window]})
         if callback is not None:
             callback(i + 1, recent[-1]["fvu"].tolist())
     bar.close()
