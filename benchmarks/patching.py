@@ -10,7 +10,11 @@ metric, in the same process:
 interp is timed on its first call (compilation included) and warm (median of ``--reps``); TransformerLens once
 per sweep (it has no compilation, and a sweep takes minutes). The two sweeps' values are compared as well.
 
-    python benchmarks/patching.py [--n 2] [--reps 3] [--no-peer]
+The gain of skipping the positions before each patch (``skip_prefix``, the default) is measured on the IOI prompts
+and on ``--long`` tokens of book text with three positions corrupted: the same sweep with ``skip_prefix=False``
+(every patched run computes the whole sequence), both warm, and the largest difference of their values.
+
+    python benchmarks/patching.py [--n 2] [--reps 3] [--long 64] [--no-peer] [--only-skip-prefix]
 """
 
 from __future__ import annotations
@@ -34,6 +38,8 @@ def main() -> None:
     ap.add_argument("--n", type=int, default=2, help="prompt pairs in the batch")
     ap.add_argument("--reps", type=int, default=3)
     ap.add_argument("--no-peer", action="store_true", help="skip TransformerLens")
+    ap.add_argument("--only-skip-prefix", action="store_true", help="measure only what skip_prefix gains")
+    ap.add_argument("--long", type=int, default=64, help="tokens of the text sweep that measures skip_prefix")
     args = ap.parse_args()
 
     model = interp.load()
@@ -42,14 +48,18 @@ def main() -> None:
     B, T = ps.clean.shape
     print(f"device: {jax.devices()[0].device_kind} ({jax.default_backend()}), jax {jax.__version__}; "
           f"{B} IOI prompt pairs x {T} tokens; {model.n_layers} layers, {model.blocks[0].attn.n_heads} heads")
+    if args.only_skip_prefix:
+        skip_prefix_gain(model, ps, metric, args)
+        return
     sweeps = {"resid_pre (layer x pos)": dict(hook="resid_pre"),
               "z (layer x head, all pos)": dict(hook="z", per="head")}
     ours, first = {}, {}
     for name, kw in sweeps.items():
         t0 = time.perf_counter()
-        ours[name] = patch(model, ps.clean, ps.corrupted, metric, **kw)
+        ours[name] = patch(model, ps.clean, ps.corrupted, metric, progress=False, **kw)
         first[name] = time.perf_counter() - t0
-    warm = {name: timed(lambda kw=kw: patch(model, ps.clean, ps.corrupted, metric, **kw), args.reps, warmup=0)
+    warm = {name: timed(lambda kw=kw: patch(model, ps.clean, ps.corrupted, metric, progress=False, **kw), args.reps,
+                        warmup=0)
             for name, kw in sweeps.items()}
     peer, notes = {}, []
     if not args.no_peer:
@@ -86,8 +96,39 @@ def main() -> None:
             print(f"  interp vs TransformerLens: {sec / warm[name]:.1f}x faster warm, "
                   f"{sec / first[name]:.1f}x on the first call (target >= 5x)")
         print(f"  top effects: {res.top(3)}")
+    skip_prefix_gain(model, ps, metric, args)
     for n in notes:
         print(f"note: {n}")
+
+
+def skip_prefix_gain(model, ps, metric, args) -> None:
+    """Warm times of position sweeps with and without skipping the positions before each patch."""
+    from pathlib import Path
+
+    books = Path(__file__).resolve().parents[2] / "shared" / "data" / "corpora" / "gutenberg" / "books"
+    book = sorted(books.glob("*.txt"))[0]
+    tokens = np.asarray(model.to_tokens(book.read_text()[20_000:40_000]))[:, : args.long]
+    corrupted = tokens.copy()
+    L = tokens.shape[1]
+    for p in (L // 8, L // 2, L - 3):
+        corrupted[:, p] = (tokens[:, p] + 1000) % model.d_vocab
+    last = np.asarray(tokens[:, -1])
+    at = metrics.log_prob(last, pos=-2)
+    every3 = list(range(0, model.n_layers, 3))
+    cases = {f"IOI resid_pre ({ps.clean.shape[1]} tokens)": (ps.clean, ps.corrupted, metric, "resid_pre", {}),
+             f"text resid_pre ({L} tokens)": (tokens, corrupted, at, "resid_pre", {}),
+             f"text z per head and position ({L} tokens, every third layer)": (tokens, corrupted, at, "z",
+                                                                             {"per": "head_pos", "layers": every3})}
+    print(f"skipping the positions before each patch (skip_prefix), warm, median of {args.reps}:")
+    for name, (clean, corr, m, hook, kw) in cases.items():
+        out, times = {}, {}
+        for skip in (True, False):
+            def run(skip=skip, out=out, inputs=(clean, corr, m, hook), kw=kw):
+                out[skip] = patch(model, *inputs, skip_prefix=skip, progress=False, **kw)
+            times[skip] = timed(run, args.reps, warmup=1)
+        diff = np.abs(out[True].values - out[False].values).max()
+        print(f"  {name}: {times[False]:6.1f} s whole runs, {times[True]:6.1f} s skipping, "
+              f"{times[False] / times[True]:.2f}x; max |difference| {diff:.1e}")
 
 
 if __name__ == "__main__":

@@ -314,13 +314,19 @@ def _sweep(model, layer, resid, src, masks, attention_mask, metric, suffix, batc
 
         return _readout(model, metric, run_blocks(model, resid, layer, positions, mask, hook_fn))
 
+    return _map_patches(one, masks, batch_size, n_real)
+
+
+def _map_patches(one, masks, batch_size: int, n_real=None, pieces: int = 8):
+    """``one`` over every patch mask, ``batch_size`` at a time; with ``n_real`` (traced) only the first ``n_real``
+    run, in chunks of a ``pieces``-th of the patches, and the rest are 0."""
     P = masks.shape[0]
     if n_real is None:
         if batch_size >= P:
             return jax.vmap(one)(masks)
         return jax.lax.map(one, masks, batch_size=batch_size)
-    # chunks of at most an eighth of the patches, so that little past n_real runs
-    chunk = max(1, min(batch_size, -(-P // 8)))
+    # chunks of at most a pieces-th of the patches, so that little past n_real runs
+    chunk = max(1, min(batch_size, -(-P // pieces)))
     n_chunks = -(-P // chunk)
     if n_chunks * chunk > P:
         masks = jnp.concatenate([masks, jnp.zeros((n_chunks * chunk - P,) + masks.shape[1:], masks.dtype)])
@@ -332,6 +338,82 @@ def _sweep(model, layer, resid, src, masks, attention_mask, metric, suffix, batc
         return jax.lax.dynamic_update_slice_in_dim(out, vals, c * chunk, 0)
 
     return jax.lax.fori_loop(0, (n_real + chunk - 1) // chunk, body, out)[:P]
+
+
+def run_blocks_cached(model, x, start, positions, mask, kv, index: int, hook_fn=None):
+    """As :func:`run_blocks`, for the positions from ``index`` on: ``x [B T-index D]`` is their residual entering
+    block ``start`` and ``kv`` (a :class:`~interp.models.KVCache` of the whole base run) gives every block the keys
+    and values of the positions before them, which a change at ``index`` or later cannot reach."""
+    L = model.n_layers
+
+    def branch(j):
+        def f(x, i):
+            hk = NOOP if hook_fn is None else (lambda name, a: hook_fn(j, i, name, a))
+            out, _ = model.blocks[j](x, hk, f"blocks.{j}", positions, mask, (kv.keys[j], kv.values[j], index),
+                                     kv.positions)
+            return out
+        return f
+
+    branches = [branch(j) for j in range(L)]
+    return jax.lax.fori_loop(start, L, lambda i, x: jax.lax.switch(i, branches, x, i), x)
+
+
+@eqx.filter_jit
+def _base_kv(model, tokens, attention_mask):
+    """The base run's keys and values at every layer (a :class:`~interp.models.KVCache` over its positions) and
+    its final residual stream (before the final norm)."""
+    B, T = tokens.shape
+    mask = jnp.ones((B, T), jnp.int32) if attention_mask is None else attention_mask
+    positions = jnp.maximum(jnp.cumsum(mask, axis=-1) - 1, 0).astype(jnp.int32)
+    last = f"blocks.{model.n_layers - 1}.hook_resid_post"
+    seen = {}
+
+    def hk(name, a):
+        if name == last:
+            seen["final"] = a
+        return a
+
+    _, kv = model.forward(tokens, hk, attention_mask=mask, positions=positions, kv=model.init_cache(B, T))
+    return kv, seen["final"]
+
+
+@eqx.filter_jit
+def _sweep_suffix(model, layer, resid, src, masks, kv, final, metric, suffix, batch_size, span, n_real=None):
+    """``_sweep`` for the patches at positions ``start..stop-1`` (``span = (start, stop, patches per position)``,
+    static): a patch there cannot change the positions before ``start``, so each patched run computes only the
+    positions from ``start`` on, attending to the base run's keys and values (``kv``) for the earlier ones, and the
+    metric reads the base run's ``final`` residual there."""
+    start, stop, per_pos = span
+    T = resid.shape[1]
+    slots = jnp.arange(T)
+    causal = slots[None, :] <= (start + jnp.arange(T - start))[:, None]
+    mask = kv.valid[:, None, :] & causal[None]
+    positions = kv.positions[:, start:]
+    x0, src = resid[:, start:], src[:, start:]
+    head = final[:, :start]
+
+    def one(m):
+        def hook_fn(j, i, name, a):
+            if name != f"blocks.{j}.{suffix}":
+                return a
+            return jnp.where(m & (i == layer), src, a).astype(a.dtype)
+
+        x = run_blocks_cached(model, x0, layer, positions, mask, kv, start, hook_fn)
+        return _readout(model, metric, jnp.concatenate([head, x.astype(head.dtype)], axis=1))
+
+    return _map_patches(one, masks[start * per_pos:stop * per_pos, :, start:], batch_size, n_real, pieces=4)
+
+
+def _spans(target: _Target, length: int, skip_prefix: bool) -> list[tuple[int, int]] | None:
+    """The position ranges a sweep runs as separate programs, each computing only the positions from its start on
+    (None: the sweep runs whole). Only patches of one position at a time can skip the positions before them."""
+    if not skip_prefix or target.per not in ("pos", "head_pos") or target.layout not in ("BTD", "BTHE"):
+        return None
+    groups = 4 if length >= 32 else 2 if length >= 16 else 1
+    if groups == 1:
+        return None
+    cuts = [g * length // groups for g in range(groups + 1)]
+    return list(zip(cuts[:-1], cuts[1:]))
 
 
 def patch(
@@ -347,6 +429,7 @@ def patch(
     attention_mask: Int[Array, "B T"] | None = None,
     batch_size: int | None = None,
     progress: bool = True,
+    skip_prefix: bool = True,
 ) -> PatchResult:
     """Activation patching of ``hook`` at every layer (or ``layers``), one target at a time.
 
@@ -359,6 +442,12 @@ def patch(
     more than two seconds shows a progress bar by layer with an estimate of the time left (``progress=False``:
     none). With a position metric (``interp.circuits.metrics``) the sweep runs at the prompt's length bucket, so
     a prompt of a new length reuses its compiled program.
+
+    ``skip_prefix``: a patch at one position cannot change the positions before it (attention is causal), so
+    sweeps over positions (``per="pos"`` or ``"head_pos"``) run in four ranges of positions (two below 32 tokens),
+    each computing only the positions from the range's start on with the base run's keys and values for the earlier
+    ones: about 0.6x the work of whole-sequence runs, at the cost of compiling one program per range. ``False``:
+    every patched run computes the whole sequence.
     """
     target = _target(hook, per)
     base, source = _runs(model, clean, corrupted, direction, attention_mask)
@@ -389,11 +478,31 @@ def patch(
     # slicing, which would compile programs of their own), so that a long sweep can show its progress
     bar = tqdm(total=len(layers), desc=f"patching {target.short}", unit="layer", delay=2.0, disable=not progress,
                leave=False)
+    length = max(padded, T)
+    spans = _spans(target, length, skip_prefix)
+    if spans is not None:
+        kv, final = _base_kv(model, pad_positions(base_tokens, (1,), padded) if padded else base_tokens, mask)
+        per_pos = masks.shape[0] // length
     values = []
     with bar:
         for l, name, resid_name in zip(layers, names, resid_names):
-            values.append(np.asarray(_sweep(model, to_device(np.int32(l)), base_cache[resid_name], src_cache[name],
-                                            masks, mask, metric, target.suffix(), batch_size, n_real), np.float64))
+            layer = to_device(np.int32(l))
+            if spans is None:
+                values.append(np.asarray(_sweep(model, layer, base_cache[resid_name], src_cache[name], masks, mask,
+                                                metric, target.suffix(), batch_size, n_real), np.float64))
+            else:
+                parts = []
+                for start, stop in spans:
+                    rows = (stop - start) * per_pos
+                    if padded and start >= T:  # padding positions only: their values are cut off below
+                        parts.append(np.zeros(rows))
+                        continue
+                    # only the range holding the prompt's end has padding patches to skip
+                    real = to_device(np.int32((T - start) * per_pos)) if start < T < stop else None
+                    parts.append(np.asarray(_sweep_suffix(
+                        model, layer, base_cache[resid_name], src_cache[name], masks, kv, final, metric,
+                        target.suffix(), batch_size, (start, stop, per_pos), real), np.float64))
+                values.append(np.concatenate(parts))
             bar.update(1)
     values = np.concatenate(values).reshape((len(layers),) + target.out_shape(shape))
     if padded and target.per in ("pos", "head_pos"):

@@ -180,6 +180,24 @@ def test_patching_sweeps_equal_brute_force(variant, setups):
     assert len(cases) >= 6, cases
 
 
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_position_sweeps_skipping_earlier_positions_equal_whole_runs(variant, setups):
+    """On 36 tokens (four ranges of positions, past every sliding window) the sweeps that compute each range
+    from its start with the base run's keys and values equal whole-sequence runs."""
+    s = setups(variant)
+    model = s.model
+    clean = random_tokens(model.d_vocab, (2, 36), seed=12)
+    corrupted = clean.copy()
+    for p in (2, 17, 33):
+        corrupted[:, p] = (clean[:, p] + 11) % model.d_vocab
+    bound = model_bound(model(clean), model(corrupted), n_layers=model.n_layers)
+    for short, per in (("resid_pre", "pos"), ("attn_out", "pos"), ("z", "head_pos"), ("k", "head_pos")):
+        whole = patch(model, clean, corrupted, s.metric, short, per=per, progress=False, skip_prefix=False)
+        ranges = patch(model, clean, corrupted, s.metric, short, per=per, progress=False)
+        assert_close(ranges.values, whole.values, bound, f"{variant} {short} per {per}")
+        assert np.abs(whole.values[:, 27:] - whole.base).max() > 1e-5, (short, per)  # the last range matters
+
+
 @pytest.mark.parametrize("variant,short,why", [
     ("neox_parallel", "resid_mid", "side by side"), ("gpt2", "pre_linear", "not gated"),
     ("neox_sequential", "pre_linear", "not gated"), ("gpt2", "rot_q", "rotary"), ("gemma2", "foo", "cannot sweep")])

@@ -9,6 +9,7 @@ import pytest
 
 import interp
 from interp.circuits import attribute, metrics, patch
+from tests.conftest import random_tokens
 from tests.numerics import assert_close, assert_model_close, model_bound
 
 
@@ -182,3 +183,35 @@ def test_a_sweep_reports_progress_by_layer(tiny3, pair, answers, monkeypatch):
     assert [(b.kw["total"], b.n, b.kw["disable"], b.kw["unit"]) for b in bars] == [(2, 2, False, "layer"),
                                                                                     (3, 3, True, "layer")]
     assert bars[0].kw["delay"] > 0  # a quick sweep shows nothing
+
+
+@pytest.mark.parametrize("T", [40, 37])  # 40: four ranges of positions; 37: the sweep runs padded to its bucket, 48
+def test_sweeps_that_skip_earlier_positions_equal_a_brute_force_loop(tiny3, T):
+    """A position sweep runs each range of positions from the range's start with the base run's keys and values
+    before it: its values are those of whole-sequence runs, in every range, padded or not, with padding rows."""
+    clean = random_tokens(tiny3.d_vocab, (2, T), seed=21)
+    corrupted = clean.copy()
+    for p, shift in ((3, 7), (T - 8, 13), (T - 1, 5)):
+        corrupted[:, p] = (clean[:, p] + shift) % tiny3.d_vocab
+    order = np.argsort(-np.asarray(tiny3(clean))[:, -1], axis=-1)
+    metric = metrics.logit_diff(order[:, 0].astype(np.int32), order[:, 1].astype(np.int32))
+    bound = model_bound(tiny3(clean), tiny3(corrupted), n_layers=tiny3.n_layers)
+    res = patch(tiny3, clean, corrupted, metric, "resid_pre", progress=False)
+    expect = brute_force(tiny3, corrupted, clean, metric, "resid_pre", "pos")
+    assert_close(res.values, expect, bound, "resid_pre sweep vs loop")
+    # the patches that matter lie in the first and the last range
+    assert np.abs(expect[:, 3] - res.base).max() > 1e-3 and np.abs(expect[:, T - 8] - res.base).max() > 1e-3
+    before = interp.compile_count()
+    swapped = patch(tiny3, clean, corrupted, metrics.logit_diff(order[:, 1].astype(np.int32),
+                                                                order[:, 0].astype(np.int32)), "resid_pre",
+                    progress=False)
+    assert interp.compile_count() == before  # the ranges' programs are reused
+    assert_close(swapped.values, -res.values, bound, "swapped answers")
+    mask = np.ones((2, T), np.int32)
+    mask[1, :5] = 0  # a left-padded row
+    for short, per, kw in (("z", "head_pos", {}), ("k", "head_pos", {}), ("mlp_out", "pos", {}),
+                           ("resid_mid", "pos", {"attention_mask": mask})):
+        whole = patch(tiny3, clean, corrupted, metric, short, per=per, progress=False, skip_prefix=False, **kw)
+        ranges = patch(tiny3, clean, corrupted, metric, short, per=per, progress=False, **kw)
+        assert_close(ranges.values, whole.values, bound, f"{short} per {per} {kw and 'padded'}")
+        assert np.abs(whole.values - whole.base).max() > 1e-3
