@@ -117,8 +117,9 @@ def skip_prefix_gain(model, ps, metric, args) -> None:
     every3 = list(range(0, model.n_layers, 3))
     cases = {f"IOI resid_pre ({ps.clean.shape[1]} tokens)": (ps.clean, ps.corrupted, metric, "resid_pre", {}),
              f"text resid_pre ({L} tokens)": (tokens, corrupted, at, "resid_pre", {}),
-             f"text z per head and position ({L} tokens, every third layer)": (tokens, corrupted, at, "z",
-                                                                             {"per": "head_pos", "layers": every3})}
+             f"text z per head and position ({L // 2} tokens, every third layer)": (
+                 tokens[:, : L // 2], corrupted[:, : L // 2], metrics.log_prob(last, pos=L // 2 - 2 - L), "z",
+                 {"per": "head_pos", "layers": every3})}
     print(f"skipping the positions before each patch (skip_prefix), warm, median of {args.reps}:")
     for name, (clean, corr, m, hook, kw) in cases.items():
         out, times = {}, {}
