@@ -77,7 +77,7 @@ def run_saelens(text: str, args, folder: Path, notes: list[str]) -> float:
                                       device="cpu"),
             model_name="smollm2-135m", hook_name=f"blocks.{args.layer}.hook_resid_post", dataset_path="",
             is_dataset_tokenized=False, streaming=False, context_size=args.context, training_tokens=args.tokens,
-            train_batch_size_tokens=args.batch, store_batch_size_prompts=16, n_batches_in_buffer=8,
+            train_batch_size_tokens=args.batch, store_batch_size_prompts=16, n_batches_in_buffer=32,
             device="cpu", act_store_device="cpu", dtype="float32", lr=3e-4, n_checkpoints=0,
             save_final_checkpoint=False, output_path=None, checkpoint_path=str(Path(tmp) / "ckpt"),
             n_eval_batches=0, logger=LoggingConfig(log_to_wandb=False), verbose=False)
