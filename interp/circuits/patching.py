@@ -317,14 +317,18 @@ def _sweep(model, layer, resid, src, masks, attention_mask, metric, suffix, batc
     return _map_patches(one, masks, batch_size, n_real)
 
 
-def _map_patches(one, masks, batch_size: int, n_real=None, pieces: int = 8):
+def _map_patches(one, masks, batch_size: int, n_real=None, pieces: int = 8, whole_when_full: bool = False):
     """``one`` over every patch mask, ``batch_size`` at a time; with ``n_real`` (traced) only the first ``n_real``
-    run, in chunks of a ``pieces``-th of the patches, and the rest are 0."""
+    run, in chunks of a ``pieces``-th of the patches, and the rest are 0. ``whole_when_full``: when every patch is
+    real, run them as without ``n_real`` (one program holds both ways)."""
     P = masks.shape[0]
     if n_real is None:
         if batch_size >= P:
             return jax.vmap(one)(masks)
         return jax.lax.map(one, masks, batch_size=batch_size)
+    if whole_when_full:
+        return jax.lax.cond(n_real >= P, lambda: _map_patches(one, masks, batch_size),
+                            lambda: _map_patches(one, masks, batch_size, n_real, pieces))
     # chunks of at most a pieces-th of the patches, so that little past n_real runs
     chunk = max(1, min(batch_size, -(-P // pieces)))
     n_chunks = -(-P // chunk)
@@ -401,7 +405,8 @@ def _sweep_suffix(model, layer, resid, src, masks, kv, final, metric, suffix, ba
         x = run_blocks_cached(model, x0, layer, positions, mask, kv, start, hook_fn)
         return _readout(model, metric, jnp.concatenate([head, x.astype(head.dtype)], axis=1))
 
-    return _map_patches(one, masks[start * per_pos:stop * per_pos, :, start:], batch_size, n_real, pieces=4)
+    return _map_patches(one, masks[start * per_pos:stop * per_pos, :, start:], batch_size, n_real, pieces=4,
+                        whole_when_full=True)
 
 
 def _spans(target: _Target, length: int, skip_prefix: bool) -> list[tuple[int, int]] | None:
@@ -494,11 +499,10 @@ def patch(
                 parts = []
                 for start, stop in spans:
                     rows = (stop - start) * per_pos
-                    if padded and start >= T:  # padding positions only: their values are cut off below
-                        parts.append(np.zeros(rows))
-                        continue
-                    # only the range holding the prompt's end has padding patches to skip
-                    real = to_device(np.int32((T - start) * per_pos)) if start < T < stop else None
+                    # every prompt length of the bucket shares the ranges' programs: a range holding only real
+                    # positions runs whole, the one holding the prompt's end skips its padding patches, and one
+                    # past the end runs none (its program is compiled all the same, for longer prompts)
+                    real = to_device(np.int32(min(rows, max(0, T - start) * per_pos))) if padded else None
                     parts.append(np.asarray(_sweep_suffix(
                         model, layer, base_cache[resid_name], src_cache[name], masks, kv, final, metric,
                         target.suffix(), batch_size, (start, stop, per_pos), real), np.float64))
