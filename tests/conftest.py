@@ -59,6 +59,21 @@ MARKERS = ("slow", "torch", "browser", "notebook", "heavy")
 # Parametrized tests whose cases are long and independent (a notebook each): `--dist loadfile` spreads them over the
 # test workers one by one (see pytest_xdist_make_scheduler) while every other file's tests stay in one worker.
 SPREAD = ("tests/notebooks/test_notebooks.py::test_notebook_runs",)
+# Work units (files, or spread cases) that take minutes, longest first (seconds: one `make test` on the 2-core
+# machine). They go out first: xdist otherwise hands out files with the most tests first, so single long cases came
+# last and one worker ran them alone at the end.
+LONG_FIRST = (
+    "tests/organisms/test_default_model.py",  # 226 s
+    "tests/notebooks/test_notebooks.py::test_notebook_runs[11_sae_scaling]",  # 211 s
+    "tests/notebooks/test_notebooks.py::test_notebook_runs[12_feature_absorption]",  # 192 s
+    "tests/test_demo.py",  # 123 s
+    "tests/notebooks/test_notebooks.py::test_notebook_runs[04_circuit_tracing]",  # 123 s
+    "tests/notebooks/test_notebooks.py::test_notebook_runs[09_induction_heads]",  # 87 s
+    "tests/browser/test_interp_views.py",  # 65 s and more
+    "tests/models/test_gemma3_270m.py",  # 61 s and more
+    "tests/notebooks/test_notebooks.py::test_notebook_runs[07_autointerp]",  # 60 s
+    "tests/notebooks/test_notebooks.py::test_notebook_runs[10_grokking]",  # 57 s
+)
 HEAVY = (
     "tests/circuits/test_graph_toy.py",  # trains its toy model first: 43 s, then 13 s, 5 s, 3 s
     "tests/sae/test_architectures.py::test_topk_gradient_matches_dense_reference",  # 20 s
@@ -382,9 +397,20 @@ def pytest_xdist_make_scheduler(config, log):
     from xdist.scheduler import LoadScopeScheduling
 
     class FilesSpreadingSome(LoadScopeScheduling):
+        ordered = False
+
         def _split_scope(self, nodeid: str) -> str:
             if any(nodeid.startswith(f"{s}[") for s in SPREAD):
                 return nodeid
             return nodeid.split("::", 1)[0]
+
+        def _assign_work_unit(self, node) -> None:
+            if not self.ordered:  # the queue is complete before the first unit goes out: the long units lead it
+                self.ordered = True
+                rank = {scope: i for i, scope in enumerate(LONG_FIRST)}
+                units = sorted(self.workqueue.items(), key=lambda unit: rank.get(unit[0], len(rank)))
+                self.workqueue.clear()
+                self.workqueue.update(units)
+            super()._assign_work_unit(node)
 
     return FilesSpreadingSome(config, log)

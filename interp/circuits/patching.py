@@ -409,14 +409,19 @@ def _sweep_suffix(model, layer, resid, src, masks, kv, final, metric, suffix, ba
                         whole_when_full=True)
 
 
+# Sweeps at least this long (tokens, after padding to the bucket) skip the positions before each patch. Shorter
+# ones run whole: on SmolLM2-135M, IOI prompts at 32 positions gain 1.26x warm but compile for twice as long (66 s
+# against 33 s on the first call); 64 tokens of text gain 1.6x.
+SKIP_PREFIX_FROM = 64
+
+
 def _spans(target: _Target, length: int, skip_prefix: bool) -> list[tuple[int, int]] | None:
     """The position ranges a sweep runs as separate programs, each computing only the positions from its start on
     (None: the sweep runs whole). Only patches of one position at a time can skip the positions before them."""
-    if not skip_prefix or target.per not in ("pos", "head_pos") or target.layout not in ("BTD", "BTHE"):
+    if (not skip_prefix or length < SKIP_PREFIX_FROM or target.per not in ("pos", "head_pos")
+            or target.layout not in ("BTD", "BTHE")):
         return None
-    groups = 4 if length >= 32 else 2 if length >= 16 else 1
-    if groups == 1:
-        return None
+    groups = 4
     cuts = [g * length // groups for g in range(groups + 1)]
     return list(zip(cuts[:-1], cuts[1:]))
 
@@ -449,10 +454,10 @@ def patch(
     a prompt of a new length reuses its compiled program.
 
     ``skip_prefix``: a patch at one position cannot change the positions before it (attention is causal), so
-    sweeps over positions (``per="pos"`` or ``"head_pos"``) run in four ranges of positions (two below 32 tokens),
-    each computing only the positions from the range's start on with the base run's keys and values for the earlier
-    ones: about 0.6x the work of whole-sequence runs, at the cost of compiling one program per range. ``False``:
-    every patched run computes the whole sequence.
+    sweeps over positions (``per="pos"`` or ``"head_pos"``) of at least ``SKIP_PREFIX_FROM`` (64) tokens run in four
+    ranges of positions, each computing only the positions from the range's start on with the base run's keys and
+    values for the earlier ones: about 0.6x the work of whole-sequence runs, at the cost of compiling one program per
+    range. ``False``: every patched run computes the whole sequence.
     """
     target = _target(hook, per)
     base, source = _runs(model, clean, corrupted, direction, attention_mask)

@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 import interp
+import interp.circuits.patching as patching
 from interp.circuits import attribute, metrics, patch
 from tests.conftest import random_tokens
 from tests.numerics import assert_close, assert_model_close, model_bound
@@ -186,9 +187,10 @@ def test_a_sweep_reports_progress_by_layer(tiny3, pair, answers, monkeypatch):
 
 
 @pytest.mark.parametrize("T", [40, 37])  # 40: four ranges of positions; 37: the sweep runs padded to its bucket, 48
-def test_sweeps_that_skip_earlier_positions_equal_a_brute_force_loop(tiny3, T):
+def test_sweeps_that_skip_earlier_positions_equal_a_brute_force_loop(tiny3, T, monkeypatch):
     """A position sweep runs each range of positions from the range's start with the base run's keys and values
     before it: its values are those of whole-sequence runs, in every range, padded or not, with padding rows."""
+    monkeypatch.setattr(patching, "SKIP_PREFIX_FROM", 16)  # tiny models: short prompts take the same path
     clean = random_tokens(tiny3.d_vocab, (2, T), seed=21)
     corrupted = clean.copy()
     for p, shift in ((3, 7), (T - 8, 13), (T - 1, 5)):
@@ -207,6 +209,9 @@ def test_sweeps_that_skip_earlier_positions_equal_a_brute_force_loop(tiny3, T):
                     progress=False)
     assert interp.compile_count() == before  # the ranges' programs are reused
     assert_close(swapped.values, -res.values, bound, "swapped answers")
+    if T == 37:  # another length of the bucket (no real position in the last range) reuses them too
+        patch(tiny3, clean[:, :33], corrupted[:, :33], metric, "resid_pre", progress=False)
+        assert interp.compile_count() == before
     mask = np.ones((2, T), np.int32)
     mask[1, :5] = 0  # a left-padded row
     for short, per, kw in (("z", "head_pos", {}), ("k", "head_pos", {}), ("mlp_out", "pos", {}),
