@@ -233,8 +233,9 @@ def _rows_check(rows: int, batch_size: int, why: str, fix: str) -> None:
 class ActivationStore(_ChunkedStore):
     """Activations at ``hook_name`` (and ``hook_name_out`` for transcoders) of ``model`` on ``corpus``.
 
-    ``n_tokens``, the number of activations the caller will draw, is used only to say how often a corpus too small
-    for it is repeated. ``on_harvest``, when set, is called with the number of activations each forward pass of
+    ``n_tokens``, the number of activations the caller will draw, says how often a corpus too small for it is
+    repeated, and lets the last chunk harvest only the batches still to be drawn (in whole forward passes) rather
+    than a whole buffer. ``on_harvest``, when set, is called with the number of activations each forward pass of
     the model yields (progress bars count with it).
 
     Contexts are cut from the documents' tokens joined by the end-of-text token, with no BOS token put at their
@@ -275,7 +276,20 @@ class ActivationStore(_ChunkedStore):
             return 0
         last = self.chunk + (self.batch + n_batches - 1) // (self.rows_per_chunk // self.batch_size)
         loaded = self._loaded is not None and self._loaded[0] == self.chunk
-        return (last - self.chunk + 1 - loaded) * self.rows_per_chunk
+        kept = self.context_size - self.skip_positions
+        return sum(self._chunk_contexts(c) for c in range(self.chunk + loaded, last + 1)) * kept
+
+    def _chunk_contexts(self, i: int) -> int:
+        """Contexts chunk ``i`` holds: a buffer's worth, except the last chunk of ``n_tokens`` activations, which
+        holds the batches still to be drawn, rounded up to whole forward passes of ``model_batch`` contexts."""
+        if self.n_tokens is None:
+            return self.contexts_per_chunk
+        per_chunk = self.rows_per_chunk // self.batch_size  # batches a whole chunk serves
+        left = -(-self.n_tokens // self.batch_size) - i * per_chunk
+        if left <= 0 or left >= per_chunk:
+            return self.contexts_per_chunk
+        contexts = -(-left * self.batch_size // (self.context_size - self.skip_positions))
+        return min(-(-contexts // self.model_batch) * self.model_batch, self.contexts_per_chunk)
 
     def stream_metadata(self) -> dict:
         """The facts about these activations that SAELens keeps in a dictionary's ``cfg.json`` metadata."""
@@ -294,8 +308,8 @@ class ActivationStore(_ChunkedStore):
         while self._next_context < start:  # skipping (e.g. on resume) only tokenizes
             next(self._contexts)
             self._next_context += 1
-        rows = [next(self._contexts) for _ in range(self.contexts_per_chunk)]
-        self._next_context += self.contexts_per_chunk
+        rows = [next(self._contexts) for _ in range(self._chunk_contexts(i))]
+        self._next_context += len(rows)
         return np.stack(rows)
 
     def _build(self, i: int):

@@ -155,8 +155,9 @@ def model_cfg(texts, **kw):
 def test_progress_reports_harvesting_then_training(default_model, texts, capsys):
     sae.train(model_cfg(texts), model=default_model)
     err = capsys.readouterr().err
-    # 8 steps of 3 batches per chunk draw on 3 chunks of 992 activations, harvested 8 contexts (248) at a time
-    assert "harvest activations" in err and "2.98k/2.98k" in err and "tok/s" in err
+    # 8 steps of 3 batches per chunk draw on 2 chunks of 992 activations (32 contexts less their first position)
+    # and the last 2 batches (512 activations: 17 contexts, 24 in whole forward passes of 8, 744 activations)
+    assert "harvest activations" in err and "2.73k/2.73k" in err and "tok/s" in err
     assert not re.search(r"harvest activations: [\d.]+k?tok \[", err)  # the bar knows its total from the start
     assert "train topk 64" in err and "8/8" in err and re.search(r"step/s|s/step", err)
     assert err.index("harvest activations") < err.index("train topk 64")
@@ -191,8 +192,8 @@ def test_resumed_run_harvests_only_what_is_left(default_model, texts, capsys, tm
     capsys.readouterr()
     sae.train(cfg, model=default_model, resume=True)
     err = capsys.readouterr().err
-    # steps 5..8 are batches 1, 2 of chunk 1 (harvested again) and the first two of chunk 2
-    assert "1.98k/1.98k" in err and "2.98k" not in err
+    # steps 5..8 are batches 1, 2 of chunk 1 (harvested again, 992) and the two of the last chunk (744)
+    assert "1.74k/1.74k" in err and "2.73k" not in err
     assert re.search(r"train topk 64:\s+50%\|.*\| 4/8", err) and "8/8" in err
 
 
@@ -207,3 +208,21 @@ def test_store_counts_what_it_will_harvest(default_model, texts):
     assert seen == [248] * 4  # one call per forward pass of 8 contexts, 31 kept positions each
     assert store.rows_ahead(2) == 0 and store.rows_ahead(3) == 992  # the loaded chunk is not harvested again
     assert np.isfinite(store.next_batch()[0]).all()
+
+
+def test_the_last_chunk_harvests_only_the_batches_left(default_model, texts):
+    """A store told the run's size harvests, for its last chunk, the batches still to be drawn in whole forward
+    passes: the same contexts (and activations) a whole chunk starts with."""
+    kw = dict(context_size=32, buffer_tokens=1024, batch_size=256, model_batch=8, skip_positions=1, seed=None)
+    short = sae.ActivationStore(default_model, HOOK, texts, n_tokens=256 * 4, **kw)
+    whole = sae.ActivationStore(default_model, HOOK, texts, **kw)
+    # chunk 0 serves 3 batches; the 4th needs 256 activations: 9 contexts of 31, so 16 in passes of 8 (496)
+    assert short.rows_ahead(4) == 992 + 496 and whole.rows_ahead(4) == 2 * 992
+    for store in (short, whole):
+        for _ in range(3):
+            store.next_batch()
+    seen = []
+    short.on_harvest = seen.append
+    x, _ = short.next_batch()
+    assert seen == [248, 248]
+    np.testing.assert_allclose(x, whole.next_batch()[0], rtol=1e-5, atol=1e-5)  # unshuffled: the same first rows
