@@ -277,18 +277,26 @@ def _readout(model, metric, x):
     return metric(model.unembed_logits(model.ln_final(x, NOOP, "ln_final")))
 
 
-def run_blocks(model, x, start, positions, mask, hook_fn=None):
+def run_blocks(model, x, start, positions, mask, hook_fn=None, kv=None, index: int = 0):
     """Run blocks ``start..L-1`` (``start`` may be traced) on the residual ``x`` entering block ``start``.
 
     ``hook_fn(layer, i, name, a) -> a`` is called at every hook point of block ``layer`` while the loop is at
     iteration ``i`` (traced), so an edit can be made to act only where ``i`` equals some traced layer.
+
+    With ``kv`` (a :class:`~interp.models.KVCache` of a whole run) ``x [B T-index D]`` holds the positions from
+    ``index`` on, and every block reads the keys and values of the earlier positions from ``kv``: a change at
+    ``index`` or later cannot reach them.
     """
     L = model.n_layers
 
     def branch(j):
         def f(x, i):
             hk = NOOP if hook_fn is None else (lambda name, a: hook_fn(j, i, name, a))
-            return model.blocks[j](x, hk, f"blocks.{j}", positions, mask)
+            if kv is None:
+                return model.blocks[j](x, hk, f"blocks.{j}", positions, mask)
+            out, _ = model.blocks[j](x, hk, f"blocks.{j}", positions, mask, (kv.keys[j], kv.values[j], index),
+                                     kv.positions)
+            return out
         return f
 
     branches = [branch(j) for j in range(L)]
@@ -344,24 +352,6 @@ def _map_patches(one, masks, batch_size: int, n_real=None, pieces: int = 8, whol
     return jax.lax.fori_loop(0, (n_real + chunk - 1) // chunk, body, out)[:P]
 
 
-def run_blocks_cached(model, x, start, positions, mask, kv, index: int, hook_fn=None):
-    """As :func:`run_blocks`, for the positions from ``index`` on: ``x [B T-index D]`` is their residual entering
-    block ``start`` and ``kv`` (a :class:`~interp.models.KVCache` of the whole base run) gives every block the keys
-    and values of the positions before them, which a change at ``index`` or later cannot reach."""
-    L = model.n_layers
-
-    def branch(j):
-        def f(x, i):
-            hk = NOOP if hook_fn is None else (lambda name, a: hook_fn(j, i, name, a))
-            out, _ = model.blocks[j](x, hk, f"blocks.{j}", positions, mask, (kv.keys[j], kv.values[j], index),
-                                     kv.positions)
-            return out
-        return f
-
-    branches = [branch(j) for j in range(L)]
-    return jax.lax.fori_loop(start, L, lambda i, x: jax.lax.switch(i, branches, x, i), x)
-
-
 @eqx.filter_jit
 def _base_kv(model, tokens, attention_mask):
     """The base run's keys and values at every layer (a :class:`~interp.models.KVCache` over its positions) and
@@ -402,7 +392,7 @@ def _sweep_suffix(model, layer, resid, src, masks, kv, final, metric, suffix, ba
                 return a
             return jnp.where(m & (i == layer), src, a).astype(a.dtype)
 
-        x = run_blocks_cached(model, x0, layer, positions, mask, kv, start, hook_fn)
+        x = run_blocks(model, x0, layer, positions, mask, hook_fn, kv, start)
         return _readout(model, metric, jnp.concatenate([head, x.astype(head.dtype)], axis=1))
 
     return _map_patches(one, masks[start * per_pos:stop * per_pos, :, start:], batch_size, n_real, pieces=4,
