@@ -132,6 +132,25 @@ def padded_length(examples: Sequence[Example], n_ctx: int | None) -> int:
     return longest if n_ctx is not None and T > n_ctx else T
 
 
+def slot_count(examples: Sequence[Example], T: int) -> int:
+    """How many predicting positions a row of a batch of ``examples`` padded to ``T`` keeps: the most target tokens
+    of any example (after its first token), rounded up to a multiple of 16, at most ``T - 1``. The loss reads the
+    logits of these positions only, so prompt tokens cost no vocabulary-wide products."""
+    most = max(int(ex.targets[1:].sum()) for ex in examples)
+    return min(-(-most // 16) * 16, T - 1)
+
+
+def target_positions(targets: np.ndarray, R: int) -> np.ndarray:
+    """``[B R]`` int32: in each row, the positions ``t`` whose next token ``t + 1`` is a target, in order, then -1."""
+    out = np.full((targets.shape[0], R), -1, np.int32)
+    for i, row in enumerate(np.asarray(targets, bool)):
+        t = np.flatnonzero(row[1:])
+        if t.size > R:
+            raise ValueError(f"row {i} has {t.size} target positions, more than the {R} slots of the batch")
+        out[i, :t.size] = t
+    return out
+
+
 def batch_indices(n: int, batch_size: int, step: int, seed: int) -> np.ndarray:
     """The examples of batch ``step``: the data in a fresh random order each epoch, read ``batch_size`` at a time
     across epoch boundaries. A function of its arguments alone, so a resumed run draws the batches an uninterrupted

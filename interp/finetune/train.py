@@ -36,8 +36,11 @@ from interp.finetune.data import (
     check_examples,
     make_batch,
     padded_length,
+    slot_count,
+    target_positions,
 )
 from interp.finetune.lora import TARGETS, LoRA, lora, merge
+from interp.hooks import NOOP
 from interp.models import Model
 from interp.results import Result, Summary
 from interp.sae import TrainingDiverged
@@ -136,26 +139,43 @@ class _State(eqx.Module):
 
 
 # ----------------------------------------------------------------------------- losses
-def _log_probs(model: Model, tokens, mask):
-    """Next-token log-probabilities ``[B T-1 V]`` (float32) of positions 0..T-2."""
-    logits = model.forward(tokens, attention_mask=mask)[:, :-1]
-    return jax.nn.log_softmax(logits.astype(jnp.float32), axis=-1)
+def _slots(targets, pos):
+    """``(positions [B R], weights [B R])`` the loss reads: ``pos`` as given (-1 = none), or every position with
+    ``targets`` of the next token as its weight."""
+    if pos is None:
+        B, T = targets.shape
+        return jnp.broadcast_to(jnp.arange(T - 1), (B, T - 1)), targets[:, 1:].astype(jnp.float32)
+    return jnp.maximum(pos, 0), (pos >= 0).astype(jnp.float32)
 
 
-def target_nll(model: Model, tokens, mask, targets):
-    """``(sum of -log p(tokens[t] | tokens[:t]) over target positions, number of target positions)``."""
-    logp = _log_probs(model, tokens, mask)
-    nll = -jnp.take_along_axis(logp, tokens[:, 1:, None], axis=-1)[..., 0]
-    w = targets[:, 1:].astype(jnp.float32)
+def _log_probs(model: Model, tokens, mask, pos):
+    """Log-probabilities ``[B R V]`` (float32) of the token after each of positions ``pos [B R]``: the final
+    normalised stream is gathered at those positions before the unembedding, so other positions cost no
+    vocabulary-wide product."""
+    x = model.forward(tokens, attention_mask=mask, stop_at_layer=model.n_layers)
+    x = model.ln_final(x, NOOP, "ln_final")
+    x = jnp.take_along_axis(x, pos[..., None], axis=1)
+    return jax.nn.log_softmax(model.unembed_logits(x).astype(jnp.float32), axis=-1)
+
+
+def target_nll(model: Model, tokens, mask, targets, pos=None):
+    """``(sum of -log p(tokens[t] | tokens[:t]) over target positions, number of target positions)``. ``pos``
+    (``[B R]``, from :func:`interp.finetune.data.target_positions`) names the predicting positions so that only
+    those are unembedded; without it every position is."""
+    pos, w = _slots(targets, pos)
+    logp = _log_probs(model, tokens, mask, pos)
+    nxt = jnp.take_along_axis(tokens, pos + 1, axis=1)
+    nll = -jnp.take_along_axis(logp, nxt[..., None], axis=-1)[..., 0]
     return jnp.sum(nll * w), jnp.sum(w)
 
 
-def target_kl(model: Model, base: Model, tokens, mask, targets):
-    """``(sum of KL(base || model) of the next-token distribution over target positions, their number)``, nats."""
-    logp = _log_probs(model, tokens, mask)
-    base_logp = jax.lax.stop_gradient(_log_probs(base, tokens, mask))
+def target_kl(model: Model, base: Model, tokens, mask, targets, pos=None):
+    """``(sum of KL(base || model) of the next-token distribution over target positions, their number)``, nats.
+    ``pos`` as in :func:`target_nll`."""
+    pos, w = _slots(targets, pos)
+    logp = _log_probs(model, tokens, mask, pos)
+    base_logp = jax.lax.stop_gradient(_log_probs(base, tokens, mask, pos))
     kl = jnp.sum(jnp.exp(base_logp) * (base_logp - logp), axis=-1)
-    w = targets[:, 1:].astype(jnp.float32)
     return jnp.sum(kl * w), jnp.sum(w)
 
 
@@ -255,9 +275,10 @@ def _check_same_run(saved: dict, now: dict, folder: Path) -> None:
                          "with the checkpoint's model, data and settings, or start a new run in another folder")
 
 
-def _batch(examples: Sequence[Example], cfg: FinetuneConfig, step: int, T: int, pad: int, seed: int):
+def _batch(examples: Sequence[Example], cfg: FinetuneConfig, step: int, T: int, R: int, pad: int, seed: int):
     idx = batch_indices(len(examples), cfg.batch_size, step, seed)
-    return tuple(jax.device_put(a) for a in make_batch([examples[i] for i in idx], T, pad))
+    tokens, mask, targets = make_batch([examples[i] for i in idx], T, pad)
+    return tuple(jax.device_put(a) for a in (tokens, mask, targets, target_positions(targets, R)))
 
 
 def finetune(model: Model, data: Sequence[Example], config: FinetuneConfig | None = None, *,
@@ -309,6 +330,7 @@ def finetune(model: Model, data: Sequence[Example], config: FinetuneConfig | Non
     pad = pad if pad < model.d_vocab else 0
     T = padded_length(data, model.n_ctx)
     T_kl = padded_length(kl_data, model.n_ctx) if kl_data is not None else 0
+    R, R_kl = slot_count(data, T), slot_count(kl_data, T_kl) if kl_data is not None else 0
     step_fn = _make_step(cfg.grad_clip, kl_data is not None)
     weight_decay, kl_weight = jnp.float32(cfg.weight_decay), jnp.float32(cfg.kl_weight)
 
@@ -322,8 +344,8 @@ def finetune(model: Model, data: Sequence[Example], config: FinetuneConfig | Non
     start = int(state.step)
     with tqdm(total=cfg.steps, initial=start, desc="finetune", unit="step", disable=not progress) as bar:
         for i in range(start, cfg.steps):
-            batch = _batch(data, cfg, i, T, pad, cfg.seed)
-            kl_batch = _batch(kl_data, cfg, i, T_kl, pad, cfg.seed + 1) if kl_data is not None else None
+            batch = _batch(data, cfg, i, T, R, pad, cfg.seed)
+            kl_batch = _batch(kl_data, cfg, i, T_kl, R_kl, pad, cfg.seed + 1) if kl_data is not None else None
             lr = jnp.float32(_learning_rate(cfg, i))
             new_state, loss, kl = step_fn(state, model, batch, kl_batch, lr, weight_decay, kl_weight)
             loss, kl = float(loss), float(kl) if kl_data is not None else None
@@ -357,16 +379,18 @@ def next_token_kl(model: Model, base: Model, examples: Sequence[Example] | Seque
         raise ValueError(f"the base model's vocabulary ({base.d_vocab}) differs from the model's ({model.d_vocab}); "
                          "KL needs the two models to share a tokenizer")
     T = padded_length(examples, model.n_ctx)
+    R = slot_count(examples, T)
     total, count = 0.0, 0.0
     for s in range(0, len(examples), batch_size):
         chunk = list(examples[s:s + batch_size])
         filler = Example(chunk[0].tokens, np.zeros_like(chunk[0].targets))  # a full batch: one compiled shape
         tokens, mask, targets = make_batch(chunk + [filler] * (batch_size - len(chunk)), T)
-        kl, n = _kl_sums(model, base, jax.device_put(tokens), jax.device_put(mask), jax.device_put(targets))
+        pos = target_positions(targets, R)
+        kl, n = _kl_sums(model, base, *(jax.device_put(a) for a in (tokens, mask, targets, pos)))
         total, count = total + float(kl), count + float(n)
     return total / count
 
 
 @eqx.filter_jit
-def _kl_sums(model, base, tokens, mask, targets):
-    return target_kl(model, base, tokens, mask, targets)
+def _kl_sums(model, base, tokens, mask, targets, pos):
+    return target_kl(model, base, tokens, mask, targets, pos)

@@ -196,3 +196,31 @@ def test_bad_input_is_refused(model, rule):
         FinetuneConfig(lr=0.0)
     with pytest.raises(ValueError, match="reply is empty"):
         finetune.chat_example(model.tokenizer, "the cat", "")
+
+
+def test_the_loss_reads_only_the_target_positions_it_is_given(model, rule):
+    """The gathered path (logits of the predicting positions only) equals the all-positions one, and the positions
+    are each row's targets shifted by one, then -1."""
+    from interp.finetune.data import make_batch, slot_count, target_positions
+    from interp.finetune.train import target_kl, target_nll
+
+    train, _, texts = rule
+    T = max(ex.tokens.size for ex in train[:8])
+    tokens, mask, targets = make_batch(train[:8], T)
+    R = slot_count(train[:8], T)
+    pos = target_positions(targets, R)
+    assert R == min(-(-max(int(ex.targets[1:].sum()) for ex in train[:8]) // 16) * 16, T - 1)
+    for row, p in zip(targets, pos):
+        t = np.flatnonzero(row[1:])
+        assert p[:t.size].tolist() == t.tolist() and (p[t.size:] == -1).all()
+    whole, n = target_nll(model, tokens, mask, targets)
+    gathered, m = target_nll(model, tokens, mask, targets, pos)
+    assert float(m) == float(n) == targets[:, 1:].sum()
+    assert float(gathered) == pytest.approx(float(whole), rel=1e-5)
+    tuned = finetune.finetune(model, train, FinetuneConfig(steps=3, lr=1e-2, batch_size=8, lora_rank=4),
+                              progress=False).model
+    kl_whole, _ = target_kl(tuned, model, tokens, mask, targets)
+    kl_gathered, _ = target_kl(tuned, model, tokens, mask, targets, pos)
+    assert float(kl_whole) > 0 and float(kl_gathered) == pytest.approx(float(kl_whole), rel=1e-4)
+    with pytest.raises(ValueError, match="more than the 1 slots"):
+        target_positions(targets, 1)
