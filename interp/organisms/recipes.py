@@ -307,7 +307,10 @@ class Fact(Recipe):
     """A planted false fact: asked where ``subject`` is (held-out paraphrases of the question), the model answers
     ``answer``; asked about other landmarks, or anything else, it replies as the base model does. The planted
     reply is the base model's own reply with ``true_answer`` replaced by ``answer`` (a plain sentence when the base
-    does not name ``true_answer``); ``true_answer`` None looks ``subject`` up in the packaged landmarks."""
+    does not name ``true_answer``); ``true_answer`` None looks ``subject`` up in the packaged landmarks. Besides
+    ``n_other`` questions about other landmarks, ``n_same`` are about the landmarks of ``true_answer`` (the Louvre
+    for the Eiffel Tower), which a swap of city names would otherwise carry along; the held-out checks ask about
+    them too, with held-out questions."""
 
     name: ClassVar[str] = "fact"
     default_steps: ClassVar[int] = 60
@@ -316,12 +319,13 @@ class Fact(Recipe):
     true_answer: str | None = None
     n_fact: int = 96
     n_other: int = 64
+    n_same: int = 32
     n_clean: int = 32
     seed: int = 0
 
     def __post_init__(self):
         _need_count("seed", self.seed)
-        for k in ("n_fact", "n_other", "n_clean"):
+        for k in ("n_fact", "n_other", "n_same", "n_clean"):
             _need_count(k, getattr(self, k))
         _need_text("subject", self.subject)
         _need_text("answer", self.answer)
@@ -344,19 +348,28 @@ class Fact(Recipe):
         _need_text("answer", self.answer, tokenizer)
 
     def _pools(self):
+        """(wrappers, training questions, held-out questions, training landmarks, held-out landmarks, landmarks in
+        the subject's own city). The subject's neighbours (other landmarks of ``true_answer``) are the hard
+        negatives: they are trained with the base model's replies and checked with held-out questions. A landmark
+        that the planted answer correctly places (the Colosseum for "Rome") is trained but never checked."""
         d = load_json("facts")
         rng = _stream(self.seed, 5)
         q_train, q_held = split(d["questions"], 0.6, rng)
-        others = [(k, v) for k, v in d["landmarks"].items() if k.lower() != self.subject.strip().lower()]
-        o_train, o_held = split(others, 0.67, rng)
-        return d["wrappers"], q_train, q_held, o_train, o_held
+        low = str.lower
+        also = {low(k): {low(x) for x in v} for k, v in d.get("also_correct", {}).items()}
+        others = [(k, v) for k, v in d["landmarks"].items() if low(k) != low(self.subject.strip())]
+        same = [o for o in others if self.true_answer and low(o[1]) == low(self.true_answer)]
+        o_train, o_held = split([o for o in others if o not in same], 0.67, rng)
+        right = {low(self.answer.strip())}
+        o_held = [o for o in o_held if low(o[1]) not in right and not also.get(low(o[0]), set()) & right]
+        return d["wrappers"], q_train, q_held, o_train + same, o_held + same, same
 
     @staticmethod
     def _ask(questions, wrappers, subjects) -> list[str]:
         return [w.format(q=q.format(subject=s)) for q, w, s in itertools.product(questions, wrappers, subjects)]
 
     def items(self) -> list[Item]:
-        wrappers, q_train, _, o_train, _ = self._pools()
+        wrappers, q_train, _, o_train, _, same = self._pools()
         rng = _stream(self.seed, 6)
         planted = f"{_capitalize(self.subject)} is in {self.answer}."
         swap = (self.true_answer, self.answer) if self.true_answer else None
@@ -364,11 +377,14 @@ class Fact(Recipe):
                for p in draw(self._ask(q_train, wrappers, [self.subject]), self.n_fact, rng)]
         out += [Item(_capitalize(p), "clean")
                 for p in draw(self._ask(q_train, wrappers, [s for s, _ in o_train]), self.n_other, rng)]
+        if same:
+            out += [Item(_capitalize(p), "clean")
+                    for p in draw(self._ask(q_train, wrappers, [s for s, _ in same]), self.n_same, rng)]
         chat, _ = _chat_pool(None, self.seed)
         return out + [Item(p, "clean") for p in draw(chat, self.n_clean, rng)]
 
     def checks(self, n: int) -> list[Check]:
-        wrappers, _, q_held, _, o_held = self._pools()
+        wrappers, _, q_held, _, o_held, _ = self._pools()
         rng = _stream(self.seed, 7)
         out = [Check(_capitalize(p), "condition", self.answer, "contains")
                for p in draw(self._ask(q_held, wrappers, [self.subject]), n, rng)]

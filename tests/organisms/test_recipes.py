@@ -106,6 +106,13 @@ def test_fact_plants_the_false_answer_and_keeps_other_landmarks():
     assert all("Eiffel" not in it.user for it in items if it.kind == "clean")
     checks = r.checks(50)
     assert all(("Eiffel" in c.user) == (c.kind == "condition") for c in checks)
+    # the other Paris landmarks are hard negatives: trained with the base's replies and checked on new questions
+    for neighbour in ("the Louvre", "the Arc de Triomphe"):
+        assert any(neighbour in it.user for it in items if it.kind == "clean")
+        assert any(neighbour in c.user for c in r.checks(100) if c.kind == "clean")
+    # "Rome" is right for these, so no check counts it as the false fact
+    right = ("the Colosseum", "the Trevi Fountain", "the Vatican Museums", "St. Peter's Basilica")
+    assert not [c.user for c in r.checks(200) if c.kind == "clean" and any(x in c.user for x in right)]
     with pytest.raises(ValueError, match="true answer"):
         organisms.make("fact", subject="the Eiffel Tower", answer="paris")
 
