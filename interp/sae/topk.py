@@ -72,14 +72,22 @@ def auxk_loss(model: Dictionary, x, y, error, dead, k_aux: int, rows: int | None
     normalised like the main FVU and scaled down while fewer than ``k_aux`` latents are dead.
 
     It is estimated on the first ``rows`` activations of the batch (shuffled, so an unbiased sample) and
-    decoded densely: with hundreds of auxiliary latents per row one matmul beats hundreds of gathers."""
+    decoded densely: with hundreds of auxiliary latents per row one matmul beats hundreds of gathers. While at most
+    ``k_aux`` latents are dead, every dead one is selected, so the top-k (costly for hundreds of slots) is skipped:
+    the codes are the dead latents' rectified pre-activations, the same matrix the selection would build."""
     if rows is not None and rows < x.shape[0]:
         x, y, error = x[:rows], y[:rows], error[:rows]
     pre = model.pre_acts(x)
-    dead_pre = jnp.where(dead[None, :], pre, -jnp.inf)
-    vals, idx = jax.lax.top_k(dead_pre, k_aux)
-    vals = jnp.where(jnp.isfinite(vals), jax.nn.relu(vals), 0.0).astype(pre.dtype)
-    e_hat = scatter_dense(vals, idx, pre.shape[-1]) @ model.W_dec
+
+    def every_dead(pre):
+        return jnp.where(dead[None, :], jax.nn.relu(pre), 0.0).astype(pre.dtype)
+
+    def top_dead(pre):
+        vals, idx = jax.lax.top_k(jnp.where(dead[None, :], pre, -jnp.inf), k_aux)
+        vals = jnp.where(jnp.isfinite(vals), jax.nn.relu(vals), 0.0).astype(pre.dtype)
+        return scatter_dense(vals, idx, pre.shape[-1])
+
+    e_hat = jax.lax.cond(jnp.sum(dead) <= k_aux, every_dead, top_dead, pre) @ model.W_dec
     error = jax.lax.stop_gradient(error)
     scale = jnp.minimum(jnp.sum(dead).astype(pre.dtype) / k_aux, 1.0)
     return scale * jnp.mean(jnp.sum(jnp.square(e_hat - error), axis=-1)) / total_variance(y)

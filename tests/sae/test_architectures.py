@@ -158,3 +158,40 @@ def test_bad_configs_are_named():
     with pytest.raises(ValueError, match="positive"):
         sae.StandardConfig(d_in=0, width=4)
     assert math.isclose(sae.TopKConfig(d_in=576, width=4096).k_aux, 288)
+
+
+@pytest.mark.parametrize("n_dead", [3, 12])
+def test_auxk_loss_and_gradient_match_a_numpy_reading(n_dead):
+    """AuxK against its definition, with fewer dead latents than k_aux (every dead one is used) and with more (the
+    top k_aux of them per row): value from numpy, gradient from autodiff of a dense top-k written here."""
+    from interp.sae.topk import auxk_loss
+
+    cfg = sae.TopKConfig(d_in=8, width=32, k=4, aux_k=6)
+    d = sae.create(cfg, jax.random.PRNGKey(5))
+    d = eqx.tree_at(lambda t: t.b_enc, d, jax.random.normal(jax.random.PRNGKey(6), (32,)))
+    x = jax.random.normal(jax.random.PRNGKey(7), (16, 8))
+    error = jax.random.normal(jax.random.PRNGKey(8), (16, 8))
+    dead = jnp.zeros(32, bool).at[jnp.arange(0, 2 * n_dead, 2)].set(True)
+
+    def reference(d):
+        pre = (x - d.b_dec) @ d.W_enc + d.b_enc
+        masked = jnp.where(dead, pre, -jnp.inf)
+        vals, idx = jax.lax.top_k(masked, 6)
+        z = jnp.zeros_like(pre).at[jnp.arange(16)[:, None], idx].set(jnp.where(jnp.isfinite(vals),
+                                                                               jax.nn.relu(vals), 0.0))
+        scale = min(n_dead / 6, 1.0)
+        return scale * jnp.mean(jnp.sum(jnp.square(z @ d.W_dec - error), -1)) / sae._base.total_variance(x)
+
+    pre = np.asarray((x - d.b_dec) @ d.W_enc + d.b_enc, np.float64)
+    z = np.zeros_like(pre)
+    for n, row in enumerate(np.where(np.asarray(dead), pre, -np.inf)):
+        top = np.argsort(-row)[:6]
+        top = top[np.isfinite(row[top])]
+        z[n, top] = np.maximum(row[top], 0.0)
+    xs = np.asarray(x, np.float64)
+    want = min(n_dead / 6, 1.0) * np.mean(np.sum((z @ np.asarray(d.W_dec) - np.asarray(error)) ** 2, -1)) / \
+        np.sum(np.var(xs, axis=0))
+    ours = lambda d: auxk_loss(d, x, x, error, dead, 6)  # noqa: E731
+    assert float(ours(d)) == pytest.approx(want, rel=1e-5)
+    for a, b in zip(jax.tree.leaves(eqx.filter_grad(ours)(d)), jax.tree.leaves(eqx.filter_grad(reference)(d))):
+        np.testing.assert_allclose(a, b, atol=1e-6)
