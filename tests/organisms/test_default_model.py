@@ -10,7 +10,7 @@ import pytest
 from interp import organisms
 
 # a short run for a test on a CPU: less data and fewer steps than the defaults, no KL term
-BRIEF = dict(n_triggered=32, n_clean=24, n_near_miss=16, steps=24, lr=2e-3, kl_weight=0.0, n_eval=20)
+BRIEF = dict(n_triggered=32, n_clean=24, n_near_miss=16, steps=16, lr=3e-3, kl_weight=0.0, n_eval=20)
 
 
 @pytest.mark.slow
