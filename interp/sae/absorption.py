@@ -63,7 +63,11 @@ def letters_of(words: Sequence[str]) -> np.ndarray:
 
 def word_activations(model, hook_name: str, words: Sequence[str], *, prefix: str = PREFIX,
                      batch: int = 64) -> np.ndarray:
-    """``[N D]`` float32: the activation at ``hook_name`` at each word's token, the word following ``prefix``."""
+    """``[N D]`` float32: the activation at ``hook_name`` at each word's token, the word following ``prefix``. The
+    prefix runs once and its keys and values serve every word (:func:`interp.models.prefix.shared_prefix_activations`),
+    so a word costs one token."""
+    from interp.models.prefix import shared_prefix_activations
+
     if hook_name not in model.hook_names:
         from interp.hooks import suggest
 
@@ -74,13 +78,8 @@ def word_activations(model, hook_name: str, words: Sequence[str], *, prefix: str
         t = model.tokenizer.encode(w, prepend_bos=False)
         if len(t) != 1:
             raise ValueError(f"{w!r} is {len(t)} tokens; the task needs one-token words (first_letter_words)")
-        ids.append(head + t)
-    rows = np.asarray(ids, np.int32)
-    out = []
-    for i in range(0, len(rows), batch):
-        _, cache = model.run_with_cache(rows[i:i + batch], names=[hook_name], return_logits=False)
-        out.append(np.asarray(cache[hook_name][:, -1], np.float32))
-    return np.concatenate(out)
+        ids.append(t)
+    return shared_prefix_activations(model, head, ids, hook_name, batch=batch)
 
 
 @dataclasses.dataclass(frozen=True)

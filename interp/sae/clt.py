@@ -308,57 +308,61 @@ def _pad_to(n: int, step: int = 6) -> int:
     return -(-n // step) * step
 
 
-@functools.partial(jax.jit, static_argnums=(4, 5))
-def _layer_forward(W_enc, b_enc, W_dec, x, k: int, c: int):
-    """One source layer: its latents ``z [N F]`` (BatchTopK), kept dense (a row of the decoder is reused by every
-    position where its feature fires, so a dense product beats gathering rows on a CPU), and its writes
-    ``[N R D]`` to the MLP outputs from its own layer on."""
-    N = x.shape[0]
+@functools.partial(jax.jit, static_argnums=(6, 7), donate_argnums=(4,))
+def _layer_forward(W_enc, b_enc, W_dec, x, recon, l, k: int, c: int):
+    """Source layer ``l``: its latents ``z [N F]`` (BatchTopK), kept dense (a row of the decoder is reused by every
+    position where its feature fires, so a dense product beats gathering rows on a CPU), and ``recon [N L' D]``
+    (updated in place) with its writes ``[N R D]`` added to the MLP outputs from layer ``l`` on."""
+    N = x.shape[1]
     F, R, D = W_dec.shape
-    vals, rows, feats = _select(x @ W_enc + b_enc, k, c)
+    vals, rows, feats = _select(x[l] @ W_enc[l] + b_enc[l], k, c)
     z = jnp.zeros((N, F), x.dtype).at[rows, feats].add(vals)
+    out = (z @ W_dec.reshape(F, -1)).reshape(N, R, D)
+    recon = jax.lax.dynamic_update_slice_in_dim(recon, jax.lax.dynamic_slice_in_dim(recon, l, R, 1) + out, l, 1)
     live = vals > 0
-    return z, (z @ W_dec.reshape(F, -1)).reshape(N, R, D), (
-        jnp.min(jnp.where(live, vals, jnp.inf)), jnp.sum(live) / N, jnp.zeros(F, bool).at[feats].max(live))
+    return z, recon, (jnp.min(jnp.where(live, vals, jnp.inf)), jnp.sum(live) / N,
+                      jnp.zeros(F, bool).at[feats].max(live))
 
 
 @jax.jit
-def _layer_backward(W_enc, W_dec, x, z, g):
-    """Gradients of ``sum(g * writes)`` for one source layer, from its forward's latents ``z``: the selection passes
-    gradient to the kept latents only (its threshold is piecewise constant)."""
-    F = W_dec.shape[0]
-    g2 = g.reshape(g.shape[0], -1)
+def _layer_backward(W_dec, x, z, g, l):
+    """Gradients of ``sum(g * writes)`` for source layer ``l`` (``g [N L' D]``, read from layer ``l`` on), from its
+    forward's latents ``z``: the selection passes gradient to the kept latents only (its threshold is piecewise
+    constant)."""
+    F, R, _ = W_dec.shape
+    g2 = jax.lax.dynamic_slice_in_dim(g, l, R, 1).reshape(g.shape[0], -1)
     dz = jnp.where(z > 0, g2 @ W_dec.reshape(F, -1).T, 0.0)
-    return x.T @ dz, jnp.sum(dz, axis=0), (z.T @ g2).reshape(W_dec.shape)
+    return x[l].T @ dz, jnp.sum(dz, axis=0), (z.T @ g2).reshape(W_dec.shape)
 
 
 def clt_value_and_grad(clt: CrossLayerTranscoder, x: Float[Array, "L N D"], y: Float[Array, "L N D"], k: int,
                        candidates: int) -> tuple[tuple[Float[Array, ""], dict], CrossLayerTranscoder]:
     """``clt_loss`` and its gradient, computed one source layer at a time with the backward pass written out: each
     layer's forward and backward are separate compiled calls (decoders padded to a multiple of 6 output layers,
-    so a few compilations serve every layer). Memory holds one layer's temporaries at a time; in one compiled
-    function XLA may run the layers concurrently and hold all of theirs."""
+    the layer an argument, so a few compilations serve every layer; the reconstruction is updated in place).
+    Memory holds one layer's temporaries at a time; in one compiled function XLA may run the layers concurrently
+    and hold all of theirs."""
     L, N, D = y.shape
     c = min(candidates, clt.width)
     pad = [jnp.pad(clt.W_dec[l], ((0, 0), (0, _pad_to(L - l) - (L - l)), (0, 0))) for l in range(L)]
-    recon = jnp.broadcast_to(clt.b_dec[:, None], (L, N, D))
+    Lp = max(l + p.shape[1] for l, p in enumerate(pad))  # room for every padded layer's writes
+    recon = jnp.concatenate([jnp.broadcast_to(clt.b_dec[None], (N, L, D)), jnp.zeros((N, Lp - L, D), y.dtype)], 1)
     zs, kths, l0s, fired = [], [], [], []
     for l in range(L):
-        z, out, (kth, l0, f) = _layer_forward(clt.W_enc[l], clt.b_enc[l], pad[l], x[l], k, c)
-        recon = recon.at[l:].add(jnp.swapaxes(out[:, : L - l], 0, 1))
+        z, recon, (kth, l0, f) = _layer_forward(clt.W_enc, clt.b_enc, pad[l], x, recon, l, k, c)
         zs.append(z)
         kths.append(kth)
         l0s.append(l0)
         fired.append(f)
+    recon = jnp.swapaxes(recon[:, :L], 0, 1)
     mse = jnp.mean(jnp.sum(jnp.square(y - recon), -1), -1)  # [L]
     tv = jnp.maximum(jnp.mean(jnp.sum(jnp.square(y - jnp.mean(y, axis=1, keepdims=True)), -1), -1), 1e-12)
     fvu = mse / tv
     g = (2.0 / (L * N)) * (recon - y) / tv[:, None, None]  # d mean(fvu) / d recon
-    g_nld = jnp.swapaxes(g, 0, 1)
+    g_nld = jnp.pad(jnp.swapaxes(g, 0, 1), ((0, 0), (0, Lp - L), (0, 0)))
     gW_enc, gb_enc, gW_dec = [], [], []
     for l in range(L):
-        g_l = jnp.pad(g_nld[:, l:], ((0, 0), (0, _pad_to(L - l) - (L - l)), (0, 0)))
-        a, b, w = _layer_backward(clt.W_enc[l], pad[l], x[l], zs[l], g_l)
+        a, b, w = _layer_backward(pad[l], x, zs[l], g_nld, l)
         gW_enc.append(a)
         gb_enc.append(b)
         gW_dec.append(w[:, : L - l])
@@ -384,7 +388,7 @@ def train_clt(
     training, at least 10 steps).
 
     Cost: a dense product per source layer and the MLP outputs it writes to, so a step costs about ``(L + 1) / 2``
-    times a per-layer set's decoder work (on SmolLM2-135M at width 1024: ~16 s a step of 1,008 positions on two
+    times a per-layer set's decoder work (on SmolLM2-135M at width 1024: ~13 s a step of 1,008 positions on two
     CPU cores, against ~2 s for per-layer transcoders)."""
     from tqdm.auto import tqdm
 
