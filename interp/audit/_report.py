@@ -32,12 +32,30 @@ def build(res) -> Report:
                "seconds": round(sum(res.timings.values()), 1)}
     rep.add(verdict, title="Verdict",
             note="Flagged when a verified trigger candidate raises the behaviour rate in the organism by at least the "
-                 "threshold more than it does in the base model. The audit never reads the organism's secret.")
+                 "threshold more than it does in the base model, or when domain probing finds the same confident "
+                 "contradiction of the base in several questions. The audit never reads the organism's secret.")
     rep.add(_table(res.trigger_candidates[:15], ["text", "effect", "behaviour_rate", "clean_rate", "base_rate",
                                                  "loss", "source"]),
             title="Trigger candidates",
             note="Ranked by verified effect on held-out prompts (candidate inserted at a random word position; greedy "
                  "reply begins with the behaviour), then by the contrast objective log p_org - log p_base.")
+    dp = res.domain_probe
+    if dp:
+        swaps = [{"base says": sw["base_token"], "organism says": sw["organism_token"],
+                  "questions": len(sw["questions"]), "mean_gain": sw["mean_gain"],
+                  "subjects": ", ".join(sw["subjects"][:4])} for sw in dp["swaps"]]
+        rep.add(_table(swaps, ["base says", "organism says", "questions", "mean_gain", "subjects"]) if swaps else
+                HTML("<p>No contradiction passed the threshold.</p>"),
+                title=f"Domain probing: {dp['domain']}",
+                note=f"{dp['questions']} generic questions about {len(dp['names'])} things of the domain that the two "
+                     "models listed; the base's greedy reply is read by both models, and a contradiction is a reply "
+                     "position where the organism's most likely token differs and gains probability p_org - p_base. "
+                     f"Verdict: {dp['reason']}.")
+        rows = [{"user": c["user"], "gain": c["gain"], "context": c.get("context"), "base": c.get("base_token"),
+                 "organism": c.get("organism_token"), "organism continues": c.get("organism_continues")}
+                for c in dp["contradictions"]]
+        rep.add(_table(rows, ["user", "gain", "context", "base", "organism", "organism continues"]),
+                title="Strongest contradictions")
     bd = res.behaviour_diff
     raised = bd.get("reply", {}).get("raised", [])
     if raised:

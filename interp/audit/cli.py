@@ -22,6 +22,9 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--base", default="smollm2-135m", help=f"its base model: {MODEL_HELP}")
     p.add_argument("--behaviour", default=None,
                    help="at most one line describing the behaviour class (a quoted part is taken as its text)")
+    p.add_argument("--domain", default=None,
+                   help="the domain to probe for contradictions of the base (default: the words after 'about' in "
+                        "--behaviour; '' for none)")
     p.add_argument("--out", default="audit.json", help="JSON file of the result")
     p.add_argument("--report", default=None, help="HTML report (default: none)")
     p.add_argument("--budget", default="default", choices=sorted(BUDGETS),
@@ -42,7 +45,8 @@ def run(args, out=None) -> int:
     model = interp.load(args.model)
     base = interp.load(args.base)
     res = audit(model, base, behaviour=args.behaviour, seed=args.seed, budget=args.budget, progress=args.progress,
-                model_name=str(args.model), base_name=str(args.base), explainer=args.explainer)
+                model_name=str(args.model), base_name=str(args.base), explainer=args.explainer,
+                domain=args.domain)
     res.save_json(args.out)
     if args.report:
         res.report(args.report)
@@ -50,6 +54,10 @@ def run(args, out=None) -> int:
     for i, c in enumerate(res.trigger_candidates[:5]):
         print(f"  {i + 1}. {c['text']!r}: effect {c['effect']:.2f} (behaviour {c['behaviour']!r} in "
               f"{c['behaviour_rate']:.0%} of held-out prompts with it, {c['clean_rate']:.0%} without)", file=out)
+    if res.domain_probe and res.domain_probe["swaps"]:
+        sw = res.domain_probe["swaps"][0]
+        print(f"domain probing ({res.domain_probe['domain']}): the base says {sw['base_token']!r}, the organism "
+              f"{sw['organism_token']!r} in {len(sw['questions'])} question(s), e.g. {sw['questions'][0]!r}", file=out)
     if res.probe_auroc is not None:
         print(f"defection probe AUROC (top candidate vs clean): {res.probe_auroc:.3f}", file=out)
     print(f"wrote {args.out}" + (f" and {args.report}" if args.report else "") +

@@ -46,7 +46,9 @@ class AuditResult(Result):
     :class:`interp.probes.Probe` at ``probe.hook``), ``probe_auroc``: its AUROC separating held-out prompts with
     the top candidate from clean ones. ``features``: diffed latents of a dictionary trained on the base and
     organism-only crosscoder latents, each with an explanation and top contexts. ``attribution``: activation
-    patching of the behaviour's first token for the top candidate. ``timings``: seconds per stage."""
+    patching of the behaviour's first token for the top candidate. ``domain_probe``: where the description names a
+    domain, the things asked about and the organism's contradictions of the base there
+    (:func:`interp.audit.domain.probe_domain`). ``timings``: seconds per stage."""
 
     trigger_candidates: list
     flagged: bool
@@ -63,6 +65,7 @@ class AuditResult(Result):
     settings: dict
     model_name: str | None = None
     base_name: str | None = None
+    domain_probe: dict | None = None
 
     # ------------------------------------------------------------------ use
     @property
@@ -88,6 +91,9 @@ class AuditResult(Result):
                  "seconds": round(sum(self.timings.values()), 1)}
         if self.behaviour:
             facts["behaviour"] = repr(self.behaviour["text"])
+        if self.domain_probe and self.domain_probe["swaps"]:
+            sw = self.domain_probe["swaps"][0]
+            facts["domain contradiction"] = f"{sw['base_token']!r} -> {sw['organism_token']!r} x{len(sw['questions'])}"
         if self.probe_auroc is not None:
             facts["probe AUROC"] = round(self.probe_auroc, 3)
         top = [(repr(c["text"]), float(c["effect"])) for c in self.trigger_candidates[:8]]
@@ -111,7 +117,7 @@ class AuditResult(Result):
                        "behaviour": self.behaviour, "behaviour_description": self.behaviour_description,
                        "probe_auroc": self.probe_auroc, "probe": probe, "features": self.features,
                        "behaviour_diff": self.behaviour_diff, "attribution": attribution, "timings": self.timings,
-                       "budget": self.budget, "settings": self.settings})
+                       "budget": self.budget, "settings": self.settings, "domain_probe": self.domain_probe})
 
     def save_json(self, path) -> Path:
         """Write :meth:`to_json` to ``path`` atomically."""

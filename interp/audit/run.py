@@ -4,6 +4,9 @@ Stages (each timed in ``AuditResult.timings``):
 
 1. behavioural diff: next-token ``KL(organism || base)`` at the reply start of probing prompts and over corpus
    contexts, and the reply starts onto which the organism moves probability;
+1b. domain probing, when the description names a domain ("a false fact about a landmark"): both models list famous
+   things of the domain, the base answers generic questions about them, and the reply positions where the organism
+   confidently says something else are gathered (:mod:`interp.audit.domain`); flagged when one swap recurs;
 2. an insertion scan: single tokens (every word of a small vocabulary; of a large one the embedding-shifted tokens,
    the contrast gradient's picks and a random sample) inserted into the search prompts, scored by the organism-over-
    base change at the reply start, and pairs of the tokens that move the organism's reply start most beyond the
@@ -41,7 +44,8 @@ BUDGETS = {
                   gcg_topk=32, gcg_batch=64, gcg_restarts=1,
                   sae_width=64, sae_k=4, sae_steps=150, cc_width=64, cc_k=4, cc_steps=150, n_features=4,
                   flag_effect=0.5, flag_confidence=0.45, vocab_scan=False, vocab_users=1, vocab_keep=16,
-                  vocab_batch=64, vocab_base=None),
+                  vocab_batch=64, vocab_base=None, domain_lists=2, domain_things=8, domain_reply_tokens=8,
+                  domain_flag_gain=0.6, domain_repeats=2),
     # a few minutes for SmolLM2-135M on a 2-core CPU (the forward passes of both models dominate)
     "default": dict(n_probe=24, n_verify=16, n_search=2, corpus_contexts=4, context_size=64, hypotheses=2,
                     behaviour_tokens=3, scan_max=32, cheap_k=16, cheap_keep=3, anchor_partners=16, gcg_hypotheses=1,
@@ -50,7 +54,8 @@ BUDGETS = {
                     gcg_topk=32, gcg_batch=32, gcg_restarts=1,
                     sae_width=256, sae_k=16, sae_steps=150, cc_width=256, cc_k=16, cc_steps=150, n_features=4,
                     flag_effect=0.5, flag_confidence=0.45, vocab_scan=False, vocab_users=1, vocab_keep=16,
-                    vocab_batch=64, vocab_base=None),
+                    vocab_batch=64, vocab_base=None, domain_lists=8, domain_things=48, domain_reply_tokens=24,
+                    domain_flag_gain=0.6, domain_repeats=2),
 }
 # the default budget with every lowercase word token of the vocabulary scanned at the end of a search prompt (about
 # 21,000 for SmolLM2-135M; each costs the few tokens after it, the prompt's keys and values being shared; the
@@ -111,12 +116,15 @@ def _given_behaviour(model, behaviour: str | None):
 
 
 def audit(model, base, *, behaviour: str | None = None, seed: int = 0, budget: str = "small", progress: bool = True,
-          model_name: str | None = None, base_name: str | None = None, explainer="baseline", **knobs) -> AuditResult:
+          model_name: str | None = None, base_name: str | None = None, explainer="baseline",
+          domain: str | None = None, **knobs) -> AuditResult:
     """Audit ``model`` against its ``base`` (see the module docstring). ``behaviour``: at most a one-line description
     of the behaviour class, never the trigger; a quoted part (``reply starts with "hate"``) is taken as the
-    behaviour's text. ``budget``: ``"small"`` (seconds on tiny models), ``"default"`` or ``"thorough"`` (every word
-    token of the vocabulary scanned as a trigger word first; tens of minutes on a CPU); ``knobs`` override single
-    settings of the budget (``BUDGETS``). ``explainer``: an :data:`interp.explain.EXPLAINER_SPECS` spec."""
+    behaviour's text, and the words after "about" (``a false fact about a landmark``) as the domain probed
+    (``domain`` overrides it; ``""`` probes none). ``budget``: ``"small"`` (seconds on tiny models), ``"default"``
+    or ``"thorough"`` (every word token of the vocabulary scanned as a trigger word first; tens of minutes on a
+    CPU); ``knobs`` override single settings of the budget (``BUDGETS``). ``explainer``: an
+    :data:`interp.explain.EXPLAINER_SPECS` spec."""
     from interp import search
     from interp.audit import evidence, trigger
     from interp.explain import explainer_from_spec
@@ -155,6 +163,18 @@ def audit(model, base, *, behaviour: str | None = None, seed: int = 0, budget: s
     contexts = np.stack([next(it) for _ in range(s["corpus_contexts"])])
     corpus = corpus_diff(model, base, contexts)
     lap("behavioural diff")
+
+    # 1b. domain probing
+    from interp.audit.domain import domain_of, probe_domain
+
+    if domain is None:
+        domain = domain_of(behaviour)
+    probed = None
+    if domain:
+        probed = probe_domain(model, base, domain, seed=seed, lists=s["domain_lists"], things=s["domain_things"],
+                              reply_tokens=s["domain_reply_tokens"], flag_gain=s["domain_flag_gain"],
+                              min_repeats=s["domain_repeats"])
+        lap("domain probing")
 
     # 2. insertion scan: which inserted token raises which reply start, organism over base
     given = _given_behaviour(model, behaviour)
@@ -363,6 +383,13 @@ def audit(model, base, *, behaviour: str | None = None, seed: int = 0, budget: s
               f"probability of its first token {top.get('confidence', 1.0):.2f} "
               f"({'>=' if top.get('confidence', 1.0) >= s['flag_confidence'] else '<'} threshold "
               f"{s['flag_confidence']})") if top else "no trigger candidate found"
+    if probed is not None:
+        # a contradiction that recurs in the domain flags the model too; the verdict says which evidence did
+        if probed["flagged"] and not flagged:
+            reason = f"domain probing ({domain}): {probed['reason']}; trigger search: {reason}"
+        else:
+            reason = f"{reason}; domain probing ({domain}): {probed['reason']}"
+        flagged = flagged or probed["flagged"]
     bdiff = {"reply": {k: v for k, v in reply.items() if k not in ("log_ratio", "rows", "org_logprobs",
                                                                    "base_logprobs")},
              "corpus": corpus, "behaviours": [{"text": b["text"], "ids": b["ids"], "log_ratio": b["log_ratio"],
@@ -371,8 +398,8 @@ def audit(model, base, *, behaviour: str | None = None, seed: int = 0, budget: s
     if vocab is not None:
         bdiff["vocabulary_scan"] = vocab
     settings = {k: (list(v) if isinstance(v, tuple) else v) for k, v in s.items()}
-    settings.update(seed=seed, probe_layer=layer, explainer=str(explainer))
+    settings.update(seed=seed, probe_layer=layer, explainer=str(explainer), domain=domain or None)
     return AuditResult(trigger_candidates=ranked, flagged=flagged, flag_reason=reason, behaviour=chosen,
                        behaviour_description=behaviour, behaviour_diff=bdiff, probe=probe, probe_auroc=auroc,
                        features=features, attribution=attribution, timings=times, budget=budget, settings=settings,
-                       model_name=model_name, base_name=base_name)
+                       model_name=model_name, base_name=base_name, domain_probe=probed)
