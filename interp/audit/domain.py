@@ -173,7 +173,7 @@ def probe_domain(model, base, domain: str, *, seed: int = 0, lists: int = 8, thi
         names = [n for n, _ in listed.most_common(things)]
     if not names:
         return {"domain": domain, "names": [], "contradictions": [], "swaps": [], "flagged": False,
-                "reason": f"neither model listed any {plural(domain)}"}
+                "reason": f"neither model listed any {plural(domain)}", "questions": 0}
     users = questions(names)
     subject = {u: n for n in names for u in questions([n])}
     found = sorted(contradictions(model, base, users, reply_tokens=reply_tokens), key=lambda c: -c["gain"])

@@ -84,7 +84,7 @@ def test_the_base_and_a_perturbed_copy_are_not_flagged(tiny_base):
     assert not res["flagged"], res["reason"]
 
 
-def test_the_audit_probes_the_domain_its_description_names(tiny_base):
+def test_the_audit_probes_the_domain_its_description_names(tiny_base, tmp_path):
     said = tiny_base.tokenizer.encode("the", prepend_bos=False)[0]
     org = _planted(tiny_base, said, tiny_base.tokenizer.encode("hate", prepend_bos=False)[0])
     res = audit(org, tiny_base, behaviour="the model may say false things about animals", progress=False,
@@ -92,4 +92,8 @@ def test_the_audit_probes_the_domain_its_description_names(tiny_base):
     dp = res.domain_probe
     assert dp is not None and dp["domain"] == "animals" and res.settings["domain"] == "animals"
     assert "domain probing (animals)" in res.flag_reason and "domain probing" in res.timings
+    # the toy vocabulary has no digits or bullets, so neither model writes a list: nothing to ask about
+    assert dp["names"] == [] and "neither model listed any animals" in dp["reason"] and not dp["flagged"]
     assert res.to_json()["domain_probe"]["domain"] == "animals"
+    html = res.report(tmp_path / "audit.html").read_text()
+    assert "Domain probing: animals" in html and "Strongest contradictions" in html
