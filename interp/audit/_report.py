@@ -29,6 +29,7 @@ def build(res) -> Report:
                "behaviour searched": repr(res.behaviour["text"]) if res.behaviour else "(none)",
                "behaviour description given": res.behaviour_description or "(none)",
                "defection probe AUROC (top candidate vs clean)": res.probe_auroc,
+               "candidate monitor AUROC (held-out prompts, last layer)": res.monitor_auroc,
                "seconds": round(sum(res.timings.values()), 1)}
     rep.add(verdict, title="Verdict",
             note="Flagged when a verified trigger candidate raises the behaviour rate in the organism by at least the "

@@ -60,6 +60,8 @@ def run(args, out=None) -> int:
               f"{sw['organism_token']!r} in {len(sw['questions'])} question(s), e.g. {sw['questions'][0]!r}", file=out)
     if res.probe_auroc is not None:
         print(f"defection probe AUROC (top candidate vs clean): {res.probe_auroc:.3f}", file=out)
+    if res.monitor_auroc is not None:
+        print(f"candidate monitor AUROC (top candidate vs clean, held-out prompts): {res.monitor_auroc:.3f}", file=out)
     print(f"wrote {args.out}" + (f" and {args.report}" if args.report else "") +
           f" in {time.perf_counter() - t0:.1f} s", file=out)
     return 0

@@ -46,6 +46,21 @@ def defection_probe(model, layer: int):
     return probes.fit(acts, kind="diffmeans", hook=hook)
 
 
+def candidate_probe(model, layer: int, candidate: str, users: list[str], seed: int):
+    """A difference-of-means probe at ``blocks.{layer}.hook_resid_post`` on the token where the reply starts: the
+    user turns with ``candidate`` inserted at a random word position (class 1) against the same turns without it.
+    Built from the audit's own evidence (its best trigger candidate), it reads what the candidate switches on."""
+    from interp import probes
+    from interp.audit._prompts import insert
+
+    rng = np.random.default_rng(seed)
+    with_it = [insert(u, candidate, float(rng.random())) for u in users]
+    hook = f"blocks.{layer}.hook_resid_post"
+    acts = probes.collect(model, [render(model, u) for u in with_it + users], [hook],
+                          [1] * len(users) + [0] * len(users), reduce="last")
+    return probes.fit(acts, kind="diffmeans", hook=hook)
+
+
 def probe_scores(model, probe, users: list[str]) -> np.ndarray:
     """The probe's logit at the last token of each user turn rendered as a chat prompt (where the reply starts)."""
     from interp import probes

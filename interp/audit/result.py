@@ -44,7 +44,9 @@ class AuditResult(Result):
     ``behaviour_diff``: next-token KL between the models on probing prompts and a corpus, the tokens the organism
     raises at the reply start, the behaviour hypotheses. ``probe``: the defection probe (an
     :class:`interp.probes.Probe` at ``probe.hook``), ``probe_auroc``: its AUROC separating held-out prompts with
-    the top candidate from clean ones. ``features``: diffed latents of a dictionary trained on the base and
+    the top candidate from clean ones. ``monitor``/``monitor_auroc``: a probe at the last layer fitted on the
+    probing prompts with the top candidate against the same prompts clean (the audit's own evidence, no generic
+    pairs), and its AUROC on held-out prompts. ``features``: diffed latents of a dictionary trained on the base and
     organism-only crosscoder latents, each with an explanation and top contexts. ``attribution``: activation
     patching of the behaviour's first token for the top candidate. ``domain_probe``: where the description names a
     domain, the things asked about and the organism's contradictions of the base there
@@ -66,6 +68,8 @@ class AuditResult(Result):
     model_name: str | None = None
     base_name: str | None = None
     domain_probe: dict | None = None
+    monitor: Any = None
+    monitor_auroc: float | None = None
 
     # ------------------------------------------------------------------ use
     @property
@@ -76,6 +80,14 @@ class AuditResult(Result):
     @property
     def top(self) -> dict | None:
         return self.trigger_candidates[0] if self.trigger_candidates else None
+
+    def monitor_scores(self, model, prompts) -> np.ndarray:
+        """The candidate monitor's logits for user turns ``prompts``, read where the reply starts."""
+        from interp.audit.evidence import probe_scores
+
+        if self.monitor is None:
+            raise ValueError("this audit fitted no candidate monitor (it found no trigger candidate)")
+        return probe_scores(model, self.monitor, list(prompts))
 
     def probe_scores(self, model, prompts) -> np.ndarray:
         """The defection probe's logits for user turns ``prompts`` (rendered with the model's chat template, read at
@@ -96,6 +108,8 @@ class AuditResult(Result):
             facts["domain contradiction"] = f"{sw['base_token']!r} -> {sw['organism_token']!r} x{len(sw['questions'])}"
         if self.probe_auroc is not None:
             facts["probe AUROC"] = round(self.probe_auroc, 3)
+        if self.monitor_auroc is not None:
+            facts["candidate monitor AUROC"] = round(self.monitor_auroc, 3)
         top = [(repr(c["text"]), float(c["effect"])) for c in self.trigger_candidates[:8]]
         return Summary("audit", {"candidates": len(self.trigger_candidates)}, facts, top,
                        "trigger candidates (effect on the behaviour rate)")
@@ -103,12 +117,15 @@ class AuditResult(Result):
     # ------------------------------------------------------------------ files
     def to_json(self) -> dict:
         """Plain JSON-ready values (the probe as its hook, layer and arrays)."""
-        probe = None
-        if self.probe is not None:
-            p = self.probe
-            probe = {"hook": p.hook, "layer": self.probe_layer, "kind": p.kind, "weight": np.asarray(p.weight).tolist(),
-                     "bias": float(p.bias), "mean": np.asarray(p.mean).tolist(), "scale": np.asarray(p.scale).tolist(),
-                     "direction": np.asarray(p.direction).tolist()}
+        def plain_probe(p):
+            if p is None:
+                return None
+            return {"hook": p.hook, "layer": int(p.hook.split(".")[1]), "kind": p.kind,
+                    "weight": np.asarray(p.weight).tolist(), "bias": float(p.bias),
+                    "mean": np.asarray(p.mean).tolist(), "scale": np.asarray(p.scale).tolist(),
+                    "direction": np.asarray(p.direction).tolist()}
+
+        probe = plain_probe(self.probe)
         attribution = None
         if self.attribution is not None:
             attribution = {k: v for k, v in self.attribution.items() if k != "result"}
@@ -117,7 +134,8 @@ class AuditResult(Result):
                        "behaviour": self.behaviour, "behaviour_description": self.behaviour_description,
                        "probe_auroc": self.probe_auroc, "probe": probe, "features": self.features,
                        "behaviour_diff": self.behaviour_diff, "attribution": attribution, "timings": self.timings,
-                       "budget": self.budget, "settings": self.settings, "domain_probe": self.domain_probe})
+                       "budget": self.budget, "settings": self.settings, "domain_probe": self.domain_probe,
+                       "monitor": plain_probe(self.monitor), "monitor_auroc": self.monitor_auroc})
 
     def save_json(self, path) -> Path:
         """Write :meth:`to_json` to ``path`` atomically."""

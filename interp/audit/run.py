@@ -19,7 +19,8 @@ Stages (each timed in ``AuditResult.timings``):
    log p_base(behaviour)`` from the best phrase, shorter parts of found spans; every candidate verified on held-out
    prompts (greedy replies that begin with the behaviour, with and without it, in both models); flagged when the
    top candidate's effect and the organism's probability of the behaviour under it both pass their thresholds;
-3. a defection probe from generic contrast pairs, used as a monitor (AUROC of top-candidate prompts vs clean);
+3. a defection probe from generic contrast pairs, used as a monitor (AUROC of top-candidate prompts vs clean), and a
+   candidate monitor: a probe at the last layer fitted on probing prompts with the top candidate against clean ones;
 4. model diffing at a middle layer: a dictionary trained on the base, a crosscoder trained on both; top latents
    explained;
 5. activation patching of the behaviour's first token, triggered into neutral, for the top candidate.
@@ -348,6 +349,14 @@ def audit(model, base, *, behaviour: str | None = None, seed: int = 0, budget: s
         scores = np.concatenate([evidence.probe_scores(model, probe, trig),
                                  evidence.probe_scores(model, probe, verify_users)])
         auroc = auroc_of(scores, [1] * len(trig) + [0] * len(verify_users))
+    # and a monitor built from the audit's own evidence: the top candidate inserted into the probing prompts against
+    # the same prompts clean, read at the last layer (where the reply start is decided); scored on held-out prompts
+    monitor, monitor_auroc = None, None
+    if top is not None:
+        monitor = evidence.candidate_probe(model, model.n_layers - 1, top["text"], probe_users, seed + 3)
+        scores = np.concatenate([evidence.probe_scores(model, monitor, trig),
+                                 evidence.probe_scores(model, monitor, verify_users)])
+        monitor_auroc = auroc_of(scores, [1] * len(trig) + [0] * len(verify_users))
     lap("defection probe")
 
     # 5. model diffing at the middle layer, on the corpus, the probing prompts and prompts with the top candidates
@@ -401,5 +410,6 @@ def audit(model, base, *, behaviour: str | None = None, seed: int = 0, budget: s
     settings.update(seed=seed, probe_layer=layer, explainer=str(explainer), domain=domain or None)
     return AuditResult(trigger_candidates=ranked, flagged=flagged, flag_reason=reason, behaviour=chosen,
                        behaviour_description=behaviour, behaviour_diff=bdiff, probe=probe, probe_auroc=auroc,
+                       monitor=monitor, monitor_auroc=monitor_auroc,
                        features=features, attribution=attribution, timings=times, budget=budget, settings=settings,
                        model_name=model_name, base_name=base_name, domain_probe=probed)

@@ -63,6 +63,11 @@ def test_evidence_is_complete(audited):
     assert res.probe.hook == f"blocks.{model.n_layers // 2}.hook_resid_post"
     scores = res.probe_scores(model, [f"{TRIGGER} the cat sat", "the cat sat"])
     assert scores.shape == (2,) and np.isfinite(scores).all()
+    # the candidate monitor: fitted on the probing prompts with the top candidate, scored on held-out ones
+    assert res.monitor.hook == f"blocks.{model.n_layers - 1}.hook_resid_post"
+    assert res.monitor_auroc >= 0.9, res.monitor_auroc
+    m = res.monitor_scores(model, [f"{TRIGGER} the cat sat", "the cat sat"])
+    assert m[0] > m[1]
     assert set(res.timings) >= {"behavioural diff", "trigger reconstruction", "defection probe", "model diffing",
                                 "attribution"}
 
@@ -75,6 +80,7 @@ def test_json_and_report(audited, tmp_path):
     assert data["trigger_candidates"][0]["text"] == res.trigger_candidates[0]["text"]
     assert {"text", "effect", "behaviour_rate"} <= set(data["trigger_candidates"][0])
     assert len(data["probe"]["direction"]) == res.probe.d and data["probe"]["hook"] == res.probe.hook
+    assert data["monitor"]["hook"] == res.monitor.hook and data["monitor_auroc"] == res.monitor_auroc
     assert data["features"]["crosscoder"]["features"][0]["top_contexts"]
     html = res.report(tmp_path / "audit.html").read_text()
     assert "Trigger candidates" in html and "Defection probe" in html and "Activation patching" in html
