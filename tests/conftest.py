@@ -63,16 +63,16 @@ SPREAD = ("tests/notebooks/test_notebooks.py::test_notebook_runs",)
 # machine). They go out first: xdist otherwise hands out files with the most tests first, so single long cases came
 # last and one worker ran them alone at the end.
 LONG_FIRST = (
-    "tests/organisms/test_default_model.py",  # 226 s
-    "tests/notebooks/test_notebooks.py::test_notebook_runs[11_sae_scaling]",  # 211 s
-    "tests/notebooks/test_notebooks.py::test_notebook_runs[12_feature_absorption]",  # 192 s
-    "tests/test_demo.py",  # 123 s
-    "tests/notebooks/test_notebooks.py::test_notebook_runs[04_circuit_tracing]",  # 123 s
-    "tests/notebooks/test_notebooks.py::test_notebook_runs[09_induction_heads]",  # 87 s
-    "tests/browser/test_interp_views.py",  # 65 s and more
-    "tests/models/test_gemma3_270m.py",  # 61 s and more
-    "tests/notebooks/test_notebooks.py::test_notebook_runs[07_autointerp]",  # 60 s
-    "tests/notebooks/test_notebooks.py::test_notebook_runs[10_grokking]",  # 57 s
+    "tests/notebooks/test_notebooks.py::test_notebook_runs[12_feature_absorption]",  # 255 s
+    "tests/organisms/test_default_model.py",  # 173 s
+    "tests/notebooks/test_notebooks.py::test_notebook_runs[11_sae_scaling]",  # 166 s
+    "tests/test_demo.py",  # 134 s
+    "tests/notebooks/test_notebooks.py::test_notebook_runs[04_circuit_tracing]",  # 124 s
+    "tests/notebooks/test_notebooks.py::test_notebook_runs[09_induction_heads]",  # 104 s
+    "tests/models/test_gemma3_270m.py",  # 68 s and more
+    "tests/notebooks/test_notebooks.py::test_notebook_runs[10_grokking]",  # 63 s
+    "tests/browser/test_interp_views.py",  # 60 s and more
+    "tests/notebooks/test_notebooks.py::test_notebook_runs[07_autointerp]",  # 57 s
 )
 HEAVY = (
     "tests/circuits/test_graph_toy.py",  # trains its toy model first: 43 s, then 13 s, 5 s, 3 s
