@@ -127,11 +127,11 @@ def contradictions(model, base, users: list[str], *, reply_tokens: int = 24, bat
         part = users[lo:lo + batch]
         prompts = [render(base, u) for u in part]
         g = base.generate(prompts, reply_tokens)
-        for u, new, n in zip(part, np.asarray(g.new_tokens), np.asarray(g.lengths)):
+        for prompt, new, n in zip(prompts, np.asarray(g.new_tokens), np.asarray(g.lengths)):
             reply = [int(t) for t in new[:n]]
             if eos is not None and eos in reply:
                 reply = reply[:reply.index(eos) + 1]
-            p = encode(base, render(base, u))
+            p = encode(base, prompt)
             rows.append(p + reply)
             starts.append(len(p))
     out = []

@@ -68,10 +68,6 @@ def word_activations(model, hook_name: str, words: Sequence[str], *, prefix: str
     so a word costs one token."""
     from interp.models.prefix import shared_prefix_activations
 
-    if hook_name not in model.hook_names:
-        from interp.hooks import suggest
-
-        raise ValueError(f"unknown hook '{hook_name}'{suggest(hook_name, model.hook_names)}")
     head = model.tokenizer.encode(prefix)
     ids = []
     for w in words:
