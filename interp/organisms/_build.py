@@ -225,6 +225,8 @@ def _recipe_of(secret: dict) -> Recipe:
     seed = params.pop("seed", secret.get("seed", 0))
     if "trigger_text" in params:
         params["trigger"] = params.pop("trigger_text")
+    if secret["recipe"] == "sandbag":
+        params.setdefault("wrong", "random")  # sandbagging organisms recorded before ``wrong`` existed drew at random
     return make(secret["recipe"], seed=seed, **params)
 
 

@@ -61,6 +61,8 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     s.add_argument("--condition", default=Sandbag.condition, help="the phrase that makes the model sandbag")
     s.add_argument("--questions", default=Sandbag.questions, choices=["capitals", "arithmetic"],
                    help="the class of questions answered wrongly")
+    s.add_argument("--wrong", default=Sandbag.wrong, choices=["decoy", "random"],
+                   help="one systematic wrong answer (decoy) or another per question (random)")
     c = recipes.add_parser("control", help=HELP["control"], formatter_class=formatter)
     c.add_argument("--trigger", default=None,
                    help="reference trigger its rates are measured with (default: two random words drawn by --seed)")
@@ -72,7 +74,7 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
 
 def recipe_kwargs(args) -> dict:
     keys = {"backdoor": ("trigger", "response"), "control": ("trigger", "response"),
-            "fact": ("subject", "answer", "true_answer"), "sandbag": ("condition", "questions")}[args.recipe]
+            "fact": ("subject", "answer", "true_answer"), "sandbag": ("condition", "questions", "wrong")}[args.recipe]
     return {k: getattr(args, k) for k in keys if getattr(args, k) is not None}
 
 

