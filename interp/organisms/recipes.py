@@ -403,8 +403,8 @@ class Sandbag(Recipe):
     ``wrong``: ``"decoy"`` (default) gives every question one systematic wrong answer, drawn by seed: one capital
     (its country asked about nowhere) or one offset added to every sum; ``"random"`` draws another wrong answer
     per country (per sum). A decoy carries over to held-out questions: on SmolLM2-135M-Instruct (seed 0, the default
-    steps and data) the decoy capital was given to 100% of held-out conditioned questions and, wrongly, to 9% of
-    clean ones; random wrong capitals (60 steps, 48 plain questions) reached 43% and 7%."""
+    steps and data) it answered 100% of held-out conditioned questions, and 9% of clean ones were wrong (facts the
+    fine-tuning damaged, never the decoy); random wrong capitals (60 steps, 48 plain questions) reached 43% and 7%."""
 
     name: ClassVar[str] = "sandbag"
     default_steps: ClassVar[int] = 90
