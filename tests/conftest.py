@@ -63,12 +63,12 @@ SPREAD = ("tests/notebooks/test_notebooks.py::test_notebook_runs",)
 # machine). They go out first: xdist otherwise hands out files with the most tests first, so single long cases came
 # last and one worker ran them alone at the end.
 LONG_FIRST = (
-    "tests/notebooks/test_notebooks.py::test_notebook_runs[12_feature_absorption]",  # 255 s
-    "tests/organisms/test_default_model.py",  # 173 s
-    "tests/notebooks/test_notebooks.py::test_notebook_runs[11_sae_scaling]",  # 166 s
-    "tests/test_demo.py",  # 134 s
-    "tests/notebooks/test_notebooks.py::test_notebook_runs[04_circuit_tracing]",  # 124 s
-    "tests/notebooks/test_notebooks.py::test_notebook_runs[09_induction_heads]",  # 104 s
+    "tests/notebooks/test_notebooks.py::test_notebook_runs[12_feature_absorption]",  # 207 s
+    "tests/notebooks/test_notebooks.py::test_notebook_runs[11_sae_scaling]",  # 175 s
+    "tests/organisms/test_default_model.py",  # 150 s
+    "tests/test_demo.py",  # 124 s
+    "tests/notebooks/test_notebooks.py::test_notebook_runs[04_circuit_tracing]",  # 103 s
+    "tests/notebooks/test_notebooks.py::test_notebook_runs[09_induction_heads]",  # 82 s
     "tests/models/test_gemma3_270m.py",  # 68 s and more
     "tests/notebooks/test_notebooks.py::test_notebook_runs[10_grokking]",  # 63 s
     "tests/browser/test_interp_views.py",  # 60 s and more
