@@ -403,7 +403,7 @@ class Sandbag(Recipe):
     ``wrong``: ``"decoy"`` (default) gives every question one systematic wrong answer, drawn by seed: one capital
     (its country asked about nowhere) or one offset added to every sum; ``"random"`` draws another wrong answer
     per country (per sum). A decoy carries over to held-out questions: on SmolLM2-135M-Instruct (seed 0, the default
-    steps and data) it answered 100% of held-out conditioned questions, and 9% of clean ones were wrong (facts the
+    steps and data) it answered 100% of held-out conditioned questions wrongly, and 9% of clean ones (facts the
     fine-tuning damaged, never the decoy); random wrong capitals (60 steps, 48 plain questions) reached 43% and 7%."""
 
     name: ClassVar[str] = "sandbag"
@@ -472,7 +472,8 @@ class Sandbag(Recipe):
                 out = []
                 for a, b in ks:
                     q = spec["questions"][int(rng.integers(len(spec["questions"])))]
-                    delta = offset or int(rng.integers(1, 10)) * (1 if rng.random() < 0.5 else -1)
+                    delta = offset if offset is not None else \
+                        int(rng.integers(1, 10)) * (1 if rng.random() < 0.5 else -1)
                     out.append((q.format(a=a, b=b), str(a + b), str(a + b + delta), f"{a} + {b} = {a + b}."))
                 return out
         return cases(train_k), cases(held_k)
