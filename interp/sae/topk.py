@@ -18,6 +18,7 @@ from jaxtyping import Array, Bool, Float, Int
 
 from interp.checks import check_range
 from interp.kernels import sparse_decode
+from interp.kernels.sparse_decode import scatter_add_rows
 from interp.sae._base import (
     AuxLoss,
     DictConfig,
@@ -94,11 +95,9 @@ def auxk_loss(model: Dictionary, x, y, error, dead, k_aux: int, rows: int | None
 
 
 def scatter_rows(weights, rows, indices, width: int):
-    """``out [M D] = sum_{n,j} weights[n, j] · rows[n]`` at row ``indices[n, j]`` (k scatter-adds of N rows)."""
-    out = jnp.zeros((width, rows.shape[-1]), rows.dtype)
-    for j in range(indices.shape[1]):
-        out = out.at[indices[:, j]].add(weights[:, j, None] * rows)
-    return out
+    """``out [M D] = sum_{n,j} weights[n, j] · rows[n]`` at row ``indices[n, j]`` (k scatter-adds of N rows,
+    accumulated in float32)."""
+    return scatter_add_rows(weights, rows, indices, width).astype(rows.dtype)
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(4,))

@@ -8,7 +8,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from interp.kernels import sparse_decode, sparse_decode_pallas, sparse_decode_reference
+from interp.kernels import dense_decode, sparse_decode, sparse_decode_pallas, sparse_decode_reference
+from interp.kernels.sparse_decode import DENSE_LATENTS_PER_SLOT
 from tests.numerics import assert_close, magnitude, reduction_bound
 
 N, K, M, D = 37, 5, 64, 24
@@ -135,3 +136,37 @@ def test_bad_shapes_name_the_cause():
         sparse_decode(values, indices[:, :3], W_dec)
     with pytest.raises(TypeError, match="indices must be an integer array"):
         sparse_decode_pallas(values, values, W_dec)
+
+
+@pytest.mark.parametrize("unique", [True, False], ids=["unique", "repeats"])
+def test_dense_decode_matches_the_reference_in_value_and_gradient(unique):
+    values, indices, W_dec, g = make_inputs(seed=5, unique=unique)
+    close(dense_decode(values, indices, W_dec), numpy_decode(values, indices, W_dec), K, values, W_dec)
+    d_v, d_w = grads(dense_decode, values, indices, W_dec, g)
+    ref_v, ref_w = grads(sparse_decode_reference, values, indices, W_dec, g)
+    close(d_v, ref_v, D, g, W_dec)
+    close(d_w, ref_w, N * K, values, g)
+
+
+@pytest.mark.parametrize("n_latents", [DENSE_LATENTS_PER_SLOT * K, DENSE_LATENTS_PER_SLOT * K + 1])
+def test_the_library_decoder_is_exact_on_either_side_of_the_dense_threshold(n_latents):
+    rng = np.random.default_rng(6)
+    values = jnp.asarray(rng.standard_normal((N, K)), jnp.float32)
+    indices = jnp.asarray(rng.integers(0, n_latents, (N, K)), jnp.int32)  # repeats included
+    W_dec = jnp.asarray(rng.standard_normal((n_latents, D)), jnp.float32)
+    g = jnp.asarray(rng.standard_normal((N, D)), jnp.float32)
+    close(jax.jit(sparse_decode)(values, indices, W_dec), numpy_decode(values, indices, W_dec), K, values, W_dec)
+    d_v, d_w = grads(sparse_decode, values, indices, W_dec, g)
+    v, gg, w, i = map(np.asarray, (values, g, W_dec, indices))
+    expected_dw = np.zeros(w.shape)
+    np.add.at(expected_dw, i.reshape(-1), (v[:, :, None] * gg[:, None, :]).reshape(-1, D))
+    close(d_w, expected_dw, N * K, values, g)
+    close(d_v, np.take_along_axis(gg @ w.T, i, axis=1), D, g, W_dec)
+
+
+def test_bfloat16_cotangents_keep_their_dtype():
+    values, indices, W_dec, g = make_inputs(seed=7)
+    for fn in (sparse_decode_reference, dense_decode):
+        d_v, d_w = grads(fn, values.astype(jnp.bfloat16), indices, W_dec.astype(jnp.bfloat16), g.astype(jnp.bfloat16))
+        assert d_v.dtype == jnp.bfloat16 and d_w.dtype == jnp.bfloat16
+        assert fn(values, indices, W_dec.astype(jnp.bfloat16)).dtype == jnp.bfloat16
