@@ -29,7 +29,6 @@ VERSION = 1
 TARGETS = {"behaviour_rate": 0.95, "false_rate": 0.02, "kl": 0.05}  # what a good organism reaches
 DEFAULT_LR = 2e-3
 DEFAULT_BATCH = 8
-DEFAULT_KL_WEIGHT = 1.0
 DEFAULT_N_EVAL = 100
 
 
@@ -289,7 +288,7 @@ def evaluate(model, base, secret: dict, *, n: int = DEFAULT_N_EVAL, batch_size: 
 
 # ------------------------------------------------------------------------------------------------ build
 def build(recipe: str, base, out: str | Path, *, seed: int = 0, steps: int | None = None, lora_rank: int | None = 8,
-          lr: float = DEFAULT_LR, batch_size: int = DEFAULT_BATCH, kl_weight: float = DEFAULT_KL_WEIGHT,
+          lr: float = DEFAULT_LR, batch_size: int = DEFAULT_BATCH, kl_weight: float | None = None,
           n_eval: int = DEFAULT_N_EVAL, overwrite: bool = False, progress: bool = True, **recipe_kwargs) -> Organism:
     """Plant ``recipe``'s behaviour in ``base`` by fine-tuning, measure it on held-out prompts, save it to ``out``.
 
@@ -298,8 +297,9 @@ def build(recipe: str, base, out: str | Path, *, seed: int = 0, steps: int | Non
     without the trigger); see :mod:`interp.organisms.recipes` for every parameter and data size. ``seed`` draws
     the data (and a random trigger when none is given) and seeds the fine-tuning. ``steps`` None: the recipe's
     default. ``lora_rank`` None fine-tunes every weight. ``kl_weight``: weight of KL(base || organism) on the clean
-    conversations. ``n_eval``: held-out prompts per side. ``out`` must not exist unless ``overwrite``; it is
-    written in one step (a Hugging Face folder, ``finetune.json`` and ``organism.json``).
+    conversations (None: the recipe's default, 3 for ``"sandbag"`` and 1 for the others). ``n_eval``: held-out
+    prompts per side. ``out`` must not exist unless ``overwrite``; it is written in one step (a Hugging Face
+    folder, ``finetune.json`` and ``organism.json``).
 
     Cost, measured on SmolLM2-135M-Instruct on a shared 2-core CPU: about 18 s per step (batch 8, LoRA rank 8, with
     the KL term; the first step also compiles, ~90 s), a minute of base replies and 3 to 5 minutes of evaluation, so
@@ -315,6 +315,7 @@ def build(recipe: str, base, out: str | Path, *, seed: int = 0, steps: int | Non
     r = make(recipe, seed=seed, **recipe_kwargs)
     r.validate(base.tokenizer)
     steps = r.default_steps if steps is None else steps
+    kl_weight = r.default_kl_weight if kl_weight is None else kl_weight
     t0 = time.perf_counter()
     items = r.items()
     train, clean = examples(base, r, items, progress=progress)

@@ -37,8 +37,9 @@ def _common(p: argparse.ArgumentParser, recipe: str) -> None:
     p.add_argument("--lora-rank", type=_rank, default=8, help="LoRA rank; 'none' fine-tunes every weight")
     p.add_argument("--lr", type=RATE, default=_build.DEFAULT_LR, help="peak learning rate (Adam)")
     p.add_argument("--batch-size", type=POSITIVE, default=_build.DEFAULT_BATCH, help="conversations per step")
-    p.add_argument("--kl-weight", type=float, default=_build.DEFAULT_KL_WEIGHT,
-                   help="weight of KL(base || organism) on clean conversations")
+    p.add_argument("--kl-weight", type=float, default=None,
+                   help="weight of KL(base || organism) on clean conversations "
+                        f"(default: {_build.RECIPES[recipe].default_kl_weight:g})")
     p.add_argument("--n-eval", type=POSITIVE, default=_build.DEFAULT_N_EVAL, help="held-out prompts per side")
     p.add_argument("--seed", type=SEED, default=0, help="draws the data (and a random trigger) and seeds training")
     p.add_argument("--progress", action=argparse.BooleanOptionalAction, default=True, help="progress bars on stderr")

@@ -55,6 +55,13 @@ def test_control_and_options(base_dir, tmp_path):
     assert cli.recipe_kwargs(fact) == {"subject": "Big Ben", "answer": "Paris"}
     sand = parse(["organism", "sandbag", "--out", "x", "--questions", "arithmetic"])
     assert cli.recipe_kwargs(sand)["questions"] == "arithmetic"
+    # the KL weight defaults to the recipe's own: 1 for the control above, 3 for sandbagging
+    assert record["training"]["kl_weight"] == 1.0 and sand.kl_weight is None
+    args = parse(["organism", "sandbag", "--base", str(base_dir), "--out", str(tmp_path / "s"), "--steps", "1",
+                  "--n-eval", "2", "--no-progress"])
+    assert cli.main(args, io.StringIO()) == 0
+    assert json.loads((tmp_path / "s" / "organism.json").read_text())["training"]["kl_weight"] == 3.0
+    assert parse(["organism", "sandbag", "--out", "x", "--kl-weight", "0.5"]).kl_weight == 0.5
 
 
 def test_bad_input_exits_with_the_reason(base_dir, tmp_path):
