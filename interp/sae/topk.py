@@ -94,12 +94,6 @@ def auxk_loss(model: Dictionary, x, y, error, dead, k_aux: int, rows: int | None
     return scale * jnp.mean(jnp.sum(jnp.square(e_hat - error), axis=-1)) / total_variance(y)
 
 
-def scatter_rows(weights, rows, indices, width: int):
-    """``out [M D] = sum_{n,j} weights[n, j] · rows[n]`` at row ``indices[n, j]`` (k scatter-adds of N rows,
-    accumulated in float32)."""
-    return scatter_add_rows(weights, rows, indices, width).astype(rows.dtype)
-
-
 @functools.partial(jax.custom_vjp, nondiff_argnums=(4,))
 def topk_codes(x, shift, W_enc, b_enc, k: int):
     """``relu(top_k((x - shift) W_enc + b_enc, k))`` as ``(values, indices) [N k]``.
@@ -121,7 +115,7 @@ def _topk_codes_bwd(k, res, cot):
     g = jnp.where(vals > 0, cot[0], 0.0).astype(xc.dtype)  # relu's gradient; indices carry none
     g, idx = jax.lax.optimization_barrier((g, idx))
     M = W_enc.shape[1]
-    d_W_enc = scatter_rows(g, xc, idx, M).T
+    d_W_enc = scatter_add_rows(g, xc, idx, M).astype(xc.dtype).T
     d_b_enc = jnp.zeros((M,), g.dtype).at[idx.reshape(-1)].add(g.reshape(-1))
     d_x = sparse_decode(g, idx, W_enc.T)
     return d_x, -(W_enc @ d_b_enc), d_W_enc, d_b_enc
