@@ -62,8 +62,9 @@ def scatter_add_rows(weights: Float[Array, "N k"], rows: Float[Array, "N D"], in
     """``out [n_out, D]`` (float32) with ``out[indices[n, j]] += weights[n, j] * rows[n]`` for every ``n, j``.
 
     One scatter-add of ``N`` rows per slot, in a loop whose accumulator XLA updates in place. Written as an
-    unrolled chain of ``k`` scatter-adds (what autodiff of the gathers produces), XLA on a CPU measured 3 to 40
-    times slower from ``k = 16`` up (it copies the ``[n_out, D]`` accumulator between the steps)."""
+    unrolled chain of ``k`` scatter-adds (what autodiff of the gathers produces), the decoder's forward and
+    backward on a 2-core CPU took 2 to 38 times longer for k from 8 to 128 (``benchmarks/sparse_decode.py``): XLA
+    copies the ``[n_out, D]`` accumulator between the steps."""
     w = weights.astype(jnp.float32).T  # [k N]: each slot's weights contiguous
     idx = indices.T
     rows = rows.astype(jnp.float32)
@@ -189,9 +190,10 @@ def sparse_decode_pallas(
     return _sparse_decode_pallas(values, indices, W_dec, block_n, bool(interpret))
 
 
-# A dictionary with at most this many latents per active slot is decoded by one dense matmul: on a 2-core CPU
-# (N 1024-4096, D 576, forward and backward) the dense product was 3x faster at 16 latents per slot, even at 64,
-# and 2-20x slower from 256 up, where the gathers touch a small part of the dictionary.
+# A dictionary with at most this many latents per active slot is decoded by one dense matmul. On a 2-core CPU
+# (benchmarks/sparse_decode.py: N 1024-4096, D 576, forward and backward) the dense product took a third of the
+# gathers' time at 16 latents per slot, two thirds at 32, 0.8 to 0.9 of it at 64, and 8 to 23 times theirs from
+# 512 up, where the gathers touch a small part of the dictionary.
 DENSE_LATENTS_PER_SLOT = 32
 
 
