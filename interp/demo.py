@@ -137,7 +137,7 @@ def run(cfg: DemoConfig | None = None, out=sys.stdout) -> Path:
         label_graph,
         parse_explainer,
     )
-    from interp.features import feature_card, feature_index
+    from interp.features import feature_cards, feature_index
     from interp.report import HTML, Report
     from interp.viz import figures as F
     from interp.viz import views
@@ -278,7 +278,7 @@ def run(cfg: DemoConfig | None = None, out=sys.stdout) -> Path:
                                   xaxis="log10 fraction of tokens", title="Latent density"),
                note=f"{int((density == 0).sum())} of {d.cfg.width} latents never fired on "
                     f"{index.n_tokens:,} held-out tokens.")
-    report.add([feature_card(model, d, index, f, explanations=expl) for f in chosen], title="Feature dashboards",
+    report.add(feature_cards(model, d, index, chosen, explanations=expl), title="Feature dashboards",
                note="Top-activating held-out contexts (orange: activation on each token; hover for values), "
                     "activation histogram, and the tokens each latent's decoder direction promotes and suppresses; "
                     "above them, the latent's automated explanation with its scores.")

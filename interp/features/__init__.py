@@ -5,11 +5,12 @@ from interp.features.cards import (
     FeatureCard,
     FeatureIndex,
     feature_card,
+    feature_cards,
     feature_index,
     feature_indices,
     graph_cards,
     logit_effects,
 )
 
-__all__ = ["FeatureCard", "FeatureIndex", "feature_card", "feature_index", "feature_indices", "graph_cards",
-           "logit_effects"]
+__all__ = ["FeatureCard", "FeatureIndex", "feature_card", "feature_cards", "feature_index", "feature_indices",
+           "graph_cards", "logit_effects"]

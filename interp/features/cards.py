@@ -12,6 +12,7 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Mapping
 
+import equinox as eqx
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -72,6 +73,28 @@ def _encode(dictionary, x):
     return dictionary.encode(x)
 
 
+@jax.jit
+def _encode_sparse(dictionary, x):
+    vals, idx = dictionary.encode_sparse(x.reshape(-1, x.shape[-1]))
+    return vals.reshape(*x.shape[:-1], -1), idx.reshape(*x.shape[:-1], -1)
+
+
+def _entries(dictionary, x, n: int, skip_positions: int):
+    """``(row, position, latent, value)`` of the nonzero activations of ``dictionary`` on ``x [B T D]``'s first ``n``
+    rows. A dictionary with ``encode_sparse`` (TopK) hands over only its ``k`` codes per token, not the dense
+    ``[B T M]`` activations."""
+    if hasattr(dictionary, "encode_sparse"):
+        vals, idx = (np.asarray(a)[:n] for a in _encode_sparse(dictionary, x))
+        vals = vals.copy()
+        vals[:, :skip_positions] = 0.0
+        b, t, j = np.nonzero(vals > 0)
+        return b, t, idx[b, t, j], vals[b, t, j]
+    z = np.array(_encode(dictionary, x))[:n]  # [n T M], writable
+    z[:, :skip_positions] = 0.0
+    b, t, f = np.nonzero(z > 0)
+    return b, t, f, z[b, t, f]
+
+
 def feature_index(model, dictionary, tokens, *, hook: str | None = None, batch: int = 8, skip_positions: int = 0,
                   progress: bool = False) -> FeatureIndex:
     """Run ``model`` over ``tokens [N, T]`` (ids) and index where each latent of ``dictionary`` fires. ``hook``
@@ -107,12 +130,10 @@ def feature_indices(model, dictionaries: Mapping, tokens, *, batch: int = 8, ski
             chunk = np.concatenate([chunk, np.repeat(chunk[-1:], batch - n, axis=0)])
         _, cache = model.run_with_cache(jnp.asarray(chunk), names, return_logits=False)
         for key, (d, hook) in dicts.items():
-            z = np.array(_encode(d, cache[hook]))[:n]  # [n T M], writable
-            z[:, :skip_positions] = 0.0
-            b, t, f = np.nonzero(z > 0)
+            b, t, f, v = _entries(d, cache[hook], n, skip_positions)
             found[key][0].append(((i + b) * T + t).astype(np.int64))
             found[key][1].append(f.astype(np.int32))
-            found[key][2].append(z[b, t, f].astype(np.float32))
+            found[key][2].append(v.astype(np.float32))
     out = {}
     for key, (d, _) in dicts.items():
         pos, lat, val = (np.concatenate(x) for x in found[key])
@@ -172,10 +193,27 @@ class FeatureCard(Result):
 
 
 def logit_effects(model, direction) -> np.ndarray:
-    """Direct effect of writing ``direction [D]`` into the residual stream on each logit: through the final
-    norm's weight (its scale taken as 1) and the unembedding."""
-    w = model.ln_final.weight
-    return np.asarray((jnp.asarray(direction, jnp.float32) * w) @ model.W_U.astype(jnp.float32))
+    """Direct effect of writing ``direction [D]`` into the residual stream on each logit (``[V]``; a stack of
+    directions ``[n D]`` gives ``[n V]``): through the final norm's weight (its scale taken as 1) and the
+    unembedding."""
+    return np.asarray(_logit_effects(model, jnp.asarray(direction)))
+
+
+@eqx.filter_jit
+def _logit_effects(model, directions):
+    # inside jit, a tied model's W_U (the embedding's transpose) is read in place, never copied
+    return (directions.astype(jnp.float32) * model.ln_final.weight) @ model.W_U.astype(jnp.float32)
+
+
+@eqx.filter_jit
+def _top_logit_effects(model, directions, n: int):
+    eff = _logit_effects(model, directions)
+    top, top_ids = jax.lax.top_k(eff, n)
+    bottom, bottom_ids = jax.lax.top_k(-eff, n)
+    return top, top_ids, -bottom, bottom_ids
+
+
+LOGIT_CHUNK = 256  # latents whose [chunk V] logit effects are formed at once
 
 
 def feature_card(model, dictionary, index: FeatureIndex, latent: int, *, n_contexts: int = 10, before: int = 12,
@@ -183,31 +221,63 @@ def feature_card(model, dictionary, index: FeatureIndex, latent: int, *, n_conte
                  explanations: Mapping | None = None) -> FeatureCard:
     """The dashboard of one latent from a :class:`FeatureIndex` (contexts at distinct positions, best first);
     ``explanations``: latent -> text, or an :class:`interp.explain.Explanations` (its labels, with scores)."""
+    return feature_cards(model, dictionary, index, [latent], n_contexts=n_contexts, before=before, after=after,
+                         n_logits=n_logits, bins=bins, labels=None if label is None else {latent: label},
+                         explanations=explanations)[0]
+
+
+def feature_cards(model, dictionary, index: FeatureIndex, latents, *, n_contexts: int = 10, before: int = 12,
+                  after: int = 4, n_logits: int = 8, bins: int = 30, labels=None,
+                  explanations: Mapping | None = None) -> list[FeatureCard]:
+    """:func:`feature_card` for each of ``latents``, in their order; the logit effects of many latents come from
+    one matmul per :data:`LOGIT_CHUNK` of them. ``labels``: the card titles, one per latent or a mapping
+    latent -> title (default ``"latent {f}"``)."""
+    latents = [int(f) for f in latents]
+    for f in latents:
+        if not 0 <= f < index.width:
+            raise IndexError(f"latent {f} is out of range: the dictionary has {index.width} latents")
+    n = min(n_logits, model.d_vocab)
+    effects = []
+    for i in range(0, len(latents), LOGIT_CHUNK):
+        chunk = latents[i:i + LOGIT_CHUNK]
+        size = min(LOGIT_CHUNK, 1 << (len(chunk) - 1).bit_length())  # a few shapes, a few compilations
+        rows = np.asarray(chunk + [chunk[-1]] * (size - len(chunk)))
+        effects.append([np.asarray(a)[:len(chunk)] for a in
+                        _top_logit_effects(model, jnp.asarray(dictionary.W_dec)[rows], n)])
+    top, top_ids, bottom, bottom_ids = (np.concatenate(parts) for parts in zip(*effects)) if effects else [[]] * 4
+    if hasattr(explanations, "labels"):  # an interp.explain.Explanations
+        explanations = explanations.labels()
+    if labels is None or isinstance(labels, Mapping):
+        labels = [(labels or {}).get(f) for f in latents]
+    elif len(labels) != len(latents):
+        raise ValueError(f"{len(labels)} labels for {len(latents)} latents; give one per latent, or a mapping")
+    cards = []
+    for j, f in enumerate(latents):
+        promoted = list(zip(token_strings(model, top_ids[j]), map(float, top[j])))
+        suppressed = list(zip(token_strings(model, bottom_ids[j]), map(float, bottom[j])))
+        cards.append(_card(model, index, f, n_contexts, before, after, bins, labels[j],
+                           (explanations or {}).get(f), promoted, suppressed))
+    return cards
+
+
+def _card(model, index: FeatureIndex, latent: int, n_contexts: int, before: int, after: int, bins: int, label,
+          explanation, promoted, suppressed) -> FeatureCard:
     pos, val = index.entries(latent)
     _N, T = index.tokens.shape
     order = np.argsort(-val)[:n_contexts]
-    acts_grid = None
     contexts = []
-    if len(order):
-        acts_grid = index.activations(latent)
+    acts_grid = index.activations(latent) if len(order) else None
     for o in order:
         r, t = divmod(int(pos[o]), T)
         lo, hi = max(0, t - before), min(T, t + after + 1)
-        ids = index.tokens[r, lo:hi]
-        strs = token_strings(model, ids)
+        strs = token_strings(model, index.tokens[r, lo:hi])
         contexts.append({"tokens": list(strs), "acts": [float(a) for a in acts_grid[r, lo:hi]], "center": t - lo,
                          "value": float(val[o]), "row": r, "pos": t})
     counts, edges = np.histogram(val, bins=bins) if len(val) else (np.zeros(0), np.zeros(1))
-    eff = logit_effects(model, dictionary.W_dec[latent])
-    top, bottom = np.argsort(-eff)[:n_logits], np.argsort(eff)[:n_logits]
-    if hasattr(explanations, "labels"):  # an interp.explain.Explanations
-        explanations = explanations.labels()
-    expl = (explanations or {}).get(latent)
     return FeatureCard(
         latent=int(latent), label=label or f"latent {latent}", density=float(len(val) / max(index.n_tokens, 1)),
         n_active=len(val), max_act=float(val.max()) if len(val) else 0.0, contexts=contexts,
-        hist_counts=counts, hist_edges=edges, promoted=list(zip(token_strings(model, top), map(float, eff[top]))),
-        suppressed=list(zip(token_strings(model, bottom), map(float, eff[bottom]))), explanation=expl)
+        hist_counts=counts, hist_edges=edges, promoted=promoted, suppressed=suppressed, explanation=explanation)
 
 
 def graph_cards(model, transcoders, graph, tokens, *, indices: dict | None = None,
@@ -223,9 +293,12 @@ def graph_cards(model, transcoders, graph, tokens, *, indices: dict | None = Non
         indices.update(feature_indices(
             model, {l: (transcoders.dictionaries[l], transcoders.hook_in.format(layer=l)) for l in missing}, tokens,
             skip_positions=transcoders.skip_positions))
-    cards = {}
+    by_layer: dict[int, list[tuple[int, int]]] = {}
     for i in feats:
-        l, f = int(graph.feature_layer[i - s.start]), int(graph.feature_id[i - s.start])
-        cards[i] = feature_card(model, transcoders.dictionaries[l], indices[l], f, label=graph.label(i), n_contexts=6,
-                                explanations=(explanations or {}).get(l))
-    return cards
+        by_layer.setdefault(int(graph.feature_layer[i - s.start]), []).append((i, int(graph.feature_id[i - s.start])))
+    cards = {}
+    for l, nodes in by_layer.items():
+        made = feature_cards(model, transcoders.dictionaries[l], indices[l], [f for _, f in nodes], n_contexts=6,
+                             labels=[graph.label(i) for i, _ in nodes], explanations=(explanations or {}).get(l))
+        cards.update(zip((i for i, _ in nodes), made))
+    return {i: cards[i] for i in feats}
