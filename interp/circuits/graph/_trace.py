@@ -71,28 +71,47 @@ def _reconstruction(tc: Replacement, n2, pair_writes, out_layer, pos):
 def _rows(model, tc, tokens, frozen, embed_w, writes, at_final, layer, pos, vec, pairs, errors, n_cols):
     """Incoming direct effects of a batch of N targets. Target i reads direction ``vec[i] [D]`` at position
     ``pos[i]`` of the transcoder input of ``layer[i]`` (or of the final normalised stream when ``at_final[i]``).
-    ``pairs``: the writes of the active features (see ``_writes_of_active``).
+    ``pairs``: the writes of the active features, either ``[L T k D]`` by slot (each feature writes to its own
+    layer's MLP output, see ``_slot_writes``) or the (write, output layer, position, column) lists of
+    ``_writes_of_active``.
     Returns (features [N n_cols], errors [N L T], embeddings [N T])."""
     L, T, D = errors.shape
-    pair_writes, out_layer, pair_pos, col = pairs
 
     def f(e, w):
         n2, nf, _ = frozen_forward(model, tc, tokens, frozen, e, w)
         return n2[:, 0], nf[0]
 
-    _, vjp = jax.vjp(f, embed_w, writes)
+    # the writes go in one array per layer: the gradient of indexing one [L 1 T D] array would pad every layer's
+    # gradient out to the whole array, L of them alive at once
+    _, vjp = jax.vjp(f, embed_w, tuple(writes[l] for l in range(L)))
 
     def one(fin, l, p, v):
         v = v.astype(jnp.float32)
         ci = jnp.zeros((L, T, D), jnp.float32).at[l, p].set(jnp.where(fin, 0.0, v))
         cf = jnp.zeros((T, D), jnp.float32).at[p].set(jnp.where(fin, v, 0.0))
         g_embed, g_writes = vjp((ci.astype(writes.dtype), cf.astype(writes.dtype)))
-        g_w = g_writes[:, 0].astype(jnp.float32)  # [L T D]
-        per_pair = jnp.sum(g_w[out_layer, pair_pos] * pair_writes, axis=-1)
-        return (jnp.zeros(n_cols, jnp.float32).at[col].add(per_pair), jnp.einsum("LTD,LTD->LT", g_w, errors),
+        g_w = jnp.stack([g[0] for g in g_writes]).astype(jnp.float32)  # [L T D]
+        if isinstance(pairs, tuple):
+            pair_writes, out_layer, pair_pos, col = pairs
+            per_pair = jnp.sum(g_w[out_layer, pair_pos] * pair_writes, axis=-1)
+            feats = jnp.zeros(n_cols, jnp.float32).at[col].add(per_pair)
+        else:  # slot s of position t in layer l is column (l T + t) k + s: no gather, no scatter
+            feats = jnp.einsum("LTD,LTKD->LTK", g_w, pairs).reshape(-1)
+        return (feats, jnp.einsum("LTD,LTD->LT", g_w, errors),
                 jnp.einsum("TD,TD->T", g_embed[0].astype(jnp.float32), embed_w[0].astype(jnp.float32)))
 
     return jax.vmap(one)(at_final, layer, pos, vec)
+
+
+def _slot_writes(tc: Replacement, vals: np.ndarray, ids: np.ndarray):
+    """``[L T k D]``: what each feature slot writes to its own layer's MLP output (activation x decoder row; zero
+    for an empty slot), for transcoders whose features write to one layer only; None for a cross-layer set."""
+    L, T, k = vals.shape
+    if any(tc.span(l) != 1 for l in range(L)):
+        return None
+    rows = [tc.decoder_rows(l, jnp.asarray(ids[l].reshape(-1)))[:, 0].astype(jnp.float32)
+            * jnp.asarray(vals[l].reshape(-1), jnp.float32)[:, None] for l in range(L)]
+    return jnp.stack(rows).reshape(L, T, k, -1)
 
 
 class _Rows:
@@ -139,7 +158,7 @@ def trace(
     their probability mass reaches ``logit_prob``. Feature nodes: active features chosen greedily by their
     estimated influence on those logits (recomputed after each batch of targets) up to ``max_feature_nodes``;
     the others' effects are left out of the graph. ``batch_size`` targets share one batched VJP (default:
-    16, fewer for long prompts so that batch x tokens stays at 1024, which bounds memory).
+    16, fewer for prompts past 256 tokens so that batch x tokens stays at 4096, which bounds memory).
     ``k_per_position`` (default: the most features active at any position) sets the feature slots per position.
     """
     if len(tc) != model.n_layers:
@@ -149,7 +168,7 @@ def trace(
         raise ValueError(f"trace takes one prompt; got a batch of {tokens.shape[0]}")
     L, T = model.n_layers, tokens.shape[1]
     if batch_size is None:
-        batch_size = max(1, min(16, 1024 // T))
+        batch_size = max(1, min(16, 4096 // T))
     if T <= tc.skip_positions:
         raise ValueError(f"the prompt has {T} tokens but the transcoders skip the first {tc.skip_positions}: "
                          "trace a longer prompt")
@@ -163,6 +182,9 @@ def trace(
     acts_np, ids_np = np.asarray(vals), np.asarray(ids)
     pairs = _writes_of_active(tc, acts_np, ids_np)
     recons, skips = _reconstruction(tc, n2.astype(jnp.float32), *pairs[:3])
+    slots = _slot_writes(tc, acts_np, ids_np)
+    row_pairs = pairs if slots is None else slots
+    del pairs  # row_pairs holds what the rows read
     errors = (mlp_out - recons).astype(jnp.float32)  # [L T D]; at skipped positions: mlp_out - b_dec - skip
     embed_w = cache["hook_embed"]
     # what each layer writes besides its skip term (features + decoder bias + error): the MLP output minus the skip
@@ -187,7 +209,7 @@ def trace(
                         jnp.asarray(np.r_[at_final, np.zeros(pad, bool)]),
                         jnp.asarray(np.r_[layer, np.zeros(pad, int)], jnp.int32),
                         jnp.asarray(np.r_[pos, np.zeros(pad, int)], jnp.int32),
-                        jnp.concatenate([vec, jnp.zeros((pad, vec.shape[1]), vec.dtype)]), pairs, errors,
+                        jnp.concatenate([vec, jnp.zeros((pad, vec.shape[1]), vec.dtype)]), row_pairs, errors,
                         acts_np.size)
         rows.add(np.asarray(f)[:n].reshape(n, -1), np.asarray(e)[:n].reshape(n, -1), np.asarray(m)[:n])
 
@@ -232,7 +254,8 @@ def trace(
     return Graph(np.asarray(tokens)[0], list(str_tokens), l_idx.astype(int), p_idx.astype(int),
                  ids_np[l_idx, p_idx, s_idx].astype(int), acts_np[l_idx, p_idx, s_idx].astype(np.float32), L,
                  logit_tokens.astype(int), probs[logit_tokens], logit_strs, adj,
-                 info={"n_active_features": int(active.size), "max_feature_nodes": max_feature_nodes})
+                 info={"n_active_features": int(active.size), "max_feature_nodes": max_feature_nodes,
+                       "batch_size": batch_size})
 
 
 def _final_weight_vjp(model, normalized):
