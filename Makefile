@@ -9,7 +9,7 @@ PIP := $(PY) -m pip --disable-pip-version-check -q
 LAB_PORT ?= 8888
 ROOT_FLAG := $(if $(filter 0,$(shell id -u)),--allow-root,)
 
-.PHONY: demo test test-fast lint lab bench install browser clean
+.PHONY: demo test test-fast lint lab bench dashboard-peer circuit-tracer-peer install browser clean
 
 $(VENV)/bin/python:
 	$(PYTHON) -m venv $(VENV)
@@ -77,5 +77,23 @@ bench: $(VENV)/.installed-test
 	$(PY) benchmarks/sae_train.py
 	$(PY) benchmarks/patching.py
 
+# sae-dashboard, the peer of benchmarks/dashboards.py, in its own venv (it needs transformer-lens 2 and
+# transformers < 4.57, which .venv's versions rule out).
+DASH_VENV ?= .venv-dashboard
+
+$(DASH_VENV)/.installed: benchmarks/peer_envs/dashboard.sh
+	PYTHON=$(PYTHON) bash benchmarks/peer_envs/dashboard.sh $(DASH_VENV)
+
+dashboard-peer: $(DASH_VENV)/.installed
+
+# circuit-tracer, the peer of benchmarks/graph_vs_circuit_tracer.py, in its own venv (it needs nnsight 0.7 and
+# transformers 4.57, which .venv's versions rule out).
+CT_VENV ?= .venv-circuit-tracer
+
+$(CT_VENV)/.installed: benchmarks/peer_envs/circuit_tracer.sh
+	PYTHON=$(PYTHON) bash benchmarks/peer_envs/circuit_tracer.sh $(CT_VENV)
+
+circuit-tracer-peer: $(CT_VENV)/.installed
+
 clean:
-	rm -rf $(VENV) *.egg-info
+	rm -rf $(VENV) $(DASH_VENV) $(CT_VENV) *.egg-info
