@@ -144,7 +144,8 @@ def our_run(args) -> dict:
     for _ in range(args.calls):
         t0 = time.perf_counter()
         g = G.trace(model, tc, tokens, max_logits=args.max_logits, logit_prob=args.logit_prob,
-                    max_feature_nodes=args.max_feature_nodes, batch_size=args.batch_size)
+                    max_feature_nodes=args.max_feature_nodes, batch_size=args.batch_size,
+                    rerank_every=args.rerank_every)
         times.append(time.perf_counter() - t0)
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
     active, values = active_features(model, tc, tokens)
@@ -262,6 +263,8 @@ def main() -> None:
     ap.add_argument("--max-logits", type=int, default=10)
     ap.add_argument("--logit-prob", type=float, default=0.95)
     ap.add_argument("--batch-size", type=int, default=None, help="ours: targets per batched VJP (default: trace's)")
+    ap.add_argument("--rerank-every", type=int, default=4, help="ours: batches per influence ranking (trace's "
+                    "default; circuit-tracer's update_interval is 4)")
     ap.add_argument("--peer-batch-size", type=int, default=16, help="circuit-tracer: targets per backward pass")
     ap.add_argument("--calls", type=int, default=2, help="traces per process (the first includes compilation)")
     ap.add_argument("--top-edges", type=int, default=50)
@@ -326,6 +329,7 @@ def report(args, model, tc, work: Path) -> None:
             try:
                 ours = run_limited([sys.executable, __file__, "--one", str(work / f"tokens_{n}.npy"),
                                     "--out", str(work / f"ours_{n}.npz"), "--transcoders", args.transcoders, *common,
+                                    "--rerank-every", str(args.rerank_every),
                                     *(["--batch-size", str(args.batch_size)] if args.batch_size else [])], env, limit)
             except RuntimeError as e:
                 notes.append(f"interp at {n} tokens: {e}")
@@ -372,8 +376,10 @@ def report(args, model, tc, work: Path) -> None:
     if any(r[3] for r in results):
         v = next(r[3] for r in results if r[3])
         print("what differs:")
+        ours_b = next((r[2]["batch_size"] for r in results if r[2]), "?")
         print("  feature choice: both greedy by influence on the logits estimated from the rows traced so far; ours "
-              f"re-ranks after every batch, theirs after every 4 batches of {args.peer_batch_size}")
+              f"re-ranks every {args.rerank_every} batches of {ours_b} (each batch's targets from the lowest layer "
+              f"up), theirs every 4 batches of {args.peer_batch_size}")
         print("  position 0: theirs zeroes its error nodes, ours keep them (left out of the edge comparison)")
         print(f"  runtime: ours JAX (jit, float32); theirs circuit-tracer {v['versions']['circuit-tracer']}, nnsight "
               f"{v['versions']['nnsight']}, transformers {v['versions']['transformers']}, torch "

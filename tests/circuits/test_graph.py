@@ -86,10 +86,76 @@ def test_edges_sum_to_their_targets(tiny3, tc, pair, traced):
             assert g.feature_layer[src] < g.feature_layer[t] and g.feature_pos[src] <= g.feature_pos[t]
 
 
+def test_frozen_forward_up_to_a_layer(tiny3, tc, pair):
+    """With ``top`` only blocks 0..top run: their transcoder inputs, and gradients of what reads them, are those of
+    the whole replacement model; the inputs above come back as zeros."""
+    import jax
+
+    tokens = pair[0][:1]
+    _, cache = tiny3.run_with_cache(tokens, G._frozen_names(tiny3, tc))
+    frozen = {n: cache[n] for n in cache if n.endswith("hook_scale") or n.endswith("attn.hook_pattern")}
+    L = tiny3.n_layers
+    writes = jnp.stack([cache[tc.hook_out.format(layer=l)] for l in range(L)])
+    full, final, logits = G.frozen_forward(tiny3, tc, tokens, frozen, cache["hook_embed"], writes)
+    probe = jax.random.normal(jax.random.key(0), full.shape[-1:])
+
+    def read(top, layer):
+        def f(e, w):
+            n2 = G.frozen_forward(tiny3, tc, tokens, frozen, e, w, top)[0]
+            return jnp.sum(n2[layer, 0] @ probe)
+        return jax.grad(f, argnums=(0, 1))(cache["hook_embed"], writes)
+
+    for top in range(L):
+        n2, _, _ = jax.jit(lambda t: G.frozen_forward(tiny3, tc, tokens, frozen, cache["hook_embed"], writes, t))(top)
+        np.testing.assert_allclose(n2[:top + 1], full[:top + 1], rtol=1e-6, atol=1e-6)
+        assert not np.asarray(n2[top + 1:]).any()
+        for a, b in zip(jax.tree.leaves(read(jnp.asarray(top), top)), jax.tree.leaves(read(None, top))):
+            np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+    _, final_top, logits_top = G.frozen_forward(tiny3, tc, tokens, frozen, cache["hook_embed"], writes, L)
+    np.testing.assert_allclose(logits_top, logits, rtol=1e-5, atol=1e-5)
+
+
+def test_reranking_every_few_batches_keeps_the_edges(tiny3, tc, pair, traced):
+    """Every feature traced either way: re-ranking after every batch of 4 gives the same graph, node for node, as
+    re-ranking every 4 batches of 8 (each sorted by layer, so most skip the upper blocks)."""
+    g = G.trace(tiny3, tc, pair[0][0], max_feature_nodes=10_000, max_logits=3, batch_size=4, rerank_every=1)
+    key = lambda gr: list(zip(gr.feature_layer.tolist(), gr.feature_pos.tolist(), gr.feature_id.tolist()))  # noqa: E731
+    where = {k: i for i, k in enumerate(key(g))}
+    assert sorted(where) == sorted(key(traced))
+    F = traced.n_features
+    order = np.r_[[where[k] for k in key(traced)], np.arange(F, g.adjacency.shape[0])]
+    np.testing.assert_allclose(g.adjacency[np.ix_(order, order)], traced.adjacency, rtol=1e-4, atol=1e-5)
+
+
 def test_frozen_ablation_moves_a_logit_by_its_edge(tiny3, tc, pair, traced):
     g = traced
     j = int(np.argmax(np.abs(g.adjacency[g.slices()["logit"].start, : g.n_features])))
     check_frozen_ablation(tiny3, tc, pair[0][:1], g, j)
+
+
+def test_tracing_influence_is_the_sum_over_paths():
+    """The influence that picks the next targets: direct effect on the logits plus every path through traced
+    features, checked against summing the paths one length at a time."""
+    from interp.circuits.graph._trace import _Rows
+
+    rng = np.random.default_rng(0)
+    K, F, cols = 3, 12, 40
+    visited = list(rng.permutation(cols)[:F])
+    rows = _Rows(K + F, cols, 5, 4)
+    for r in range(K + F):
+        f = rng.normal(size=(1, cols)).astype(np.float32)
+        if r >= K:  # target visited[r - K] only hears from features traced before it (no cycles)
+            f[0, visited[r - K:]] = 0.0
+        rows.add(f, rng.normal(size=(1, 5)).astype(np.float32), rng.normal(size=(1, 4)).astype(np.float32))
+    probs = rng.uniform(size=K)
+    direct = probs @ rows.norm[:K]
+    step, total = direct.copy(), direct.copy()
+    for _ in range(F + 1):  # paths through one more traced feature each round
+        step = step[visited] @ rows.norm[K:]
+        total += step
+    assert np.abs(step).max() == 0.0
+    np.testing.assert_allclose(rows.influence(probs, visited), total, rtol=1e-5, atol=1e-7)
+    np.testing.assert_allclose(rows.influence(probs, []), direct, rtol=1e-6)
 
 
 def test_influence_on_a_hand_built_graph():

@@ -71,14 +71,17 @@ def _reconstruction(tc: Replacement, n2, pair_writes, out_layer, pos):
 def _rows(model, tc, tokens, frozen, embed_w, writes, at_final, layer, pos, vec, pairs, errors, n_cols):
     """Incoming direct effects of a batch of N targets. Target i reads direction ``vec[i] [D]`` at position
     ``pos[i]`` of the transcoder input of ``layer[i]`` (or of the final normalised stream when ``at_final[i]``).
-    ``pairs``: the writes of the active features, either ``[L T k D]`` by slot (each feature writes to its own
-    layer's MLP output, see ``_slot_writes``) or the (write, output layer, position, column) lists of
-    ``_writes_of_active``.
-    Returns (features [N n_cols], errors [N L T], embeddings [N T])."""
+    ``pairs``: None when every feature writes to its own layer only (the gradient at the writes then comes back,
+    and ``_feature_rows`` dots it with the slot writes of ``_slot_writes`` on the host), or the (write, output
+    layer, position, column) lists of ``_writes_of_active`` for a cross-layer set.
+    Returns (features [N n_cols], or the gradient at the writes [N L T D] when ``pairs`` is None; errors [N L T];
+    embeddings [N T])."""
     L, T, D = errors.shape
+    # the deepest block any target reads from: the blocks above it carry no gradient and are skipped
+    top = jnp.max(jnp.where(at_final, L, layer))
 
     def f(e, w):
-        n2, nf, _ = frozen_forward(model, tc, tokens, frozen, e, w)
+        n2, nf, _ = frozen_forward(model, tc, tokens, frozen, e, w, top)
         return n2[:, 0], nf[0]
 
     # the writes go in one array per layer: the gradient of indexing one [L 1 T D] array would pad every layer's
@@ -91,16 +94,31 @@ def _rows(model, tc, tokens, frozen, embed_w, writes, at_final, layer, pos, vec,
         cf = jnp.zeros((T, D), jnp.float32).at[p].set(jnp.where(fin, v, 0.0))
         g_embed, g_writes = vjp((ci.astype(writes.dtype), cf.astype(writes.dtype)))
         g_w = jnp.stack([g[0] for g in g_writes]).astype(jnp.float32)  # [L T D]
-        if isinstance(pairs, tuple):
-            pair_writes, out_layer, pair_pos, col = pairs
-            per_pair = jnp.sum(g_w[out_layer, pair_pos] * pair_writes, axis=-1)
-            feats = jnp.zeros(n_cols, jnp.float32).at[col].add(per_pair)
-        else:  # slot s of position t in layer l is column (l T + t) k + s: no gather, no scatter
-            feats = jnp.einsum("LTD,LTKD->LTK", g_w, pairs).reshape(-1)
-        return (feats, jnp.einsum("LTD,LTD->LT", g_w, errors),
-                jnp.einsum("TD,TD->T", g_embed[0].astype(jnp.float32), embed_w[0].astype(jnp.float32)))
+        emb = jnp.einsum("TD,TD->T", g_embed[0].astype(jnp.float32), embed_w[0].astype(jnp.float32))
+        if pairs is None:
+            return g_w, emb
+        pair_writes, out_layer, pair_pos, col = pairs
+        per_pair = jnp.sum(g_w[out_layer, pair_pos] * pair_writes, axis=-1)
+        return jnp.zeros(n_cols, jnp.float32).at[col].add(per_pair), jnp.einsum("LTD,LTD->LT", g_w, errors), emb
 
     return jax.vmap(one)(at_final, layer, pos, vec)
+
+
+def _feature_rows(g_w: np.ndarray, slots: np.ndarray, errors: np.ndarray, top: int):
+    """Rows from the gradient at the writes ``g_w [N L T D]`` of a batch whose targets read no deeper than layer
+    ``top`` (zero gradient above it): features ``[N L*T*k]`` (slot s of position t in layer l is column
+    (l T + t) k + s: the gradient dotted with the slot's write, ``slots [L T k D]``) and errors ``[N L*T]``.
+    numpy's einsum runs these many small products as matrix products; XLA's CPU backend runs this batched
+    contraction an order of magnitude slower."""
+    N, L, T, D = g_w.shape
+    k = slots.shape[2]
+    m = min(top + 1, L) * T
+    g = g_w.reshape(N, L * T, D)[:, :m]
+    feats = np.zeros((N, L * T, k), np.float32)
+    feats[:, :m] = np.einsum("nbd,bkd->nbk", g, slots.reshape(L * T, k, D)[:m], optimize=True)
+    err = np.zeros((N, L * T), np.float32)
+    err[:, :m] = np.einsum("nbd,bd->nb", g, errors.reshape(L * T, D)[:m], optimize=True)
+    return feats.reshape(N, -1), err
 
 
 def _slot_writes(tc: Replacement, vals: np.ndarray, ids: np.ndarray):
@@ -134,33 +152,40 @@ class _Rows:
         self.norm[sl] = a / np.maximum(total, 1e-30)[:, None]
         self.n += k
 
-    def influence(self, logit_probs: np.ndarray, visited: list[int], depth: int) -> np.ndarray:
-        """Estimated influence on the logits of every feature column (paths through traced targets only)."""
+    def influence(self, logit_probs: np.ndarray, visited: list[int]) -> np.ndarray:
+        """Estimated influence on the logits of every feature column (paths through traced targets only): the
+        direct part ``d`` plus, through the traced features, ``x @ rows`` where ``x = d[visited] + x A`` and ``A``
+        holds the edges among them; ``A`` has no cycles (edges go to later layers), so ``x`` solves
+        ``x (I - A) = d[visited]`` exactly, in one F x F solve and one pass over the rows."""
         K, F = len(logit_probs), len(visited)
         direct = logit_probs @ self.norm[:K]
-        inf = direct
-        for _ in range(depth + 1):
-            new = direct + (inf[visited] @ self.norm[K:K + F] if F else 0.0)
-            if np.allclose(new, inf, rtol=1e-6, atol=1e-12):
-                break
-            inf = new
-        return inf
+        if not F:
+            return direct
+        feats = self.norm[K:K + F]
+        A = feats[:, visited].astype(np.float64)
+        x = np.linalg.solve(np.eye(F) - A.T, direct[visited].astype(np.float64))
+        return direct + x.astype(np.float32) @ feats
 
 
 def trace(
     model, tc: Replacement, prompt: str | Int[ArrayLike, " T"], *, max_logits: int = 10, logit_prob: float = 0.95,
     max_feature_nodes: int = 512, batch_size: int | None = None, k_per_position: int | None = None,
-    progress: bool = False,
+    rerank_every: int = 4, progress: bool = False,
 ) -> Graph:
     """The attribution graph of ``prompt`` (text or ids ``[T]``) under the replacement model.
 
     Logit nodes: the most likely next tokens at the last position, up to ``max_logits`` of them or until
     their probability mass reaches ``logit_prob``. Feature nodes: active features chosen greedily by their
-    estimated influence on those logits (recomputed after each batch of targets) up to ``max_feature_nodes``;
-    the others' effects are left out of the graph. ``batch_size`` targets share one batched VJP (default:
-    16, fewer for prompts past 256 tokens so that batch x tokens stays at 4096, which bounds memory).
+    estimated influence on those logits up to ``max_feature_nodes``; the others' effects are left out of the
+    graph. The influence is recomputed every ``rerank_every`` batches of targets (as circuit-tracer's
+    ``update_interval``): the top ``batch_size x rerank_every`` candidates of one ranking are traced lowest layer
+    first, and each batch's VJP runs only the blocks up to its deepest target. ``batch_size`` targets share one
+    batched VJP (default: 16, fewer for prompts past 256 tokens so that batch x tokens stays at 4096, which bounds
+    memory).
     ``k_per_position`` (default: the most features active at any position) sets the feature slots per position.
     """
+    if rerank_every < 1:
+        raise ValueError(f"rerank_every must be at least 1, got {rerank_every}")
     if len(tc) != model.n_layers:
         raise ValueError(f"{len(tc)} transcoders for a {model.n_layers}-layer model; need one per layer")
     tokens, _, _ = model.check_inputs(prompt, None, None)
@@ -183,9 +208,11 @@ def trace(
     pairs = _writes_of_active(tc, acts_np, ids_np)
     recons, skips = _reconstruction(tc, n2.astype(jnp.float32), *pairs[:3])
     slots = _slot_writes(tc, acts_np, ids_np)
-    row_pairs = pairs if slots is None else slots
-    del pairs  # row_pairs holds what the rows read
+    row_pairs = None if slots is not None else pairs
+    slots_np = None if slots is None else np.asarray(slots)
+    del pairs, slots  # what the rows read: row_pairs (cross-layer) or slots_np
     errors = (mlp_out - recons).astype(jnp.float32)  # [L T D]; at skipped positions: mlp_out - b_dec - skip
+    errors_np = np.asarray(errors)
     embed_w = cache["hook_embed"]
     # what each layer writes besides its skip term (features + decoder bias + error): the MLP output minus the skip
     writes = (mlp_out.astype(jnp.float32) - skips)[:, None]  # [L 1 T D]
@@ -199,19 +226,36 @@ def trace(
     dirs = W_U[:, logit_tokens] - W_U.mean(axis=1, keepdims=True)  # [D K]: logit minus the mean logit
     w_f = _final_weight_vjp(model, cache["ln_final.hook_normalized"])
     active = np.flatnonzero(acts_np.reshape(-1) > 0)  # flat index into [L T k]
+    k_slots = acts_np.shape[2]
     budget = min(max_feature_nodes, active.size)
     rows = _Rows(K + budget, acts_np.size, L * T, T)
+
+    encoders: dict[int, tuple[np.ndarray, np.ndarray]] = {}
+
+    def directions(l: int, feature: int) -> np.ndarray:
+        """Encoder direction ``[D]`` of an active feature, from one gather per layer of its active features' ones."""
+        if l not in encoders:
+            f_l = np.unique(ids_np[l][acts_np[l] > 0])
+            encoders[l] = (f_l, np.asarray(tc.encoder_direction(l, jnp.asarray(f_l)), np.float32).T)
+        f_l, dirs_l = encoders[l]
+        return dirs_l[np.searchsorted(f_l, feature)]
 
     def run(at_final, layer, pos, vec):
         n = len(layer)
         pad = batch_size - n  # one batch shape, one compilation
-        f, e, m = _rows(model, tc, tokens, frozen, embed_w, writes,
-                        jnp.asarray(np.r_[at_final, np.zeros(pad, bool)]),
-                        jnp.asarray(np.r_[layer, np.zeros(pad, int)], jnp.int32),
-                        jnp.asarray(np.r_[pos, np.zeros(pad, int)], jnp.int32),
-                        jnp.concatenate([vec, jnp.zeros((pad, vec.shape[1]), vec.dtype)]), row_pairs, errors,
-                        acts_np.size)
-        rows.add(np.asarray(f)[:n].reshape(n, -1), np.asarray(e)[:n].reshape(n, -1), np.asarray(m)[:n])
+        vec = np.asarray(vec, np.float32)
+        out = _rows(model, tc, tokens, frozen, embed_w, writes, jnp.asarray(np.r_[at_final, np.zeros(pad, bool)]),
+                    jnp.asarray(np.r_[layer, np.zeros(pad, int)], jnp.int32),
+                    jnp.asarray(np.r_[pos, np.zeros(pad, int)], jnp.int32),
+                    jnp.asarray(np.concatenate([vec, np.zeros((pad, vec.shape[1]), np.float32)])), row_pairs,
+                    errors, acts_np.size)
+        if slots_np is None:
+            f, e, m = (np.asarray(a)[:n] for a in out)
+        else:
+            top = L if at_final.any() else int(np.max(layer))
+            f, e = _feature_rows(np.asarray(out[0])[:n], slots_np, errors_np, top)
+            m = np.asarray(out[1])[:n]
+        rows.add(f.reshape(n, -1), e.reshape(n, -1), m)
 
     logit_vecs = w_f(dirs.T)  # [K D]: gradient of (logit - mean logit) w.r.t. the final normalised stream
     for s in range(0, K, batch_size):
@@ -221,16 +265,18 @@ def trace(
     # feature targets, chosen by their influence estimated from the rows so far
     visited: list[int] = []
     while len(visited) < budget:
-        inf = rows.influence(probs[logit_tokens], visited, L)
+        inf = rows.influence(probs[logit_tokens], visited)
         inf[visited] = -1.0
         order = active[np.argsort(-inf[active])]
-        cand = [int(c) for c in order[: min(batch_size, budget - len(visited))] if inf[c] > 0]
+        cand = [int(c) for c in order[: min(batch_size * rerank_every, budget - len(visited))] if inf[c] > 0]
         if not cand:
             break
-        l_c, p_c, s_c = np.unravel_index(np.asarray(cand), acts_np.shape)
-        vec = jnp.stack([tc.encoder_direction(int(l), int(ids_np[l, p, sl]))
-                         for l, p, sl in zip(l_c, p_c, s_c)]).astype(jnp.float32)
-        run(np.zeros(len(cand), bool), l_c, p_c, vec)
+        # lowest layers first: a batch's VJP runs only the blocks up to its deepest target
+        cand = sorted(cand, key=lambda c: c // (T * k_slots))
+        for s in range(0, len(cand), batch_size):
+            l_c, p_c, s_c = np.unravel_index(np.asarray(cand[s:s + batch_size]), acts_np.shape)
+            run(np.zeros(len(l_c), bool), l_c, p_c, np.stack([directions(l, int(ids_np[l, p, sl]))
+                                                              for l, p, sl in zip(l_c, p_c, s_c)]))
         visited += cand
         if progress:
             print(f"traced {len(visited)}/{budget} features", flush=True)
