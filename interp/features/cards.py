@@ -165,13 +165,17 @@ class FeatureCard(Result):
 
     def figures(self) -> list:
         """The activation histogram (when the latent fires) and the direct logit effect, as plotly figures."""
-        from interp.viz.figures import histogram_figure, logit_effect_figure
+        return [spec.figure() for spec in self.figure_specs()]
 
-        figs = []
+    def figure_specs(self) -> list:
+        """:meth:`figures` as plain data (:class:`interp.viz.figures.FigureSpec`), as a report draws them."""
+        from interp.viz.figures import histogram_spec, logit_effect_spec
+
+        specs = []
         if self.n_active:
-            figs.append(histogram_figure(self.hist_counts, self.hist_edges, title=f"{self.label}: activations"))
-        figs.append(logit_effect_figure(self.promoted, self.suppressed, title=f"{self.label}: direct logit effect"))
-        return figs
+            specs.append(histogram_spec(self.hist_counts, self.hist_edges, title=f"{self.label}: activations"))
+        specs.append(logit_effect_spec(self.promoted, self.suppressed, title=f"{self.label}: direct logit effect"))
+        return specs
 
     def html(self) -> str:
         """Header, statistics and highlighted contexts as an HTML fragment (figures not included)."""

@@ -26,6 +26,7 @@ from importlib import metadata
 from pathlib import Path
 
 from interp.viz import escape
+from interp.viz.figures import FigureSpec
 from interp.viz.views import HTML, Linked, result_view
 from interp.weights.fingerprint import weights_hash
 
@@ -188,6 +189,9 @@ class Report:
                 fid = f"figure-{n}"
                 if isinstance(part, HTML):
                     body.append(part.html)
+                elif isinstance(part, FigureSpec):  # plain data, drawn without plotly's validation
+                    body.append(pio.to_html(dict(part), include_plotlyjs=False, full_html=False, div_id=fid,
+                                            config=config, validate=False))
                 elif isinstance(part, Linked):
                     panel = f"panel-{n}"
                     panels = _json_for_script({str(k): v for k, v in part.panels.items()})

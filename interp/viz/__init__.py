@@ -2,8 +2,10 @@
 and :mod:`interp.report` collects them into one self-contained HTML file."""
 
 from interp.viz.figures import (
+    FigureSpec,
     attention_figure,
     bar_figure,
+    bar_spec,
     decomposition_figure,
     dla_figure,
     edge_circuit_figure,
@@ -14,10 +16,12 @@ from interp.viz.figures import (
     head_scores_figure,
     heatmap_figure,
     histogram_figure,
+    histogram_spec,
     intervention_figure,
     lens_cells,
     lens_figure,
     logit_effect_figure,
+    logit_effect_spec,
     monitor_figure,
     monitor_html,
     patching_figure,
@@ -30,9 +34,10 @@ from interp.viz.figures import (
 from interp.viz.views import HTML, Linked, result_view
 
 __all__ = [
-    "HTML", "Linked", "attention_figure", "bar_figure", "decomposition_figure", "dla_figure", "edge_circuit_figure",
+    "FigureSpec", "HTML", "Linked", "attention_figure", "bar_figure", "bar_spec", "decomposition_figure",
+    "dla_figure", "edge_circuit_figure",
     "escape", "feature_card_html", "graph_figure", "graph_layout", "head_scores_figure", "heatmap_figure",
-    "histogram_figure",
+    "histogram_figure", "histogram_spec", "logit_effect_spec",
     "score_distribution_figure",
     "intervention_figure", "lens_cells", "lens_figure", "logit_effect_figure", "monitor_figure", "monitor_html",
     "patching_figure", "probe_sweep_figure",

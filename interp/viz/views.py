@@ -1,6 +1,7 @@
 """The computations behind each view, shared by the notebook widgets (:mod:`interp.widgets`) and the static
-report (:mod:`interp.report`). Each ``*_view`` function returns a list of report parts: plotly figures,
-:class:`HTML` fragments and :class:`Linked` figures (a figure whose clicked markers reveal a panel)."""
+report (:mod:`interp.report`). Each ``*_view`` function returns a list of report parts: plotly figures (or their
+plain data, :class:`interp.viz.figures.FigureSpec`), :class:`HTML` fragments and :class:`Linked` figures (a figure
+whose clicked markers reveal a panel)."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from interp.viz.figures import (
+    FigureSpec,
     attention_figure,
     decomposition_figure,
     dla_figure,
@@ -109,7 +111,7 @@ def patching_view(result, *, normalized: bool = True) -> list:
 
 def feature_view(card) -> list:
     """A feature card: its HTML (contexts, statistics) and figures (histogram, logit effects)."""
-    return [HTML(feature_card_html(card)), *card.figures()]
+    return [HTML(feature_card_html(card)), *card.figure_specs()]
 
 
 def training_view(history) -> list:
@@ -219,6 +221,7 @@ def _views() -> list[tuple[type, object]]:
         (Intervention, lambda r: [summary_html(r), intervention_figure(r)]),
         (PromptSet, lambda r: [summary_html(r), _prompt_set_table(r)]),
         (FeatureCard, feature_view),
+        (FigureSpec, lambda r: [r]),
         (FeatureIndex, lambda r: [summary_html(r)]),
         (DictionaryMetrics, lambda r: [_metrics_table({k: v for k, v in r.as_dict().items() if v is not None})]),
         (TrainResult, _train_parts),

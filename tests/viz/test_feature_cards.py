@@ -110,3 +110,33 @@ def test_figures_carry_plotly_white_cut_to_2d_charts():
     assert set(got["data"]) == {"bar", "heatmap", "scatter"}
     assert all(got["data"][k] == full["data"][k] for k in got["data"])
     assert not {"geo", "polar", "scene", "ternary"} & set(got["layout"])
+
+
+def test_card_specs_are_valid_figures_and_fill_a_report(setup, tmp_path):
+    """A report draws cards from plain data built without plotly's validation: that data passes the validation
+    unchanged (the validated figure holds the same traces and layout), a FigureWidget takes it in place, and the
+    saved report holds each figure."""
+    import json
+
+    import plotly.graph_objects as go
+
+    from interp.report import Report
+    from interp.viz import FigureSpec
+
+    model, d, index, tokens, z = setup
+    f = int(np.argmax((z > 0).sum(axis=(0, 1))))
+    card = feature_card(model, d, index, f, n_contexts=3, bins=6)
+    specs = card.figure_specs()
+    assert len(specs) == 2 and all(isinstance(s, FigureSpec) for s in specs)
+    for spec, fig in zip(specs, card.figures()):
+        plain = json.loads(go.Figure(spec).to_json())  # validates every property
+        assert plain == json.loads(fig.to_json())
+        widget = go.FigureWidget()
+        assert json.loads(spec.figure(widget).to_json())["layout"] == plain["layout"]
+        assert len(widget.data) == 1
+        np.testing.assert_array_equal(widget.data[0].x, fig.data[0].x)
+    html = Report("cards").add(card).save(tmp_path / "r.html").read_text()
+    assert html.count('class="plotly-graph-div"') == 2 and card.label in html
+    bad = FigureSpec([{"type": "bar", "x": [1], "colour": "red"}], {})
+    with pytest.raises(ValueError, match="colour"):
+        bad.figure()
