@@ -71,7 +71,8 @@ def _layout(fig, title: str | None, height: int | None = None, **kw):
 class FigureSpec(dict):
     """A plotly figure as plain data (``{"data": [traces], "layout": {...}}``), built without plotly's property
     validation, which costs ~10 ms a figure: what a report of hundreds of feature cards draws.
-    :meth:`figure` gives the validated ``plotly.graph_objects.Figure``."""
+    :meth:`figure` gives the validated ``plotly.graph_objects.Figure``. Every spec holds the same template dict:
+    set ``layout["template"]`` to a new one rather than editing it."""
 
     def __init__(self, data: list[dict], layout: dict):
         _template()
