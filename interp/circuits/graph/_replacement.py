@@ -10,7 +10,7 @@ import jax.numpy as jnp
 from jaxtyping import Array, Float, Int
 
 from interp.hooks import act_name
-from interp.models._model import attention_inputs
+from interp.models import attention_inputs
 from interp.sae.clt import CrossLayerTranscoder
 from interp.sae.transcoders import Transcoders
 
