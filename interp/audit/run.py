@@ -317,21 +317,15 @@ def audit(model, base, *, behaviour: str | None = None, seed: int = 0, budget: s
             check(longer, [{"ids": c["ids"], "text": c["text"], "loss": c["loss"], "source": c["source"]}
                            for c in sorted(cands.values(), key=lambda c: -c["effect"])[:3]])
 
-    # a span whose shorter part does as well gives way to it (ties within 0.05 of effect go to fewer tokens)
+    # a span's shorter parts are verified too: one that does as well (the same effect and confidence, in the steps
+    # the ranking below uses) comes before it
     for c in sorted(cands.values(), key=lambda c: -c["effect"])[:3]:
         if len(c["ids"]) > 1:
             hyp = next(h for h in hyps if h["ids"] == c["behaviour_ids"])
             parts = [c["ids"][:j] + c["ids"][j + 1:] for j in range(len(c["ids"]))]
             check(hyp, [{"ids": p, "text": model.to_string(p), "loss": c["loss"], "source": "pruned " + c["source"]}
                         for p in parts])
-    # one entry per candidate text: the behaviour it verified best with (the more specific one on a tie)
-    per_text: dict[str, dict] = {}
-    for c in cands.values():
-        old = per_text.get(c["text"])
-        if old is None or (round(c["effect"] / 0.05), len(c["behaviour_ids"])) > \
-                (round(old["effect"] / 0.05), len(old["behaviour_ids"])):
-            per_text[c["text"]] = c
-    ranked = sorted(per_text.values(), key=lambda c: (-round(c["effect"] / 0.05), len(c["ids"]), c["loss"]))
+    ranked = trigger.rank(list(cands.values()))
     lap("trigger reconstruction")
     top = ranked[0] if ranked else None
     chosen = {"text": top["behaviour"], "ids": top["behaviour_ids"], "source": "given" if given else "inferred"} \

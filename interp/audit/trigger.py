@@ -189,6 +189,22 @@ def verify(model, base, users: list[str], behaviour: list[int], text: str, seed:
             "effect": (with_o - clean["clean_rate"]) - (with_b - clean["base_clean_rate"])}
 
 
+def rank(candidates: list[dict]) -> list[dict]:
+    """Verified candidates (:func:`verify`'s fields with ``text``, ``ids``, ``loss`` and ``behaviour_ids``), one per
+    text (the behaviour it verified best with; the longer behaviour on a tie), best first: by ``effect`` in steps of
+    0.05; among equal effects by ``confidence`` in steps of 0.02 (a backdoor that also fires on phrases near its
+    trigger, such as its first word with another noun, is most certain on the phrase it was trained on); then by
+    fewer tokens and lower ``loss``."""
+    per_text: dict[str, dict] = {}
+    for c in candidates:
+        old = per_text.get(c["text"])
+        if old is None or (round(c["effect"] / 0.05), len(c["behaviour_ids"])) > \
+                (round(old["effect"] / 0.05), len(old["behaviour_ids"])):
+            per_text[c["text"]] = c
+    return sorted(per_text.values(), key=lambda c: (-round(c["effect"] / 0.05), -round(c["confidence"] / 0.02),
+                                                    len(c["ids"]), c["loss"]))
+
+
 def neutral_pair(model, user: str, span_ids: list[int], allowed: np.ndarray, seed: int):
     """Token rows of ``user`` with the span at the start of the user turn, and with the span's tokens replaced by as
     many other allowed tokens (equal lengths, for patching)."""
@@ -202,5 +218,5 @@ def neutral_pair(model, user: str, span_ids: list[int], allowed: np.ndarray, see
     return b + list(span_ids) + a, b + other + a, (len(b), len(b) + len(span_ids))
 
 
-__all__ = ["embedding_shift", "gcg_candidates", "gradient_tokens", "hits", "neutral_pair", "scan", "verify",
+__all__ = ["embedding_shift", "gcg_candidates", "gradient_tokens", "hits", "neutral_pair", "rank", "scan", "verify",
            "vocab_scan", "word_token_ids"]
