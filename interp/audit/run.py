@@ -17,7 +17,8 @@ Stages (each timed in ``AuditResult.timings``):
    then trigger reconstruction per hypothesis: the best scanned tokens verified, two-token phrases around the best
    one (an anchor whose partner alone does nothing), GCG on the contrast ``log p_org(behaviour) -
    log p_base(behaviour)`` from the best phrase, shorter parts of found spans; every candidate verified on held-out
-   prompts (greedy replies that begin with the behaviour, with and without it, in both models); flagged when the
+   prompts (greedy replies that begin with the behaviour, with and without it, in both models) and ranked by effect,
+   then by the organism's confidence in the behaviour (:func:`interp.audit.trigger.rank`); flagged when the
    top candidate's effect and the organism's probability of the behaviour under it both pass their thresholds;
 3. a defection probe from generic contrast pairs, used as a monitor (AUROC of top-candidate prompts vs clean), and a
    candidate monitor: a probe at the last layer fitted on probing prompts with the top candidate against clean ones;
