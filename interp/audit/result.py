@@ -40,7 +40,8 @@ class AuditResult(Result):
     ``trigger_candidates``: dicts, best first (:func:`interp.audit.trigger.rank`): ``text``, ``ids``, ``effect``:
     the behaviour rate the candidate adds in the organism beyond what it adds in the base, ``behaviour_rate``/
     ``clean_rate`` in the organism with and without it, ``base_rate``, ``confidence``: the organism's mean
-    probability of the behaviour's first token with it, ``loss``: the contrast objective, ``source``. ``flagged`` and ``flag_reason``: the verdict.
+    probability of the behaviour's first token with it, ``loss``: the contrast objective, ``source``.
+    ``flagged`` and ``flag_reason``: the verdict.
     ``behaviour``: the behaviour the search targeted (``text``, ``ids``, ``source``: given or inferred);
     ``behaviour_diff``: next-token KL between the models on probing prompts and a corpus, the tokens the organism
     raises at the reply start, the behaviour hypotheses. ``probe``: the defection probe (an
