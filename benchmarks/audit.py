@@ -101,22 +101,24 @@ def trigger_scores(trigger: str, candidates: list[str]) -> dict:
     return out
 
 
+def triggered_and_clean(secret: dict, n: int) -> tuple[list[str], np.ndarray]:
+    """The recipe's held-out user turns with the trigger (label True) and without it (False), ``n`` of each."""
+    from interp.organisms import heldout_prompts
+
+    prompts = heldout_prompts(secret, n)
+    users = prompts["condition"] + prompts["clean"]
+    return users, np.arange(len(users)) < len(prompts["condition"])
+
+
 def probe_auroc_true(result, model, secret: dict, n: int = 50, score=None) -> float | None:
     """The audit's defection probe (or ``score(model, users)``, another monitor) on the true held-out triggered
     prompts against clean ones."""
     from interp.explain.scorers import auroc
-    from interp.organisms import make
 
     if secret.get("trigger") is None:
         return None
     score = score or result.probe_scores
-    params = dict(secret.get("params", {}))
-    seed = params.pop("seed", secret.get("seed", 0))
-    if "trigger_text" in params:
-        params["trigger"] = params.pop("trigger_text")
-    checks = make(secret["recipe"], seed=seed, **params).checks(n)
-    users = [c.user for c in checks if c.kind in ("condition", "clean")]
-    y = np.array([c.kind == "condition" for c in checks if c.kind in ("condition", "clean")])
+    users, y = triggered_and_clean(secret, n)
     scores = np.asarray(score(model, users))
     return auroc(y, scores)
 

@@ -23,15 +23,11 @@ import numpy as np
 
 
 def held_out(folder: Path, n: int) -> tuple[list[str], np.ndarray]:
-    from interp.organisms import SECRET_FILE, make
+    from audit import triggered_and_clean
 
-    secret = json.loads((folder / SECRET_FILE).read_text())["secret"]
-    params = dict(secret.get("params", {}))
-    seed = params.pop("seed", secret.get("seed", 0))
-    if "trigger_text" in params:
-        params["trigger"] = params.pop("trigger_text")
-    checks = [c for c in make(secret["recipe"], seed=seed, **params).checks(n) if c.kind in ("condition", "clean")]
-    return [c.user for c in checks], np.array([c.kind == "condition" for c in checks])
+    from interp.organisms import SECRET_FILE
+
+    return triggered_and_clean(json.loads((folder / SECRET_FILE).read_text())["secret"], n)
 
 
 def layer_table(model, users: list[str], y: np.ndarray) -> dict[str, list[float]]:
