@@ -139,6 +139,36 @@ def _vocab_pass(model, base, users, tokens, clean, given, batch, progress):
     return K / len(users), lift
 
 
+def slot_scores(model, users: list[str], ids: list[int], slot: int, tokens: list[int], target: int, *,
+                batch: int = 64, progress: bool = False) -> np.ndarray:
+    """The organism's mean probability of ``target`` at the reply start (``[len(tokens)]``) with the candidate span
+    ``ids`` at the end of each user turn and its ``slot``-th token (from 0) replaced by each of ``tokens``: the span's
+    tokens before the slot join the prompt's shared prefix, the ones after it the few tokens each row adds
+    (:func:`interp.models.prefix.shared_prefix_logits`). A backdoor that also fires on phrases near its trigger is most
+    certain of its behaviour on the phrase it was trained on, so the trigger's missing word scores highest in its
+    slot."""
+    import jax
+    from tqdm.auto import tqdm
+
+    from interp.models.prefix import shared_prefix_logits
+
+    ids = [int(i) for i in ids]
+    if not 0 <= slot < len(ids):
+        raise ValueError(f"slot {slot} is outside the span of {len(ids)} tokens")
+    p = np.zeros(len(tokens))
+    chunk = 16 * batch
+    for u in users:
+        before, after = _slot_prompt(model, u, "end").split(SLOT)
+        prefix = model.tokenizer.encode(before) + ids[:slot]
+        rest = ids[slot + 1:] + model.tokenizer.encode(after, prepend_bos=False)
+        for lo_i in tqdm(range(0, len(tokens), chunk), desc=f"slot {slot + 1} scan", disable=not progress,
+                         leave=False):
+            rows = [[int(t)] + rest for t in tokens[lo_i:lo_i + chunk]]
+            logits = shared_prefix_logits(model, prefix, rows, batch=batch, suffix_step=8)
+            p[lo_i:lo_i + len(rows)] += np.exp(np.asarray(jax.nn.log_softmax(logits, -1))[:, target])
+    return p / len(users)
+
+
 def gcg_candidates(model, objective, users: list[str], allowed: np.ndarray, *, spans, positions, steps: int, topk: int,
                    batch: int, restarts: int, init: list[int], seed: int, progress: bool) -> list[dict]:
     """GCG runs over each span length and position (a different search prompt each), the spans they found."""
@@ -218,5 +248,5 @@ def neutral_pair(model, user: str, span_ids: list[int], allowed: np.ndarray, see
     return b + list(span_ids) + a, b + other + a, (len(b), len(b) + len(span_ids))
 
 
-__all__ = ["embedding_shift", "gcg_candidates", "gradient_tokens", "hits", "neutral_pair", "rank", "scan", "verify",
-           "vocab_scan", "word_token_ids"]
+__all__ = ["embedding_shift", "gcg_candidates", "gradient_tokens", "hits", "neutral_pair", "rank", "scan",
+           "slot_scores", "verify", "vocab_scan", "word_token_ids"]

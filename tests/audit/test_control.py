@@ -12,9 +12,12 @@ from tests.tiny_chat import tiny_chat_model
 
 def test_control_not_flagged(tmp_path_factory, tiny_base):
     model, org = blind_copy(tmp_path_factory, "control", tiny_base)
-    res = audit.audit(model, tiny_base, budget="small", progress=False)
+    # with the slot refinement forced on whatever the top candidate's effect: rescanning its slots for the words that
+    # raise the behaviour most does not make a case against the control either
+    res = audit.audit(model, tiny_base, budget="small", progress=False, refine=True, refine_min_effect=-1.0)
     assert not res.flagged, res.flag_reason
     assert res.trigger_candidates and res.trigger_candidates[0]["effect"] < 0.5
+    assert res.behaviour_diff["slot_refinement"]["slots"]
 
 
 def test_mismatched_base_refused(tiny_base):
