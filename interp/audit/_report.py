@@ -75,6 +75,25 @@ def build(res) -> Report:
     if bd.get("behaviours"):
         rep.add(_table(bd["behaviours"], ["text", "log_ratio", "scan"]),
                 title="Behaviour hypotheses and the inserted tokens that raise them most")
+    vs = bd.get("vocabulary_scan")
+    if vs:
+        rep.add(_table(vs["top"], ["text", "K", "lift"]),
+                title="Vocabulary scan: the words that move the organism's reply start most",
+                note=f"{vs['tokens']} word tokens, each appended to {vs['prompts']} search prompt(s); the base scored "
+                     f"{vs['base_scanned']} of them. K: KL(organism with || without) - KL(base with || without) at "
+                     "the reply start; lift: the largest rise of p_org - p_base of one reply start.")
+    sr = bd.get("slot_refinement")
+    if sr:
+        rows = [{"slot": x["slot"], "best words (probability of the behaviour)":
+                 ", ".join(f"{t['text']!r} {t['probability']:.3f}" for t in x["top"]), "kept": x["kept"]}
+                for x in sr["slots"]]
+        rep.add(_table(rows, ["slot", "best words (probability of the behaviour)", "kept"]),
+                title="Slot refinement of the top candidate",
+                note=f"From {sr['start']!r}, each token slot in turn: every one of {sr['tokens']} word tokens put in "
+                     f"the slot (the span at the end of {sr['prompts']} search prompt(s)), scored by the organism's "
+                     f"probability of the behaviour's first token; the best {sr['rescored']} scored again on "
+                     f"{sr['rescore_prompts']} probing prompts, the best of those verified, and the best-ranked "
+                     f"phrase carried to the next slot. Result: {sr['result']!r}.")
     for key, title in (("dictionary", "Features of a dictionary trained on the base"),
                        ("crosscoder", "Organism-only crosscoder latents")):
         part = res.features.get(key)
