@@ -18,6 +18,10 @@ def test_control_not_flagged(tmp_path_factory, tiny_base):
     assert not res.flagged, res.flag_reason
     assert res.trigger_candidates and res.trigger_candidates[0]["effect"] < 0.5
     assert res.behaviour_diff["slot_refinement"]["slots"]
+    # the refinement starts only from a candidate whose effect reaches its threshold
+    quiet = audit.audit(model, tiny_base, budget="small", progress=False, refine=True, refine_min_effect=0.99,
+                        sae_steps=10, cc_steps=10)
+    assert quiet.trigger_candidates[0]["effect"] < 0.99 and "slot_refinement" not in quiet.behaviour_diff
 
 
 def test_mismatched_base_refused(tiny_base):
