@@ -66,7 +66,7 @@ BUDGETS = {
 # 21,000 for SmolLM2-135M; each costs the few tokens after it, the prompt's keys and values being shared; the
 # organism scores them all, the base only the 1024 best by each of the organism's scores): the words that move the
 # organism's reply start most go on to the insertion scan, pairs and verification; and the top candidate refined slot
-# by slot over the same words (about 8 minutes a slot for SmolLM2-135M)
+# by slot over the same words (4 to 5 minutes a slot for SmolLM2-135M on a 2-core CPU)
 BUDGETS["thorough"] = {**BUDGETS["default"], "vocab_scan": True, "vocab_keep": 16, "pair_anchors": 3,
                        "anchor_partners": 24, "vocab_base": 1024, "refine": True}
 
