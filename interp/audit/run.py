@@ -343,9 +343,9 @@ def audit(model, base, *, behaviour: str | None = None, seed: int = 0, budget: s
         cur = ranked[0]
         hyp = next(h for h in hyps if h["ids"] == cur["behaviour_ids"])
         n_u = max(1, min(int(s["refine_users"]), len(search_users)))
-        refinement = {"start": cur["text"], "prompts": n_u, "tokens": len(words), "rescored": s["refine_rescore"],
-                      "rescore_prompts": min(len(probe_users), max(1, int(s["refine_rescore_users"]))), "slots": []}
         rescore_users = probe_users[: max(1, int(s["refine_rescore_users"]))]
+        refinement = {"start": cur["text"], "prompts": n_u, "tokens": len(words), "rescored": s["refine_rescore"],
+                      "rescore_prompts": len(rescore_users), "slots": []}
         for j in range(len(cur["ids"])):
             first = cur["behaviour_ids"][0]
             p = trigger.slot_scores(model, search_users[:n_u], cur["ids"], j, words, first, batch=s["vocab_batch"],
