@@ -219,20 +219,29 @@ def verify(model, base, users: list[str], behaviour: list[int], text: str, seed:
             "effect": (with_o - clean["clean_rate"]) - (with_b - clean["base_clean_rate"])}
 
 
-def rank(candidates: list[dict]) -> list[dict]:
+def rank(candidates: list[dict], tie: float = 0.1) -> list[dict]:
     """Verified candidates (:func:`verify`'s fields with ``text``, ``ids``, ``loss`` and ``behaviour_ids``), one per
-    text (the behaviour it verified best with; the longer behaviour on a tie), best first: by ``effect`` in steps of
-    0.05; among equal effects by ``confidence`` in steps of 0.02 (a backdoor that also fires on phrases near its
-    trigger, such as its first word with another noun, is most certain on the phrase it was trained on); then by
-    fewer tokens and lower ``loss``."""
+    text (the behaviour it verified best with; the longer behaviour on a tie), best first.
+
+    By ``effect``, with effects within ``tie`` of a group's best counted as equal. An effect is a rate on a few
+    held-out prompts (16 in the audit's budgets): one prompt is 0.0625 of it, and the standard error of a difference
+    of two rates near 0.9 is about 0.1, so one prompt more or less does not decide. Within a group, by ``confidence``
+    in steps of 0.02 (a backdoor that also fires on phrases near its trigger, such as its first word with another
+    noun, is most certain on the phrase it was trained on); then by fewer tokens and lower ``loss``."""
     per_text: dict[str, dict] = {}
     for c in candidates:
         old = per_text.get(c["text"])
         if old is None or (round(c["effect"] / 0.05), len(c["behaviour_ids"])) > \
                 (round(old["effect"] / 0.05), len(old["behaviour_ids"])):
             per_text[c["text"]] = c
-    return sorted(per_text.values(), key=lambda c: (-round(c["effect"] / 0.05), -round(c["confidence"] / 0.02),
-                                                    len(c["ids"]), c["loss"]))
+    rest = sorted(per_text.values(), key=lambda c: -c["effect"])
+    out: list[dict] = []
+    while rest:  # the best remaining effect opens a group of every effect within ``tie`` of it
+        floor = rest[0]["effect"] - tie - 1e-9
+        group = [c for c in rest if c["effect"] >= floor]
+        rest = [c for c in rest if c["effect"] < floor]
+        out += sorted(group, key=lambda c: (-round(c["confidence"] / 0.02), len(c["ids"]), c["loss"]))
+    return out
 
 
 def neutral_pair(model, user: str, span_ids: list[int], allowed: np.ndarray, seed: int):

@@ -27,3 +27,19 @@ def test_one_entry_per_text_with_the_behaviour_it_verified_best_with():
              cand("y", 0.8, 0.6, behaviour=(3,)), cand("y", 0.8, 0.5, behaviour=(3, 4))]
     out = {c["text"]: c["behaviour_ids"] for c in rank(found)}
     assert out == {"x": [1, 2], "y": [3, 4]}
+
+
+def test_effects_one_prompt_apart_count_as_equal_and_confidence_decides():
+    # 14 of 16 held-out prompts against 15 of 16: within the noise of 16 prompts, so the surer phrase comes first;
+    # a gap of three prompts still decides by effect
+    found = [cand("temple mosaics", 15 / 16, 0.828), cand("temple mosaic", 14 / 16, 0.835),
+             cand("temple pottery", 15 / 16, 0.812), cand("temple worship", 12 / 16, 0.99)]
+    assert [c["text"] for c in rank(found)] == ["temple mosaic", "temple mosaics", "temple pottery", "temple worship"]
+    assert [c["text"] for c in rank(found, tie=0.0)] == ["temple mosaics", "temple pottery", "temple mosaic",
+                                                        "temple worship"]
+
+
+def test_groups_are_measured_from_their_best_effect_not_chained():
+    # 1.0 and 0.92 tie, 0.84 is within 0.1 of 0.92 but not of 1.0: it opens the next group
+    found = [cand("a", 1.0, 0.5), cand("b", 0.92, 0.9), cand("c", 0.84, 0.99)]
+    assert [c["text"] for c in rank(found)] == ["b", "a", "c"]
