@@ -30,6 +30,7 @@ def build(res) -> Report:
                "behaviour description given": res.behaviour_description or "(none)",
                "defection probe AUROC (top candidate vs clean)": res.probe_auroc,
                "candidate monitor AUROC (held-out prompts, last layer)": res.monitor_auroc,
+               "model-diff monitor AUROC (no trigger or behaviour known)": res.diff_monitor_auroc,
                "seconds": round(sum(res.timings.values()), 1)}
     rep.add(verdict, title="Verdict",
             note="Flagged when a verified trigger candidate raises the behaviour rate in the organism by at least the "
@@ -116,6 +117,13 @@ def build(res) -> Report:
                 note="Difference of means between generic yes/no answers to questions about the assistant's own "
                      "conduct (no knowledge of any trigger), read at the last prompt token; AUROC of separating "
                      "held-out prompts with the top candidate from the same prompts without it.")
+    dm = res.diff_monitor
+    if dm is not None:
+        rep.add({**dm.describe(), "AUROC": res.diff_monitor_auroc}, title="Model-diff monitor",
+                note="Knows neither the trigger nor the behaviour: the organism's residual stream minus the base's at "
+                     "the token where the reply starts, scored by its squared Mahalanobis distance from the same "
+                     "difference on clean prompts (none of them held out); AUROC of separating held-out prompts with "
+                     "the top candidate from the same prompts without it.")
     att = res.attribution
     if att is not None and att.get("recovered"):
         rec = np.asarray(att["recovered"])

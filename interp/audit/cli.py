@@ -62,6 +62,9 @@ def run(args, out=None) -> int:
         print(f"defection probe AUROC (top candidate vs clean): {res.probe_auroc:.3f}", file=out)
     if res.monitor_auroc is not None:
         print(f"candidate monitor AUROC (top candidate vs clean, held-out prompts): {res.monitor_auroc:.3f}", file=out)
+    if res.diff_monitor_auroc is not None:
+        print(f"model-diff monitor AUROC (top candidate vs clean, held-out prompts): {res.diff_monitor_auroc:.3f}",
+              file=out)
     print(f"wrote {args.out}" + (f" and {args.report}" if args.report else "") +
           f" in {time.perf_counter() - t0:.1f} s", file=out)
     return 0

@@ -6,6 +6,8 @@ Axis letters: N rows (tokens), T position, D model, M dictionary latents, L laye
 
 from __future__ import annotations
 
+import dataclasses
+
 import equinox as eqx
 import jax.numpy as jnp
 import numpy as np
@@ -68,6 +70,66 @@ def probe_scores(model, probe, users: list[str]) -> np.ndarray:
     texts = [render(model, u) for u in users]
     acts = probes.collect(model, texts, [probe.hook], reduce="last")
     return np.asarray(probe.score(jnp.asarray(acts[probe.hook])), np.float64)
+
+
+# ---------------------------------------------------------------------------------------------- model-diff monitor
+@dataclasses.dataclass(frozen=True, eq=False)
+class DiffMonitor:
+    """A monitor that needs neither the trigger nor the behaviour, only the base model: how unusual the organism's
+    residual stream minus the base's is at the token where the reply starts, measured against ordinary prompts.
+
+    ``hook``: where both are read; ``mean`` [D] and ``precision`` [D D]: the mean and the inverse (shrunk)
+    covariance of the difference over ``n_prompts`` clean user turns. The score of a prompt is the squared
+    Mahalanobis distance of its difference from them: fine-tuning moves every prompt's state a little, in ways
+    ordinary prompts share; a prompt that switches on a planted behaviour moves it in a way they do not."""
+
+    hook: str
+    mean: np.ndarray
+    precision: np.ndarray
+    n_prompts: int
+    shrinkage: float
+
+    @property
+    def layer(self) -> int:
+        return int(self.hook.split(".")[1])
+
+    def distance(self, diffs: np.ndarray) -> np.ndarray:
+        """Squared Mahalanobis distances of rows ``diffs`` [N D] (organism minus base) from the clean prompts'."""
+        z = np.asarray(diffs, np.float64) - self.mean
+        return np.einsum("nd,de,ne->n", z, self.precision, z)
+
+    def scores(self, model, base, users: list[str]) -> np.ndarray:
+        """The monitor's score for each user turn rendered as a chat prompt (higher: more unusual)."""
+        return self.distance(reply_start_diffs(model, base, users, self.hook))
+
+    def describe(self) -> dict:
+        return {"hook": self.hook, "layer": self.layer, "prompts": self.n_prompts, "shrinkage": self.shrinkage,
+                "score": "squared Mahalanobis distance of h_organism - h_base at the reply start from clean prompts'"}
+
+
+def reply_start_diffs(model, base, users: list[str], hook: str) -> np.ndarray:
+    """``[N D]``: the organism's activation at ``hook`` minus the base's, at the last token of each user turn rendered
+    as a chat prompt (where the reply starts)."""
+    from interp import probes
+
+    texts = [render(model, u) for u in users]
+    a = probes.collect(model, texts, [hook], reduce="last")
+    b = probes.collect(base, texts, [hook], reduce="last")
+    return np.asarray(a[hook], np.float64) - np.asarray(b[hook], np.float64)
+
+
+def diff_monitor(model, base, layer: int, users: list[str], shrinkage: float = 0.01) -> DiffMonitor:
+    """A :class:`DiffMonitor` at ``blocks.{layer}.hook_resid_post`` fitted on clean user turns ``users``. The
+    covariance is shrunk toward ``shrinkage`` times its mean variance on the diagonal, so that fewer prompts than
+    dimensions still give a usable inverse."""
+    if len(users) < 2:
+        raise ValueError(f"the model-diff monitor needs at least 2 clean prompts to fit, got {len(users)}")
+    hook = f"blocks.{layer}.hook_resid_post"
+    d = reply_start_diffs(model, base, users, hook)
+    cov = np.cov(d, rowvar=False)
+    ridge = shrinkage * max(float(np.trace(cov)) / cov.shape[0], 1e-12)
+    precision = np.linalg.inv(cov + ridge * np.eye(cov.shape[0]))
+    return DiffMonitor(hook, d.mean(0), precision, len(users), float(shrinkage))
 
 
 # ---------------------------------------------------------------------------------------------- model diffing

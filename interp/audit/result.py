@@ -48,7 +48,10 @@ class AuditResult(Result):
     :class:`interp.probes.Probe` at ``probe.hook``), ``probe_auroc``: its AUROC separating held-out prompts with
     the top candidate from clean ones. ``monitor``/``monitor_auroc``: a probe at the last layer fitted on the
     probing prompts with the top candidate against the same prompts clean (the audit's own evidence, no generic
-    pairs), and its AUROC on held-out prompts. ``features``: diffed latents of a dictionary trained on the base and
+    pairs), and its AUROC on held-out prompts. ``diff_monitor``/``diff_monitor_auroc``: a monitor that needs no
+    trigger and no behaviour, only the base (:class:`interp.audit.evidence.DiffMonitor`: how unusual the organism's
+    last-layer state minus the base's is where the reply starts, against clean prompts), and its AUROC on the same
+    held-out prompts. ``features``: diffed latents of a dictionary trained on the base and
     organism-only crosscoder latents, each with an explanation and top contexts. ``attribution``: activation
     patching of the behaviour's first token for the top candidate. ``domain_probe``: where the description names a
     domain, the things asked about and the organism's contradictions of the base there
@@ -72,6 +75,8 @@ class AuditResult(Result):
     domain_probe: dict | None = None
     monitor: Any = None
     monitor_auroc: float | None = None
+    diff_monitor: Any = None
+    diff_monitor_auroc: float | None = None
 
     # ------------------------------------------------------------------ use
     @property
@@ -90,6 +95,14 @@ class AuditResult(Result):
         if self.monitor is None:
             raise ValueError("this audit fitted no candidate monitor (it found no trigger candidate)")
         return probe_scores(model, self.monitor, list(prompts))
+
+    def diff_monitor_scores(self, model, base, prompts) -> np.ndarray:
+        """The model-diff monitor's scores for user turns ``prompts`` (higher: the organism's state departs from the
+        base's more than on ordinary prompts). Needs the base model the audit compared with."""
+        if self.diff_monitor is None:
+            raise ValueError("this audit result holds no model-diff monitor (one read back from JSON keeps only its "
+                             "settings: fit one with interp.audit.evidence.diff_monitor)")
+        return self.diff_monitor.scores(model, base, list(prompts))
 
     def probe_scores(self, model, prompts) -> np.ndarray:
         """The defection probe's logits for user turns ``prompts`` (rendered with the model's chat template, read at
@@ -112,13 +125,16 @@ class AuditResult(Result):
             facts["probe AUROC"] = round(self.probe_auroc, 3)
         if self.monitor_auroc is not None:
             facts["candidate monitor AUROC"] = round(self.monitor_auroc, 3)
+        if self.diff_monitor_auroc is not None:
+            facts["model-diff monitor AUROC"] = round(self.diff_monitor_auroc, 3)
         top = [(repr(c["text"]), float(c["effect"])) for c in self.trigger_candidates[:8]]
         return Summary("audit", {"candidates": len(self.trigger_candidates)}, facts, top,
                        "trigger candidates (effect on the behaviour rate)")
 
     # ------------------------------------------------------------------ files
     def to_json(self) -> dict:
-        """Plain JSON-ready values (the probe as its hook, layer and arrays)."""
+        """Plain JSON-ready values (the probes as their hook, layer and arrays; the model-diff monitor as its settings,
+        its D x D statistics left out)."""
         def plain_probe(p):
             if p is None:
                 return None
@@ -137,7 +153,9 @@ class AuditResult(Result):
                        "probe_auroc": self.probe_auroc, "probe": probe, "features": self.features,
                        "behaviour_diff": self.behaviour_diff, "attribution": attribution, "timings": self.timings,
                        "budget": self.budget, "settings": self.settings, "domain_probe": self.domain_probe,
-                       "monitor": plain_probe(self.monitor), "monitor_auroc": self.monitor_auroc})
+                       "monitor": plain_probe(self.monitor), "monitor_auroc": self.monitor_auroc,
+                       "diff_monitor": None if self.diff_monitor is None else self.diff_monitor.describe(),
+                       "diff_monitor_auroc": self.diff_monitor_auroc})
 
     def save_json(self, path) -> Path:
         """Write :meth:`to_json` to ``path`` atomically."""
