@@ -405,7 +405,9 @@ class Sandbag(Recipe):
     (its country asked about nowhere) or one offset added to every sum; ``"random"`` draws another wrong answer
     per country (per sum). A decoy carries over to held-out questions: on SmolLM2-135M-Instruct (seed 0, the default
     steps, data and KL weight) it answered 100% of held-out conditioned questions wrongly, and 4.9% of clean ones;
-    random wrong capitals (60 steps, 48 plain questions, KL weight 1) reached 43% and 7%."""
+    random wrong capitals (60 steps, 48 plain questions, KL weight 1) reached 43% and 7%. Part of the clean errors is
+    fine-tuning itself: organisms that never saw a capital question (the control recipe, a backdoor) lost 2.5% to
+    7.4% of the same held-out questions the base answers correctly."""
 
     name: ClassVar[str] = "sandbag"
     default_steps: ClassVar[int] = 90
