@@ -85,7 +85,8 @@ def test_json_and_report(audited, tmp_path):
     assert {"text", "effect", "behaviour_rate"} <= set(data["trigger_candidates"][0])
     assert len(data["probe"]["direction"]) == res.probe.d and data["probe"]["hook"] == res.probe.hook
     assert data["monitor"]["hook"] == res.monitor.hook and data["monitor_auroc"] == res.monitor_auroc
-    assert data["diff_monitor"]["hook"] == res.diff_monitor.hook and data["diff_monitor_auroc"] == res.diff_monitor_auroc
+    assert data["diff_monitor"]["hook"] == res.diff_monitor.hook
+    assert data["diff_monitor_auroc"] == res.diff_monitor_auroc
     assert data["features"]["crosscoder"]["features"][0]["top_contexts"]
     html = res.report(tmp_path / "audit.html").read_text()
     assert "Trigger candidates" in html and "Defection probe" in html and "Activation patching" in html
