@@ -86,6 +86,19 @@ def check_values(data, latents: list[int], context: int) -> list[list]:
     return out
 
 
+def forward_time(tl, hook: str, tokens, batch: int) -> float:
+    """Seconds of the model alone over ``tokens``, stopped after the hook's block, caching only the hook (the least
+    any dashboard code must run), in batches of ``batch`` contexts."""
+    import torch
+
+    layer = int(hook.split(".")[1])
+    t = time.perf_counter()
+    with torch.no_grad():
+        for i in range(0, len(tokens), batch):
+            tl.run_with_cache(tokens[i:i + batch], names_filter=[hook], stop_at_layer=layer + 1)
+    return time.perf_counter() - t
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--model", required=True, help="checkpoint folder (transformers layout)")
@@ -125,6 +138,7 @@ def main() -> None:
         save_feature_centric_vis(data, args.out)
         t2 = time.perf_counter()
         checks = check_values(data, latents, args.context)
+        forward_s = forward_time(tl, args.hook, tokens, args.batch)
 
     seq = cfg.feature_centric_layout.seq_cfg
     print(json.dumps({
@@ -132,7 +146,7 @@ def main() -> None:
         "threads": torch.get_num_threads(),
         "note": note,
         "import_s": t_import - t_start, "load_s": t_load - t_import, "warmup_s": t_warm - t_load,
-        "compute_s": t1 - t0, "html_s": t2 - t1, "html_bytes": Path(args.out).stat().st_size,
+        "compute_s": t1 - t0, "html_s": t2 - t1, "forward_s": forward_s, "html_bytes": Path(args.out).stat().st_size,
         "layout": {"top": seq.top_acts_group_size, "quantile_groups": seq.n_quantiles,
                    "per_quantile_group": seq.quantile_group_size, "buffer": list(seq.buffer),
                    "act_bins": cfg.feature_centric_layout.act_hist_cfg.n_bins,

@@ -25,6 +25,10 @@ so the model runs over the tokens once, not once per batch of latents) and HTML 
 layout shows where both have the setting (top contexts, context width, histogram bins, promoted/suppressed tokens);
 what still differs is printed.
 The two sides' active-token counts and top activations per latent are compared.
+
+After both runs each side times its model alone over the same tokens, stopped after the hook's block and caching only
+the hook: the least any dashboard code must run. Our total can't fall below our forward, so the peer's total over our
+forward bounds the ratio this comparison can reach on the machine.
 """
 
 from __future__ import annotations
@@ -113,6 +117,22 @@ def build(model, d, tokens, latents, batch: int, out: Path) -> tuple[dict, objec
     report.save(out)
     t3 = time.perf_counter()
     return {"index": t1 - t0, "cards": t2 - t1, "compute": t2 - t0, "html": t3 - t2}, index, out.stat().st_size
+
+
+def forward_time(model, hook: str, tokens, batch: int) -> float:
+    """Seconds of our model alone over ``tokens`` up to ``hook`` (what ``feature_index`` runs before encoding), in
+    batches of ``batch`` contexts: the floor under any dashboard code on this model."""
+    import jax
+    import jax.numpy as jnp
+
+    t = time.perf_counter()
+    for i in range(0, len(tokens), batch):
+        chunk = tokens[i:i + batch]
+        if len(chunk) < batch:
+            chunk = np.concatenate([chunk, np.repeat(chunk[-1:], batch - len(chunk), axis=0)])
+        _, cache = model.run_with_cache(jnp.asarray(chunk), [hook], return_logits=False)
+        jax.block_until_ready(cache[hook])
+    return time.perf_counter() - t
 
 
 def our_checks(index, latents, context: int) -> list[list]:
@@ -219,6 +239,7 @@ def main() -> None:
         warmup = time.perf_counter() - t
         ours, index, our_bytes = build(model, d, tokens, latents, args.batch, work / "interp.html")
         mine = our_checks(index, latents, CONTEXT)
+        ours["forward"] = forward_time(model, hook, tokens, args.batch)
 
         notes: list[str] = []
         peer = None
@@ -248,6 +269,13 @@ def main() -> None:
         print("ratios:")
         print(f"  total: interp {peer_total / our_total:.2f}x faster than sae-dashboard (target >= 3x)")
         print(f"  compute: {peer['compute_s'] / ours['compute']:.2f}x; html: {peer['html_s'] / ours['html']:.2f}x")
+        if "forward_s" in peer:
+            print(f"  the model alone up to {hook} over the same tokens (timed after the runs, caching only the hook): "
+                  f"ours {ours['forward']:.2f} s, theirs (TransformerLens, stop_at_layer) {peer['forward_s']:.2f} s "
+                  f"= {peer['forward_s'] / ours['forward']:.2f}x; it is {100 * ours['forward'] / our_total:.0f}% of "
+                  f"our total and {100 * peer['forward_s'] / peer_total:.0f}% of theirs")
+            print(f"  bound: with dashboards costing nothing beyond our forward, the ratio would be "
+                  f"{peer_total / ours['forward']:.2f}x")
         print("agreement (same dictionary, weights and tokens; TransformerLens vs our model):")
         for line in agreement(mine, peer["checks"]):
             print(f"  {line}")
