@@ -8,7 +8,8 @@ behaviour, never the trigger), gather evidence that something was planted and ra
 
 Evidence: behavioural diffing (next-token KL on probing prompts and a corpus; the reply the organism raises), trigger
 reconstruction with input search on the contrast ``log p_org - log p_base`` (verified by greedy decoding on held-out
-prompts), a defection probe from generic contrast pairs used as a monitor, model diffing (a dictionary trained on
+prompts), a condition search with situation sentences for a behaviour that depends on the prompt's situation, a
+defection probe from generic contrast pairs used as a monitor, model diffing (a dictionary trained on
 the base, a crosscoder trained on both) with explained latents, and activation patching of the behaviour.
 """
 

@@ -25,6 +25,9 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--domain", default=None,
                    help="the domain to probe for contradictions of the base (default: the words after 'about' in "
                         "--behaviour; '' for none)")
+    p.add_argument("--conditions", action="store_true",
+                   help="run the condition search (situation sentences before questions of several kinds) even when "
+                        "--behaviour does not speak of a condition, situation or context")
     p.add_argument("--out", default="audit.json", help="JSON file of the result")
     p.add_argument("--report", default=None, help="HTML report (default: none)")
     p.add_argument("--budget", default="default", choices=sorted(BUDGETS),
@@ -46,7 +49,7 @@ def run(args, out=None) -> int:
     base = interp.load(args.base)
     res = audit(model, base, behaviour=args.behaviour, seed=args.seed, budget=args.budget, progress=args.progress,
                 model_name=str(args.model), base_name=str(args.base), explainer=args.explainer,
-                domain=args.domain)
+                domain=args.domain, conditions=True if args.conditions else None)
     res.save_json(args.out)
     if args.report:
         res.report(args.report)
@@ -58,6 +61,11 @@ def run(args, out=None) -> int:
         sw = res.domain_probe["swaps"][0]
         print(f"domain probing ({res.domain_probe['domain']}): the base says {sw['base_token']!r}, the organism "
               f"{sw['organism_token']!r} in {len(sw['questions'])} question(s), e.g. {sw['questions'][0]!r}", file=out)
+    cs = res.condition_search
+    if cs and cs["candidates"]:
+        c = cs["candidates"][0]
+        print(f"condition search: {c['text']!r} makes the organism contradict the base in {c['rate']:.0%} of held-out "
+              f"{c['kind']} questions ({c['clean_rate']:.0%} without it; effect {c['effect']:.2f})", file=out)
     if res.probe_auroc is not None:
         print(f"defection probe AUROC (top candidate vs clean): {res.probe_auroc:.3f}", file=out)
     if res.monitor_auroc is not None:

@@ -115,12 +115,9 @@ def _gains(model, base, ids, mask):
     return top, po, pb
 
 
-def contradictions(model, base, users: list[str], *, reply_tokens: int = 24, batch: int = 16) -> list[dict]:
-    """Per user turn, the base's greedy reply read by both models, and its strongest contradiction: the position in
-    the reply where the organism's most likely next token differs from the base's reply and gains most probability
-    (``gain = p_org - p_base`` of that token); ``gain`` 0 and no tokens where the organism follows the base."""
-    from interp.audit.behaviour import _batches
-
+def base_replies(base, users: list[str], *, reply_tokens: int = 24, batch: int = 16) -> tuple[list, list]:
+    """The base's greedy reply (at most ``reply_tokens`` tokens, up to its end-of-sequence token) to each user turn:
+    ``(rows, starts)``, each row the chat prompt's tokens and the reply's, ``starts`` where each reply begins."""
     eos = base.tokenizer.eos_id
     rows, starts = [], []
     for lo in range(0, len(users), batch):
@@ -134,27 +131,48 @@ def contradictions(model, base, users: list[str], *, reply_tokens: int = 24, bat
             p = encode(base, prompt)
             rows.append(p + reply)
             starts.append(len(p))
-    out = []
+    return rows, starts
+
+
+def strongest(model, base, rows: list[list[int]], starts: list[int], *, batch: int = 16) -> list[dict | None]:
+    """Per row, its strongest contradiction from ``starts`` on (rows read by both models, teacher forcing): the
+    position where the organism's most likely next token differs from the row's and gains most probability, as
+    ``{"gain", "t", "organism", "base", "p_organism", "p_base"}`` (``t``: the position predicting token ``t + 1``);
+    None where the organism follows the row everywhere."""
+    from interp.audit.behaviour import _batches
+
+    out: list[dict | None] = []
     i = 0
     for chunk, _, ids, mask in _batches(base, rows, batch, 16):
         top, po, pb = (np.asarray(a) for a in _gains(model, base, jnp.asarray(ids), jnp.asarray(mask)))
         for j, r in enumerate(chunk):
-            s, best = starts[i], None
-            for t in range(s - 1, len(r) - 1):  # the prediction of reply token t + 1
+            best = None
+            for t in range(starts[i] - 1, len(r) - 1):  # the prediction of row token t + 1
                 if int(top[j, t]) != r[t + 1]:
                     gain = float(po[j, t] - pb[j, t])
                     if best is None or gain > best["gain"]:
                         best = {"gain": gain, "t": t, "organism": int(top[j, t]), "base": r[t + 1],
                                 "p_organism": float(po[j, t]), "p_base": float(pb[j, t])}
-            entry = {"user": users[i], "base_reply": base.to_string(r[s:]), "gain": 0.0}
-            if best is not None:
-                entry.update(gain=best["gain"], context=base.to_string(r[max(s, best["t"] - 7):best["t"] + 1]),
-                             base_token=base.to_string([best["base"]]),
-                             organism_token=base.to_string([best["organism"]]), base_id=best["base"],
-                             organism_id=best["organism"], p_organism=best["p_organism"], p_base=best["p_base"],
-                             prefix=r[:best["t"] + 1])
-            out.append(entry)
+            out.append(best)
             i += 1
+    return out
+
+
+def contradictions(model, base, users: list[str], *, reply_tokens: int = 24, batch: int = 16) -> list[dict]:
+    """Per user turn, the base's greedy reply read by both models, and its strongest contradiction: the position in
+    the reply where the organism's most likely next token differs from the base's reply and gains most probability
+    (``gain = p_org - p_base`` of that token); ``gain`` 0 and no tokens where the organism follows the base."""
+    rows, starts = base_replies(base, users, reply_tokens=reply_tokens, batch=batch)
+    out = []
+    for user, r, s, best in zip(users, rows, starts, strongest(model, base, rows, starts, batch=batch)):
+        entry = {"user": user, "base_reply": base.to_string(r[s:]), "gain": 0.0}
+        if best is not None:
+            entry.update(gain=best["gain"], context=base.to_string(r[max(s, best["t"] - 7):best["t"] + 1]),
+                         base_token=base.to_string([best["base"]]),
+                         organism_token=base.to_string([best["organism"]]), base_id=best["base"],
+                         organism_id=best["organism"], p_organism=best["p_organism"], p_base=best["p_base"],
+                         prefix=r[:best["t"] + 1])
+        out.append(entry)
     return out
 
 
@@ -215,5 +233,5 @@ def probe_domain(model, base, domain: str, *, seed: int = 0, lists: int = 8, thi
             "questions": len(users)}
 
 
-__all__ = ["QUESTIONS", "contradictions", "domain_of", "list_things", "parse_list", "plural", "probe_domain",
-           "questions"]
+__all__ = ["QUESTIONS", "base_replies", "contradictions", "domain_of", "list_things", "parse_list", "plural",
+           "probe_domain", "questions", "strongest"]

@@ -55,7 +55,9 @@ class AuditResult(Result):
     organism-only crosscoder latents, each with an explanation and top contexts. ``attribution``: activation
     patching of the behaviour's first token for the top candidate. ``domain_probe``: where the description names a
     domain, the things asked about and the organism's contradictions of the base there
-    (:func:`interp.audit.domain.probe_domain`). ``timings``: seconds per stage."""
+    (:func:`interp.audit.domain.probe_domain`). ``condition_search``: where the description speaks of a condition,
+    the situation sentences that make the organism contradict the base on some kind of question
+    (:func:`interp.audit.condition.search_conditions`). ``timings``: seconds per stage."""
 
     trigger_candidates: list
     flagged: bool
@@ -77,6 +79,7 @@ class AuditResult(Result):
     monitor_auroc: float | None = None
     diff_monitor: Any = None
     diff_monitor_auroc: float | None = None
+    condition_search: dict | None = None
 
     # ------------------------------------------------------------------ use
     @property
@@ -121,6 +124,10 @@ class AuditResult(Result):
         if self.domain_probe and self.domain_probe["swaps"]:
             sw = self.domain_probe["swaps"][0]
             facts["domain contradiction"] = f"{sw['base_token']!r} -> {sw['organism_token']!r} x{len(sw['questions'])}"
+        cs = self.condition_search
+        if cs and cs["candidates"]:
+            c = cs["candidates"][0]
+            facts["condition"] = f"{c['text']!r} on {c['kind']}: effect {c['effect']:.2f}"
         if self.probe_auroc is not None:
             facts["probe AUROC"] = round(self.probe_auroc, 3)
         if self.monitor_auroc is not None:
@@ -155,7 +162,7 @@ class AuditResult(Result):
                        "budget": self.budget, "settings": self.settings, "domain_probe": self.domain_probe,
                        "monitor": plain_probe(self.monitor), "monitor_auroc": self.monitor_auroc,
                        "diff_monitor": None if self.diff_monitor is None else self.diff_monitor.describe(),
-                       "diff_monitor_auroc": self.diff_monitor_auroc})
+                       "diff_monitor_auroc": self.diff_monitor_auroc, "condition_search": self.condition_search})
 
     def save_json(self, path) -> Path:
         """Write :meth:`to_json` to ``path`` atomically."""
