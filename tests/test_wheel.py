@@ -77,7 +77,8 @@ def wheel(tmp_path_factory) -> Path:
 def test_wheel_holds_kernels_and_data_and_imports_alone(wheel, tmp_path):
     names = zipfile.ZipFile(wheel).namelist()
     assert {"interp/kernels/__init__.py", "interp/kernels/sparse_decode.py", "interp/data/__init__.py",
-            "interp/data/prompts/ioi.json", "interp/data/prompts/capitals.json"} <= set(names)
+            "interp/data/prompts/ioi.json", "interp/data/prompts/capitals.json",
+            "interp/data/audit/conditions.json"} <= set(names)
     assert not [n for n in names if n.startswith(("kernels/", "data/"))]
     packaged = {n.rsplit("/", 1)[0].replace("/", ".") for n in names if n.endswith("/__init__.py")}
     assert packaged == set(SETUPTOOLS["packages"])
