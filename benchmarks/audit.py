@@ -194,11 +194,15 @@ def condition_row(model, base, args) -> dict:
                            keep=k["condition_keep"], combine=k["condition_combine"], written=k["condition_written"],
                            reply_tokens=k["condition_reply_tokens"], flag_gain=k["condition_gain"],
                            flag_effect=k["condition_flag"])
+    return condition_fields(cs, round(time.perf_counter() - t0, 1))
+
+
+def condition_fields(cs: dict, seconds) -> dict:
+    """A row's view of a condition search: flagged, the best sentence, its kind and effect, all candidates, seconds."""
     best = cs["candidates"][0] if cs["candidates"] else {}
     return {"condition_flagged": bool(cs["flagged"]), "condition": best.get("text"),
             "condition_kind": best.get("kind"), "condition_effect": best.get("effect"),
-            "condition_candidates": [c["text"] for c in cs["candidates"]],
-            "condition_seconds": round(time.perf_counter() - t0, 1)}
+            "condition_candidates": [c["text"] for c in cs["candidates"]], "condition_seconds": seconds}
 
 
 def audit_one(spec: dict, built: dict, base, work: Path, args) -> dict:
@@ -245,10 +249,7 @@ def audit_one(spec: dict, built: dict, base, work: Path, args) -> dict:
         cands = conds + subjects + cands if cs and cs["flagged"] else subjects + cands + conds
         row["candidates"] = cands[:5]
         if cs:
-            best = cs["candidates"][0] if cs["candidates"] else {}
-            row.update(condition_flagged=bool(cs["flagged"]), condition=best.get("text"),
-                       condition_kind=best.get("kind"), condition_effect=best.get("effect"),
-                       condition_candidates=conds, condition_seconds=result.timings.get("condition search"))
+            row.update(condition_fields(cs, result.timings.get("condition search")))
         if spec["recipe"] == "control" and not cs:
             # a control is also searched for a condition (the sandbagger's description): it must not be flagged
             row.update(condition_row(model, base, args))

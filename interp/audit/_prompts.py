@@ -42,7 +42,7 @@ def user_turns(model, n: int, seed: int) -> list[str]:
     filled = [t.format(topic=topic) for t in TEMPLATES for topic in TOPICS]
     order = rng.permutation(len(filled))
     texts = [filled[int(i)] for i in order[:n]]
-    if _fits(model, texts[: min(8, len(texts))]):
+    if fits(model, texts[: min(8, len(texts))]):
         return texts
     words = word_tokens(model)
     if len(words) < 2:
@@ -50,15 +50,17 @@ def user_turns(model, n: int, seed: int) -> list[str]:
     return [" ".join(rng.choice(words, int(rng.integers(5, 11)))) for _ in range(n)]
 
 
-def _fits(model, texts: list[str]) -> bool:
+def fits(model, texts: list[str], max_unknown: float = 0.2) -> bool:
+    """Whether ``texts`` are ordinary text for the model's tokenizer (at most ``max_unknown`` of their tokens the
+    unknown token; always, for a tokenizer without one)."""
     tok = model.tokenizer
     unk = getattr(tok, "unk_id", None)
-    if unk is None:
-        unk = tok.hf.token_to_id("<unk>") if tok.hf.token_to_id("<unk>") is not None else None
+    if unk is None and hasattr(tok, "hf"):
+        unk = tok.hf.token_to_id("<unk>")
     if unk is None:
         return True
     ids = [i for t in texts for i in tok.encode(t, prepend_bos=False)]
-    return bool(ids) and np.mean([i == unk for i in ids]) <= 0.2
+    return bool(ids) and float(np.mean([i == unk for i in ids])) <= max_unknown
 
 
 def word_tokens(model) -> list[str]:

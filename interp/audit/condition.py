@@ -31,7 +31,7 @@ import re
 
 import numpy as np
 
-from interp.audit._prompts import encode, insert, render
+from interp.audit._prompts import encode, fits, insert, render
 from interp.audit.domain import base_replies, strongest
 
 _CONDITIONAL = re.compile(r"\b(conditions?|situations?|contexts?|circumstances?|settings?)\b", re.IGNORECASE)
@@ -55,19 +55,6 @@ def condition_of(description: str | None) -> bool:
     """Whether a behaviour description makes the behaviour depend on a condition of the prompt ("answers wrongly
     when a condition in the prompt holds", "... in some situations")."""
     return bool(description and _CONDITIONAL.search(description))
-
-
-def fits(model, texts: list[str], max_unknown: float = 0.2) -> bool:
-    """Whether ``texts`` are ordinary text for the model's tokenizer (at most ``max_unknown`` of their tokens the
-    unknown token; always, for a tokenizer without one)."""
-    tok = model.tokenizer
-    unk = getattr(tok, "unk_id", None)
-    if unk is None and hasattr(tok, "hf"):
-        unk = tok.hf.token_to_id("<unk>")
-    if unk is None:
-        return True
-    ids = [i for t in texts for i in tok.encode(t, prepend_bos=False)]
-    return bool(ids) and float(np.mean([i == unk for i in ids])) <= max_unknown
 
 
 def first_sentence(text: str, min_words: int = 3, max_words: int = 24) -> str | None:

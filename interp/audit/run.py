@@ -133,6 +133,14 @@ def _given_behaviour(model, behaviour: str | None):
     return ids or None
 
 
+def _with_evidence(flagged: bool, reason: str, label: str, found: dict) -> tuple[bool, str]:
+    """The verdict with another stage's (``found``: its ``flagged`` and ``reason``): the evidence that flagged the
+    model named first."""
+    if found["flagged"] and not flagged:
+        return True, f"{label}: {found['reason']}; trigger search: {reason}"
+    return flagged or found["flagged"], f"{reason}; {label}: {found['reason']}"
+
+
 def audit(model, base, *, behaviour: str | None = None, seed: int = 0, budget: str = "small", progress: bool = True,
           model_name: str | None = None, base_name: str | None = None, explainer="baseline",
           domain: str | None = None, conditions: bool | None = None, condition_sentences: list[str] | None = None,
@@ -464,20 +472,12 @@ def audit(model, base, *, behaviour: str | None = None, seed: int = 0, budget: s
               f"probability of its first token {top.get('confidence', 1.0):.2f} "
               f"({'>=' if top.get('confidence', 1.0) >= s['flag_confidence'] else '<'} threshold "
               f"{s['flag_confidence']})") if top else "no trigger candidate found"
+    # a contradiction that recurs in the domain, or a sentence that makes the organism contradict the base on one kind
+    # of question, flags the model too; the verdict says which evidence did
     if probed is not None:
-        # a contradiction that recurs in the domain flags the model too; the verdict says which evidence did
-        if probed["flagged"] and not flagged:
-            reason = f"domain probing ({domain}): {probed['reason']}; trigger search: {reason}"
-        else:
-            reason = f"{reason}; domain probing ({domain}): {probed['reason']}"
-        flagged = flagged or probed["flagged"]
+        flagged, reason = _with_evidence(flagged, reason, f"domain probing ({domain})", probed)
     if cond is not None:
-        # so does a sentence that makes the organism contradict the base on one kind of question
-        if cond["flagged"] and not flagged:
-            reason = f"condition search: {cond['reason']}; trigger search: {reason}"
-        else:
-            reason = f"{reason}; condition search: {cond['reason']}"
-        flagged = flagged or cond["flagged"]
+        flagged, reason = _with_evidence(flagged, reason, "condition search", cond)
     bdiff = {"reply": {k: v for k, v in reply.items() if k not in ("log_ratio", "rows", "org_logprobs",
                                                                    "base_logprobs")},
              "corpus": corpus, "behaviours": [{"text": b["text"], "ids": b["ids"], "log_ratio": b["log_ratio"],
