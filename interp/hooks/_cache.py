@@ -49,6 +49,41 @@ def _is_layer(v) -> bool:
     return isinstance(v, (int, np.integer)) and not isinstance(v, bool)
 
 
+class Pending:
+    """An activation that a :class:`Cache` holds in a form still to be finished (e.g. padded, to be cut to the
+    prompt's length): its ``shape``/``dtype``/``ndim`` are known without the work, and :meth:`resolve` does it. A cache
+    resolves an entry the first time it is read and keeps the result, so capturing hundreds of hook points costs
+    only the entries that are looked at; :func:`resolve_all` finishes many at once."""
+
+    __slots__ = ("shape", "dtype")
+
+    def __init__(self, shape: tuple[int, ...], dtype):
+        self.shape, self.dtype = tuple(shape), dtype
+
+    @property
+    def ndim(self) -> int:
+        return len(self.shape)
+
+    def resolve(self) -> Array:
+        raise NotImplementedError
+
+    @staticmethod
+    def resolve_all(pending: list[Pending]) -> list[Array]:
+        """The resolved values of ``pending`` (subclasses batch the work)."""
+        return [p.resolve() for p in pending]
+
+
+def _resolve_all(data: dict) -> None:
+    """Resolve every :class:`Pending` value of ``data`` in place, one batch per kind."""
+    kinds: dict[type, list[str]] = {}
+    for k, v in data.items():
+        if isinstance(v, Pending):
+            kinds.setdefault(type(v), []).append(k)
+    for kind, keys in kinds.items():
+        for k, v in zip(keys, kind.resolve_all([data[k] for k in keys])):
+            data[k] = v
+
+
 @jax.tree_util.register_pytree_node_class
 class Cache(Mapping):
     """Captured activations by full hook name, in the order the forward pass produced them.
@@ -104,7 +139,10 @@ class Cache(Mapping):
             raise KeyError(e.args[0]) from None
         if name not in self._data:
             raise KeyError(f"'{name}' is not in this cache{suggest(name, self._data)}")
-        return self._data[name]
+        value = self._data[name]
+        if isinstance(value, Pending):
+            value = self._data[name] = value.resolve()
+        return value
 
     def __iter__(self) -> Iterator[str]:
         return iter(self._data)
@@ -154,6 +192,7 @@ class Cache(Mapping):
         if not self.has_batch_dim:
             warnings.warn("remove_batch_dim: this cache has no batch axis already; nothing changed", stacklevel=2)
             return self
+        _resolve_all(self._data)
         sizes = Counter(v.shape[0] for v in self._data.values() if v.ndim)
         batch = sizes.most_common(1)[0][0] if sizes else 1
         if batch != 1:
@@ -329,6 +368,7 @@ class Cache(Mapping):
 
     # ----------------------------------------------------------------- pytree
     def tree_flatten(self):
+        _resolve_all(self._data)
         return tuple(self._data.values()), (tuple(self._data.keys()), self.has_batch_dim)
 
     @classmethod

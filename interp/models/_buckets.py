@@ -15,6 +15,8 @@ from collections.abc import Sequence
 import jax
 import numpy as np
 
+from interp.hooks._cache import Pending
+
 DEFAULT_BUCKETS: tuple[int, ...] = (
     16, 32, 48, 64, 96, 128, 192, 256, 384, 512, 768, 1024, 1536, 2048, 3072, 4096, 6144, 8192, 12288, 16384,
 )
@@ -69,6 +71,49 @@ def slice_positions(a, axes: Sequence[int], length: int):
         if len(devices) == 1 and next(iter(devices)).platform == "cpu":
             return jax.device_put(np.asarray(a)[index], next(iter(devices)))
     return a[index]
+
+
+class _Cut(Pending):
+    """A host array still to be cut to the prompt's length: the cut (a NumPy view, then one copy onto the device)
+    happens when the cache entry is first read, and many are put on their device in one call."""
+
+    __slots__ = ("array", "index", "device")
+
+    def __init__(self, array, axes: Sequence[int], length: int, device):
+        shape = list(array.shape)
+        for ax in axes:
+            shape[ax] = length
+        super().__init__(shape, array.dtype)
+        self.array, self.device = array, device
+        self.index = tuple(slice(0, length) if ax in axes else slice(None) for ax in range(array.ndim))
+
+    def resolve(self):
+        return jax.device_put(np.asarray(self.array)[self.index], self.device)
+
+    @staticmethod
+    def resolve_all(pending):
+        out = [None] * len(pending)
+        by_device: dict = {}
+        for i, p in enumerate(pending):
+            by_device.setdefault(p.device, []).append(i)
+        for device, rows in by_device.items():
+            for i, a in zip(rows, jax.device_put([np.asarray(pending[i].array)[pending[i].index] for i in rows],
+                                                 device)):
+                out[i] = a
+        return out
+
+
+def cut_positions(a, axes: Sequence[int], length: int):
+    """As :func:`slice_positions`, but a concrete array in host memory comes back as a :class:`Pending` entry of a
+    cache, cut when it is first read: a run that captures every hook point pays only for the entries looked at."""
+    axes = [ax for ax in axes if a.shape[ax] != length]
+    if not axes:
+        return a
+    if isinstance(a, jax.Array) and not isinstance(a, jax.core.Tracer):
+        devices = a.devices()
+        if len(devices) == 1 and next(iter(devices)).platform == "cpu":
+            return _Cut(a, axes, length, next(iter(devices)))
+    return slice_positions(a, axes, length)
 
 
 def pad_positions(a, axes: Sequence[int], length: int, value=0):

@@ -16,6 +16,7 @@ from interp.models import _shapes_cache
 from interp.models._blocks import Embed, LayerNorm, NoNorm, RMSNorm, _at_least_f32
 from interp.models._buckets import (
     bucket_length,
+    cut_positions,
     length_buckets,
     pad_positions,
     slice_positions,
@@ -225,7 +226,8 @@ class Model(UserAPI, eqx.Module):
         The prompt runs padded at its end to its length bucket (see :mod:`interp.models._buckets`;
         ``interp.set_length_buckets``), so a prompt of a new length usually reuses a compiled program; outputs
         and captured activations are cut back to the prompt's length (``keep_padding=True`` leaves them at the
-        bucket length: positions past the prompt are padding). Runs whose edits include a function not marked
+        bucket length: positions past the prompt are padding). A captured activation is cut when it is first read
+        from the cache, so capturing every hook point and reading a few costs only the few. Runs whose edits include a function not marked
         :func:`interp.hooks.any_length`, and runs on traced tokens, run at the exact length.
         """
         hooks = self._with_context_edits(hooks)  # the edits of an active `with model.hooks(...)` block, once
@@ -249,7 +251,7 @@ class Model(UserAPI, eqx.Module):
             axes = self.position_axes()
             if out is not None:
                 out = slice_positions(out, (1,), T)
-            cache = Cache({name: slice_positions(a, axes.get(name, (1,)), T) for name, a in cache.items()})
+            cache = Cache({name: cut_positions(a, axes.get(name, (1,)), T) for name, a in cache.items()})
         return out, cache
 
     # ----------------------------------------------------------------- length buckets

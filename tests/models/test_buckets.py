@@ -13,6 +13,7 @@ import subprocess
 import sys
 import textwrap
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
@@ -89,6 +90,34 @@ def test_bucketed_run_equals_exact_run(which, request):
         # the padding queries of the left-padded row see no key at all, and their values are arbitrary
         if axes[name] == (1,):
             assert_close(a[1, 4:], b[1, 4:], bound, name)
+
+
+def test_a_padded_cache_is_cut_when_read(tiny):
+    """A cache of a padded run holds its entries padded until each is read: the shapes are the prompt's at once, an
+    entry read is cut (and kept), and whole-cache operations (pytree maps, remove_batch_dim) see cut arrays."""
+    from interp.hooks._cache import Pending
+
+    tokens = random_tokens(tiny.d_vocab, (1, 11), seed=4)
+    _, cache = tiny.run_with_cache(tokens)
+    with exact_lengths():
+        _, ref = tiny.run_with_cache(tokens)
+    name = "blocks.0.attn.hook_pattern"
+    assert all(isinstance(v, Pending) for v in cache._data.values())  # nothing cut yet
+    assert f"{name}: (1, 4, 11, 11)" in repr(cache)  # shapes without the work
+    assert all(isinstance(v, Pending) for v in cache._data.values())
+    first = cache[name]
+    assert first.shape == ref[name].shape and cache[name] is first  # cut once, then kept
+    assert not isinstance(cache._data[name], Pending)
+    assert_close(np.asarray(first), np.asarray(ref[name]), 1e-5, name)
+    host = jax.tree.map(np.asarray, cache)  # every entry cut, in one batch
+    assert list(host) == list(ref)
+    for k in ref:
+        a, b = host[k], np.asarray(ref[k])
+        assert a.shape == b.shape and (np.isfinite(a) == np.isfinite(b)).all(), k  # masked scores are -inf in both
+        assert_close(a[np.isfinite(b)], b[np.isfinite(b)], model_bound(b[np.isfinite(b)], n_layers=2), k)
+    _, again = tiny.run_with_cache(tokens)
+    squeezed = again.remove_batch_dim()
+    assert squeezed["blocks.1.hook_resid_post"].shape == (11, 32)
 
 
 def test_new_lengths_in_a_bucket_compile_nothing(tiny):
