@@ -2,7 +2,8 @@
 
     python benchmarks/forward.py [--batch 8] [--seq 128] [--reps 5]
 
-Prints tokens/s for: our plain forward, run_with_cache of every hook point, one edit (a steering vector
+Prints tokens/s for: our plain forward, run_with_cache of every hook point (also at a length between two length
+buckets, reading one entry or all of them), one edit (a steering vector
 added at a middle layer), harvesting one residual-stream hook at several layers (as a dictionary's activation
 store does: the blocks after it do not run; target <= 1.1 x (L+1)/n_layers of the plain forward), transformers
 on the same weights, and TransformerLens when it is installed; then
@@ -58,6 +59,14 @@ def main() -> None:
     results["interp plain"] = timed(lambda: jax.block_until_ready(model(tokens)), args.reps)
     results["interp cache all hooks"] = timed(
         lambda: jax.block_until_ready(model.run_with_cache(tokens)), args.reps)
+    # a length between buckets: the run is padded, and each captured activation is cut when it is read
+    short = tokens[:, : max(2, args.seq * 25 // 32)]
+    results["interp plain, between buckets"] = timed(lambda: jax.block_until_ready(model(short)), args.reps)
+    last = f"blocks.{model.n_layers - 1}.hook_resid_post"
+    results["interp cache all hooks, between buckets, read one"] = timed(
+        lambda: jax.block_until_ready(model.run_with_cache(short)[1][last]), args.reps)
+    results["interp cache all hooks, between buckets, read all"] = timed(
+        lambda: jax.block_until_ready(model.run_with_cache(short)), args.reps)
     steer = jnp.asarray(np.random.default_rng(0).normal(size=model.d_model).astype(np.float32))
     edit = [(f"blocks.{model.n_layers // 2}.hook_resid_post", edits.add, steer)]
     results["interp one edit"] = timed(lambda: jax.block_until_ready(model.run_with_hooks(tokens, edit)), args.reps)
@@ -113,6 +122,10 @@ def main() -> None:
             ratio = sec / results["interp cache all hooks"]
             print(f"  interp cache-all vs TransformerLens cache-all: {ratio:.2f}x faster")
     print(f"  cache-all-hooks time / plain time: {results['interp cache all hooks'] / plain:.3f} (target <= 1.05)")
+    between = results["interp plain, between buckets"]
+    for what in ("read one", "read all"):
+        sec = results[f"interp cache all hooks, between buckets, {what}"]
+        print(f"  between buckets ({short.shape[1]} tokens), cache all hooks and {what} / plain: {sec / between:.3f}")
     print(f"  one-edit time / plain time: {results['interp one edit'] / plain:.3f}")
     for layer, sec in harvest.items():
         share = (layer + 1) / model.n_layers
