@@ -227,8 +227,9 @@ class Model(UserAPI, eqx.Module):
         ``interp.set_length_buckets``), so a prompt of a new length usually reuses a compiled program; outputs
         and captured activations are cut back to the prompt's length (``keep_padding=True`` leaves them at the
         bucket length: positions past the prompt are padding). A captured activation is cut when it is first read
-        from the cache, so capturing every hook point and reading a few costs only the few. Runs whose edits include a function not marked
-        :func:`interp.hooks.any_length`, and runs on traced tokens, run at the exact length.
+        from the cache, so capturing every hook point and reading a few costs only the few. Runs whose edits
+        include a function not marked :func:`interp.hooks.any_length`, and runs on traced tokens, run at the exact
+        length.
         """
         hooks = self._with_context_edits(hooks)  # the edits of an active `with model.hooks(...)` block, once
         tokens, attention_mask, positions = self.check_inputs(tokens, attention_mask, positions)
