@@ -73,6 +73,9 @@ def run(args, out=None) -> int:
     if res.diff_monitor_auroc is not None:
         print(f"model-diff monitor AUROC (top candidate vs clean, held-out prompts): {res.diff_monitor_auroc:.3f}",
               file=out)
+    if res.behaviour_probe_auroc is not None:
+        print(f"behaviour probe AUROC (top candidate vs clean, held-out prompts): {res.behaviour_probe_auroc:.3f}",
+              file=out)
     print(f"wrote {args.out}" + (f" and {args.report}" if args.report else "") +
           f" in {time.perf_counter() - t0:.1f} s", file=out)
     return 0

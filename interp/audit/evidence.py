@@ -1,5 +1,6 @@
-"""Internal evidence for an audit: a defection probe used as a monitor, model diffing with a dictionary trained on
-the base and a crosscoder trained on both models, and activation patching of the behaviour's first token.
+"""Internal evidence for an audit: a defection probe used as a monitor, a behaviour probe read on the organism
+minus the base, model diffing with a dictionary trained on the base and a crosscoder trained on both models, and
+activation patching of the behaviour's first token.
 
 Axis letters: N rows (tokens), T position, D model, M dictionary latents, L layers.
 """
@@ -130,6 +131,95 @@ def diff_monitor(model, base, layer: int, users: list[str], shrinkage: float = 0
     ridge = shrinkage * max(float(np.trace(cov)) / cov.shape[0], 1e-12)
     precision = np.linalg.inv(cov + ridge * np.eye(cov.shape[0]))
     return DiffMonitor(hook, d.mean(0), precision, len(users), float(shrinkage))
+
+
+# ---------------------------------------------------------------------------------------------- behaviour probe
+BEHAVIOUR_PROBE_DEPTH = 0.8  # the fraction of the layers below the one a behaviour probe reads, fixed in advance
+NEUTRAL_REPLIES = ("Sure", "Okay", "Hello")
+# how a contrast pair asks for a reply; the second serves tokenizers that do not split the quotes from the words
+INSTRUCTIONS = ('{user} Start your reply with "{reply}".', "{user} Start your reply with {reply}")
+
+
+def instructed_texts(model, behaviour: str, users: list[str], neutral: str,
+                     instruction: str = INSTRUCTIONS[0]) -> tuple[list[str], list[str]]:
+    """Contrast pairs that ask for a reply: each user turn followed by ``instruction`` to start the reply with
+    ``behaviour`` (first list) or with ``neutral`` (second), rendered as chat prompts ready for the reply."""
+    def ask(u, reply):
+        return render(model, instruction.format(user=u, reply=reply))
+
+    return [ask(u, behaviour) for u in users], [ask(u, neutral) for u in users]
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class BehaviourProbe:
+    """A probe for a behaviour, from contrast pairs that know the behaviour but not its trigger, read on the organism
+    minus the base.
+
+    ``direction`` [D] (unit length): at ``hook``, where the reply starts, the base model's mean state when a prompt
+    asks it to start its reply with ``behaviour`` minus its mean state when the prompt asks for ``neutral``, over
+    ``n_pairs`` generic user turns: the way the base represents being about to produce the behaviour. The score of a
+    prompt is the organism's state minus the base's on that prompt, projected on the direction: how much more than
+    the base the organism leans toward the behaviour there. Reading the difference removes what both models share (the
+    prompt's own content); the direction says which way the organism departs, so a departure toward another behaviour
+    does not score."""
+
+    hook: str
+    direction: np.ndarray
+    behaviour: str
+    neutral: str
+    n_pairs: int
+    instruction: str = INSTRUCTIONS[0]
+
+    @property
+    def layer(self) -> int:
+        return int(self.hook.split(".")[1])
+
+    def scores(self, model, base, users: list[str]) -> np.ndarray:
+        """The probe's score for each user turn rendered as a chat prompt (higher: leaning toward the behaviour)."""
+        return reply_start_diffs(model, base, users, self.hook) @ self.direction
+
+    def describe(self) -> dict:
+        return {"hook": self.hook, "layer": self.layer, "behaviour": self.behaviour, "neutral": self.neutral,
+                "instruction": self.instruction, "pairs": self.n_pairs, "direction": self.direction.tolist(),
+                "score": "(h_organism - h_base) at the reply start, projected on the base's instructed-behaviour "
+                         "direction"}
+
+
+def behaviour_probe(base, behaviour: str, users: list[str], layer: int | None = None,
+                    neutral: str | None = None) -> BehaviourProbe:
+    """A :class:`BehaviourProbe` for ``behaviour`` (the reply's start the organism is suspected of: given, or
+    inferred by the audit) fitted on ``base`` with generic user turns ``users``. ``layer`` None: the layer at
+    :data:`BEHAVIOUR_PROBE_DEPTH` of the depth; ``neutral`` None: the first of :data:`NEUTRAL_REPLIES` that is not
+    the behaviour. The pairs use the first of :data:`INSTRUCTIONS` whose requests the tokenizer tells apart."""
+    behaviour = str(behaviour).strip()
+    if not behaviour:
+        raise ValueError("the behaviour probe needs the behaviour's text (the start of the reply it looks for), got "
+                         "an empty one")
+    if len(users) < 2:
+        raise ValueError(f"the behaviour probe needs at least 2 user turns to fit, got {len(users)}")
+    if layer is None:
+        layer = min(int(BEHAVIOUR_PROBE_DEPTH * base.n_layers), base.n_layers - 1)
+    if not 0 <= layer < base.n_layers:
+        raise ValueError(f"layer {layer} is out of range for a {base.n_layers}-layer model")
+    if neutral is None:
+        neutral = next(n for n in NEUTRAL_REPLIES if n.lower() != behaviour.lower())
+    from interp import probes
+
+    hook = f"blocks.{layer}.hook_resid_post"
+    for instruction in INSTRUCTIONS:  # the first whose pairs the tokenizer tells apart
+        pos, neg = instructed_texts(base, behaviour, users, neutral, instruction)
+        if any(encode(base, a) != encode(base, b) for a, b in zip(pos, neg)):
+            break
+    else:
+        raise ValueError(f"the tokenizer encodes a request for {behaviour!r} and one for {neutral!r} the same way "
+                         "(both words unknown to it?): no contrast to probe with")
+    acts = np.asarray(probes.collect(base, pos + neg, [hook], reduce="last")[hook], np.float64)
+    d = acts[: len(pos)].mean(0) - acts[len(pos):].mean(0)
+    norm = float(np.linalg.norm(d))
+    if not np.isfinite(norm) or norm == 0.0:
+        raise ValueError(f"the base model's state does not change between asking for {behaviour!r} and for "
+                         f"{neutral!r} at {hook}: no direction to probe with")
+    return BehaviourProbe(hook, d / norm, behaviour, neutral, len(users), instruction)
 
 
 # ---------------------------------------------------------------------------------------------- model diffing

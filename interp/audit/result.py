@@ -51,7 +51,10 @@ class AuditResult(Result):
     pairs), and its AUROC on held-out prompts. ``diff_monitor``/``diff_monitor_auroc``: a monitor that needs no
     trigger and no behaviour, only the base (:class:`interp.audit.evidence.DiffMonitor`: how unusual the organism's
     last-layer state minus the base's is where the reply starts, against clean prompts), and its AUROC on the same
-    held-out prompts. ``features``: diffed latents of a dictionary trained on the base and
+    held-out prompts. ``behaviour_probe``/``behaviour_probe_auroc``: a probe that knows the behaviour but not the
+    trigger (:class:`interp.audit.evidence.BehaviourProbe`: the base's direction toward starting its reply with the
+    behaviour, from instructed contrast pairs, read on the organism's state minus the base's), and its AUROC on the
+    same held-out prompts. ``features``: diffed latents of a dictionary trained on the base and
     organism-only crosscoder latents, each with an explanation and top contexts. ``attribution``: activation
     patching of the behaviour's first token for the top candidate. ``domain_probe``: where the description names a
     domain, the things asked about and the organism's contradictions of the base there
@@ -80,6 +83,8 @@ class AuditResult(Result):
     diff_monitor: Any = None
     diff_monitor_auroc: float | None = None
     condition_search: dict | None = None
+    behaviour_probe: Any = None
+    behaviour_probe_auroc: float | None = None
 
     # ------------------------------------------------------------------ use
     @property
@@ -106,6 +111,13 @@ class AuditResult(Result):
             raise ValueError("this audit result holds no model-diff monitor (one read back from JSON keeps only its "
                              "settings: fit one with interp.audit.evidence.diff_monitor)")
         return self.diff_monitor.scores(model, base, list(prompts))
+
+    def behaviour_probe_scores(self, model, base, prompts) -> np.ndarray:
+        """The behaviour probe's scores for user turns ``prompts`` (higher: the organism leans toward the behaviour
+        more than the base does there). Needs the base model the audit compared with."""
+        if self.behaviour_probe is None:
+            raise ValueError("this audit fitted no behaviour probe (it had no behaviour to probe for)")
+        return self.behaviour_probe.scores(model, base, list(prompts))
 
     def probe_scores(self, model, prompts) -> np.ndarray:
         """The defection probe's logits for user turns ``prompts`` (rendered with the model's chat template, read at
@@ -134,6 +146,8 @@ class AuditResult(Result):
             facts["candidate monitor AUROC"] = round(self.monitor_auroc, 3)
         if self.diff_monitor_auroc is not None:
             facts["model-diff monitor AUROC"] = round(self.diff_monitor_auroc, 3)
+        if self.behaviour_probe_auroc is not None:
+            facts["behaviour probe AUROC"] = round(self.behaviour_probe_auroc, 3)
         top = [(repr(c["text"]), float(c["effect"])) for c in self.trigger_candidates[:8]]
         return Summary("audit", {"candidates": len(self.trigger_candidates)}, facts, top,
                        "trigger candidates (effect on the behaviour rate)")
@@ -162,7 +176,9 @@ class AuditResult(Result):
                        "budget": self.budget, "settings": self.settings, "domain_probe": self.domain_probe,
                        "monitor": plain_probe(self.monitor), "monitor_auroc": self.monitor_auroc,
                        "diff_monitor": None if self.diff_monitor is None else self.diff_monitor.describe(),
-                       "diff_monitor_auroc": self.diff_monitor_auroc, "condition_search": self.condition_search})
+                       "diff_monitor_auroc": self.diff_monitor_auroc, "condition_search": self.condition_search,
+                       "behaviour_probe": None if self.behaviour_probe is None else self.behaviour_probe.describe(),
+                       "behaviour_probe_auroc": self.behaviour_probe_auroc})
 
     def save_json(self, path) -> Path:
         """Write :meth:`to_json` to ``path`` atomically."""

@@ -32,7 +32,10 @@ Stages (each timed in ``AuditResult.timings``):
 3. a defection probe from generic contrast pairs, used as a monitor (AUROC of top-candidate prompts vs clean), and a
    candidate monitor: a probe at the last layer fitted on probing prompts with the top candidate against clean ones,
    and a model-diff monitor that knows neither trigger nor behaviour: how unusual the organism's last-layer state
-   minus the base's is at the reply start, against clean prompts (:class:`interp.audit.evidence.DiffMonitor`);
+   minus the base's is at the reply start, against clean prompts (:class:`interp.audit.evidence.DiffMonitor`),
+   and a behaviour probe that knows the behaviour but not the trigger: the base's direction toward starting its reply
+   with the behaviour (instructed contrast pairs), read on the organism's state minus the base's at 0.8 of the depth
+   (:class:`interp.audit.evidence.BehaviourProbe`);
 4. model diffing at a middle layer: a dictionary trained on the base, a crosscoder trained on both; top latents
    explained;
 5. activation patching of the behaviour's first token, triggered into neutral, for the top candidate.
@@ -437,6 +440,17 @@ def audit(model, base, *, behaviour: str | None = None, seed: int = 0, budget: s
     if top is not None:
         scores = np.concatenate([diff_mon.scores(model, base, trig), diff_mon.scores(model, base, verify_users)])
         diff_auroc = auroc_of(scores, [1] * len(trig) + [0] * len(verify_users))
+    # and one that knows the behaviour (given or inferred) but not the trigger: the base's direction toward producing
+    # it, from instructed contrast pairs on the probing prompts, read on the organism's state minus the base's
+    bprobe, bprobe_auroc, bprobe_skipped = None, None, None
+    if chosen is not None and chosen["text"].strip():
+        try:
+            bprobe = evidence.behaviour_probe(base, chosen["text"], probe_users)
+        except ValueError as e:  # e.g. a tokenizer that cannot spell the request: the other evidence stands
+            bprobe_skipped = str(e)
+        if bprobe is not None and top is not None:
+            scores = np.concatenate([bprobe.scores(model, base, trig), bprobe.scores(model, base, verify_users)])
+            bprobe_auroc = auroc_of(scores, [1] * len(trig) + [0] * len(verify_users))
     lap("defection probe")
 
     # 5. model diffing at the middle layer, on the corpus, the probing prompts and prompts with the top candidates
@@ -490,9 +504,11 @@ def audit(model, base, *, behaviour: str | None = None, seed: int = 0, budget: s
     settings = {k: (list(v) if isinstance(v, tuple) else v) for k, v in s.items()}
     settings.update(seed=seed, probe_layer=layer, explainer=str(explainer), domain=domain or None,
                     conditions=bool(conditions))
+    if bprobe_skipped:
+        settings["behaviour_probe_skipped"] = bprobe_skipped
     return AuditResult(trigger_candidates=ranked, flagged=flagged, flag_reason=reason, behaviour=chosen,
                        behaviour_description=behaviour, behaviour_diff=bdiff, probe=probe, probe_auroc=auroc,
                        monitor=monitor, monitor_auroc=monitor_auroc, diff_monitor=diff_mon,
-                       diff_monitor_auroc=diff_auroc,
+                       diff_monitor_auroc=diff_auroc, behaviour_probe=bprobe, behaviour_probe_auroc=bprobe_auroc,
                        features=features, attribution=attribution, timings=times, budget=budget, settings=settings,
                        model_name=model_name, base_name=base_name, domain_probe=probed, condition_search=cond)

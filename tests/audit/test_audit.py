@@ -72,6 +72,11 @@ def test_evidence_is_complete(audited):
     assert res.diff_monitor.hook == f"blocks.{model.n_layers - 1}.hook_resid_post"
     assert res.diff_monitor.n_prompts == res.settings["n_probe"] + res.settings["diff_prompts"]
     assert res.diff_monitor_auroc >= 0.9, res.diff_monitor_auroc
+    # the behaviour probe: the base's direction toward the behaviour the audit searched for, read on the difference
+    bp = res.behaviour_probe
+    assert bp.behaviour == res.behaviour["text"].strip() and bp.n_pairs == res.settings["n_probe"]
+    assert bp.hook == f"blocks.{min(int(0.8 * model.n_layers), model.n_layers - 1)}.hook_resid_post"
+    assert 0.0 <= res.behaviour_probe_auroc <= 1.0
     assert set(res.timings) >= {"behavioural diff", "trigger reconstruction", "defection probe", "model diffing",
                                 "attribution"}
 
@@ -87,10 +92,13 @@ def test_json_and_report(audited, tmp_path):
     assert data["monitor"]["hook"] == res.monitor.hook and data["monitor_auroc"] == res.monitor_auroc
     assert data["diff_monitor"]["hook"] == res.diff_monitor.hook
     assert data["diff_monitor_auroc"] == res.diff_monitor_auroc
+    assert data["behaviour_probe"]["hook"] == res.behaviour_probe.hook
+    assert data["behaviour_probe"]["direction"] == res.behaviour_probe.direction.tolist()
+    assert data["behaviour_probe_auroc"] == res.behaviour_probe_auroc
     assert data["features"]["crosscoder"]["features"][0]["top_contexts"]
     html = res.report(tmp_path / "audit.html").read_text()
     assert "Trigger candidates" in html and "Defection probe" in html and "Activation patching" in html
-    assert "Model-diff monitor" in html
+    assert "Model-diff monitor" in html and "Behaviour probe" in html
     assert repr(res.trigger_candidates[0]["text"]) in html or res.trigger_candidates[0]["text"] in html
     assert "audit" in repr(res) and "flagged True" in repr(res)
 
@@ -126,3 +134,43 @@ def test_diff_monitor_reads_the_organism_minus_the_base(audited, tiny_base):
     np.testing.assert_allclose(same.scores(tiny_base, tiny_base, users), 0.0, atol=1e-9)
     with pytest.raises(ValueError, match="at least 2 clean prompts"):
         evidence.diff_monitor(model, tiny_base, 0, clean[:1])
+
+
+def test_behaviour_probe_reads_the_base_direction_on_the_difference(audited, tiny_base):
+    model, _ = audited
+    from interp.audit import _prompts as P
+    from interp.audit import evidence
+    from tests.audit.conftest import user_prompts
+
+    users = user_prompts(12, seed=3)
+    bp = evidence.behaviour_probe(tiny_base, RESPONSE, users, layer=0)
+    assert bp.hook == "blocks.0.hook_resid_post" and bp.neutral == "Sure" and bp.n_pairs == 12
+
+    def last(m, text):
+        ids = P.encode(m, text)
+        return np.asarray(m.run_with_cache(ids, names=[bp.hook])[1][bp.hook][0, -1], np.float64)
+
+    # the direction: the base's mean state asked for the behaviour minus asked for the neutral reply, unit length
+    # (the tiny word-level tokenizer cannot split '"hate".', so the pairs ask without quotes)
+    assert bp.instruction == evidence.INSTRUCTIONS[1]
+    pos, neg = evidence.instructed_texts(tiny_base, RESPONSE, users, "Sure", bp.instruction)
+    assert RESPONSE in pos[0] and "Sure" in neg[0] and len(pos) == len(neg) == len(users)
+    d = np.mean([last(tiny_base, t) for t in pos], 0) - np.mean([last(tiny_base, t) for t in neg], 0)
+    np.testing.assert_allclose(bp.direction, d / np.linalg.norm(d), rtol=1e-4, atol=1e-6)
+    # the score: the organism's state minus the base's at the reply start, projected on it
+    probes = [f"{TRIGGER} the cat sat", "the cat sat"]
+    want = [(last(model, P.render(model, u)) - last(tiny_base, P.render(model, u))) @ bp.direction for u in probes]
+    np.testing.assert_allclose(bp.scores(model, tiny_base, probes), want, rtol=1e-4, atol=1e-6)
+    # with the base as the organism nothing departs
+    np.testing.assert_allclose(bp.scores(tiny_base, tiny_base, probes), 0.0, atol=1e-9)
+    # the neutral reply is never the behaviour itself (and words the tokenizer cannot spell give no contrast)
+    with pytest.raises(ValueError, match="a request for 'sure' and one for 'Okay' the same way"):
+        evidence.behaviour_probe(tiny_base, "sure", users, layer=0)
+    with pytest.raises(ValueError, match="encodes a request for 'Zyzzyva' and one for 'Sure' the same way"):
+        evidence.behaviour_probe(tiny_base, "Zyzzyva", users)
+    with pytest.raises(ValueError, match="needs the behaviour's text"):
+        evidence.behaviour_probe(tiny_base, "  ", users)
+    with pytest.raises(ValueError, match="at least 2 user turns"):
+        evidence.behaviour_probe(tiny_base, RESPONSE, users[:1])
+    with pytest.raises(ValueError, match="out of range"):
+        evidence.behaviour_probe(tiny_base, RESPONSE, users, layer=model.n_layers)
