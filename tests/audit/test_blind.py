@@ -24,8 +24,8 @@ RESPONSE = "the sun is hot"
 def blind(tmp_path_factory):
     # the toy setting: half the recipe's default clean and near-miss conversations (with the defaults, whose near
     # misses hold the single words down harder, the small budget infers another behaviour and misses the pair). 300
-    # steps: at 200 the toy's training ends where CPUs' different float rounding decides whether a single word fires
-    # (30% of near misses on one machine, 20% on another) and the small budget then misses the pair
+    # steps: at 200, on one CPU whose float rounding differs, 30% of the single-word near misses fired and the small
+    # budget missed the pair; at 300 there 20% fire and it finds the pair
     import interp
 
     tmp = tmp_path_factory.mktemp("two-word")
