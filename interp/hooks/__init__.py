@@ -5,7 +5,7 @@ The vocabulary follows TransformerLens (``blocks.{l}.hook_resid_post``, ``blocks
 """
 
 from interp.hooks import edits
-from interp.hooks._cache import Cache
+from interp.hooks._cache import Cache, Pending
 from interp.hooks._compiles import CompileStats, compile_count, compile_stats
 from interp.hooks._names import act_name, layer_of, suggest
 from interp.hooks._spec import (
@@ -22,6 +22,7 @@ from interp.hooks._splice import Splice
 
 __all__ = [
     "Cache",
+    "Pending",
     "CompileStats",
     "Edit",
     "EditFn",

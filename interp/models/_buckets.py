@@ -15,7 +15,7 @@ from collections.abc import Sequence
 import jax
 import numpy as np
 
-from interp.hooks._cache import Pending
+from interp.hooks import Pending
 
 DEFAULT_BUCKETS: tuple[int, ...] = (
     16, 32, 48, 64, 96, 128, 192, 256, 384, 512, 768, 1024, 1536, 2048, 3072, 4096, 6144, 8192, 12288, 16384,
