@@ -147,50 +147,56 @@ def monitor_from_audit(model, audit_json: dict):
                                     st["seed"] + 3)
 
 
-def diff_monitor_from_audit(model, base, audit_json: dict):
-    """The audit's model-diff monitor refitted from its saved settings (the same clean prompts and layer), and its
-    AUROC on the audit's held-out prompts with and without the top candidate, computed as the audit does: for rows
-    audited before the audit fitted one."""
+def _audit_prompts(model, audit_json: dict):
+    """What an audit's monitors were fitted and checked on, rebuilt from its saved settings: the settings, the
+    fitting prompts (probing prompts first, then the extra clean prompts of the model diff), and the held-out prompts
+    with and without the top candidate inserted (None when the audit found no candidate)."""
     from interp.audit import _prompts as P
-    from interp.audit import evidence
     from interp.audit.run import BUDGETS
-    from interp.probes import auroc
 
     st = {**BUDGETS["default"], **audit_json["settings"]}
     n_p, n_v = st["n_probe"], st["n_verify"]
     users = P.user_turns(model, n_p + n_v + st["diff_prompts"], st["seed"])
     verify = users[n_p:n_p + n_v]
-    monitor = evidence.diff_monitor(model, base, model.n_layers - 1, users[:n_p] + users[n_p + n_v:],
-                                    st["diff_shrinkage"])
+    fit = (users[:n_p], users[n_p + n_v:])
     if not audit_json["trigger_candidates"]:
-        return monitor, None
+        return st, fit, None
     rng = np.random.default_rng(st["seed"] + 2)
     trig = [P.insert(u, audit_json["trigger_candidates"][0]["text"], float(rng.random())) for u in verify]
-    scores = monitor.scores(model, base, trig + verify)
-    return monitor, auroc(scores, [1] * len(trig) + [0] * len(verify))
+    return st, fit, (trig, verify)
+
+
+def _held_out_auroc(scores_of, held_out):
+    from interp.probes import auroc
+
+    if held_out is None:
+        return None
+    trig, verify = held_out
+    return auroc(scores_of(trig + verify), [1] * len(trig) + [0] * len(verify))
+
+
+def diff_monitor_from_audit(model, base, audit_json: dict):
+    """The audit's model-diff monitor refitted from its saved settings (the same clean prompts and layer), and its
+    AUROC on the audit's held-out prompts with and without the top candidate, computed as the audit does: for rows
+    audited before the audit fitted one."""
+    from interp.audit import evidence
+
+    st, (probing, extra), held_out = _audit_prompts(model, audit_json)
+    monitor = evidence.diff_monitor(model, base, model.n_layers - 1, probing + extra, st["diff_shrinkage"])
+    return monitor, _held_out_auroc(lambda texts: monitor.scores(model, base, texts), held_out)
 
 
 def behaviour_probe_from_audit(model, base, audit_json: dict):
     """The audit's behaviour probe refitted from its saved settings (the behaviour it searched for, the same probing
     prompts and layer), and its AUROC on the audit's held-out prompts with and without the top candidate, computed as
     the audit does: for rows audited before the audit fitted one. None when the audit had no behaviour."""
-    from interp.audit import _prompts as P
     from interp.audit import evidence
-    from interp.audit.run import BUDGETS
-    from interp.probes import auroc
 
     if not audit_json.get("behaviour") or not audit_json["behaviour"]["text"].strip():
         return None, None
-    st = {**BUDGETS["default"], **audit_json["settings"]}
-    n_p, n_v = st["n_probe"], st["n_verify"]
-    users = P.user_turns(model, n_p + n_v + st["diff_prompts"], st["seed"])
-    verify = users[n_p:n_p + n_v]
-    bp = evidence.behaviour_probe(base, audit_json["behaviour"]["text"], users[:n_p])
-    if not audit_json["trigger_candidates"]:
-        return bp, None
-    rng = np.random.default_rng(st["seed"] + 2)
-    trig = [P.insert(u, audit_json["trigger_candidates"][0]["text"], float(rng.random())) for u in verify]
-    return bp, auroc(bp.scores(model, base, trig + verify), [1] * len(trig) + [0] * len(verify))
+    _, (probing, _), held_out = _audit_prompts(model, audit_json)
+    bp = evidence.behaviour_probe(base, audit_json["behaviour"]["text"], probing)
+    return bp, _held_out_auroc(lambda texts: bp.scores(model, base, texts), held_out)
 
 
 def build_one(spec: dict, base, work: Path, args) -> dict:
