@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import html
 
+import pytest
+
 from .harness import open_offline, page_events, require_modules, run_notebook_in_lab
 
 PAYLOAD = "<script>alert(1)</script>"
@@ -56,6 +58,11 @@ def test_open_offline_records_what_it_blocks(context, tmp_path):
     assert any("noisy console" in m for m in events.console_errors)
     assert events.dialogs == ["alert: noisy alert"]
     assert any("noisy throw" in e for e in events.page_errors)
+    # a tolerated console message is left out of the verdict, and nothing else is
+    with pytest.raises(AssertionError) as failed:
+        events.assert_clean(tolerated_console_errors=("noisy console",))
+    assert "noisy console" not in str(failed.value)
+    assert "noisy alert" in str(failed.value) and "noisy throw" in str(failed.value)
 
 
 def test_jupyterlab_renders_widget(context, jupyterlab, artifacts, tmp_path):
@@ -87,4 +94,7 @@ def test_jupyterlab_renders_widget(context, jupyterlab, artifacts, tmp_path):
     assert bars.count() == 3
 
     page.screenshot(path=str(artifacts / "jupyterlab_widgets.png"))
-    page_events(page).assert_clean()
+    # jupyterlab-manager looks a widget model up by polling for at most 2 s, then logs "widget model not found";
+    # on a loaded machine a model can take longer to arrive over the kernel's channel. Both widgets were checked
+    # above to render in full, so that message alone is not a failure.
+    page_events(page).assert_clean(tolerated_console_errors=("widget model not found",))
