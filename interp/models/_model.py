@@ -474,8 +474,21 @@ def attention_inputs(
     return positions, jnp.broadcast_to(mask, (B, T, T))
 
 
-@eqx.filter_jit
 def _run(model: Model, tokens, attention_mask, positions, hooks: Resolved, stop_at_layer, return_output):
+    out, values, index = _run_program(model, tokens, attention_mask, positions, hooks, stop_at_layer, return_output)
+    return out, Cache({name: values[i] for name, i in index})
+
+
+@eqx.filter_jit
+def _run_program(model: Model, tokens, attention_mask, positions, hooks: Resolved, stop_at_layer, return_output):
     hk = HookRunner(hooks)
     out = model.forward(tokens, hk, attention_mask=attention_mask, positions=positions, stop_at_layer=stop_at_layer)
-    return (out if return_output else None), Cache(hk.cache)
+    # A value captured under several names (a block's resid_post is the next block's resid_pre) leaves the program
+    # once, and the names share it: each further output of the same value would be a copy.
+    values, slot, index = [], {}, []
+    for name, a in hk.cache.items():
+        i = slot.setdefault(id(a), len(values))
+        if i == len(values):
+            values.append(a)
+        index.append((name, i))
+    return (out if return_output else None), values, tuple(index)

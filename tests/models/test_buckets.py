@@ -120,6 +120,28 @@ def test_a_padded_cache_is_cut_when_read(tiny):
     assert squeezed["blocks.1.hook_resid_post"].shape == (11, 32)
 
 
+def test_a_value_captured_under_two_names_leaves_the_run_once(tiny):
+    """A block's resid_post is the next block's resid_pre: the run returns that value once and both names share the
+    array (a second output would be a copy), unless an edit between them makes them differ."""
+    tokens = random_tokens(tiny.d_vocab, (2, 9), seed=5)
+    with exact_lengths():
+        _, cache = tiny.run_with_cache(tokens)
+        post, pre = cache["blocks.0.hook_resid_post"], cache["blocks.1.hook_resid_pre"]
+        assert post is pre
+        assert cache["blocks.0.hook_resid_mid"] is not post and cache["blocks.1.hook_resid_mid"] is not post
+        _, alone = tiny.run_with_cache(tokens, names=["blocks.1.hook_resid_pre"])
+        np.testing.assert_array_equal(np.asarray(pre), np.asarray(alone["blocks.1.hook_resid_pre"]))
+        shift = jnp.full(32, 0.5)
+        _, edited = tiny.run_with_cache(tokens, edits=[("blocks.1.hook_resid_pre", edits.add, shift)])
+        np.testing.assert_allclose(np.asarray(edited["blocks.1.hook_resid_pre"]),
+                                   np.asarray(edited["blocks.0.hook_resid_post"]) + 0.5, rtol=1e-6)
+    # padded and cut when read: each name reads the prompt's positions
+    _, padded = tiny.run_with_cache(tokens)
+    np.testing.assert_array_equal(np.asarray(padded["blocks.1.hook_resid_pre"]),
+                                  np.asarray(padded["blocks.0.hook_resid_post"]))
+    assert_close(np.asarray(padded["blocks.1.hook_resid_pre"]), np.asarray(pre), 1e-5, "resid_pre")
+
+
 def test_new_lengths_in_a_bucket_compile_nothing(tiny):
     name = "blocks.1.hook_resid_pre"
     calls = [
