@@ -20,6 +20,22 @@ def timed(fn, reps: int, warmup: int = 1) -> float:
     return statistics.median(times)
 
 
+def timed_pair(fn, ref, reps: int, warmup: int = 1) -> tuple[float, float, float]:
+    """``(median seconds of fn, median seconds of ref, median of the per-round ratios fn / ref)``, the two called
+    alternately ``reps`` times after ``warmup`` calls of each: a ratio of two runs next to each other in time, which
+    drift on a noisy machine moves less than one of two separate blocks of runs."""
+    for _ in range(warmup):
+        fn()
+        ref()
+    a, b = [], []
+    for _ in range(reps):
+        for f, out in ((fn, a), (ref, b)):
+            t0 = time.perf_counter()
+            f()
+            out.append(time.perf_counter() - t0)
+    return statistics.median(a), statistics.median(b), statistics.median(x / y for x, y in zip(a, b))
+
+
 @contextlib.contextmanager
 def running_peer(name: str, notes: list[str]):
     """Run a peer's part of a benchmark: if the peer is not installed or fails, say so in ``notes`` (its figures
