@@ -3,12 +3,13 @@
     python benchmarks/precision.py [--seq 128]
 
 For each dtype, in a fresh process so that its peak memory is its own: the parameter bytes (every array of the
-model), the bytes of a full activation cache (``run_with_cache`` of every hook point) for one prompt of ``--seq``
-tokens, the peak resident memory of the process after loading the model and running it once, and the largest
-difference of its logits from the float32 model's (the logits are float32 in every dtype; see
-``interp.models._blocks``, "Precision"), with the logits' magnitude for scale. With transformers installed, the
-same for transformers on the same weights (its own dtype against its own float32), and the largest difference
-between our logits and transformers' in each dtype.
+model), the bytes of a full activation cache (``run_with_cache`` of every hook point; an array two hook names share,
+such as a block's resid_post and the next block's resid_pre, counted once) for one prompt of ``--seq`` tokens, the
+peak resident memory of the process after loading the model and running it once, and the largest difference of its
+logits from the float32 model's (the logits are float32 in every dtype; see ``interp.models._blocks``, "Precision"),
+with the logits' magnitude for scale. With transformers installed, the same for transformers on the same weights
+(its own dtype against its own float32), and the largest difference between our logits and transformers' in each
+dtype.
 """
 
 from __future__ import annotations
@@ -54,7 +55,7 @@ def measure(dtype: str, seq: int, out: Path) -> None:
     params = sum(x.nbytes for x in jax.tree.leaves(eqx.filter(model, eqx.is_array)))
     tokens = prompt(model, seq)
     logits, cache = model.run_with_cache(tokens)
-    cache_bytes = sum(a.nbytes for a in cache.values())
+    cache_bytes = sum(a.nbytes for a in {id(a): a for a in cache.values()}.values())  # names sharing one array once
     np.save(out, np.asarray(logits, np.float32))
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # kilobytes on Linux
     print(json.dumps({"dtype": dtype, "params": params, "cache": cache_bytes, "hooks": len(cache), "peak_rss": peak}))
