@@ -125,9 +125,9 @@ class PageEvents:
         containing one of ``tolerated_console_errors`` is left out: for a known message of a third-party component
         whose outcome the test checks by other means."""
         problems = self.problems()
-        errors = [m for m in problems.get("console errors", []) if not any(t in m for t in tolerated_console_errors)]
-        problems = {k: (errors if k == "console errors" else v) for k, v in problems.items()}
-        problems = {k: v for k, v in problems.items() if v}
+        errors = [m for m in problems.pop("console errors", []) if not any(t in m for t in tolerated_console_errors)]
+        if errors:
+            problems["console errors"] = errors
         assert not problems, "page was not clean:\n" + json.dumps(problems, indent=2)
 
 
