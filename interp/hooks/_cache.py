@@ -55,10 +55,17 @@ class Pending:
     resolves an entry the first time it is read and keeps the result, so capturing hundreds of hook points costs
     only the entries that are looked at; :func:`resolve_all` finishes many at once."""
 
-    __slots__ = ("shape", "dtype")
+    __slots__ = ("shape", "dtype", "_value")
 
     def __init__(self, shape: tuple[int, ...], dtype):
         self.shape, self.dtype = tuple(shape), dtype
+        self._value = None
+
+    def value(self) -> Array:
+        """The resolved value, worked out once: an entry that several names share is finished once for all."""
+        if self._value is None:
+            self._value = self.resolve()
+        return self._value
 
     @property
     def ndim(self) -> int:
@@ -75,13 +82,16 @@ class Pending:
 
 def _resolve_all(data: dict) -> None:
     """Resolve every :class:`Pending` value of ``data`` in place, one batch per kind."""
-    kinds: dict[type, list[str]] = {}
+    kinds: dict[type, dict[int, Pending]] = {}
+    for v in data.values():
+        if isinstance(v, Pending) and v._value is None:
+            kinds.setdefault(type(v), {})[id(v)] = v  # a value that several names share is resolved once
+    for kind, todo in kinds.items():
+        for p, v in zip(todo.values(), kind.resolve_all(list(todo.values()))):
+            p._value = v
     for k, v in data.items():
         if isinstance(v, Pending):
-            kinds.setdefault(type(v), []).append(k)
-    for kind, keys in kinds.items():
-        for k, v in zip(keys, kind.resolve_all([data[k] for k in keys])):
-            data[k] = v
+            data[k] = v._value
 
 
 @jax.tree_util.register_pytree_node_class
@@ -141,7 +151,7 @@ class Cache(Mapping):
             raise KeyError(f"'{name}' is not in this cache{suggest(name, self._data)}")
         value = self._data[name]
         if isinstance(value, Pending):
-            value = self._data[name] = value.resolve()
+            value = self._data[name] = value.value()
         return value
 
     def __iter__(self) -> Iterator[str]:

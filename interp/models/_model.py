@@ -252,7 +252,15 @@ class Model(UserAPI, eqx.Module):
             axes = self.position_axes()
             if out is not None:
                 out = slice_positions(out, (1,), T)
-            cache = Cache({name: cut_positions(a, axes.get(name, (1,)), T) for name, a in cache.items()})
+            cut: dict[tuple[int, tuple[int, ...]], object] = {}  # names that share one array share its cut
+            entries = {}
+            for name, a in cache.items():
+                ax = tuple(axes.get(name, (1,)))
+                key = (id(a), ax)
+                if key not in cut:
+                    cut[key] = cut_positions(a, ax, T)
+                entries[name] = cut[key]
+            cache = Cache(entries)
         return out, cache
 
     # ----------------------------------------------------------------- length buckets

@@ -135,11 +135,14 @@ def test_a_value_captured_under_two_names_leaves_the_run_once(tiny):
         _, edited = tiny.run_with_cache(tokens, edits=[("blocks.1.hook_resid_pre", edits.add, shift)])
         np.testing.assert_allclose(np.asarray(edited["blocks.1.hook_resid_pre"]),
                                    np.asarray(edited["blocks.0.hook_resid_post"]) + 0.5, rtol=1e-6)
-    # padded and cut when read: each name reads the prompt's positions
+    # padded and cut when read: the two names share one cut, whichever is read first and however it is read
     _, padded = tiny.run_with_cache(tokens)
-    np.testing.assert_array_equal(np.asarray(padded["blocks.1.hook_resid_pre"]),
-                                  np.asarray(padded["blocks.0.hook_resid_post"]))
+    assert padded["blocks.1.hook_resid_pre"] is padded["blocks.0.hook_resid_post"]
     assert_close(np.asarray(padded["blocks.1.hook_resid_pre"]), np.asarray(pre), 1e-5, "resid_pre")
+    _, whole = tiny.run_with_cache(tokens)
+    whole = jax.block_until_ready(whole)  # resolves every entry in one batch
+    assert whole["blocks.0.hook_resid_post"] is whole["blocks.1.hook_resid_pre"]
+    assert whole["blocks.0.hook_resid_post"].shape == (2, 9, 32)
 
 
 def test_new_lengths_in_a_bucket_compile_nothing(tiny):
