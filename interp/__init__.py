@@ -6,7 +6,11 @@
     >>> cache["resid_post", 5].shape
 """
 
-from interp._compilation_cache import compilation_cache_dir, enable_compilation_cache
+from interp._allocator import allocator_settings, tune_allocator
+
+tune_allocator()  # before JAX starts its threads: see interp/_allocator.py
+
+from interp._compilation_cache import compilation_cache_dir, enable_compilation_cache  # noqa: E402
 
 enable_compilation_cache()  # before anything compiles: the imports below are placed after it on purpose
 
@@ -36,7 +40,8 @@ from interp.weights.tokenize import Tokenizer  # noqa: E402
 from interp.wrap import wrap  # noqa: E402
 
 __all__ = [
-    "Cache", "Edit", "Hooks", "LlamaConfig", "Model", "Tokenizer", "act_name", "any_length", "check_tokens",
+    "Cache", "Edit", "Hooks", "LlamaConfig", "Model", "Tokenizer", "act_name", "allocator_settings", "any_length",
+    "check_tokens",
     "compilation_cache_dir", "compile_count", "compile_stats", "edits", "enable_compilation_cache", "hooks",
     "length_buckets", "load", "load_gguf", "load_hf_dir", "models", "save_hf_dir", "set_length_buckets", "weights",
     "FactoredMatrix", "shard", "wrap",
