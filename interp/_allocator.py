@@ -7,17 +7,18 @@ Caching every hook point of the default model at 8 x 128 tokens writes about 1.6
 faults per run on a 2-core machine.
 
 ``import interp`` therefore asks glibc, before JAX starts its threads, for one arena (``M_ARENA_MAX``) that keeps up
-to 256 MiB of freed memory (``M_TRIM_THRESHOLD``), with blocks under 256 MiB taken from it rather than mapped on
-their own (``M_MMAP_THRESHOLD``). Freed buffers are then reused by the next run. On that machine
-(``python benchmarks/forward.py``, once as it is and once with ``INTERP_TUNE_MALLOC=0``) the plain forward went from
-0.92 to 0.83 s, caching every hook from 0.97 to 0.86 s, and the process's system time from 25 to 13 s; the peak
-resident memory of a loop of such runs fell from 4.2 to 2.7 GB.
+to 1 GiB of freed memory (``M_TRIM_THRESHOLD``) and serves blocks under 1 GiB itself rather than mapping each on its
+own (``M_MMAP_THRESHOLD``; a dictionary's training step at 4,096 x 16,384 latents makes 256 MiB arrays). Freed
+buffers are then reused by the next run. On that machine (``python benchmarks/forward.py``, once as it is and once
+with ``INTERP_TUNE_MALLOC=0``) the plain forward went from 0.92 to 0.83 s, caching every hook from 0.97 to 0.86 s,
+and the process's system time from 25 to 13 s; the peak resident memory of a loop of such runs fell from 4.2 to
+2.6 GB.
 
-The settings are process-wide, and have a cost: threads that allocate a lot at the same time now share one arena.
-Multi-threaded Rust tokenization (``tokenizers``' ``encode_batch``) ran about 3x slower on that machine (0.34 to
-1.0 s for WikiText-2's test set twice; the one place the project batches, listing GCG's printable tokens, went from
-0.36 to 0.59 s). Arenas are fixed when a thread first allocates, so a thread that JAX started before
-``import interp`` keeps its own.
+The settings are process-wide, and have costs. The process may keep up to 1 GiB of freed memory that it would have
+given back. Threads that allocate a lot at the same time now share one arena: multi-threaded Rust tokenization
+(``tokenizers``' ``encode_batch``) ran about 3x slower on that machine (0.34 to 1.0 s for WikiText-2's test set
+twice; the one place the project batches, listing GCG's printable tokens, went from 0.36 to 0.59 s). Arenas are
+fixed when a thread first allocates, so a thread that JAX started before ``import interp`` keeps its own.
 
 ``INTERP_TUNE_MALLOC=0`` leaves the allocator as it is; so does any ``MALLOC_*`` variable or ``GLIBC_TUNABLES`` in the
 environment (the user's own choice wins), a C library other than glibc, and any platform other than Linux.
@@ -33,8 +34,8 @@ import sys
 
 # mallopt parameters (malloc.h)
 _M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD, _M_ARENA_MAX = -1, -3, -8
-_SETTINGS = {"M_ARENA_MAX": (_M_ARENA_MAX, 1), "M_TRIM_THRESHOLD": (_M_TRIM_THRESHOLD, 256 << 20),
-             "M_MMAP_THRESHOLD": (_M_MMAP_THRESHOLD, 256 << 20)}
+_SETTINGS = {"M_ARENA_MAX": (_M_ARENA_MAX, 1), "M_TRIM_THRESHOLD": (_M_TRIM_THRESHOLD, 1 << 30),
+             "M_MMAP_THRESHOLD": (_M_MMAP_THRESHOLD, 1 << 30)}
 _STATE: dict = {"applied": {}, "reason": "not tried"}
 
 

@@ -13,7 +13,7 @@ import pytest
 pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux") or platform.libc_ver()[0] != "glibc",
                                 reason="the settings apply to glibc on Linux only")
 
-# A worker thread allocates, writes and frees a 96 MB block a few times, as XLA's CPU runtime does with a run's
+# A worker thread allocates, writes and frees a 600 MB block a few times, as XLA's CPU runtime does with a run's
 # buffers (through malloc itself: NumPy would ask for huge pages, which hide the faults). The page faults of the
 # later rounds say whether the freed memory was kept for reuse.
 _PROBE = textwrap.dedent("""
@@ -28,8 +28,8 @@ _PROBE = textwrap.dedent("""
     def work():
         for i in range(4):
             before = resource.getrusage(resource.RUSAGE_THREAD).ru_minflt
-            p = libc.malloc(96_000_000)
-            ctypes.memset(p, 1, 96_000_000)  # written in full
+            p = libc.malloc(600_000_000)
+            ctypes.memset(p, 1, 600_000_000)  # written in full
             libc.free(p)
             faults.append(resource.getrusage(resource.RUSAGE_THREAD).ru_minflt - before)
     t = threading.Thread(target=work)
@@ -54,7 +54,7 @@ def test_freed_buffers_are_reused_instead_of_refaulted():
     assert tuned["settings"]["reason"] == "applied"
     assert set(tuned["settings"]["applied"]) == {"M_ARENA_MAX", "M_TRIM_THRESHOLD", "M_MMAP_THRESHOLD"}
     assert plain["settings"] == {"applied": {}, "reason": "INTERP_TUNE_MALLOC=0"}
-    pages = 96_000_000 // 4096
+    pages = 600_000_000 // 4096
     # untuned, each round maps the buffer afresh and faults on every page; tuned, the rounds reuse one block
     assert min(plain["faults"]) > pages // 2, plain
     assert max(tuned["faults"]) < pages // 20, tuned
