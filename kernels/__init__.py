@@ -6,5 +6,6 @@ from interp.kernels.sparse_decode import (
     sparse_decode_pallas,
     sparse_decode_reference,
 )
+from interp.kernels.topk_blocks import top_k
 
-__all__ = ["dense_decode", "sparse_decode", "sparse_decode_pallas", "sparse_decode_reference"]
+__all__ = ["dense_decode", "sparse_decode", "sparse_decode_pallas", "sparse_decode_reference", "top_k"]

@@ -16,7 +16,7 @@ import numpy as np
 from jaxtyping import Array, Bool, Float, Int
 
 from interp.checks import check_range
-from interp.kernels import sparse_decode
+from interp.kernels import sparse_decode, top_k
 from interp.sae._base import (
     AuxLoss,
     Dictionary,
@@ -49,7 +49,7 @@ def batch_select(pre: Float[Array, "N M"], k: int,
     """Sparse ``(values, indices) [N c]`` keeping the batch's top ``k × N`` values, and the batch threshold."""
     N, M = pre.shape
     c = min(factor * k, M)
-    vals, idx = jax.lax.top_k(jax.nn.relu(pre), c)
+    vals, idx = top_k(jax.nn.relu(pre), c)
     flat = vals.reshape(-1)
     kth = jax.lax.top_k(flat, k * N)[0][-1]
     keep = (vals >= kth) & (vals > 0)

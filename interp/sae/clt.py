@@ -37,6 +37,7 @@ from jaxtyping import Array, Float, Int
 
 from interp._io import atomic_dir
 from interp.checks import check_range
+from interp.kernels import top_k
 from interp.sae.set_runs import SetRun, set_identity
 from interp.sae.transcoders import HOOK_IN, HOOK_OUT, _batches
 
@@ -272,7 +273,7 @@ def _select(pre: Float[Array, "N F"], k: int, c: int):
     """A layer's BatchTopK as exactly ``k × N`` (value, row, feature) triples (the batch's largest activations; a
     value may be 0 when fewer are positive), from each row's ``c`` largest candidates."""
     N = pre.shape[0]
-    cand, idx = jax.lax.top_k(jax.nn.relu(pre), c)
+    cand, idx = top_k(jax.nn.relu(pre), c)
     vals, flat = jax.lax.top_k(cand.reshape(-1), k * N)
     return vals, flat // c, idx.reshape(-1)[flat]
 

@@ -17,7 +17,7 @@ import jax.numpy as jnp
 from jaxtyping import Array, Bool, Float, Int
 
 from interp.checks import check_range
-from interp.kernels import sparse_decode
+from interp.kernels import sparse_decode, top_k
 from interp.kernels.sparse_decode import scatter_add_rows
 from interp.sae._base import (
     AuxLoss,
@@ -84,7 +84,7 @@ def auxk_loss(model: Dictionary, x, y, error, dead, k_aux: int, rows: int | None
         return jnp.where(dead[None, :], jax.nn.relu(pre), 0.0).astype(pre.dtype)
 
     def top_dead(pre):
-        vals, idx = jax.lax.top_k(jnp.where(dead[None, :], pre, -jnp.inf), k_aux)
+        vals, idx = top_k(jnp.where(dead[None, :], pre, -jnp.inf), k_aux)
         vals = jnp.where(jnp.isfinite(vals), jax.nn.relu(vals), 0.0).astype(pre.dtype)
         return scatter_dense(vals, idx, pre.shape[-1])
 
@@ -101,7 +101,7 @@ def topk_codes(x, shift, W_enc, b_enc, k: int):
     Its gradient touches only the k selected latents per row (scatter-adds into ``[M D]``) instead of a dense
     ``[N M]`` cotangent and two more dense matmuls; the shift's gradient is one mat-vec,
     ``-W_enc @ d_b_enc``, not a sum over a per-row ``[N D]`` cotangent (which XLA drops when ``x`` is data)."""
-    vals, idx = jax.lax.top_k((x - shift) @ W_enc + b_enc, k)
+    vals, idx = top_k((x - shift) @ W_enc + b_enc, k)
     return jax.nn.relu(vals), idx
 
 
@@ -137,7 +137,7 @@ class TopKSAE(Dictionary):
     aux = AuxLoss("auxk", "aux_coeff")
 
     def select(self, pre: Float[Array, "N M"]) -> tuple[Float[Array, "N k"], Int[Array, "N k"]]:
-        vals, idx = jax.lax.top_k(pre, self.cfg.k)
+        vals, idx = top_k(pre, self.cfg.k)
         return jax.nn.relu(vals), idx
 
     def encoder_shift(self) -> Float[Array, " D"]:
