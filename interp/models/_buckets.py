@@ -88,7 +88,9 @@ class _Cut(Pending):
         self.index = tuple(slice(0, length) if ax in axes else slice(None) for ax in range(array.ndim))
 
     def resolve(self):
-        return jax.device_put(np.asarray(self.array)[self.index], self.device)
+        out = jax.device_put(np.asarray(self.array)[self.index], self.device)
+        self.array = None  # resolved once (Pending.value keeps the result): the padded array can go
+        return out
 
     @staticmethod
     def resolve_all(pending):
@@ -100,6 +102,8 @@ class _Cut(Pending):
             for i, a in zip(rows, jax.device_put([np.asarray(pending[i].array)[pending[i].index] for i in rows],
                                                  device)):
                 out[i] = a
+        for p in pending:
+            p.array = None
         return out
 
 
