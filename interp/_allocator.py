@@ -11,8 +11,8 @@ to 1 GiB of freed memory (``M_TRIM_THRESHOLD``) and serves blocks under 1 GiB it
 own (``M_MMAP_THRESHOLD``; a dictionary's training step at 4,096 x 16,384 latents makes 256 MiB arrays). Freed
 buffers are then reused by the next run. On that machine (``python benchmarks/forward.py``, once as it is and once
 with ``INTERP_TUNE_MALLOC=0``) the plain forward went from 0.92 to 0.83 s, caching every hook from 0.97 to 0.86 s,
-and the process's system time from 25 to 8 s; the peak resident memory of a loop of such runs fell from 4.2 to
-2.6 GB.
+and the process's system time from 25 to 8 s. In a separate loop of cache-all and plain runs (timed with
+``getrusage``), the peak resident memory fell from 4.2 to 2.6 GB.
 
 The settings are process-wide, and have costs. The process may keep up to 1 GiB of freed memory that it would have
 given back. Threads that allocate a lot at the same time now share one arena: multi-threaded Rust tokenization

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import platform
 import subprocess
@@ -39,8 +40,6 @@ _PROBE = textwrap.dedent("""
 
 
 def _probe(**env) -> dict:
-    import json
-
     full = {k: v for k, v in os.environ.items() if not (k.startswith("MALLOC_") or k == "GLIBC_TUNABLES")}
     full.pop("INTERP_TUNE_MALLOC", None)
     full.update(env)
