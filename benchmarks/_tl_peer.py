@@ -47,9 +47,10 @@ def _tl_config(hf_config):
     )
 
 
-def load_tl(hf_folder: str | Path):
+def load_tl(hf_folder: str | Path, dtype: torch.dtype = torch.float32):
     """(HookedTransformer, note) for the checkpoint folder; raises RuntimeError when its logits differ from
-    transformers' on the same weights by more than PARITY_TOL."""
+    transformers' on the same weights by more than PARITY_TOL. The check runs in float32; with another ``dtype`` the
+    checked model is then cast to it (weights and buffers, and the config's dtype)."""
     from transformer_lens import HookedTransformer
     from transformer_lens.pretrained.weight_conversions import convert_llama_weights
     from transformers import AutoModelForCausalLM
@@ -70,8 +71,12 @@ def load_tl(hf_folder: str | Path):
     if not diff <= PARITY_TOL:
         raise RuntimeError(f"TransformerLens logits differ from transformers by {diff:.3g} (max |logit| "
                            f"{scale:.3g}, tolerance {PARITY_TOL}) on {len(PARITY_PROMPT)} tokens")
-    note = (f"TransformerLens HookedTransformer built by hand (SmolLM2 is not a TL official model), float32 cpu, "
-            f"no weight processing; max |logit diff| vs transformers {diff:.2e} (max |logit| {scale:.1f})")
+    if dtype != torch.float32:
+        tl = tl.to(dtype)
+        tl.cfg.dtype = dtype
+    note = (f"TransformerLens HookedTransformer built by hand (SmolLM2 is not a TL official model), "
+            f"{str(dtype).removeprefix('torch.')} cpu, no weight processing; max |logit diff| vs transformers in "
+            f"float32 {diff:.2e} (max |logit| {scale:.1f})")
     return tl, note
 
 

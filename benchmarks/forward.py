@@ -1,14 +1,18 @@
 """Forward-pass throughput on the default model, with peers side by side in the same process.
 
-    python benchmarks/forward.py [--batch 8] [--seq 128] [--reps 5]
+    python benchmarks/forward.py [--batch 8] [--seq 128] [--reps 5] [--dtype float32|bfloat16]
 
-Prints tokens/s for: our plain forward, run_with_cache of every hook point (also at a length between two length
+Prints tokens/s for: our plain forward, the same forward's matrix products run alone (its matmul floor: every
+``dot_general`` of the traced forward with its shapes and dtypes, on random operands, ``benchmarks/_floor.py``;
+target: forward <= 1.2 x floor), run_with_cache of every hook point (also at a length between two length
 buckets, reading one entry or all of them), one edit (a steering vector
 added at a middle layer), harvesting one residual-stream hook at several layers (as a dictionary's activation
 store does: the blocks after it do not run; target <= 1.1 x (L+1)/n_layers of the plain forward), transformers
 on the same weights, and TransformerLens when it is installed; then
-the ratios. Timings are medians of ``--reps`` runs after a warm-up run (compilation excluded); caching every hook
-runs alternately with the plain forward, and its ratio is also given as the median of the ratios of those pairs.
+the ratios, and the bytes of a full activation cache, ours against TransformerLens's (target: ours <= theirs).
+Every model runs in ``--dtype``. Timings are medians of ``--reps`` runs after a warm-up run (compilation excluded);
+caching every hook and the matmul floor run alternately with the plain forward, and their ratios are also given as
+the median of the ratios of those pairs.
 """
 
 from __future__ import annotations
@@ -43,21 +47,30 @@ def main() -> None:
     ap.add_argument("--batch", type=int, default=8)
     ap.add_argument("--seq", type=int, default=128)
     ap.add_argument("--reps", type=int, default=5)
+    ap.add_argument("--dtype", choices=("float32", "bfloat16"), default="float32", help="every model's dtype")
     args = ap.parse_args()
 
     import jax
     import jax.numpy as jnp
+    from _floor import floor, matmuls
 
     import interp
     from interp import edits
     from interp.weights import default_gguf_path
 
-    model = interp.load("smollm2-135m")
+    model = interp.load("smollm2-135m", dtype=jnp.dtype(args.dtype))
     tokens = batch_tokens(model, args.batch, args.seq)
     n_tok = tokens.size
     results: dict[str, float] = {}
 
     results["interp plain"] = timed(lambda: jax.block_until_ready(model(tokens)), args.reps)
+    dots = matmuls(model, jnp.asarray(tokens))
+    results["interp plain, its matmuls alone (floor)"], _, floor_ratio = timed_pair(
+        floor(dots), lambda: jax.block_until_ready(model(tokens)), args.reps)
+    floor_ratio = 1 / floor_ratio
+    _, full_cache = model.run_with_cache(tokens)
+    cache_bytes = {"interp": sum(a.nbytes for a in {id(a): a for a in full_cache.values()}.values())}
+    del full_cache
     results["interp cache all hooks"], _, cache_ratio = timed_pair(
         lambda: jax.block_until_ready(model.run_with_cache(tokens)),
         lambda: jax.block_until_ready(model(tokens)), args.reps)
@@ -85,7 +98,8 @@ def main() -> None:
         from transformers import AutoModelForCausalLM
 
         gguf = default_gguf_path()
-        hf = AutoModelForCausalLM.from_pretrained(str(gguf.parent), gguf_file=gguf.name).eval()
+        torch_dtype = getattr(torch, args.dtype)
+        hf = AutoModelForCausalLM.from_pretrained(str(gguf.parent), gguf_file=gguf.name, dtype=torch_dtype).eval()
         t = torch.tensor(tokens, dtype=torch.long)
 
         def hf_forward():
@@ -102,24 +116,35 @@ def main() -> None:
 
         from interp.weights import ensure_default
 
-        tl, note = load_tl(ensure_default())
+        tl, note = load_tl(ensure_default(), getattr(torch, args.dtype))
         notes.append(note)
         tt = torch.tensor(tokens, dtype=torch.long)
         with torch.no_grad():
             results["TransformerLens plain"] = timed(lambda: tl(tt), args.reps)
             results["TransformerLens cache all hooks"] = timed(lambda: tl.run_with_cache(tt), args.reps)
+            _, tl_cache = tl.run_with_cache(tt)
+        # tensors that share storage (views) once
+        cache_bytes["TransformerLens"] = sum({t.untyped_storage().data_ptr(): t.untyped_storage().nbytes()
+                                              for t in tl_cache.values()}.values())
+        cache_bytes["TransformerLens hooks"] = len(tl_cache)
+        del tl_cache
 
     print(f"device: {jax.devices()[0].device_kind} ({jax.default_backend()}), jax {jax.__version__}; "
-          f"batch {args.batch} x {args.seq} tokens, median of {args.reps}")
+          f"{args.dtype}, batch {args.batch} x {args.seq} tokens, median of {args.reps}")
     for name, sec in results.items():
         print(f"  {name:<60} {n_tok / sec:10.0f} tok/s  ({sec * 1e3:8.1f} ms)")
     plain = results["interp plain"]
     print("ratios:")
+    flops = sum(d.flops for d in dots)
+    print(f"  interp plain / its matmul floor: {plain / results['interp plain, its matmuls alone (floor)']:.3f} "
+          f"(medians); {floor_ratio:.3f} (median of the ratios of alternating runs) (target <= 1.2); "
+          f"{sum(d.count for d in dots)} matmuls, {flops / 1e9:.1f} GFLOP, "
+          f"{flops / results['interp plain, its matmuls alone (floor)'] / 1e9:.0f} GFLOP/s alone")
     for name, sec in results.items():
         if name.startswith("transformers"):
             print(f"  interp plain vs transformers: {sec / plain:.2f}x faster (target >= 1.0x)")
         if name.startswith("TransformerLens plain"):
-            print(f"  interp plain vs TransformerLens: {sec / plain:.2f}x faster")
+            print(f"  interp plain vs TransformerLens: {sec / plain:.2f}x faster (target >= 1.3x)")
         if name.startswith("TransformerLens cache"):
             ratio = sec / results["interp cache all hooks"]
             print(f"  interp cache-all vs TransformerLens cache-all: {ratio:.2f}x faster")
@@ -134,6 +159,13 @@ def main() -> None:
         share = (layer + 1) / model.n_layers
         print(f"  harvest blocks.{layer}.hook_resid_post / plain: {sec / plain:.3f} (target <= 1.1 x {share:.3f} = "
               f"{1.1 * share:.3f}: {'met' if sec / plain <= 1.1 * share else 'missed'})")
+    mib = 2**20
+    line = f"  full activation cache: interp {cache_bytes['interp'] / mib:.1f} MiB ({len(model.hook_names)} hooks)"
+    if "TransformerLens" in cache_bytes:
+        line += (f", TransformerLens {cache_bytes['TransformerLens'] / mib:.1f} MiB "
+                 f"({cache_bytes['TransformerLens hooks']} hooks); ours / theirs "
+                 f"{cache_bytes['interp'] / cache_bytes['TransformerLens']:.3f} (target <= 1)")
+    print(line)
     for n in notes:
         print(f"note: {n}")
 
