@@ -59,6 +59,19 @@ def _at_least_f32(dtype):
     return dtype if jnp.finfo(dtype).bits >= 32 else jnp.dtype(jnp.float32)
 
 
+def matmul(a: Array, b: Array) -> Array:
+    """``a @ b`` in the operands' dtype, accumulated in at least float32 and rounded once at the end, as the
+    reference's kernels do for bfloat16 and float16. Asking XLA for the float32 accumulator explicitly matters on
+    CPU: there a bfloat16 product with a float32 result runs on a kernel with about twice the throughput of the
+    bfloat16-to-bfloat16 one (1024 x 576 x 1536 and 1024 x 576 x 49152 on a 2-core AVX-512 CPU: 750-830 GFLOP/s
+    against 320-390); float16 runs at the same speed either way."""
+    dtype = jnp.result_type(a, b)
+    acc = _at_least_f32(dtype)
+    if acc == dtype:
+        return jnp.matmul(a, b)
+    return jnp.matmul(a, b, preferred_element_type=acc).astype(dtype)
+
+
 def _barrier(x):
     """Materialize ``x`` the same way whether or not a hook captures it (keeps logits bit-identical)."""
     return jax.lax.optimization_barrier(x)
@@ -232,7 +245,7 @@ class Attention(eqx.Module):
         key_positions: Int[Array, "B S"] | None = None,
     ):
         def proj(w, b, name):  # as one 2-D matmul (faster on XLA's CPU dot than the 3-axis einsum)
-            y = (x.reshape(-1, x.shape[-1]) @ w.reshape(w.shape[0], -1)).reshape(*x.shape[:-1], *w.shape[1:])
+            y = matmul(x.reshape(-1, x.shape[-1]), w.reshape(w.shape[0], -1)).reshape(*x.shape[:-1], *w.shape[1:])
             return hk(f"{prefix}.{name}", y if b is None else y + b)
 
         q = proj(self.W_Q, self.b_Q, "hook_q")
@@ -262,7 +275,7 @@ class Attention(eqx.Module):
         # stacked as rows: XLA's CPU dot is much faster on that layout than on the 5-axis einsum.
         S = kh.shape[-1]
         scale = E**-0.5 if self.scale is None else self.scale
-        scores = jnp.matmul(qh.reshape(B * K, H // K * T, E), kh.reshape(B * K, E, S)).reshape(B, H, T, S) * scale
+        scores = matmul(qh.reshape(B * K, H // K * T, E), kh.reshape(B * K, E, S)).reshape(B, H, T, S) * scale
         if self.softcap is not None:
             scores = jnp.tanh(scores / self.softcap) * self.softcap
         if self.sliding_window is not None:
@@ -274,9 +287,9 @@ class Attention(eqx.Module):
         pattern = jax.nn.softmax(scores.astype(_at_least_f32(q.dtype)), axis=-1).astype(q.dtype)
         pattern = hk(f"{prefix}.hook_pattern", pattern)
         vh = v.transpose(0, 2, 1, 3).reshape(B * K, S, E)
-        z = jnp.matmul(pattern.reshape(B * K, H // K * T, S), vh).reshape(B, H, T, E).transpose(0, 2, 1, 3)
+        z = matmul(pattern.reshape(B * K, H // K * T, S), vh).reshape(B, H, T, E).transpose(0, 2, 1, 3)
         z = hk(f"{prefix}.hook_z", z)
-        out = (z.reshape(B * T, H * E) @ self.W_O.reshape(H * E, -1)).reshape(B, T, -1)
+        out = matmul(z.reshape(B * T, H * E), self.W_O.reshape(H * E, -1)).reshape(B, T, -1)
         out = out if self.b_O is None else out + self.b_O
         return out if kv is None else (out, kv)
 
@@ -298,13 +311,13 @@ class GatedMLP(eqx.Module):
 
     def __call__(self, x: Float[Array, "B T D"], hk, prefix: str) -> Float[Array, "B T D"]:
         def lin(w, b):
-            y = x @ w
+            y = matmul(x, w)
             return y if b is None else y + b
 
         pre = hk(f"{prefix}.hook_pre", lin(self.W_gate, self.b_gate))
         pre_linear = hk(f"{prefix}.hook_pre_linear", lin(self.W_in, self.b_in))
         post = hk(f"{prefix}.hook_post", activation(self.act)(pre) * pre_linear)
-        out = post @ self.W_out
+        out = matmul(post, self.W_out)
         return out if self.b_out is None else out + self.b_out
 
 
@@ -319,10 +332,10 @@ class MLP(eqx.Module):
     act: str = eqx.field(static=True)
 
     def __call__(self, x: Float[Array, "B T D"], hk, prefix: str) -> Float[Array, "B T D"]:
-        pre = x @ self.W_in
+        pre = matmul(x, self.W_in)
         pre = hk(f"{prefix}.hook_pre", pre if self.b_in is None else pre + self.b_in)
         post = hk(f"{prefix}.hook_post", activation(self.act)(pre))
-        out = post @ self.W_out
+        out = matmul(post, self.W_out)
         return out if self.b_out is None else out + self.b_out
 
 
