@@ -9,6 +9,10 @@ maxima to the lower block, and the candidates keep their order in the row.
 
 At 4,096 x 16,384 with k = 32 on a 2-core CPU, ``x @ W`` followed by ``jax.lax.top_k`` took 300 ms and by this 256 ms
 (the matmul alone 183 ms); a TopK dictionary's whole training step went from 427 to 380 ms (alternating runs).
+
+Inputs narrower than float32 (bfloat16, float16) are ranked as float32 on CPU: the cast is exact and keeps every
+order and tie, and XLA's CPU top-k is far slower on them (4,096 x 16,384 bfloat16, k = 32: 12.2 s for
+``jax.lax.top_k``, 0.86 s by blocks, 0.08 s by blocks after the cast).
 """
 
 from __future__ import annotations
@@ -30,6 +34,9 @@ def top_k(x: jax.Array, k: int, *, block: int = BLOCK) -> tuple[jax.Array, jax.A
     width = x.shape[-1]
     if k < 1 or k > width:
         raise ValueError(f"k must be between 1 and the last axis's size {width}, got {k}")
+    if jax.default_backend() == "cpu" and jnp.issubdtype(x.dtype, jnp.floating) and jnp.finfo(x.dtype).bits < 32:
+        values, indices = top_k(x.astype(jnp.float32), k, block=block)
+        return values.astype(x.dtype), indices
     if not _use_blocks(width, k, block):
         return jax.lax.top_k(x, k)
     lead = x.shape[:-1]

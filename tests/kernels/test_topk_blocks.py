@@ -15,7 +15,7 @@ def _check(x, k, block=16):
     assert _use_blocks(x.shape[-1], k, block)  # the blocked path runs, not the fallback
     want_v, want_i = jax.lax.top_k(x, k)
     got_v, got_i = jax.jit(lambda a: top_k(a, k, block=block))(x)
-    assert got_i.dtype == want_i.dtype and got_v.shape == want_v.shape
+    assert got_i.dtype == want_i.dtype and got_v.shape == want_v.shape and got_v.dtype == x.dtype
     np.testing.assert_array_equal(np.asarray(got_v), np.asarray(want_v))
     np.testing.assert_array_equal(np.asarray(got_i), np.asarray(want_i))
 
@@ -44,6 +44,19 @@ def test_ties_go_to_the_lower_index_as_in_lax_top_k():
 def test_leading_axes_and_bfloat16():
     x = jnp.asarray(np.random.default_rng(1).normal(size=(2, 3, 4096)), jnp.bfloat16)
     _check(x, 32)
+
+
+@pytest.mark.parametrize("dtype", [jnp.bfloat16, jnp.float16])
+def test_low_precision_is_ranked_as_float32_with_the_same_result(dtype):
+    # few distinct values in a low dtype: ties everywhere; both the blocked path and the fallback
+    rng = np.random.default_rng(3)
+    x = jnp.asarray(rng.integers(-3, 3, size=(16, 1024)) * 0.5 + rng.normal(size=(16, 1024)) * 1e-3, dtype)
+    _check(x, 8)
+    want_v, want_i = jax.lax.top_k(x[:, :100], 5)
+    got_v, got_i = top_k(x[:, :100], 5)
+    assert got_v.dtype == dtype
+    np.testing.assert_array_equal(np.asarray(got_v), np.asarray(want_v))
+    np.testing.assert_array_equal(np.asarray(got_i), np.asarray(want_i))
 
 
 def test_falls_back_where_blocks_would_not_help_and_refuses_bad_k():
