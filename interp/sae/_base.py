@@ -35,6 +35,7 @@ import numpy as np
 from jaxtyping import Array, Bool, Float, PRNGKeyArray
 
 from interp.checks import check_range
+from interp.models._blocks import matmul
 
 REGISTRY: dict[str, tuple[type, type]] = {}
 
@@ -204,7 +205,7 @@ class Dictionary(eqx.Module):
         """Pre-activations ``(x - b_dec) W_enc + b_enc`` (``x W_enc + b_enc`` for a transcoder)."""
         if self.cfg.apply_b_dec_to_input and not self.cfg.is_transcoder:
             x = x - self.b_dec
-        return x @ self.W_enc + self.b_enc
+        return matmul(x, self.W_enc) + self.b_enc
 
     @abc.abstractmethod
     def activate(self, pre: Float[Array, "N M"], *, training: bool = False) -> Float[Array, "N M"]:
@@ -218,11 +219,11 @@ class Dictionary(eqx.Module):
 
     def decode(self, z: Float[Array, "... M"]) -> Float[Array, "... O"]:
         """Reconstruction from latents ``z`` (without a transcoder's skip term)."""
-        return z @ self.W_dec + self.b_dec
+        return matmul(z, self.W_dec) + self.b_dec
 
     def skip_term(self, x: Float[Array, "... D"]) -> Float[Array, "... O"] | float:
         """A transcoder's linear skip ``x W_skip`` (0 without one)."""
-        return 0.0 if self.W_skip is None else x @ self.W_skip
+        return 0.0 if self.W_skip is None else matmul(x, self.W_skip)
 
     def __call__(self, x: Float[Array, "... D"]) -> Float[Array, "... O"]:
         return self.decode(self.encode(x)) + self.skip_term(x)

@@ -19,6 +19,7 @@ from jaxtyping import Array, Bool, Float, Int
 from interp.checks import check_range
 from interp.kernels import sparse_decode, top_k
 from interp.kernels.sparse_decode import scatter_add_rows
+from interp.models._blocks import matmul
 from interp.sae._base import (
     AuxLoss,
     DictConfig,
@@ -101,7 +102,7 @@ def topk_codes(x, shift, W_enc, b_enc, k: int):
     Its gradient touches only the k selected latents per row (scatter-adds into ``[M D]``) instead of a dense
     ``[N M]`` cotangent and two more dense matmuls; the shift's gradient is one mat-vec,
     ``-W_enc @ d_b_enc``, not a sum over a per-row ``[N D]`` cotangent (which XLA drops when ``x`` is data)."""
-    vals, idx = top_k((x - shift) @ W_enc + b_enc, k)
+    vals, idx = top_k(matmul(x - shift, W_enc) + b_enc, k)
     return jax.nn.relu(vals), idx
 
 
