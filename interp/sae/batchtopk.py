@@ -51,7 +51,7 @@ def batch_select(pre: Float[Array, "N M"], k: int,
     c = min(factor * k, M)
     vals, idx = top_k(jax.nn.relu(pre), c)
     flat = vals.reshape(-1)
-    kth = jax.lax.top_k(flat, k * N)[0][-1]
+    kth = top_k(flat, k * N)[0][-1]
     keep = (vals >= kth) & (vals > 0)
     return jnp.where(keep, vals, 0.0), idx, kth
 

@@ -274,7 +274,7 @@ def _select(pre: Float[Array, "N F"], k: int, c: int):
     value may be 0 when fewer are positive), from each row's ``c`` largest candidates."""
     N = pre.shape[0]
     cand, idx = top_k(jax.nn.relu(pre), c)
-    vals, flat = jax.lax.top_k(cand.reshape(-1), k * N)
+    vals, flat = top_k(cand.reshape(-1), k * N)
     return vals, flat // c, idx.reshape(-1)[flat]
 
 

@@ -49,6 +49,7 @@ from jaxtyping import Array, Bool, Float, PRNGKeyArray
 
 from interp._io import atomic_dir
 from interp.checks import check_range
+from interp.kernels import top_k
 from interp.results import Result, Summary
 
 WEIGHTS_FILE = "crosscoder_weights.safetensors"
@@ -163,7 +164,7 @@ class Crosscoder(eqx.Module):
         if self.cfg.k is None:
             return acts
         weight = jnp.sum(self.dec_norms(), axis=0)
-        _, idx = jax.lax.top_k(acts * weight, self.cfg.k)
+        _, idx = top_k(acts * weight, self.cfg.k)
         keep = jnp.zeros(acts.shape, bool)
         keep = jnp.put_along_axis(keep, idx, True, axis=-1, inplace=False)
         return jnp.where(keep, acts, 0.0)
@@ -206,7 +207,7 @@ class Crosscoder(eqx.Module):
              "fired": jnp.any(f > 0, axis=0)}
         if dead is not None and self.cfg.k is not None:
             k_aux = min(max(self.cfg.d_in // 2, 1), self.cfg.width)
-            vals, idx = jax.lax.top_k(jnp.where(dead, pre, -jnp.inf), k_aux)
+            vals, idx = top_k(jnp.where(dead, pre, -jnp.inf), k_aux)
             vals = jnp.where(jnp.isfinite(vals), jax.nn.relu(vals), 0.0)
             f_aux = jnp.put_along_axis(jnp.zeros_like(pre), idx, vals, axis=-1, inplace=False)
             e_hat = jnp.einsum("NM,PMD->NPD", f_aux, self.W_dec)
