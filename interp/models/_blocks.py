@@ -188,11 +188,19 @@ class Rope:
         """Rotate ``x`` laid out as ``"BHTE"`` (queries) or ``"BHET"`` (keys, as the score product reads them)."""
         inv = jnp.asarray(self.inv_freq())
         angles = positions.astype(inv.dtype)[..., None] * inv  # [B T dim/2]
-        angles = jnp.concatenate([angles, angles], axis=-1)[:, None, :, :]  # [B 1 T dim]
+        # cos and sin of each angle, each repeated for the two halves: [B T 2*dim]. Written as a product with
+        # [I I] blocks (exact: every output is one input times 1 plus zeros) so that XLA materialises the table once;
+        # computed inside the rotation, its CPU backend evaluated cos and sin again for every head and element.
+        half = angles.shape[-1]
+        eye = np.eye(half, dtype=np.float32)
+        spread = jnp.asarray(np.block([[eye, eye, np.zeros_like(eye), np.zeros_like(eye)],
+                                       [np.zeros_like(eye), np.zeros_like(eye), eye, eye]]))
+        table = jnp.concatenate([jnp.cos(angles), jnp.sin(angles)], axis=-1) @ spread
+        cos, sin = table[..., : 2 * half][:, None], table[..., 2 * half :][:, None]  # [B 1 T dim]
         if layout == "BHET":
-            angles = angles.transpose(0, 1, 3, 2)
+            cos, sin = cos.transpose(0, 1, 3, 2), sin.transpose(0, 1, 3, 2)
         axis = layout.index("E")
-        cos, sin = jnp.cos(angles).astype(x.dtype), jnp.sin(angles).astype(x.dtype)
+        cos, sin = cos.astype(x.dtype), sin.astype(x.dtype)
         size = x.shape[axis]
         rot = jax.lax.slice_in_dim(x, 0, self.dim, axis=axis)
         half = self.dim // 2
