@@ -17,8 +17,8 @@ every hooked activation in that dtype, and computes in float32 where the referen
   norms multiply in the activation dtype, as their reference does;
 - rotary angles and their cos/sin (cast to the activation dtype to rotate, as the reference does);
 - the attention softmax (its scores and soft-capping run in the activation dtype, as the reference's do);
-- every matrix product accumulates in float32 and rounds once (:func:`matmul`), and the MLP's activation function
-  runs in float32 and rounds once, as the reference's kernels do;
+- every matrix product accumulates in float32 and rounds once (:func:`interp.kernels.matmul`), and the MLP's
+  activation function runs in float32 and rounds once, as the reference's kernels do;
 - the logits (:meth:`interp.models.Model.unembed_logits`): the unembedding accumulates in float32 and the logits
   come out float32, soft-capped in float32. The reference returns logits rounded to the activation dtype and
   upcasts them itself before every use (loss, sampling); ours are that value before its final roundings, which
@@ -39,6 +39,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from jaxtyping import Array, Bool, Float, Int
+
+from interp.kernels import matmul
 
 _ACTIVATIONS = {
     "silu": jax.nn.silu,
@@ -66,19 +68,6 @@ def _activate(name: str, x: Array) -> Array:
 
 def _at_least_f32(dtype):
     return dtype if jnp.finfo(dtype).bits >= 32 else jnp.dtype(jnp.float32)
-
-
-def matmul(a: Array, b: Array) -> Array:
-    """``a @ b`` in the operands' dtype, accumulated in at least float32 and rounded once at the end, as the
-    reference's kernels do for bfloat16 and float16. Asking XLA for the float32 accumulator explicitly matters on
-    CPU: there a bfloat16 product with a float32 result runs on a kernel with about twice the throughput of the
-    bfloat16-to-bfloat16 one (1024 x 576 x 1536 and 1024 x 576 x 49152 on a 2-core AVX-512 CPU: 750-830 GFLOP/s
-    against 320-390); float16 runs at the same speed either way."""
-    dtype = jnp.result_type(a, b)
-    acc = _at_least_f32(dtype)
-    if acc == dtype:
-        return jnp.matmul(a, b)
-    return jnp.matmul(a, b, preferred_element_type=acc).astype(dtype)
 
 
 def _barrier(x):

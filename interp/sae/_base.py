@@ -35,7 +35,7 @@ import numpy as np
 from jaxtyping import Array, Bool, Float, PRNGKeyArray
 
 from interp.checks import check_range
-from interp.models._blocks import matmul
+from interp.kernels import matmul
 
 REGISTRY: dict[str, tuple[type, type]] = {}
 

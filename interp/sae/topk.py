@@ -17,9 +17,8 @@ import jax.numpy as jnp
 from jaxtyping import Array, Bool, Float, Int
 
 from interp.checks import check_range
-from interp.kernels import sparse_decode, top_k
+from interp.kernels import matmul, sparse_decode, top_k
 from interp.kernels.sparse_decode import scatter_add_rows
-from interp.models._blocks import matmul
 from interp.sae._base import (
     AuxLoss,
     DictConfig,
