@@ -178,21 +178,21 @@ class Rope:
         inv = jnp.asarray(self.inv_freq())
         angles = positions.astype(inv.dtype)[..., None] * inv  # [B T dim/2]
         # cos and sin of each angle, each repeated for the two halves: [B T 2*dim]. Written as a product with
-        # [I I] blocks (exact: every output is one input times 1 plus zeros) so that XLA materialises the table once;
-        # computed inside the rotation, its CPU backend evaluated cos and sin again for every head and element.
-        half = angles.shape[-1]
-        eye = np.eye(half, dtype=np.float32)
-        spread = jnp.asarray(np.block([[eye, eye, np.zeros_like(eye), np.zeros_like(eye)],
-                                       [np.zeros_like(eye), np.zeros_like(eye), eye, eye]]))
-        table = jnp.concatenate([jnp.cos(angles), jnp.sin(angles)], axis=-1) @ spread
-        cos, sin = table[..., : 2 * half][:, None], table[..., 2 * half :][:, None]  # [B 1 T dim]
+        # [I I] blocks (exact at full precision: every output is one input times 1 plus zeros) so that XLA
+        # materialises the table once; computed inside the rotation, its CPU backend evaluated cos and sin again for
+        # every head and element.
+        half = self.dim // 2
+        eye, zero = np.eye(half, dtype=np.float32), np.zeros((half, half), np.float32)
+        spread = jnp.asarray(np.block([[eye, eye, zero, zero], [zero, zero, eye, eye]]))
+        table = jnp.matmul(jnp.concatenate([jnp.cos(angles), jnp.sin(angles)], axis=-1), spread,
+                           precision=jax.lax.Precision.HIGHEST)
+        cos, sin = table[..., : self.dim][:, None], table[..., self.dim :][:, None]  # [B 1 T dim]
         if layout == "BHET":
             cos, sin = cos.transpose(0, 1, 3, 2), sin.transpose(0, 1, 3, 2)
         axis = layout.index("E")
         cos, sin = cos.astype(x.dtype), sin.astype(x.dtype)
         size = x.shape[axis]
         rot = jax.lax.slice_in_dim(x, 0, self.dim, axis=axis)
-        half = self.dim // 2
         rotated = jnp.concatenate(
             [-jax.lax.slice_in_dim(rot, half, self.dim, axis=axis), jax.lax.slice_in_dim(rot, 0, half, axis=axis)],
             axis=axis,
