@@ -31,9 +31,11 @@ class UserAPI:
     """Conveniences over :meth:`Model.run` (mixed into :class:`Model`)."""
 
     def __getattribute__(self, name: str):
-        # equinox hands out every method as a pytree `BoundMethod` (so that `jax.jit(model.forward)` works); the
-        # conveniences here are called, not transformed, and as plain bound methods `help()` shows their docs.
-        if name in _PLAIN_METHODS:
+        # equinox hands out every method as a pytree `BoundMethod` (so that `jax.jit(model.forward)` works), and
+        # building one walks every leaf of the model (~0.2 ms for the default model, paid on each access). The
+        # conveniences here, the Python-level entry points (`run` ...) and every private method are called, not
+        # transformed: they are handed out as plain bound methods, which also lets `help()` show their docs.
+        if name in _PLAIN_METHODS or name in _plain_methods(type(self)):
             return object.__getattribute__(self, name)
         return super().__getattribute__(name)
 
@@ -336,3 +338,20 @@ class UserAPI:
 
 # the public methods defined above: handed out as plain bound methods (see UserAPI.__getattribute__)
 _PLAIN_METHODS = frozenset(n for n, v in vars(UserAPI).items() if inspect.isfunction(v) and not n.startswith("_"))
+# public methods of a model class that are Python-level entry points (they take hooks, pad to buckets, check
+# concrete inputs): called inside a jitted function, never transformed themselves
+_PLAIN_ENTRY_POINTS = frozenset({"run", "check_inputs", "hook_shapes", "bucket_length", "position_axes",
+                                 "top_next", "generate", "next_token", "init_cache"})
+_PLAIN_BY_CLASS: dict[type, frozenset[str]] = {}
+
+
+def _plain_methods(cls: type) -> frozenset[str]:
+    """The methods of ``cls`` handed out as plain bound methods: its private ones (``_name``, not dunders) and
+    :data:`_PLAIN_ENTRY_POINTS`."""
+    names = _PLAIN_BY_CLASS.get(cls)
+    if names is None:
+        names = frozenset(
+            n for k in cls.__mro__ for n, v in vars(k).items()
+            if inspect.isfunction(v) and (n in _PLAIN_ENTRY_POINTS or (n.startswith("_") and not n.startswith("__"))))
+        _PLAIN_BY_CLASS[cls] = names
+    return names

@@ -4,6 +4,7 @@ OV/QK circuits, to_str_tokens on batches, test_prompt."""
 
 from __future__ import annotations
 
+import inspect
 import pydoc
 import shutil
 
@@ -311,6 +312,31 @@ def test_help_shows_signatures_and_docs(tiny):
     assert type(model.forward).__name__ == "BoundMethod"
     out = eqx.filter_jit(model.forward)(jnp.zeros((1, 3), jnp.int32))
     assert out.shape == (1, 3, model.d_vocab)
+
+
+def test_entry_points_and_private_methods_are_plain(tiny, monkeypatch):
+    """Building equinox's pytree method walks every leaf of the model; the calls a forward pass makes on its way to
+    the compiled program (``run``, ``check_inputs``, private helpers) must not pay that on each access."""
+    model, _ = tiny
+    for name in ("run", "check_inputs", "hook_shapes", "_forward", "_with_context_edits"):
+        assert inspect.ismethod(getattr(model, name)), name
+    walks = []
+    leaves = jax.tree_util.tree_leaves
+    weight = leaves(model)[0]
+
+    def counting(tree, *a, **k):  # equinox's method wrapper walks the model through `jax.tree_util.tree_leaves`
+        out = leaves(tree, *a, **k)
+        walks.extend(1 for x in out if x is weight)
+        return out
+
+    tokens = jnp.zeros((1, 3), jnp.int32)
+    model.run_with_cache(tokens, names=["blocks.0.hook_resid_post"])  # compiled once, outside the count
+    monkeypatch.setattr(jax.tree_util, "tree_leaves", counting)
+    model.forward  # noqa: B018 -- the pytree method does walk it: the count can see a walk
+    assert walks
+    walks.clear()
+    model.run_with_cache(tokens, names=["blocks.0.hook_resid_post"])
+    assert not walks
 
 
 # ----------------------------------------------------------------- tokenizer conveniences and test_prompt
