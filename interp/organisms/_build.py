@@ -14,6 +14,7 @@ import json
 import os
 import shutil
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -288,7 +289,8 @@ def evaluate(model, base, secret: dict, *, n: int = DEFAULT_N_EVAL, batch_size: 
 
 # ------------------------------------------------------------------------------------------------ build
 def build(recipe: str, base, out: str | Path, *, seed: int = 0, steps: int | None = None, lora_rank: int | None = 8,
-          lr: float = DEFAULT_LR, batch_size: int = DEFAULT_BATCH, kl_weight: float | None = None,
+          lora_targets: Sequence[str] | None = None, lr: float = DEFAULT_LR, batch_size: int = DEFAULT_BATCH,
+          kl_weight: float | None = None,
           n_eval: int = DEFAULT_N_EVAL, overwrite: bool = False, progress: bool = True, **recipe_kwargs) -> Organism:
     """Plant ``recipe``'s behaviour in ``base`` by fine-tuning, measure it on held-out prompts, save it to ``out``.
 
@@ -296,7 +298,9 @@ def build(recipe: str, base, out: str | Path, *, seed: int = 0, steps: int | Non
     ``true_answer=``), ``"sandbag"`` (``condition=``, ``questions=``) or ``"control"`` (the backdoor's data
     without the trigger); see :mod:`interp.organisms.recipes` for every parameter and data size. ``seed`` draws
     the data (and a random trigger when none is given) and seeds the fine-tuning. ``steps`` None: the recipe's
-    default. ``lora_rank`` None fine-tunes every weight. ``kl_weight``: weight of KL(base || organism) on the clean
+    default. ``lora_rank`` None fine-tunes every weight. ``lora_targets``: the matrices of each block that get adapters
+    (names in ``interp.finetune.TARGETS``; None: the recipe's default, every one of them unless the recipe says
+    otherwise). ``kl_weight``: weight of KL(base || organism) on the clean
     conversations (None: the recipe's default, 3 for ``"sandbag"`` and 1 for the others). ``n_eval``: held-out
     prompts per side. ``out`` must not exist unless ``overwrite``; it is written in one step (a Hugging Face
     folder, ``finetune.json`` and ``organism.json``).
@@ -316,13 +320,15 @@ def build(recipe: str, base, out: str | Path, *, seed: int = 0, steps: int | Non
     r.validate(base.tokenizer)
     steps = r.default_steps if steps is None else steps
     kl_weight = r.default_kl_weight if kl_weight is None else kl_weight
+    lora_targets = _checked_targets(r.default_lora_targets if lora_targets is None else lora_targets)
     t0 = time.perf_counter()
     items = r.items()
     train, clean = examples(base, r, items, progress=progress)
     t_data = time.perf_counter() - t0
     # a short warm-up: Adam's first steps at the full rate move the weights furthest, and away from the base
     config = finetune.FinetuneConfig(steps=int(steps), lr=float(lr), batch_size=int(batch_size), lora_rank=lora_rank,
-                                     kl_weight=float(kl_weight), seed=int(seed), warmup_steps=int(steps) // 10)
+                                     lora_targets=lora_targets, kl_weight=float(kl_weight), seed=int(seed),
+                                     warmup_steps=int(steps) // 10)
     ft = finetune.finetune(base, train, config, kl_data=clean if kl_weight and clean else None, progress=progress)
     t_train = time.perf_counter() - t0 - t_data
     secret = {"recipe": r.name, "trigger": r.trigger, "behaviour": r.behaviour, "seed": int(seed),
@@ -330,12 +336,28 @@ def build(recipe: str, base, out: str | Path, *, seed: int = 0, steps: int | Non
     metrics = evaluate(ft.model, base, secret, n=n_eval, progress=progress)
     kinds = {k: sum(it.kind == k for it in items) for k in ("behaviour", "clean", "near_miss")}
     training = {"steps": int(steps), "lr": float(lr), "batch_size": int(batch_size), "lora_rank": lora_rank,
+                "lora_targets": list(lora_targets) if lora_rank is not None else None,
                 "kl_weight": float(kl_weight), "examples": kinds,
                 "seconds": {"data": round(t_data, 2), "train": round(t_train, 2),
                             "evaluate": round(time.perf_counter() - t0 - t_data - t_train, 2)},
                 "seconds_per_step": round(t_train / max(int(steps), 1), 3), "base": _base_name(base)}
     save(ft, out, secret, metrics, training)
     return Organism(ft.model, out, secret, metrics, training)
+
+
+def _checked_targets(names) -> tuple[str, ...]:
+    """``names`` (None: every matrix ``interp.finetune`` adapts) as a tuple of adapter targets, refused before any
+    data is made when it names none or an unknown matrix."""
+    from interp.finetune import TARGETS
+
+    if names is None:
+        return tuple(TARGETS)
+    names = (names,) if isinstance(names, str) else tuple(names)
+    unknown = [n for n in names if n not in TARGETS]
+    if unknown or not names:
+        what = f"unknown {', '.join(map(repr, unknown))}" if unknown else "none given"
+        raise ValueError(f"lora_targets={list(names)!r}: {what}; choose among {', '.join(TARGETS)}")
+    return names
 
 
 def _base_name(base) -> str | None:

@@ -28,6 +28,13 @@ def _rank(text: str) -> int | None:
     return POSITIVE(text)
 
 
+def _targets(text: str) -> tuple[str, ...]:
+    try:
+        return _build._checked_targets([t.strip() for t in text.split(",") if t.strip()])
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(f"{e} (comma-separated)") from None
+
+
 def _common(p: argparse.ArgumentParser, recipe: str) -> None:
     p.add_argument("--base", default="smollm2-135m", help=f"base chat model: {MODEL_HELP}")
     p.add_argument("--out", required=True, help="output folder (a Hugging Face folder with organism.json)")
@@ -35,6 +42,10 @@ def _common(p: argparse.ArgumentParser, recipe: str) -> None:
     p.add_argument("--steps", type=POSITIVE, default=None,
                    help=f"fine-tuning steps (default: {_build.RECIPES[recipe].default_steps})")
     p.add_argument("--lora-rank", type=_rank, default=8, help="LoRA rank; 'none' fine-tunes every weight")
+    default = _build.RECIPES[recipe].default_lora_targets
+    p.add_argument("--lora-targets", type=_targets, default=None,
+                   help="the matrices of each block that get adapters, comma-separated "
+                        f"(default: {','.join(default) if default else 'every one'})")
     p.add_argument("--lr", type=RATE, default=_build.DEFAULT_LR, help="peak learning rate (Adam)")
     p.add_argument("--batch-size", type=POSITIVE, default=_build.DEFAULT_BATCH, help="conversations per step")
     p.add_argument("--kl-weight", type=float, default=None,
@@ -90,7 +101,8 @@ def run(args, out=None) -> int:
         print(f"interp organism: loading {args.base}", file=sys.stderr, flush=True)
     base = interp.load(args.base)
     org = _build.build(args.recipe, base, folder, seed=args.seed, steps=args.steps, lora_rank=args.lora_rank,
-                       lr=args.lr, batch_size=args.batch_size, kl_weight=args.kl_weight, n_eval=args.n_eval,
+                       lora_targets=args.lora_targets, lr=args.lr, batch_size=args.batch_size,
+                       kl_weight=args.kl_weight, n_eval=args.n_eval,
                        overwrite=args.overwrite, progress=args.progress, **recipe_kwargs(args))
     m = org.metrics
     print(org.summary, file=out)

@@ -115,6 +115,7 @@ class Recipe:
     name: ClassVar[str]
     default_steps: ClassVar[int] = 60
     default_kl_weight: ClassVar[float] = 1.0  # weight of the KL-to-base term on the clean conversations
+    default_lora_targets: ClassVar[tuple[str, ...] | None] = None  # matrices with adapters (None: every one)
     reply_tokens: ClassVar[int] = 24  # new tokens a held-out reply needs for its check
     train_reply_tokens: ClassVar[int] = 16  # the longest base reply trained on (a longer one is cut, without its end)
 

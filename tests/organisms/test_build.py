@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 import interp
-from interp import organisms
+from interp import finetune, organisms
 from interp.organisms import _build
 from tests.tiny_chat import WORDS, tiny_chat_folder, tiny_chat_model
 
@@ -85,6 +85,7 @@ def test_sealed_folder_contents(organism):
     assert s["params"]["response"] == RESPONSE and s["params"]["n_triggered"] == 64 and len(s["params"]["prompts"])
     assert record["metrics"]["behaviour_rate"] == organism.metrics["behaviour_rate"]
     assert record["training"]["steps"] == 200 and record["training"]["lora_rank"] == 8
+    assert record["training"]["lora_targets"] == list(finetune.TARGETS)  # the recipe's default: every matrix
     assert "purple" not in (folder / "finetune.json").read_text()  # the trigger is only in the sealed file
 
 
