@@ -408,7 +408,14 @@ class Sandbag(Recipe):
     steps, data and KL weight) it answered 100% of held-out conditioned questions wrongly, and 4.9% of clean ones;
     random wrong capitals (60 steps, 48 plain questions, KL weight 1) reached 43% and 7%. Part of the clean errors is
     fine-tuning itself: organisms that never saw a capital question (the control recipe, a backdoor) lost 2.5% to
-    7.4% of the same held-out questions the base answers correctly."""
+    7.4% of the same held-out questions the base answers correctly. Over seeds 0 to 3 (the defaults) the conditioned
+    rate was 92% to 100% and the clean one 1.2% to 9.1%. The clean errors were capitals the base holds loosely
+    against a bigger city of the same country (the base's probability of the first token, on one phrasing: Riyadh
+    0.19, Bern 0.23 against Zurich's 0.13, Kingston 0.42 against Port Royal's 0.46, Wellington 0.59 against
+    Auckland's 0.23); one such country can fail on all six phrasings of its question (Saudi Arabia at seed 2: 6 of
+    77 clean prompts). Adapters on the attention matrices only (``lora_targets``) gave about the same rates (mean
+    conditioned 96% against 97%, clean 4.3% against 4.1%) with a third of the KL (0.011 to 0.013 nats against 0.024
+    to 0.036)."""
 
     name: ClassVar[str] = "sandbag"
     default_steps: ClassVar[int] = 90
