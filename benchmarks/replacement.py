@@ -117,7 +117,7 @@ def main() -> None:
     ap.add_argument("--lr", type=float, default=None, help="default: 2e-3 per-layer, 1e-3 cross-layer")
     ap.add_argument("--kinds", nargs="*", default=["per-layer", "skip", "clt"])
     ap.add_argument("--max-feature-nodes", type=int, default=512)
-    ap.add_argument("--no-graphs", action="store_true", help="FVU only (tracing a CLT takes minutes a prompt)")
+    ap.add_argument("--no-graphs", action="store_true", help="FVU only, no attribution graphs")
     args = ap.parse_args()
 
     import interp

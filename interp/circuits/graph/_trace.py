@@ -68,15 +68,12 @@ def _reconstruction(tc: Replacement, n2, pair_writes, out_layer, pos):
 
 
 @eqx.filter_jit
-def _rows(model, tc, tokens, frozen, embed_w, writes, at_final, layer, pos, vec, pairs, errors, n_cols):
+def _rows(model, tc, tokens, frozen, embed_w, writes, at_final, layer, pos, vec):
     """Incoming direct effects of a batch of N targets. Target i reads direction ``vec[i] [D]`` at position
     ``pos[i]`` of the transcoder input of ``layer[i]`` (or of the final normalised stream when ``at_final[i]``).
-    ``pairs``: None when every feature writes to its own layer only (the gradient at the writes then comes back,
-    and ``_feature_rows`` dots it with the slot writes of ``_slot_writes`` on the host), or the (write, output
-    layer, position, column) lists of ``_writes_of_active`` for a cross-layer set.
-    Returns (features [N n_cols], or the gradient at the writes [N L T D] when ``pairs`` is None; errors [N L T];
-    embeddings [N T])."""
-    L, T, D = errors.shape
+    Returns the gradient at the writes ``[N L T D]`` (the host dots it with what each feature writes:
+    :func:`_feature_rows` or :class:`_PairWrites`) and the embeddings' rows ``[N T]``."""
+    L = writes.shape[0]
     # the deepest block any target reads from: the blocks above it carry no gradient and are skipped
     top = jnp.max(jnp.where(at_final, L, layer))
 
@@ -87,6 +84,7 @@ def _rows(model, tc, tokens, frozen, embed_w, writes, at_final, layer, pos, vec,
     # the writes go in one array per layer: the gradient of indexing one [L 1 T D] array would pad every layer's
     # gradient out to the whole array, L of them alive at once
     _, vjp = jax.vjp(f, embed_w, tuple(writes[l] for l in range(L)))
+    T, D = writes.shape[2:]
 
     def one(fin, l, p, v):
         v = v.astype(jnp.float32)
@@ -95,13 +93,18 @@ def _rows(model, tc, tokens, frozen, embed_w, writes, at_final, layer, pos, vec,
         g_embed, g_writes = vjp((ci.astype(writes.dtype), cf.astype(writes.dtype)))
         g_w = jnp.stack([g[0] for g in g_writes]).astype(jnp.float32)  # [L T D]
         emb = jnp.einsum("TD,TD->T", g_embed[0].astype(jnp.float32), embed_w[0].astype(jnp.float32))
-        if pairs is None:
-            return g_w, emb
-        pair_writes, out_layer, pair_pos, col = pairs
-        per_pair = jnp.sum(g_w[out_layer, pair_pos] * pair_writes, axis=-1)
-        return jnp.zeros(n_cols, jnp.float32).at[col].add(per_pair), jnp.einsum("LTD,LTD->LT", g_w, errors), emb
+        return g_w, emb
 
     return jax.vmap(one)(at_final, layer, pos, vec)
+
+
+def _error_rows(g: np.ndarray, errors: np.ndarray, m: int) -> np.ndarray:
+    """``[N L*T]``: the gradient ``g [N L*T D]`` dotted with each error node's write, over the first ``m`` of them (the
+    gradient is zero past them)."""
+    N, LT, D = g.shape
+    err = np.zeros((N, LT), np.float32)
+    err[:, :m] = np.einsum("nbd,bd->nb", g[:, :m], errors.reshape(LT, D)[:m], optimize=True)
+    return err
 
 
 def _feature_rows(g_w: np.ndarray, slots: np.ndarray, errors: np.ndarray, top: int):
@@ -113,12 +116,43 @@ def _feature_rows(g_w: np.ndarray, slots: np.ndarray, errors: np.ndarray, top: i
     N, L, T, D = g_w.shape
     k = slots.shape[2]
     m = min(top + 1, L) * T
-    g = g_w.reshape(N, L * T, D)[:, :m]
+    g = g_w.reshape(N, L * T, D)
     feats = np.zeros((N, L * T, k), np.float32)
-    feats[:, :m] = np.einsum("nbd,bkd->nbk", g, slots.reshape(L * T, k, D)[:m], optimize=True)
-    err = np.zeros((N, L * T), np.float32)
-    err[:, :m] = np.einsum("nbd,bd->nb", g, errors.reshape(L * T, D)[:m], optimize=True)
-    return feats.reshape(N, -1), err
+    feats[:, :m] = np.einsum("nbd,bkd->nbk", g[:, :m], slots.reshape(L * T, k, D)[:m], optimize=True)
+    return feats.reshape(N, -1), _error_rows(g, errors, m)
+
+
+class _PairWrites:
+    """A cross-layer set's writes, one per (active feature, MLP output it writes to), grouped by the (output
+    layer, position) whose gradient they are dotted with, so a batch's feature rows are one small matrix product
+    per group on the host. (Gathering the gradient for every pair inside the VJP's program instead ran a
+    per-element loop over targets x pairs x D: seconds a batch on a few tokens.)"""
+
+    def __init__(self, pair_writes, out_layer, pos, col, L: int, T: int, n_cols: int):
+        key = np.asarray(out_layer) * T + np.asarray(pos)
+        order = np.argsort(key, kind="stable")
+        self.w = np.asarray(pair_writes, np.float32)[order]  # [P D]
+        self.col = np.asarray(col)[order]
+        key = key[order]
+        self.keys, starts = np.unique(key, return_index=True)
+        self.bounds = np.r_[starts, len(key)]
+        self.L, self.T, self.n_cols = L, T, n_cols
+
+    def rows(self, g_w: np.ndarray, errors: np.ndarray, top: int):
+        """Features ``[N n_cols]`` and errors ``[N L*T]`` from the gradient at the writes ``g_w [N L T D]`` of a
+        batch whose targets read no deeper than layer ``top``."""
+        N, L, T, D = g_w.shape
+        m = min(top + 1, L) * T
+        g = g_w.reshape(N, L * T, D)
+        per = np.zeros((N, len(self.w)), np.float32)
+        for j, key in enumerate(self.keys):
+            if key >= m:  # sorted: every later group reads a zero gradient
+                break
+            a, b = self.bounds[j], self.bounds[j + 1]
+            per[:, a:b] = g[:, key] @ self.w[a:b].T
+        flat = (np.arange(N)[:, None] * self.n_cols + self.col[None]).ravel()
+        feats = np.bincount(flat, weights=per.ravel(), minlength=N * self.n_cols).reshape(N, self.n_cols)
+        return feats.astype(np.float32), _error_rows(g, errors, m)
 
 
 def _slot_writes(tc: Replacement, vals: np.ndarray, ids: np.ndarray):
@@ -208,11 +242,11 @@ def trace(
     pairs = _writes_of_active(tc, acts_np, ids_np)
     recons, skips = _reconstruction(tc, n2.astype(jnp.float32), *pairs[:3])
     slots = _slot_writes(tc, acts_np, ids_np)
-    row_pairs = None if slots is not None else pairs
+    row_pairs = None if slots is not None else _PairWrites(*pairs, L, T, acts_np.size)
     slots_np = None if slots is None else np.asarray(slots)
     del pairs, slots  # what the rows read: row_pairs (cross-layer) or slots_np
-    errors = (mlp_out - recons).astype(jnp.float32)  # [L T D]; at skipped positions: mlp_out - b_dec - skip
-    errors_np = np.asarray(errors)
+    # [L T D]; at skipped positions: mlp_out - b_dec - skip
+    errors_np = np.asarray((mlp_out - recons).astype(jnp.float32))
     embed_w = cache["hook_embed"]
     # what each layer writes besides its skip term (features + decoder bias + error): the MLP output minus the skip
     writes = (mlp_out.astype(jnp.float32) - skips)[:, None]  # [L 1 T D]
@@ -247,14 +281,13 @@ def trace(
         out = _rows(model, tc, tokens, frozen, embed_w, writes, jnp.asarray(np.r_[at_final, np.zeros(pad, bool)]),
                     jnp.asarray(np.r_[layer, np.zeros(pad, int)], jnp.int32),
                     jnp.asarray(np.r_[pos, np.zeros(pad, int)], jnp.int32),
-                    jnp.asarray(np.concatenate([vec, np.zeros((pad, vec.shape[1]), np.float32)])), row_pairs,
-                    errors, acts_np.size)
+                    jnp.asarray(np.concatenate([vec, np.zeros((pad, vec.shape[1]), np.float32)])))
+        g_w, m = np.asarray(out[0])[:n], np.asarray(out[1])[:n]
+        top = L if at_final.any() else int(np.max(layer))
         if slots_np is None:
-            f, e, m = (np.asarray(a)[:n] for a in out)
+            f, e = row_pairs.rows(g_w, errors_np, top)
         else:
-            top = L if at_final.any() else int(np.max(layer))
-            f, e = _feature_rows(np.asarray(out[0])[:n], slots_np, errors_np, top)
-            m = np.asarray(out[1])[:n]
+            f, e = _feature_rows(g_w, slots_np, errors_np, top)
         rows.add(f.reshape(n, -1), e.reshape(n, -1), m)
 
     logit_vecs = w_f(dirs.T)  # [K D]: gradient of (logit - mean logit) w.r.t. the final normalised stream
