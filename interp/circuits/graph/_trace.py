@@ -128,7 +128,7 @@ class _PairWrites:
     per group on the host. (Gathering the gradient for every pair inside the VJP's program instead ran a
     per-element loop over targets x pairs x D: seconds a batch on a few tokens.)"""
 
-    def __init__(self, pair_writes, out_layer, pos, col, L: int, T: int, n_cols: int):
+    def __init__(self, pair_writes, out_layer, pos, col, T: int, n_cols: int):
         key = np.asarray(out_layer) * T + np.asarray(pos)
         order = np.argsort(key, kind="stable")
         self.w = np.asarray(pair_writes, np.float32)[order]  # [P D]
@@ -136,7 +136,7 @@ class _PairWrites:
         key = key[order]
         self.keys, starts = np.unique(key, return_index=True)
         self.bounds = np.r_[starts, len(key)]
-        self.L, self.T, self.n_cols = L, T, n_cols
+        self.n_cols = n_cols
 
     def rows(self, g_w: np.ndarray, errors: np.ndarray, top: int):
         """Features ``[N n_cols]`` and errors ``[N L*T]`` from the gradient at the writes ``g_w [N L T D]`` of a
@@ -150,8 +150,8 @@ class _PairWrites:
                 break
             a, b = self.bounds[j], self.bounds[j + 1]
             per[:, a:b] = g[:, key] @ self.w[a:b].T
-        flat = (np.arange(N)[:, None] * self.n_cols + self.col[None]).ravel()
-        feats = np.bincount(flat, weights=per.ravel(), minlength=N * self.n_cols).reshape(N, self.n_cols)
+        # a column (feature slot) holds one pair per MLP output the feature writes to
+        feats = np.stack([np.bincount(self.col, weights=p, minlength=self.n_cols) for p in per])
         return feats.astype(np.float32), _error_rows(g, errors, m)
 
 
@@ -242,7 +242,7 @@ def trace(
     pairs = _writes_of_active(tc, acts_np, ids_np)
     recons, skips = _reconstruction(tc, n2.astype(jnp.float32), *pairs[:3])
     slots = _slot_writes(tc, acts_np, ids_np)
-    row_pairs = None if slots is not None else _PairWrites(*pairs, L, T, acts_np.size)
+    row_pairs = None if slots is not None else _PairWrites(*pairs, T, acts_np.size)
     slots_np = None if slots is None else np.asarray(slots)
     del pairs, slots  # what the rows read: row_pairs (cross-layer) or slots_np
     # [L T D]; at skipped positions: mlp_out - b_dec - skip
