@@ -165,13 +165,17 @@ def train_sae(args) -> None:
     from interp import sae
     from interp.sae.checkpoints import prepare_out_dir
 
-    if args.distributed or args.coordinator:
+    distributed = args.distributed or args.coordinator
+    if distributed:
         import interp.distributed
 
         interp.distributed.initialize(args.coordinator, args.num_processes, args.process_id)
     config_cls, _ = sae.architecture(args.arch)
     extra = architecture_kwargs(args, config_cls)
-    prepare_out_dir(Path(args.out))  # before the model loads: an output folder that cannot be written fails now
+    # before the model loads: an output folder that cannot be written fails now. In a run over several processes the
+    # first one alone writes there (as sae.train does): another's cleanup would remove this one's write probe
+    if not distributed or interp.distributed.info()["process"] == 0:
+        prepare_out_dir(Path(args.out))
     if args.progress and not args.activation_cache:
         print(f"interp train-sae: loading {args.model}", file=sys.stderr, flush=True)
     model = None if args.activation_cache else interp.load(args.model)

@@ -128,7 +128,7 @@ def check_writable(folder: Path) -> None:
         folder.mkdir(parents=True, exist_ok=True)
         probe = folder / f".write-probe.partial-{secrets.token_hex(6)}"  # a leftover name: a kill here leaves nothing
         probe.write_bytes(b"")
-        probe.unlink()
+        probe.unlink(missing_ok=True)  # another process cleaning this folder may have removed it: it was written
     except OSError as e:
         blocker = next((p for p in (folder, *folder.parents) if p.exists() and not p.is_dir()), None)
         why = f"{blocker} is a file, not a folder" if blocker else (e.strerror or str(e))

@@ -229,6 +229,26 @@ def test_leftovers_of_interrupted_writes_are_removed_on_the_next_start(acts, uni
     assert_same_run(uninterrupted, resumed)
 
 
+def test_write_check_survives_another_process_cleaning_the_folder(monkeypatch, tmp_path):
+    """Two processes starting one run in one folder: the first one's cleanup of write leftovers may remove the
+    other's write probe between its write and its removal; the folder was writable all the same."""
+    from pathlib import Path
+
+    from interp.sae.checkpoints import prepare_out_dir
+
+    write = Path.write_bytes
+
+    def write_then_cleaned(self, data):
+        n = write(self, data)
+        for leftover in self.parent.glob(".*.partial-*"):  # what another process's prepare_out_dir removes
+            leftover.unlink()
+        return n
+
+    monkeypatch.setattr(Path, "write_bytes", write_then_cleaned)
+    prepare_out_dir(tmp_path / "run")
+    assert (tmp_path / "run" / "checkpoints").is_dir()
+
+
 def test_a_copied_run_folder_resumes(acts, uninterrupted, tmp_path):
     interrupted(tmp_path / "a", acts)
     shutil.copytree(tmp_path / "a", tmp_path / "b")

@@ -58,17 +58,21 @@ def two_processes(out: Path, latent_parallel: int = 1) -> list[str]:
     procs = [subprocess.Popen([sys.executable, "-c", WORKER, str(port), str(pid), str(out), str(latent_parallel)],
                               cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
              for pid in (0, 1)]
-    outs = []
+    return finish(procs)
+
+
+def finish(procs) -> list[str]:
+    """Wait for every process and return their stdouts; a failure shows each process's own error, since when one
+    fails the others only report that they waited for it."""
     try:
-        for p in procs:
-            stdout, stderr = p.communicate(timeout=600)
-            assert p.returncode == 0, stderr[-4000:]
-            outs.append(stdout)
+        outs, errs = zip(*(p.communicate(timeout=600) for p in procs))
+        assert [p.returncode for p in procs] == [0] * len(procs), "\n".join(
+            f"process {i}: {e[-3000:]}" for i, e in enumerate(errs))
     finally:
         for p in procs:
             if p.poll() is None:
                 p.kill()
-    return outs
+    return list(outs)
 
 
 def leaves(d):
@@ -130,14 +134,7 @@ def test_command_line_run_over_two_processes_reads_an_activation_cache(tmp_path)
                                f"127.0.0.1:{port}", "--num-processes", "2", "--process-id", str(i)],
                               cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
              for i in (0, 1)]
-    try:
-        for p in procs:
-            _, err = p.communicate(timeout=600)
-            assert p.returncode == 0, err[-3000:]
-    finally:
-        for p in procs:
-            if p.poll() is None:
-                p.kill()
+    finish(procs)
     one = subprocess.run([sys.executable, "-m", "interp", *args, "--out", str(tmp_path / "one")], cwd=ROOT,
                          env={**os.environ, "JAX_PLATFORMS": "cpu"}, capture_output=True, text=True, timeout=600)
     assert one.returncode == 0, one.stderr[-3000:]
