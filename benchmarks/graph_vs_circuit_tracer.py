@@ -181,8 +181,9 @@ def run_limited(cmd: list[str], env: dict, limit_gb: float) -> dict:
     return json.loads(lines[-1])
 
 
-def as_graph(d, tokens: np.ndarray, n_layers: int):
-    """An interp ``Graph`` from a side's .npz, so both sides' scores come from one formula."""
+def as_graph(d, tokens: np.ndarray, n_layers: int, skip: int):
+    """An interp ``Graph`` from a side's .npz, so both sides' scores come from one formula (``skip``: the positions
+    the transcoders skip)."""
     from interp.circuits.graph import Graph
 
     labels = d["labels"]
@@ -191,7 +192,8 @@ def as_graph(d, tokens: np.ndarray, n_layers: int):
     adj[d["row_nodes"]] = d["rows"]
     K = int((labels[:, 0] == LOGIT).sum())
     return Graph(tokens, [str(t) for t in tokens], feat[:, 1], feat[:, 2], feat[:, 3], np.ones(len(feat), np.float32),
-                 n_layers, labels[-K:, 1], d["logit_probs"], [str(t) for t in labels[-K:, 1]], adj)
+                 n_layers, labels[-K:, 1], d["logit_probs"], [str(t) for t in labels[-K:, 1]], adj,
+                 info={"skip_positions": skip})
 
 
 def label(lb, decode) -> str:
@@ -369,10 +371,15 @@ def report(args, model, tc, work: Path) -> None:
         a, b = np.load(work / f"ours_{n}.npz"), np.load(work / f"theirs_{n}.npz")
         for line in agreement(a, b, args.top_edges, 1, lambda t: model.to_string([int(t)])):
             print(f"  {line}")
-        sa = as_graph(a, tokens, len(tc)).scores(pruned=False)
-        sb = as_graph(b, tokens, len(tc)).scores(pruned=False)
-        print("  graph scores (one formula, unpruned): ours " + ", ".join(f"{k} {v:.3f}" for k, v in sa.items())
-              + "; theirs " + ", ".join(f"{k} {v:.3f}" for k, v in sb.items()))
+        ga, gb = as_graph(a, tokens, len(tc), tc.skip_positions), as_graph(b, tokens, len(tc), 1)
+        sa, sb = ga.scores(pruned=False), gb.scores(pruned=False)
+        ca = ga.scores(pruned=False, skipped_errors=False)
+
+        def text(sc):
+            return ", ".join(f"{k} {v:.3f}" for k, v in sc.items())
+
+        print(f"  graph scores (one formula, unpruned): ours {text(sa)}; ours without the error nodes at skipped "
+              f"positions, as circuit-tracer counts {text(ca)}; theirs {text(sb)}")
     if any(r[3] for r in results):
         v = next(r[3] for r in results if r[3])
         print("what differs:")

@@ -3,6 +3,7 @@ text with the same width, k and number of tokens: per-layer FVU on two held-out 
 graph replacement and completeness scores of attribution graphs on a fixed set of prompts.
 
     python benchmarks/replacement.py [--tokens 200000] [--width 1024] [--k 16] [--kinds per-layer skip clt]
+                                     [--max-feature-nodes 512] [--no-bos] [--no-graphs]
 
 Each set is trained once into ``~/.cache/interp/benchmarks/replacement/{kind}-w{width}-k{k}-t{tokens}`` and read
 from there on later runs (delete the folder to retrain). Training text: the Gutenberg books of the shared corpora;
@@ -10,6 +11,12 @@ held-out text: WikiText-2 (test) and the second half of the last book; the summa
 per-layer sets keep k features per position at every layer (TopK); the cross-layer set keeps k per layer and
 position on average over a batch (BatchTopK) and at inference fires by its learned thresholds, so its L0 is printed
 beside its FVU.
+
+The graphs trace each prompt after the tokenizer's BOS token, as circuit-tracer does (``--no-bos``: as the prompt
+tokenizes), and each graph's scores are printed twice: counting every error node, and as circuit-tracer counts them,
+leaving out the error nodes at the positions the transcoders skip (``Graph.scores(skipped_errors=False)``: there an
+error node holds the whole MLP output of the attention sink, which circuit-tracer zeroes). circuit-tracer, the
+reference implementation of these scores, reports the second.
 """
 
 from __future__ import annotations
@@ -97,15 +104,22 @@ def held_out_fvu(model, tc, text: str, n_contexts: int = 32, context_size: int =
     return {k: np.asarray(v) for k, v in out.items()}
 
 
-def graph_scores(model, tc, max_nodes: int) -> list[dict]:
+def graph_scores(model, tc, max_nodes: int, bos: bool = True) -> list[dict]:
+    """Each prompt's unpruned graph scores, counting every error node (``replacement``, ``completeness``) and as
+    circuit-tracer counts them (``ct_replacement``, ``ct_completeness``: the error nodes at the positions the
+    transcoders skip left out). With ``bos`` the prompt starts with the tokenizer's BOS, as circuit-tracer's do, so
+    that the skipped position is not the prompt's first word."""
     from interp.circuits import graph as G
 
     rows = []
     for p in PROMPTS:
         t0 = time.perf_counter()
-        g = G.trace(model, tc, p, max_feature_nodes=max_nodes)
-        rows.append({"prompt": p, **g.scores(pruned=False), "top": g.logit_strs[0], "seconds": time.perf_counter() - t0,
-                     "active": g.info["n_active_features"]})
+        ids = model.tokenizer.encode(p, prepend_bos=True) if bos else p
+        g = G.trace(model, tc, ids, max_feature_nodes=max_nodes)
+        ct = g.scores(pruned=False, skipped_errors=False)
+        rows.append({"prompt": p, **g.scores(pruned=False), "ct_replacement": ct["replacement"],
+                     "ct_completeness": ct["completeness"], "top": g.logit_strs[0],
+                     "seconds": time.perf_counter() - t0, "active": g.info["n_active_features"]})
     return rows
 
 
@@ -118,6 +132,7 @@ def main() -> None:
     ap.add_argument("--kinds", nargs="*", default=["per-layer", "skip", "clt"])
     ap.add_argument("--max-feature-nodes", type=int, default=512)
     ap.add_argument("--no-graphs", action="store_true", help="FVU only, no attribution graphs")
+    ap.add_argument("--no-bos", action="store_true", help="trace the prompts as they tokenize, without a BOS first")
     args = ap.parse_args()
 
     import interp
@@ -126,7 +141,7 @@ def main() -> None:
     summary = {}
     for kind in args.kinds:
         tc, trained = train(model, kind, args.width, args.k, args.tokens, args.lr)
-        scores = [] if args.no_graphs else graph_scores(model, tc, args.max_feature_nodes)
+        scores = [] if args.no_graphs else graph_scores(model, tc, args.max_feature_nodes, bos=not args.no_bos)
         print(f"\n{kind}: width {args.width}, k {args.k}, {args.tokens} tokens, trained in "
               f"{trained.get('seconds', float('nan')):.0f} s; training FVU (last steps) median "
               f"{np.median([r['fvu'] for r in trained['layers']]):.3f}")
@@ -141,13 +156,22 @@ def main() -> None:
         summary[kind] = {"train_s": trained.get("seconds", float("nan")), "fvu": fvu, "scores": scores}
         for r in scores:
             print(f"  {r['prompt']!r:40} -> {r['top']!r:10} replacement {r['replacement']:.3f} completeness "
-                  f"{r['completeness']:.3f} ({r['active']} active features, {r['seconds']:.0f} s)")
-    print("\nkind       train s  median FVU  mean replacement  mean completeness  France: replacement completeness")
+                  f"{r['completeness']:.3f}; as circuit-tracer counts: {r['ct_replacement']:.3f} "
+                  f"{r['ct_completeness']:.3f} ({r['active']} active features, {r['seconds']:.0f} s)")
+    print(f"\ngraphs: {args.max_feature_nodes} feature nodes at most, unpruned; "
+          + ("prompts as they tokenize" if args.no_bos else "a BOS before each prompt")
+          + "; scores counting every error node / as circuit-tracer counts them (the error nodes at the positions "
+          "the transcoders skip left out)")
+    print("kind       train s  median FVU  mean replacement   mean completeness   France: replacement  completeness")
+    nan = float("nan")
     for kind, s in summary.items():
-        sc = s["scores"] or [{"replacement": float("nan"), "completeness": float("nan")}]
-        rep, com = np.mean([r["replacement"] for r in sc]), np.mean([r["completeness"] for r in sc])
-        print(f"{kind:10} {s['train_s']:7.0f}  {np.median(s['fvu']):10.3f}  {rep:16.3f}  {com:17.3f}  "
-              f"{sc[0]['replacement']:.3f} {sc[0]['completeness']:.3f}")
+        sc = s["scores"] or [dict.fromkeys(("replacement", "completeness", "ct_replacement", "ct_completeness"), nan)]
+
+        def both(key, rows=sc):
+            return f"{np.mean([r[key] for r in rows]):.3f} / {np.mean([r['ct_' + key] for r in rows]):.3f}"
+
+        print(f"{kind:10} {s['train_s']:7.0f}  {np.median(s['fvu']):10.3f}  {both('replacement'):>16}  "
+              f"{both('completeness'):>17}   {both('replacement', sc[:1]):>18}  {both('completeness', sc[:1]):>12}")
     print("targets (France prompt, best set): replacement >= 0.5, completeness >= 0.8")
 
 

@@ -170,6 +170,45 @@ def test_influence_on_a_hand_built_graph():
     np.testing.assert_allclose(inf, [0.375, 0.75, 0.0, 0.75, 0.25, 0.0])
 
 
+def _scores_by_inverse(a, w, s):
+    """The two scores from the total influence ``w (I - A)^-1 - w`` of the row-normalised |adjacency|."""
+    a = np.abs(a)
+    sums = a.sum(1, keepdims=True)
+    a = np.divide(a, sums, out=np.zeros_like(a), where=sums > 0)
+    inf = w @ np.linalg.inv(np.eye(len(w)) - a) - w
+    tok, err = inf[s["embed"]].sum(), inf[s["error"]].sum()
+    out, fed = inf + w, a.sum(1) > 0
+    return tok / (tok + err), ((1 - a[:, s["error"]].sum(1)) * out * fed).sum() / (out * fed).sum()
+
+
+def test_scores_can_leave_out_the_error_nodes_at_skipped_positions(traced, tmp_path):
+    """``skipped_errors=False``: the error nodes at the positions the transcoders skip (the whole MLP output there)
+    are taken out of the graph before scoring, as circuit-tracer zeroes their error vectors."""
+    g = traced
+    skip = g.info["skip_positions"]
+    assert skip == 1
+    s = g.slices()
+    left_out = [s["error"].start + layer * g.n_pos + t for layer in range(g.n_layers) for t in range(skip)]
+    assert g.influence()[left_out].sum() > 1e-4  # they carry influence, so leaving them out changes the scores
+    a = g.adjacency.copy()
+    a[:, left_out] = 0.0
+    want = _scores_by_inverse(a, g.logit_weights(), s)
+    got = g.scores(pruned=False, skipped_errors=False)
+    np.testing.assert_allclose([got["replacement"], got["completeness"]], want, rtol=1e-6)
+    full = g.scores(pruned=False)
+    np.testing.assert_allclose([full["replacement"], full["completeness"]],
+                               _scores_by_inverse(g.adjacency, g.logit_weights(), s), rtol=1e-6)
+    assert got["replacement"] > full["replacement"] and got["completeness"] > full["completeness"]
+    # the count travels with the saved graph; a graph without it is refused with the fix
+    back = G.Graph.load(g.save(tmp_path / "g.json"))
+    assert back.scores(pruned=False, skipped_errors=False) == pytest.approx(got)
+    back.info.pop("skip_positions")
+    with pytest.raises(ValueError, match=r"does not record .* set graph.info\['skip_positions'\]"):
+        back.scores(skipped_errors=False)
+    back.info["skip_positions"] = 0  # nothing skipped: nothing left out
+    assert back.scores(pruned=False, skipped_errors=False) == pytest.approx(full)
+
+
 def test_prune_scores_supernodes_and_files(tiny3, tc, traced, tmp_path):
     g = traced
     full = g.scores(pruned=False)

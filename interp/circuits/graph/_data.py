@@ -131,11 +131,27 @@ class Graph(Result):
         absolute values normalised per target."""
         return _influence(_normalize(self._matrix(pruned)), self.logit_weights())
 
-    def scores(self, pruned: bool = True) -> dict[str, float]:
+    def scores(self, pruned: bool = True, *, skipped_errors: bool = True) -> dict[str, float]:
         """The paper's graph scores. *replacement*: share of the end-to-end influence on the logits that starts
         at token embeddings rather than error nodes. *completeness*: share of the nodes' incoming influence
-        (weighted by their own influence on the output) that comes from non-error nodes."""
-        a = _normalize(self._matrix(pruned))
+        (weighted by their own influence on the output) that comes from non-error nodes.
+
+        At the first positions, which the transcoders skip (``info["skip_positions"]``: the attention sink), an error
+        node holds the whole MLP output. ``skipped_errors=False`` leaves those nodes out as circuit-tracer does (it
+        zeroes their error vectors, and prepends a BOS token so that the skipped position is not a word of the
+        prompt): what the MLP writes there counts as a constant, like a bias, and the scores are comparable with
+        its own."""
+        a = self._matrix(pruned)
+        if not skipped_errors:
+            if "skip_positions" not in self.info:
+                raise ValueError("skipped_errors=False needs the number of positions the transcoders skip, which this "
+                                 "graph does not record (a graph traced by an older version): trace it again, or set "
+                                 "graph.info['skip_positions'] (the transcoders' skip_positions)")
+            skip = min(int(self.info["skip_positions"]), self.n_pos)
+            cols = self.slices()["error"].start + (np.arange(self.n_layers)[:, None] * self.n_pos + np.arange(skip))
+            a = a.copy()
+            a[:, cols.reshape(-1)] = 0.0
+        a = _normalize(a)
         w = self.logit_weights()
         inf = _influence(a, w)
         s = self.slices()

@@ -334,7 +334,7 @@ def trace(
                  ids_np[l_idx, p_idx, s_idx].astype(int), acts_np[l_idx, p_idx, s_idx].astype(np.float32), L,
                  logit_tokens.astype(int), probs[logit_tokens], logit_strs, adj,
                  info={"n_active_features": int(active.size), "max_feature_nodes": max_feature_nodes,
-                       "batch_size": batch_size})
+                       "batch_size": batch_size, "skip_positions": int(tc.skip_positions)})
 
 
 def _final_weight_vjp(model, normalized):
