@@ -3,7 +3,7 @@ text with the same width, k and number of tokens: per-layer FVU on two held-out 
 graph replacement and completeness scores of attribution graphs on a fixed set of prompts.
 
     python benchmarks/replacement.py [--tokens 200000] [--width 1024] [--k 16] [--kinds per-layer skip clt]
-                                     [--max-feature-nodes 512] [--no-bos] [--no-graphs]
+                                     [--max-feature-nodes N] [--no-bos] [--no-graphs]
 
 Each set is trained once into ``~/.cache/interp/benchmarks/replacement/{kind}-w{width}-k{k}-t{tokens}`` and read
 from there on later runs (delete the folder to retrain). Training text: the Gutenberg books of the shared corpora;
@@ -16,7 +16,8 @@ The graphs trace each prompt after the tokenizer's BOS token, as circuit-tracer 
 tokenizes), and each graph's scores are printed twice: counting every error node, and as circuit-tracer counts them,
 leaving out the error nodes at the positions the transcoders skip (``Graph.scores(skipped_errors=False)``: there an
 error node holds the whole MLP output of the attention sink, which circuit-tracer zeroes). circuit-tracer, the
-reference implementation of these scores, reports the second.
+reference implementation of these scores, reports the second. Every active feature is a node unless
+``--max-feature-nodes`` caps them, as circuit-tracer's ``attribute`` keeps every one by default.
 """
 
 from __future__ import annotations
@@ -130,7 +131,8 @@ def main() -> None:
     ap.add_argument("--k", type=int, default=16)
     ap.add_argument("--lr", type=float, default=None, help="default: 2e-3 per-layer, 1e-3 cross-layer")
     ap.add_argument("--kinds", nargs="*", default=["per-layer", "skip", "clt"])
-    ap.add_argument("--max-feature-nodes", type=int, default=512)
+    ap.add_argument("--max-feature-nodes", type=int, default=None,
+                    help="feature nodes per graph (default: every active feature, as circuit-tracer's attribute keeps)")
     ap.add_argument("--no-graphs", action="store_true", help="FVU only, no attribution graphs")
     ap.add_argument("--no-bos", action="store_true", help="trace the prompts as they tokenize, without a BOS first")
     args = ap.parse_args()
@@ -141,7 +143,8 @@ def main() -> None:
     summary = {}
     for kind in args.kinds:
         tc, trained = train(model, kind, args.width, args.k, args.tokens, args.lr)
-        scores = [] if args.no_graphs else graph_scores(model, tc, args.max_feature_nodes, bos=not args.no_bos)
+        nodes = args.max_feature_nodes or 2**31 - 1
+        scores = [] if args.no_graphs else graph_scores(model, tc, nodes, bos=not args.no_bos)
         print(f"\n{kind}: width {args.width}, k {args.k}, {args.tokens} tokens, trained in "
               f"{trained.get('seconds', float('nan')):.0f} s; training FVU (last steps) median "
               f"{np.median([r['fvu'] for r in trained['layers']]):.3f}")
@@ -158,7 +161,9 @@ def main() -> None:
             print(f"  {r['prompt']!r:40} -> {r['top']!r:10} replacement {r['replacement']:.3f} completeness "
                   f"{r['completeness']:.3f}; as circuit-tracer counts: {r['ct_replacement']:.3f} "
                   f"{r['ct_completeness']:.3f} ({r['active']} active features, {r['seconds']:.0f} s)")
-    print(f"\ngraphs: {args.max_feature_nodes} feature nodes at most, unpruned; "
+    n = args.max_feature_nodes
+    nodes_text = f"at most {n} feature nodes" if n else "every active feature a node"
+    print(f"\ngraphs: {nodes_text}, unpruned; "
           + ("prompts as they tokenize" if args.no_bos else "a BOS before each prompt")
           + "; scores counting every error node / as circuit-tracer counts them (the error nodes at the positions "
           "the transcoders skip left out)")
