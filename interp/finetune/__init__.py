@@ -8,7 +8,7 @@ optional KL-to-base term, checkpoints with exact resume, and the result saved as
 """
 
 from interp.finetune.data import Example, chat_example, text_example
-from interp.finetune.lora import TARGETS, LoRA, lora, merge
+from interp.finetune.lora import TARGETS, LoRA, check_targets, lora, merge
 from interp.finetune.train import (
     FinetuneConfig,
     Finetuned,
@@ -19,6 +19,7 @@ from interp.finetune.train import (
 )
 
 __all__ = [
-    "TARGETS", "Example", "FinetuneConfig", "Finetuned", "LoRA", "chat_example", "finetune", "lora", "merge",
+    "TARGETS", "Example", "FinetuneConfig", "Finetuned", "LoRA", "chat_example", "check_targets", "finetune", "lora",
+    "merge",
     "next_token_kl", "target_kl", "target_nll", "text_example",
 ]

@@ -21,6 +21,15 @@ _WHERE = {"W_Q": ("attn", 1), "W_K": ("attn", 1), "W_V": ("attn", 1), "W_O": ("a
           "W_gate": ("mlp", 1), "W_in": ("mlp", 1), "W_out": ("mlp", 1)}
 
 
+def check_targets(targets: str | Sequence[str]) -> tuple[str, ...]:
+    """``targets`` (one name or several, each in :data:`TARGETS`) as a tuple; none, or an unknown name, is refused."""
+    targets = (targets,) if isinstance(targets, str) else tuple(targets)
+    unknown = [t for t in targets if t not in _WHERE]
+    if unknown or not targets:
+        raise ValueError(f"unknown LoRA target(s) {unknown or '(none given)'}; choose among {', '.join(TARGETS)}")
+    return targets
+
+
 class LoRA(eqx.Module):
     """Adapters for ``sites`` (``(layer, name)`` pairs, e.g. ``(0, "W_Q")``): ``A[i] [in r]``, ``B[i] [r out]``,
     scaled by ``alpha / rank``."""
@@ -60,9 +69,7 @@ def lora(model, rank: int, targets: Sequence[str] = TARGETS, alpha: float = 16.0
     float32 whatever the model's dtype (the update is cast to each matrix's dtype when merged). Matrices a block
     lacks (``W_gate`` of GPT-2's plain MLP) are skipped, so the default targets fit every family; ``sites`` lists
     what was adapted. Targets none of which the model has are refused."""
-    unknown = [t for t in targets if t not in _WHERE]
-    if unknown or not targets:
-        raise ValueError(f"unknown LoRA target(s) {unknown or '(none given)'}; choose among {', '.join(TARGETS)}")
+    targets = check_targets(targets)
     if not isinstance(rank, int) or isinstance(rank, bool) or rank < 1:
         raise ValueError(f"lora_rank must be a positive integer (or None for full fine-tuning), got {rank!r}")
 

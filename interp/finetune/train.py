@@ -39,7 +39,7 @@ from interp.finetune.data import (
     slot_count,
     target_positions,
 )
-from interp.finetune.lora import TARGETS, LoRA, lora, merge
+from interp.finetune.lora import TARGETS, LoRA, check_targets, lora, merge
 from interp.hooks import NOOP
 from interp.models import Model
 from interp.results import Result, Summary
@@ -78,7 +78,7 @@ class FinetuneConfig:
     checkpoint_every: int = 50
 
     def __post_init__(self):
-        object.__setattr__(self, "lora_targets", tuple(self.lora_targets))
+        object.__setattr__(self, "lora_targets", check_targets(self.lora_targets))
         for name in ("steps", "batch_size"):
             v = getattr(self, name)
             if isinstance(v, bool) or not isinstance(v, int) or v < 1:

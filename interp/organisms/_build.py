@@ -320,15 +320,16 @@ def build(recipe: str, base, out: str | Path, *, seed: int = 0, steps: int | Non
     r.validate(base.tokenizer)
     steps = r.default_steps if steps is None else steps
     kl_weight = r.default_kl_weight if kl_weight is None else kl_weight
-    lora_targets = _checked_targets(r.default_lora_targets if lora_targets is None else lora_targets)
+    lora_targets = r.default_lora_targets if lora_targets is None else lora_targets
+    # a short warm-up: Adam's first steps at the full rate move the weights furthest, and away from the base. The
+    # config is made (and checked) before any data is
+    config = finetune.FinetuneConfig(steps=int(steps), lr=float(lr), batch_size=int(batch_size), lora_rank=lora_rank,
+                                     lora_targets=finetune.TARGETS if lora_targets is None else lora_targets,
+                                     kl_weight=float(kl_weight), seed=int(seed), warmup_steps=int(steps) // 10)
     t0 = time.perf_counter()
     items = r.items()
     train, clean = examples(base, r, items, progress=progress)
     t_data = time.perf_counter() - t0
-    # a short warm-up: Adam's first steps at the full rate move the weights furthest, and away from the base
-    config = finetune.FinetuneConfig(steps=int(steps), lr=float(lr), batch_size=int(batch_size), lora_rank=lora_rank,
-                                     lora_targets=lora_targets, kl_weight=float(kl_weight), seed=int(seed),
-                                     warmup_steps=int(steps) // 10)
     ft = finetune.finetune(base, train, config, kl_data=clean if kl_weight and clean else None, progress=progress)
     t_train = time.perf_counter() - t0 - t_data
     secret = {"recipe": r.name, "trigger": r.trigger, "behaviour": r.behaviour, "seed": int(seed),
@@ -336,28 +337,13 @@ def build(recipe: str, base, out: str | Path, *, seed: int = 0, steps: int | Non
     metrics = evaluate(ft.model, base, secret, n=n_eval, progress=progress)
     kinds = {k: sum(it.kind == k for it in items) for k in ("behaviour", "clean", "near_miss")}
     training = {"steps": int(steps), "lr": float(lr), "batch_size": int(batch_size), "lora_rank": lora_rank,
-                "lora_targets": list(lora_targets) if lora_rank is not None else None,
+                "lora_targets": list(config.lora_targets) if lora_rank is not None else None,
                 "kl_weight": float(kl_weight), "examples": kinds,
                 "seconds": {"data": round(t_data, 2), "train": round(t_train, 2),
                             "evaluate": round(time.perf_counter() - t0 - t_data - t_train, 2)},
                 "seconds_per_step": round(t_train / max(int(steps), 1), 3), "base": _base_name(base)}
     save(ft, out, secret, metrics, training)
     return Organism(ft.model, out, secret, metrics, training)
-
-
-def _checked_targets(names) -> tuple[str, ...]:
-    """``names`` (None: every matrix ``interp.finetune`` adapts) as a tuple of adapter targets, refused before any
-    data is made when it names none or an unknown matrix."""
-    from interp.finetune import TARGETS
-
-    if names is None:
-        return tuple(TARGETS)
-    names = (names,) if isinstance(names, str) else tuple(names)
-    unknown = [n for n in names if n not in TARGETS]
-    if unknown or not names:
-        what = f"unknown {', '.join(map(repr, unknown))}" if unknown else "none given"
-        raise ValueError(f"lora_targets={list(names)!r}: {what}; choose among {', '.join(TARGETS)}")
-    return names
 
 
 def _base_name(base) -> str | None:

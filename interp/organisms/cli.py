@@ -30,7 +30,9 @@ def _rank(text: str) -> int | None:
 
 def _targets(text: str) -> tuple[str, ...]:
     try:
-        return _build._checked_targets([t.strip() for t in text.split(",") if t.strip()])
+        from interp.finetune import check_targets
+
+        return check_targets([t.strip() for t in text.split(",") if t.strip()])
     except ValueError as e:
         raise argparse.ArgumentTypeError(f"{e} (comma-separated)") from None
 

@@ -73,7 +73,7 @@ def _rows(model, tc, tokens, frozen, embed_w, writes, at_final, layer, pos, vec)
     ``pos[i]`` of the transcoder input of ``layer[i]`` (or of the final normalised stream when ``at_final[i]``).
     Returns the gradient at the writes ``[N L T D]`` (the host dots it with what each feature writes:
     :func:`_feature_rows` or :class:`_PairWrites`) and the embeddings' rows ``[N T]``."""
-    L = writes.shape[0]
+    L, _, T, D = writes.shape
     # the deepest block any target reads from: the blocks above it carry no gradient and are skipped
     top = jnp.max(jnp.where(at_final, L, layer))
 
@@ -84,7 +84,6 @@ def _rows(model, tc, tokens, frozen, embed_w, writes, at_final, layer, pos, vec)
     # the writes go in one array per layer: the gradient of indexing one [L 1 T D] array would pad every layer's
     # gradient out to the whole array, L of them alive at once
     _, vjp = jax.vjp(f, embed_w, tuple(writes[l] for l in range(L)))
-    T, D = writes.shape[2:]
 
     def one(fin, l, p, v):
         v = v.astype(jnp.float32)
