@@ -9,6 +9,9 @@ interp's jitted step, the encoder matmul alone (``x @ W_enc``, the floor any ste
 with Adam. Peers that are missing or fail are reported as notes. Figures are activations/s = batch / median
 seconds per step over ``--steps`` steps after ``--warmup`` steps (compilation excluded).
 
+The sparse parts of interp's step (top-k, scatter-adds, the decoder's gathered dot products) run as compiled
+kernels over every core on a CPU (``interp.kernels.cpu_sparse``); ``INTERP_CPU_KERNELS=0`` times XLA's own.
+
 Dead latents: every entry starts from a fresh dictionary, so no latent is dead yet and no AuxK loss runs in
 any of them within a few steps; these figures are the main-loss step.
 """
@@ -159,8 +162,12 @@ def main() -> None:
         results[name] = timed(run, args.steps, args.warmup)
         peers.append(name)
 
+    from interp.kernels import cpu_sparse
+
+    kernels = "compiled CPU kernels on" if cpu_sparse.available() else "compiled CPU kernels off"
     print(f"device: {jax.devices()[0].device_kind} ({jax.default_backend()}), jax {jax.__version__}; {torch_line}; "
-          f"d_in {D}, width {M}, k {K}, batch {N}; median of {args.steps} steps after {args.warmup} warm-up")
+          f"d_in {D}, width {M}, k {K}, batch {N}; median of {args.steps} steps after {args.warmup} warm-up; "
+          f"{kernels} (INTERP_CPU_KERNELS=0 for XLA's own operations)")
     for name, sec in results.items():
         print(f"  {name:<52} {sec * 1e3:9.1f} ms/step  {N / sec:12.0f} act/s")
     ours = results["interp TopK step"]

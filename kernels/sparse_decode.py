@@ -29,6 +29,8 @@ import numpy as np
 from jax.experimental import pallas as pl
 from jaxtyping import Array, Float, Int
 
+from interp.kernels import cpu_sparse
+
 # Sublane-friendly row count; also keeps one block of the output small next to the resident W_dec.
 DEFAULT_BLOCK_N = 128
 
@@ -58,13 +60,19 @@ def _gather_sum(values, indices, W_dec):
 
 
 def scatter_add_rows(weights: Float[Array, "N k"], rows: Float[Array, "N D"], indices: Int[Array, "N k"],
-                     n_out: int) -> Float[Array, "M D"]:
-    """``out [n_out, D]`` (float32) with ``out[indices[n, j]] += weights[n, j] * rows[n]`` for every ``n, j``.
+                     n_out: int, *, compiled: bool = True) -> Float[Array, "M D"]:
+    """``out [n_out, D]`` (float32) with ``out[indices[n, j]] += weights[n, j] * rows[n]`` for every ``n, j``
+    (ids outside ``[0, n_out)`` add nothing; a backward pass never makes them).
+
+    On CPU this runs the compiled kernel of :mod:`interp.kernels.cpu_sparse` over every core;
+    ``compiled=False``, or a machine without it, takes the path below.
 
     One scatter-add of ``N`` rows per slot, in a loop whose accumulator XLA updates in place. Written as an
     unrolled chain of ``k`` scatter-adds (what autodiff of the gathers produces), the decoder's forward and
     backward on a 2-core CPU took 2 to 38 times longer for k from 8 to 128 (``benchmarks/sparse_decode.py``): XLA
     copies the ``[n_out, D]`` accumulator between the steps."""
+    if compiled and cpu_sparse.available():
+        return cpu_sparse.scatter_rows(weights.astype(jnp.float32), rows.astype(jnp.float32), indices, n_out)
     w = weights.astype(jnp.float32).T  # [k N]: each slot's weights contiguous
     idx = indices.T
     rows = rows.astype(jnp.float32)
@@ -75,13 +83,24 @@ def scatter_add_rows(weights: Float[Array, "N k"], rows: Float[Array, "N D"], in
     return jax.lax.fori_loop(0, indices.shape[1], add_slot, jnp.zeros((n_out, rows.shape[1]), jnp.float32))
 
 
+def gather_dot(rows: Float[Array, "N D"], indices: Int[Array, "N k"], table: Float[Array, "M D"], *,
+               compiled: bool = True) -> Float[Array, "N k"]:
+    """``out [N, k]`` (float32) with ``out[n, j] = <rows[n], table[indices[n, j]]>``: the sparse decoder's
+    cotangent for its values. On CPU this runs the compiled kernel of :mod:`interp.kernels.cpu_sparse` over every
+    core; ``compiled=False``, or a machine without it, gathers one slot at a time, which keeps intermediates at
+    [N, D] rather than [N, k, D]."""
+    if compiled and cpu_sparse.available():
+        return cpu_sparse.gather_dot(rows.astype(jnp.float32), indices, table.astype(jnp.float32))
+    rows = rows.astype(jnp.float32)
+    return jnp.stack([jnp.sum(rows * table[indices[:, j]].astype(jnp.float32), axis=-1)
+                      for j in range(indices.shape[1])], axis=1)
+
+
 def _backward(values, indices, W_dec, g):
     """Cotangents of ``values``, ``indices`` (none: float0) and ``W_dec`` for the output cotangent ``g``."""
     g = g.astype(jnp.float32)
     g, indices = jax.lax.optimization_barrier((g, indices))
-    # Per-slot gathers keep intermediates at [N, D] rather than [N, k, D], as in the forward.
-    d_values = jnp.stack([jnp.sum(g * W_dec[indices[:, j]].astype(jnp.float32), axis=-1)
-                          for j in range(values.shape[1])], axis=1).astype(values.dtype)
+    d_values = gather_dot(g, indices, W_dec).astype(values.dtype)
     # Scatter-add, not set: the same latent may appear in many rows, or twice in one row.
     d_W = scatter_add_rows(values, g, indices, W_dec.shape[0]).astype(W_dec.dtype)
     return d_values, np.zeros(indices.shape, dtype=jax.dtypes.float0), d_W  # integer inputs: float0

@@ -20,6 +20,8 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
+from interp.kernels import cpu_sparse
+
 BLOCK = 16
 
 
@@ -28,15 +30,27 @@ def _use_blocks(width: int, k: int, block: int) -> bool:
     return width % block == 0 and 4 * k * block <= width and jax.default_backend() == "cpu"
 
 
-def top_k(x: jax.Array, k: int, *, block: int = BLOCK) -> tuple[jax.Array, jax.Array]:
+def _use_compiled(x: jax.Array, k: int) -> bool:
+    # the compiled kernel ranks groups of 32 entries; like the blocks, it pays only when k is small against the row
+    return x.dtype == jnp.float32 and 128 * k <= x.shape[-1] and cpu_sparse.available()
+
+
+def top_k(x: jax.Array, k: int, *, block: int = BLOCK, compiled: bool = True) -> tuple[jax.Array, jax.Array]:
     """``(values, indices)`` of the ``k`` largest entries along the last axis, largest first, equal to
-    ``jax.lax.top_k(x, k)`` for inputs without NaN (it is called directly where blocks would not help)."""
+    ``jax.lax.top_k(x, k)`` for inputs without NaN.
+
+    On CPU, float32 rows with ``k`` small against their width go to the compiled kernel of
+    :mod:`interp.kernels.cpu_sparse` (all cores); ``compiled=False``, or a machine without it, takes the blocked
+    path; ``jax.lax.top_k`` is called directly where neither would help."""
     width = x.shape[-1]
     if k < 1 or k > width:
         raise ValueError(f"k must be between 1 and the last axis's size {width}, got {k}")
     if jax.default_backend() == "cpu" and jnp.issubdtype(x.dtype, jnp.floating) and jnp.finfo(x.dtype).bits < 32:
-        values, indices = top_k(x.astype(jnp.float32), k, block=block)
+        values, indices = top_k(x.astype(jnp.float32), k, block=block, compiled=compiled)
         return values.astype(x.dtype), indices
+    if compiled and _use_compiled(x, k):
+        values, indices = cpu_sparse.top_k(x.reshape(-1, width), k)
+        return values.reshape(*x.shape[:-1], k), indices.reshape(*x.shape[:-1], k)
     if not _use_blocks(width, k, block):
         return jax.lax.top_k(x, k)
     lead = x.shape[:-1]

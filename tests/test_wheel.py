@@ -52,6 +52,7 @@ print(json.dumps({
     "prompts": sorted(p.name for p in resources.files("interp.data").joinpath("prompts").iterdir()),
     "ioi": len(prompts.load_json("ioi")),
     "kernel": interp.kernels.sparse_decode.__module__,
+    "compiled": interp.kernels.cpu_sparse.available(),
 }))
 """
 
@@ -76,7 +77,8 @@ def wheel(tmp_path_factory) -> Path:
 @pytest.mark.heavy
 def test_wheel_holds_kernels_and_data_and_imports_alone(wheel, tmp_path):
     names = zipfile.ZipFile(wheel).namelist()
-    assert {"interp/kernels/__init__.py", "interp/kernels/sparse_decode.py", "interp/data/__init__.py",
+    assert {"interp/kernels/__init__.py", "interp/kernels/sparse_decode.py", "interp/kernels/cpu_sparse.cc",
+            "interp/data/__init__.py",
             "interp/data/prompts/ioi.json", "interp/data/prompts/capitals.json",
             "interp/data/audit/conditions.json"} <= set(names)
     assert not [n for n in names if n.startswith(("kernels/", "data/"))]
@@ -87,13 +89,15 @@ def test_wheel_holds_kernels_and_data_and_imports_alone(wheel, tmp_path):
     # install's finder, which points back into the checkout, is not loaded.
     site = tmp_path / "site"
     zipfile.ZipFile(wheel).extractall(site)
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(site), sysconfig.get_paths()["purelib"]])}
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(site), sysconfig.get_paths()["purelib"]]),
+           "INTERP_CACHE": str(tmp_path / "cache")}
     out = subprocess.run([sys.executable, "-S", "-c", CHECK, str(site)], check=True, cwd=tmp_path, env=env,
                          capture_output=True, text=True).stdout
     got = json.loads(out.strip().splitlines()[-1])
     assert all(Path(f).is_relative_to(site) for f in got["files"]), got["files"]
     assert got["prompts"] == ["capitals.json", "ioi.json"]
     assert got["ioi"] > 0 and got["kernel"] == "interp.kernels.sparse_decode"
+    assert got["compiled"]  # the C++ source travels in the wheel and compiles from there
 
 
 def test_wheel_installs_into_a_clean_venv_and_runs(wheel, default_model, tmp_path):

@@ -1,4 +1,5 @@
-"""The blocked top-k returns exactly what jax.lax.top_k returns, ties included."""
+"""The blocked top-k (and, where it runs, the compiled kernel in its place) returns exactly what jax.lax.top_k
+returns, ties included."""
 
 from __future__ import annotations
 
@@ -14,10 +15,11 @@ from interp.kernels.topk_blocks import _use_blocks
 def _check(x, k, block=16):
     assert _use_blocks(x.shape[-1], k, block)  # the blocked path runs, not the fallback
     want_v, want_i = jax.lax.top_k(x, k)
-    got_v, got_i = jax.jit(lambda a: top_k(a, k, block=block))(x)
-    assert got_i.dtype == want_i.dtype and got_v.shape == want_v.shape and got_v.dtype == x.dtype
-    np.testing.assert_array_equal(np.asarray(got_v), np.asarray(want_v))
-    np.testing.assert_array_equal(np.asarray(got_i), np.asarray(want_i))
+    for compiled in (False, True):
+        got_v, got_i = jax.jit(lambda a: top_k(a, k, block=block, compiled=compiled))(x)
+        assert got_i.dtype == want_i.dtype and got_v.shape == want_v.shape and got_v.dtype == x.dtype
+        np.testing.assert_array_equal(np.asarray(got_v), np.asarray(want_v))
+        np.testing.assert_array_equal(np.asarray(got_i), np.asarray(want_i))
 
 
 @pytest.mark.parametrize("k", [1, 3, 32])
