@@ -90,7 +90,12 @@ def _load() -> bool:
                 path = _library_path(SOURCE.read_bytes())
                 if not path.exists():
                     _compile(path)
-                lib = ctypes.CDLL(str(path))
+                try:
+                    lib = ctypes.CDLL(str(path))
+                except OSError:  # a damaged file (a full disk, say): build it once more
+                    path.unlink(missing_ok=True)
+                    _compile(path)
+                    lib = ctypes.CDLL(str(path))
                 for name in TARGETS:
                     jax.ffi.register_ffi_target(name, jax.ffi.pycapsule(getattr(lib, name)), platform="cpu")
                 _state["lib"] = lib

@@ -209,3 +209,16 @@ def test_several_devices_keep_xla_operations(tmp_path):
     # a kernel XLA cannot split would make it gather sharded pre-activations whole onto every device
     got = _probe({"XLA_FLAGS": "--xla_force_host_platform_device_count=2", "INTERP_CACHE": str(tmp_path / "cache")})
     assert got == {"ok": False, "same": True, "warnings": []}
+
+
+@needs_kernels
+def test_a_damaged_library_file_is_built_again(tmp_path):
+    env = {**os.environ, "INTERP_CACHE": str(tmp_path)}
+    code = "from interp.kernels import cpu_sparse; print(cpu_sparse._library_path(cpu_sparse.SOURCE.read_bytes()))"
+    path = Path(subprocess.run([sys.executable, "-c", code], env={**env, "PYTHONPATH": str(ROOT)}, check=True,
+                               capture_output=True, text=True).stdout.strip().splitlines()[-1])
+    path.parent.mkdir(parents=True)
+    path.write_bytes(b"not a shared library")
+    got = _probe({"INTERP_CACHE": str(tmp_path)})
+    assert got["ok"] and got["same"] and not got["warnings"]
+    assert path.read_bytes() != b"not a shared library"

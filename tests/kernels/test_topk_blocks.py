@@ -16,7 +16,7 @@ def _check(x, k, block=16):
     assert _use_blocks(x.shape[-1], k, block)  # the blocked path runs, not the fallback
     want_v, want_i = jax.lax.top_k(x, k)
     for compiled in (False, True):
-        got_v, got_i = jax.jit(lambda a: top_k(a, k, block=block, compiled=compiled))(x)
+        got_v, got_i = jax.jit(lambda a, c=compiled: top_k(a, k, block=block, compiled=c))(x)
         assert got_i.dtype == want_i.dtype and got_v.shape == want_v.shape and got_v.dtype == x.dtype
         np.testing.assert_array_equal(np.asarray(got_v), np.asarray(want_v))
         np.testing.assert_array_equal(np.asarray(got_i), np.asarray(want_i))
