@@ -1,13 +1,14 @@
 // CPU kernels for the sparse parts of a TopK dictionary's training step, called from JAX through XLA's FFI.
 //
-// XLA's CPU backend runs a row-wise top-k and a scatter-add of rows on one core, a few times slower than the
-// memory allows. These two do the same work over every core, each with the semantics of its pure-jnp reference in
-// kernels/cpu_sparse.py (which the tests compare them to):
+// XLA's CPU backend runs a row-wise top-k, a scatter-add of rows and a gather of rows on one core, a few times
+// slower than the memory allows. These do the same work over every core; the tests compare each with the
+// operation it stands in for (jax.lax.top_k, and the pure-jnp paths of kernels/sparse_decode.py):
 //   interp_top_k          values and indices of the k largest entries of each row, largest first, ties to the
 //                         lower index (as jax.lax.top_k); NaN entries come only after every other entry
 //   interp_scatter_rows   out[M, D] = 0; out[idx[n, j]] += w[n, j] * rows[n]; out-of-range ids are dropped
-// Every buffer is float32 (indices int32), row-major. Each output row is summed in (n, j) order by one thread,
-// so a result does not change from call to call.
+//   interp_gather_dot     out[N, k] = <rows[n], table[idx[n, j]]>; out-of-range ids give 0
+// Every buffer is float32 (indices int32), row-major. Each output is summed in a fixed order by one thread, so a
+// result does not change from call to call.
 
 #include <algorithm>
 #include <cstdint>
@@ -192,7 +193,7 @@ inline void prefetch_row(const float* p, int64_t d) {
   for (int64_t c = 0; c < d; c += 16) __builtin_prefetch(p + c);
 }
 
-// eight running sums in a fixed order, so the loop vectorizes without reassociation flags
+// sixteen running sums in a fixed order, so the loop vectorizes without reassociation flags
 inline float dot(const float* __restrict a, const float* __restrict b, int64_t d) {
   float acc[16] = {0};
   int64_t c = 0;

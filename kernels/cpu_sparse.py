@@ -54,8 +54,8 @@ def _cpu_features() -> str:
 def _library_path(source: bytes) -> Path:
     from interp.weights.default import cache_dir
 
-    key = hashlib.sha256(source + jax.__version__.encode() + _cpu_features().encode()
-                         + platform.machine().encode()).hexdigest()[:16]
+    key = hashlib.sha256(source + jax.__version__.encode() + _cpu_features().encode() + platform.machine().encode()
+                         + os.environ.get("CXX", "").encode()).hexdigest()[:16]
     return cache_dir() / "kernels" / f"cpu_sparse-{key}.so"
 
 
@@ -67,11 +67,15 @@ def _compile(out: Path) -> None:
     # Compile beside the final name and rename into place, so two processes never load a half-written file.
     fd, tmp = tempfile.mkstemp(prefix=out.name + ".", suffix=".partial", dir=out.parent)
     os.close(fd)
-    cmd = [cxx, "-O3", "-march=native", "-std=c++17", "-shared", "-fPIC", "-pthread",
-           f"-I{jax.ffi.include_dir()}", str(SOURCE), "-o", tmp]
+    base = [cxx, "-O3", "-std=c++17", "-shared", "-fPIC", "-pthread", f"-I{jax.ffi.include_dir()}", str(SOURCE),
+            "-o", tmp]
     try:
-        done = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
-        if done.returncode != 0:
+        # this machine's vector instructions where the compiler knows the flag, else its defaults
+        for cmd in (base[:2] + ["-march=native"] + base[2:], base):
+            done = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+            if done.returncode == 0:
+                break
+        else:
             raise RuntimeError(f"`{' '.join(cmd)}` failed:\n{done.stderr[-2000:]}")
         os.replace(tmp, out)
     finally:
