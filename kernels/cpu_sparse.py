@@ -1,5 +1,6 @@
 """Compiled CPU kernels for a TopK dictionary's sparse work, spread over every core: the row-wise top-k of the
-encoder, and the scatter-add of rows that its backward pass and the sparse decoder's need.
+encoder, the scatter-add of rows that its backward pass and the sparse decoder's need, and the decoder's gathered
+dot products (its cotangent for the values).
 
 XLA's CPU backend runs each of these on one core. In a TopK training step on a 2-core CPU (d 576, 16,384 latents,
 k 32, 4,096 rows) they took about 170 ms of a 390 ms step whose encoder matmul alone takes 177 ms
@@ -8,8 +9,9 @@ with the machine's C++ compiler on first use and kept in ``<interp cache>/kernel
 ``~/.cache/interp``) under a name that hashes the source, the JAX version and the CPU's features, so a new
 version or another machine sharing the folder compiles its own.
 
-Their callers, :func:`interp.kernels.top_k` and :func:`interp.kernels.sparse_decode.scatter_add_rows`, keep
-pure-jnp paths with the same results (the tests compare the two), and take those instead:
+Their callers, :func:`interp.kernels.top_k`, :func:`interp.kernels.sparse_decode.scatter_add_rows` and
+:func:`interp.kernels.sparse_decode.gather_dot`, keep pure-jnp paths with the same results (the tests compare the
+two), and take those instead:
   - on any backend but the CPU, and over more than one device;
   - where no compiler is found or compiling fails (one warning says why);
   - when ``INTERP_CPU_KERNELS=0`` is set before the first use;
@@ -158,4 +160,4 @@ def gather_dot(rows, indices, table):
     return call(rows, indices.astype(jnp.int32), table)
 
 
-__all__ = ["available", "scatter_rows", "top_k"]
+__all__ = ["available", "gather_dot", "scatter_rows", "top_k"]
