@@ -5,11 +5,12 @@ The vocabulary follows TransformerLens (``blocks.{l}.hook_resid_post``, ``blocks
 """
 
 from interp.hooks import edits
-from interp.hooks._cache import Cache, Pending
+from interp.hooks._cache import Cache, Computed, Pending
 from interp.hooks._compiles import CompileStats, compile_count, compile_stats
 from interp.hooks._names import act_name, layer_of, suggest
 from interp.hooks._spec import (
     NOOP,
+    Derived,
     Edit,
     EditFn,
     HookRunner,
@@ -17,13 +18,16 @@ from interp.hooks._spec import (
     Resolved,
     ShapeRecorder,
     any_length,
+    derived,
 )
 from interp.hooks._splice import Splice
 
 __all__ = [
     "Cache",
+    "Computed",
     "Pending",
     "CompileStats",
+    "Derived",
     "Edit",
     "EditFn",
     "HookRunner",
@@ -36,6 +40,7 @@ __all__ = [
     "any_length",
     "compile_count",
     "compile_stats",
+    "derived",
     "edits",
     "layer_of",
     "suggest",

@@ -77,7 +77,27 @@ class Pending:
     @staticmethod
     def resolve_all(pending: list[Pending]) -> list[Array]:
         """The resolved values of ``pending`` (subclasses batch the work)."""
-        return [p.resolve() for p in pending]
+        return [p.value() for p in pending]
+
+
+class Computed(Pending):
+    """An entry computed from other entries when first read: ``fn(*inputs)``, each input an array or a
+    :class:`Pending` (resolved first). ``fn`` is jitted, so a kind of entry compiles once per shape."""
+
+    __slots__ = ("fn", "inputs")
+
+    def __init__(self, fn, inputs, shape, dtype):
+        super().__init__(shape, dtype)
+        self.fn, self.inputs = fn, tuple(inputs)
+
+    def value(self) -> Array:
+        if self._value is None:
+            self._value = self.resolve()
+            self.inputs = ()  # worked out once: the inputs need not be kept for it
+        return self._value
+
+    def resolve(self) -> Array:
+        return self.fn(*(i.value() if isinstance(i, Pending) else i for i in self.inputs))
 
 
 def _resolve_all(data: dict) -> None:
@@ -153,6 +173,10 @@ class Cache(Mapping):
         if isinstance(value, Pending):
             value = self._data[name] = value.value()
         return value
+
+    def entries(self) -> dict[str, Array | Pending]:
+        """The stored entries by name, a :class:`Pending` one left as it is (``items()`` resolves each)."""
+        return dict(self._data)
 
     def __iter__(self) -> Iterator[str]:
         return iter(self._data)

@@ -262,10 +262,43 @@ def _join_heads(x, d):
     return x
 
 
-class HookRunner:
-    """Called by the forward pass at every hook point: applies edits, then records captures."""
+class Derived:
+    """A captured activation the program does not write out: it equals ``fn(*inputs)``, each input a captured
+    activation or another ``Derived``, and a cache computes it when the entry is first read. ``fn`` is the function
+    the forward pass used, compiled alone (see :class:`HookRunner` for how exact that is)."""
 
-    def __init__(self, resolved: Resolved | None = None):
+    __slots__ = ("fn", "inputs", "shape", "dtype")
+
+    def __init__(self, fn: Callable, inputs: tuple, like):
+        self.fn, self.inputs = fn, tuple(inputs)
+        self.shape, self.dtype = tuple(like.shape), like.dtype
+
+
+def derived(hk, name: str, x, fn: Callable, *inputs):
+    """``hk(name, x)`` at a hook point whose activation ``x`` is ``fn(*inputs)`` (``fn`` jitted, as the forward
+    computed ``x``). A runner that can keep such entries unwritten (:class:`HookRunner` with ``derive=True``) records
+    how to compute it instead of storing ``x``; any other runner is simply called."""
+    derive = getattr(hk, "derive", None)
+    return hk(name, x) if derive is None else derive(name, x, fn, inputs)
+
+
+class HookRunner:
+    """Called by the forward pass at every hook point: applies edits, then records captures.
+
+    With ``derive=True`` (the compiled runs of :meth:`interp.models.Model.run`), an activation the forward computes
+    from other captured activations by an elementwise step (the attention pattern from its scores, a residual
+    stream as the sum of the one before it and a block's output) is not written out when it has no edit or
+    splice, and its inputs were not returned by an edit: its cache entry is a :class:`Derived`, computed from the
+    captured inputs when read. Capturing every hook point then writes fewer bytes. The residual sums read are bit
+    for bit the forward's. The pattern is the softmax of the stored scores: in bfloat16 bit for bit the forward's;
+    in float32 XLA may fold the scores' scaling into the forward's own softmax (a fused multiply-add), so a few
+    entries can differ from the forward's in the last place."""
+
+    def __init__(self, resolved: Resolved | None = None, derive: bool = False):
+        self._derive = derive
+        self._held: dict[int, Any] = {}  # id of a captured value -> its cache entry (the value, or a Derived)
+        self._alive: list = []
+        self._edited: set[int] = set()  # ids of values an edit returned
         self.capture = frozenset(resolved.capture) if resolved else frozenset()
         self.edits: dict[str, list] = {}
         if resolved:
@@ -323,8 +356,25 @@ class HookRunner:
                     f"{getattr(y, 'shape', type(y))}, expected {x.shape}; an edit must keep the activation's shape"
                 )
             x = y.astype(x.dtype)
+        if name in self.edits and self._derive:
+            self._edited.add(id(x))
+            self._alive.append(x)
         if name in self.capture:
-            self.cache[name] = x
+            self.cache[name] = self._held.setdefault(id(x), x)
+        return x
+
+    def derive(self, name: str, x, fn: Callable, inputs: tuple):
+        """As ``self(name, x)``, recording ``x = fn(*inputs)`` (a :class:`Derived`) instead of ``x`` itself when this
+        runner derives, ``name`` is captured with no edit or splice, and every input is itself captured and was not
+        returned by an edit."""
+        if (not self._derive or name not in self.capture or name in self.edits or name in self.splice_in
+                or name in self.splice_out or not all(id(i) in self._held for i in inputs)
+                or any(id(i) in self._edited for i in inputs)):
+            # an edited input stays written out with its result: XLA may fuse the edit's arithmetic into the step
+            # that follows it (a multiply-add contracted), so the step redone on the stored input could differ
+            return self(name, x)
+        self.cache[name] = self._held[id(x)] = Derived(fn, tuple(self._held[id(i)] for i in inputs), x)
+        self._alive.append(x)  # its id stays its own while this runner can meet it again
         return x
 
 

@@ -40,6 +40,7 @@ import jax.numpy as jnp
 import numpy as np
 from jaxtyping import Array, Bool, Float, Int
 
+from interp.hooks._spec import derived
 from interp.kernels import matmul
 
 _ACTIVATIONS = {
@@ -68,6 +69,18 @@ def _activate(name: str, x: Array) -> Array:
 
 def _at_least_f32(dtype):
     return dtype if jnp.finfo(dtype).bits >= 32 else jnp.dtype(jnp.float32)
+
+
+def _pattern(scores: Array) -> Array:
+    """The attention pattern from the (masked) scores: the softmax over keys in at least float32, rounded once to
+    the scores' dtype."""
+    return jax.nn.softmax(scores.astype(_at_least_f32(scores.dtype)), axis=-1).astype(scores.dtype)
+
+
+# The same steps compiled alone, for cache entries computed when read (``interp.hooks.derived``; how exact they
+# are is said in ``interp.hooks.HookRunner``, and tests/hooks/test_derived.py checks it).
+_PATTERN = jax.jit(_pattern)
+_ADD = jax.jit(jnp.add)
 
 
 def _barrier(x):
@@ -290,8 +303,7 @@ class Attention(eqx.Module):
             mask = mask & (t - s < self.sliding_window)
         scores = jnp.where(mask[:, None], scores, jnp.finfo(scores.dtype).min)
         scores = hk(f"{prefix}.hook_attn_scores", scores)
-        pattern = jax.nn.softmax(scores.astype(_at_least_f32(q.dtype)), axis=-1).astype(q.dtype)
-        pattern = hk(f"{prefix}.hook_pattern", pattern)
+        pattern = derived(hk, f"{prefix}.hook_pattern", _pattern(scores), _PATTERN, scores)
         vh = v.transpose(0, 2, 1, 3).reshape(B * K, S, E)
         z = matmul(pattern.reshape(B * K, H // K * T, S), vh).reshape(B, H, T, E).transpose(0, 2, 1, 3)
         z = hk(f"{prefix}.hook_z", z)
@@ -374,12 +386,16 @@ class PreNormBlock(eqx.Module):
         if self.ln1_post is not None:
             attn_out = self.ln1_post(attn_out, hk, f"{prefix}.ln1_post")
         attn_out = hk(f"{prefix}.hook_attn_out", attn_out)
-        resid = hk(f"{prefix}.hook_resid_mid", resid + attn_out)
+        # After a post-norm the sum is left to the runner as any hook point: XLA may contract the norm's weight
+        # multiply into the add, which the add redone on the stored output would not reproduce bit for bit.
+        resid = (hk(f"{prefix}.hook_resid_mid", resid + attn_out) if self.ln1_post is not None else
+                 derived(hk, f"{prefix}.hook_resid_mid", resid + attn_out, _ADD, resid, attn_out))
         mlp_out = self.mlp(self.ln2(resid, hk, f"{prefix}.ln2"), hk, f"{prefix}.mlp")
         if self.ln2_post is not None:
             mlp_out = self.ln2_post(mlp_out, hk, f"{prefix}.ln2_post")
         mlp_out = hk(f"{prefix}.hook_mlp_out", mlp_out)
-        out = hk(f"{prefix}.hook_resid_post", resid + mlp_out)
+        out = (hk(f"{prefix}.hook_resid_post", resid + mlp_out) if self.ln2_post is not None else
+               derived(hk, f"{prefix}.hook_resid_post", resid + mlp_out, _ADD, resid, mlp_out))
         return out if kv is None else (out, kv_out)
 
 

@@ -107,12 +107,37 @@ class _Cut(Pending):
         return out
 
 
+class _CutLater(Pending):
+    """A :class:`Pending` entry cut to the prompt's length once it is resolved."""
+
+    __slots__ = ("inner", "axes", "length")
+
+    def __init__(self, inner: Pending, axes: Sequence[int], length: int):
+        shape = list(inner.shape)
+        for ax in axes:
+            shape[ax] = length
+        super().__init__(shape, inner.dtype)
+        self.inner, self.axes, self.length = inner, tuple(axes), length
+
+    def value(self):
+        if self._value is None:
+            self._value = slice_positions(self.inner.value(), self.axes, self.length)
+            self.inner = None
+        return self._value
+
+    def resolve(self):
+        return slice_positions(self.inner.value(), self.axes, self.length)
+
+
 def cut_positions(a, axes: Sequence[int], length: int):
     """As :func:`slice_positions`, but a concrete array in host memory comes back as a :class:`Pending` entry of a
-    cache, cut when it is first read: a run that captures every hook point pays only for the entries looked at."""
+    cache, cut when it is first read: a run that captures every hook point pays only for the entries looked at. A
+    :class:`Pending` entry (one computed when read) is cut after it is computed."""
     axes = [ax for ax in axes if a.shape[ax] != length]
     if not axes:
         return a
+    if isinstance(a, Pending):
+        return _CutLater(a, axes, length)
     if isinstance(a, jax.Array) and not isinstance(a, jax.core.Tracer):
         devices = a.devices()
         if len(devices) == 1 and next(iter(devices)).platform == "cpu":

@@ -11,7 +11,7 @@ import jax.numpy as jnp
 import numpy as np
 from jaxtyping import Array, Bool, Float, Int
 
-from interp.hooks import NOOP, Cache, HookRunner, Hooks, Resolved, ShapeRecorder
+from interp.hooks import NOOP, Cache, Computed, Derived, HookRunner, Hooks, Resolved, ShapeRecorder
 from interp.models import _shapes_cache
 from interp.models._blocks import Embed, LayerNorm, NoNorm, RMSNorm, _at_least_f32
 from interp.models._buckets import (
@@ -227,7 +227,9 @@ class Model(UserAPI, eqx.Module):
         ``interp.set_length_buckets``), so a prompt of a new length usually reuses a compiled program; outputs
         and captured activations are cut back to the prompt's length (``keep_padding=True`` leaves them at the
         bucket length: positions past the prompt are padding). A captured activation is cut when it is first read
-        from the cache, so capturing every hook point and reading a few costs only the few. Runs whose edits
+        from the cache, so capturing every hook point and reading a few costs only the few. Likewise an attention
+        pattern captured with its scores, and a residual stream captured with the terms it sums, are computed from
+        them when read rather than written out (:class:`interp.hooks.HookRunner`). Runs whose edits
         include a function not marked :func:`interp.hooks.any_length`, and runs on traced tokens, run at the exact
         length.
         """
@@ -254,7 +256,7 @@ class Model(UserAPI, eqx.Module):
                 out = slice_positions(out, (1,), T)
             cut: dict[tuple[int, tuple[int, ...]], object] = {}  # names that share one array share its cut
             entries = {}
-            for name, a in cache.items():
+            for name, a in cache.entries().items():
                 ax = tuple(axes.get(name, (1,)))
                 key = (id(a), ax)
                 if key not in cut:
@@ -483,20 +485,38 @@ def attention_inputs(
 
 
 def _run(model: Model, tokens, attention_mask, positions, hooks: Resolved, stop_at_layer, return_output):
-    out, values, index = _run_program(model, tokens, attention_mask, positions, hooks, stop_at_layer, return_output)
-    return out, Cache({name: values[i] for name, i in index})
+    out, values, index, recipes = _run_program(model, tokens, attention_mask, positions, hooks, stop_at_layer,
+                                               return_output)
+    traced = any(isinstance(v, jax.core.Tracer) for v in values)
+    computed: list = []  # derived entries: computed now under a trace, else when first read (shared by their names)
+    for fn, refs, shape, dtype in recipes:
+        args = [values[r] if isinstance(r, int) else computed[r[0]] for r in refs]
+        computed.append(fn(*args) if traced else Computed(fn, args, shape, dtype))
+    return out, Cache({name: values[r] if isinstance(r, int) else computed[r[0]] for name, r in index})
 
 
 @eqx.filter_jit
 def _run_program(model: Model, tokens, attention_mask, positions, hooks: Resolved, stop_at_layer, return_output):
-    hk = HookRunner(hooks)
+    hk = HookRunner(hooks, derive=True)
     out = model.forward(tokens, hk, attention_mask=attention_mask, positions=positions, stop_at_layer=stop_at_layer)
     # A value captured under several names (a block's resid_post is the next block's resid_pre) leaves the program
-    # once, and the names share it: each further output of the same value would be a copy.
-    values, slot, index = [], {}, []
-    for name, a in hk.cache.items():
+    # once, and the names share it: each further output of the same value would be a copy. An entry the runner
+    # derives (``interp.hooks.Derived``) leaves as a recipe over the values: ``(fn, refs, shape, dtype)``, each ref
+    # an output's slot or ``(j,)`` for the j-th recipe.
+    values, slot, recipes, index = [], {}, [], []
+
+    def ref(a):
+        if isinstance(a, Derived):
+            if id(a) not in slot:
+                refs = tuple(ref(i) for i in a.inputs)
+                slot[id(a)] = (len(recipes),)
+                recipes.append((a.fn, refs, a.shape, np.dtype(a.dtype)))
+            return slot[id(a)]
         i = slot.setdefault(id(a), len(values))
         if i == len(values):
             values.append(a)
-        index.append((name, i))
-    return (out if return_output else None), values, tuple(index)
+        return i
+
+    for name, a in hk.cache.items():
+        index.append((name, ref(a)))
+    return (out if return_output else None), values, tuple(index), tuple(recipes)
