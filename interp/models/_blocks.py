@@ -40,7 +40,7 @@ import jax.numpy as jnp
 import numpy as np
 from jaxtyping import Array, Bool, Float, Int
 
-from interp.hooks._spec import derived
+from interp.hooks import derived
 from interp.kernels import matmul
 
 _ACTIVATIONS = {
