@@ -37,8 +37,8 @@ def _written(model, tokens, name, edits=(), names=None):
 
 
 def _same(a, b, name=""):
-    """Equal bit for bit; the pattern within a few units in the last place (see interp.hooks.derived: in float32
-    the forward's fused softmax may round its scores' scaling differently from the stored scores)."""
+    """Equal bit for bit; a float32 pattern within a few units in the last place (see interp.hooks.HookRunner: the
+    forward's fused softmax may recompute its scores with other rounding than the stored ones)."""
     dtype = jnp.asarray(a).dtype
     a, b = np.asarray(jnp.asarray(a).astype(jnp.float32)), np.asarray(jnp.asarray(b).astype(jnp.float32))
     assert a.shape == b.shape
