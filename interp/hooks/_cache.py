@@ -65,7 +65,11 @@ class Pending:
         """The resolved value, worked out once: an entry that several names share is finished once for all."""
         if self._value is None:
             self._value = self.resolve()
+            self._release()
         return self._value
+
+    def _release(self) -> None:
+        """Drop what the resolved value no longer needs (a subclass's inputs)."""
 
     @property
     def ndim(self) -> int:
@@ -90,11 +94,8 @@ class Computed(Pending):
         super().__init__(shape, dtype)
         self.fn, self.inputs = fn, tuple(inputs)
 
-    def value(self) -> Array:
-        if self._value is None:
-            self._value = self.resolve()
-            self.inputs = ()  # worked out once: the inputs need not be kept for it
-        return self._value
+    def _release(self) -> None:
+        self.inputs = ()
 
     def resolve(self) -> Array:
         return self.fn(*(i.value() if isinstance(i, Pending) else i for i in self.inputs))

@@ -88,9 +88,10 @@ class _Cut(Pending):
         self.index = tuple(slice(0, length) if ax in axes else slice(None) for ax in range(array.ndim))
 
     def resolve(self):
-        out = jax.device_put(np.asarray(self.array)[self.index], self.device)
+        return jax.device_put(np.asarray(self.array)[self.index], self.device)
+
+    def _release(self):
         self.array = None  # resolved once (Pending.value keeps the result): the padded array can go
-        return out
 
     @staticmethod
     def resolve_all(pending):
@@ -103,7 +104,7 @@ class _Cut(Pending):
                                                  device)):
                 out[i] = a
         for p in pending:
-            p.array = None
+            p._release()
         return out
 
 
@@ -119,14 +120,11 @@ class _CutLater(Pending):
         super().__init__(shape, inner.dtype)
         self.inner, self.axes, self.length = inner, tuple(axes), length
 
-    def value(self):
-        if self._value is None:
-            self._value = slice_positions(self.inner.value(), self.axes, self.length)
-            self.inner = None
-        return self._value
-
     def resolve(self):
         return slice_positions(self.inner.value(), self.axes, self.length)
+
+    def _release(self):
+        self.inner = None
 
 
 def cut_positions(a, axes: Sequence[int], length: int):
