@@ -1,9 +1,11 @@
-"""Packaging: ``kernels/`` and ``data/`` sit beside ``interp/`` and are mapped into the package as ``interp.kernels``
-and ``interp.data`` (pyproject's ``package-dir``). A built wheel holds them under ``interp/`` with the prompt files,
-and imports from an unpacked wheel alone."""
+"""Packaging: ``data/`` sits beside ``interp/`` and is mapped into the package as ``interp.data`` (pyproject's
+``package-dir``). A built wheel holds it and ``interp.kernels`` under ``interp/`` with the prompt files and the C++
+source, and imports from an unpacked wheel alone. Nothing at the checkout's top level hides an installed
+distribution from code run there."""
 
 from __future__ import annotations
 
+import importlib.metadata
 import json
 import os
 import shutil
@@ -35,10 +37,23 @@ def package_folders() -> dict[str, Path]:
 
 def test_every_package_is_listed_and_mapped():
     """The package list in pyproject names every package folder, so none is left out of a wheel."""
-    assert SETUPTOOLS["package-dir"] == {"interp.kernels": "kernels", "interp.data": "data"}
-    assert not (ROOT / "interp" / "kernels").exists() and not (ROOT / "interp" / "data").exists()
+    assert SETUPTOOLS["package-dir"] == {"interp.data": "data"}
+    assert not (ROOT / "interp" / "data").exists() and not (ROOT / "kernels").exists()
     assert sorted(SETUPTOOLS["packages"]) == sorted(package_folders())
     assert (ROOT / "data" / "prompts" / "ioi.json").is_file()
+
+
+
+def test_no_top_level_folder_hides_an_installed_package():
+    """Run from the checkout (pytest, a notebook, ``python -c``), its top level comes first on ``sys.path``, so a
+    package folder there named like a dependency's module would be imported in its place (``transformers`` imports
+    ``kernels``, the Hugging Face kernel loader)."""
+    importable = {p.name for p in ROOT.iterdir() if (p / "__init__.py").is_file()}
+    importable |= {p.stem for p in ROOT.glob("*.py")}
+    installed = {name: dists for name, dists in importlib.metadata.packages_distributions().items()
+                 if "interp" not in dists}
+    assert "interp" in importable and "data" in importable
+    assert {name: installed[name] for name in importable if name in installed} == {}
 
 
 CHECK = """
@@ -63,7 +78,7 @@ def wheel(tmp_path_factory) -> Path:
     tmp = tmp_path_factory.mktemp("wheel")
     src = tmp / "src"
     ignore = shutil.ignore_patterns("__pycache__", "*.pyc", "*.egg-info")
-    for name in ("interp", "kernels", "data"):
+    for name in ("interp", "data"):
         shutil.copytree(ROOT / name, src / name, ignore=ignore)
     for name in ("pyproject.toml", "README.md"):
         shutil.copy(ROOT / name, src / name)
