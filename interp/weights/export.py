@@ -66,14 +66,31 @@ def _check_layout(model: Model, probe: Model, family) -> None:
                          "can be saved")
 
 
-def _probe(family, config, shapes: dict, starts: dict, part) -> dict[str, np.ndarray]:
-    """The float32 leaves the loader makes when tensor ``name``'s elements hold ``part(global index)``."""
+def _probe(family, config, shapes: dict, starts: dict, high: bool) -> dict[str, np.ndarray]:
+    """The float32 leaves the loader makes when each element of tensor ``name`` holds the high (or low) part of its
+    global index."""
+    index_dtype = np.int32 if sum(math.prod(s) for s in shapes.values()) < 2**31 else np.int64
+
     def get(name):
-        g = np.arange(starts[name], starts[name] + math.prod(shapes[name]), dtype=np.int64).reshape(shapes[name])
-        return part(g).astype(np.float32)
+        g = np.arange(starts[name], starts[name] + math.prod(shapes[name]), dtype=index_dtype)
+        if high:
+            g >>= _LOW_BITS
+        else:
+            g &= _LOW_MASK
+        return g.astype(np.float32).reshape(shapes[name])
 
     model = family.from_hf_weights(config, get, dtype=jnp.float32)
     return {k: np.asarray(v, np.float32) for k, v in _leaves(model).items()}
+
+
+def _whole(part: np.ndarray, offset: np.ndarray | None, dtype) -> np.ndarray | None:
+    """``part - offset`` as integers of ``dtype``, or None where an element is not a whole number."""
+    if offset is not None:
+        part = part - offset
+    whole = np.rint(part)
+    if not np.array_equal(whole, part):
+        return None
+    return whole.astype(dtype)
 
 
 def hf_tensors(model: Model) -> tuple[object, dict[str, np.ndarray]]:
@@ -90,20 +107,25 @@ def hf_tensors(model: Model) -> tuple[object, dict[str, np.ndarray]]:
     probe = family.from_hf_weights(config, lambda n: np.zeros(shapes[n], np.float32), dtype=jnp.float32,
                                    tokenizer=model.tokenizer)
     _check_layout(model, probe, family)
-    offset = {k: np.asarray(v, np.float32) for k, v in _leaves(probe).items()}
-    high = _probe(family, config, shapes, starts, lambda g: g >> _LOW_BITS)
-    low = _probe(family, config, shapes, starts, lambda g: g & _LOW_MASK)
+    # the constant each leaf element gets from the loader (Gemma's 1 + w norms); None where there is none
+    offset = {k: (o if o.any() else None) for k, v in _leaves(probe).items() for o in [np.asarray(v, np.float32)]}
+    high = _probe(family, config, shapes, starts, high=True)
+    low = _probe(family, config, shapes, starts, high=False)
+    index_dtype = np.int32 if total < 2**31 else np.int64
 
     flat = np.zeros(total, np.float32)
     seen, covered = np.zeros(total, bool), 0
     for key, leaf in _leaves(model).items():
-        hi, lo = high[key] - offset[key], low[key] - offset[key]
-        index = (np.rint(hi).astype(np.int64) * (1 << _LOW_BITS) + np.rint(lo).astype(np.int64)).ravel()
-        if (np.any(hi != np.rint(hi)) or np.any(lo != np.rint(lo)) or index.min(initial=0) < 0
-                or index.max(initial=0) >= total):
+        hi, lo = _whole(high.pop(key), offset[key], index_dtype), _whole(low.pop(key), offset[key], index_dtype)
+        if hi is not None and lo is not None:
+            hi <<= _LOW_BITS
+            hi += lo
+            index = hi.ravel()
+        if hi is None or lo is None or index.min(initial=0) < 0 or index.max(initial=0) >= total:
             raise ValueError(f"model array {key} is not a plain rearrangement of stored tensors in the "
                              f"{family.__name__} loader, so it cannot be written back")
-        flat[index] = (np.asarray(leaf, np.float32) - offset[key]).ravel()
+        values = np.asarray(leaf, np.float32)
+        flat[index] = (values if offset[key] is None else values - offset[key]).ravel()
         seen[index] = True
         covered += index.size
     if covered != total or not seen.all():  # with as many reads as elements, all seen means each seen once

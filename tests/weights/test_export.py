@@ -14,7 +14,7 @@ import transformers
 
 import interp
 from interp.models import gemma, transforms
-from interp.weights.export import hf_tensors
+from interp.weights.export import family_of, hf_tensors
 from tests.conftest import make_hf_model, random_tokens
 from tests.models import test_gemma_qwen3_parity as gemma_qwen3
 from tests.models import test_gpt2_neox_parity as gpt2_neox
@@ -128,6 +128,32 @@ def test_transformed_model_is_refused(variant, tmp_path):
         interp.save_hf_dir(folded, tmp_path / "out")
     assert not (tmp_path / "out").exists()
     assert [p.name for p in tmp_path.iterdir()] == ["source"]  # no partial folder left beside it
+
+
+def _loader_reading(model, monkeypatch, read):
+    """Make ``model``'s family loader read its stored tensors through ``read(get, name)``."""
+    family = family_of(model.config)
+    original = family.from_hf_weights
+    monkeypatch.setattr(family, "from_hf_weights",
+                        lambda config, get, **kw: original(config, lambda n: read(get, n), **kw))
+
+
+@pytest.mark.parametrize("how", ["scaled", "read twice"])
+def test_loader_that_is_not_a_rearrangement_is_refused(how, tmp_path, monkeypatch):
+    """A loader that changes values (a scale) or reads one stored tensor into two places cannot be inverted: the
+    save is refused and nothing is written."""
+    model = tiny_chat_model(seed=0, n_layers=1, d_model=32)
+    names = list(family_of(model.config).hf_weight_shapes(model.config))
+    up, gate = (next(n for n in names if part in n) for part in ("up_proj", "gate_proj"))
+    if how == "scaled":
+        _loader_reading(model, monkeypatch, lambda get, n: get(n) * 0.5 if n == up else get(n))
+        cause = "not a plain rearrangement"
+    else:
+        _loader_reading(model, monkeypatch, lambda get, n: get(gate) if n == up else get(n))
+        cause = "exactly once"
+    with pytest.raises(ValueError, match=cause):
+        interp.save_hf_dir(model, tmp_path / "out")
+    assert not (tmp_path / "out").exists()
 
 
 def test_existing_folder_needs_overwrite(tmp_path):
