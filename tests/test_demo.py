@@ -14,7 +14,7 @@ from interp.demo import DemoConfig, run
 def test_demo_writes_a_complete_report(default_model, tmp_path):
     out = io.StringIO()
     cfg = DemoConfig(out=str(tmp_path / "report.html"), sae_tokens=4096, sae_batch=512, sae_width=256, sae_k=8,
-                     dashboard_contexts=8, n_dashboards=3, ioi_prompts=2, graph=False)
+                     dashboard_contexts=8, n_dashboards=3, ioi_prompts=1, graph=False)
     path = run(cfg, out=out)
     log = out.getvalue()
     for i in range(1, 6):
