@@ -80,8 +80,21 @@ class Pending:
 
     @staticmethod
     def resolve_all(pending: list[Pending]) -> list[Array]:
-        """The resolved values of ``pending`` (subclasses batch the work)."""
+        """The resolved values of ``pending``, all of one kind (subclasses batch the work)."""
         return [p.value() for p in pending]
+
+    @staticmethod
+    def resolve_many(entries) -> None:
+        """Resolve every unresolved :class:`Pending` among ``entries``, one batch per kind (:meth:`resolve_all`)."""
+        kinds: dict[type, dict[int, Pending]] = {}
+        for v in entries:
+            if isinstance(v, Pending) and v._value is None:
+                kinds.setdefault(type(v), {})[id(v)] = v  # a value that several names share is resolved once
+        for kind, todo in kinds.items():
+            for p, v in zip(todo.values(), kind.resolve_all(list(todo.values()))):
+                if p._value is None:
+                    p._value = v
+                    p._release()
 
 
 class Computed(Pending):
@@ -100,16 +113,67 @@ class Computed(Pending):
     def resolve(self) -> Array:
         return self.fn(*(i.value() if isinstance(i, Pending) else i for i in self.inputs))
 
+    @staticmethod
+    def resolve_all(pending: list[Pending]) -> list[Array]:
+        """Every entry of ``pending``, and the unresolved entries they are computed from, in one compiled program
+        (one per wiring and shapes): a cache read whole computes its attention patterns and residual sums together
+        instead of in one call each. Each entry's result is rounded to its dtype before another reads it, so the
+        values are those :meth:`resolve` gives one by one."""
+        nodes: dict[int, Computed] = {}  # id -> node, in an order where inputs come first
+        leaves: dict[int, int] = {}  # id(array or finished Pending) -> argument slot
+        args: list = []
+
+        def visit(p: Computed) -> None:
+            if id(p) in nodes:
+                return
+            for i in p.inputs:
+                if isinstance(i, Computed) and i._value is None:
+                    visit(i)
+                elif id(i) not in leaves:
+                    leaves[id(i)] = len(args)
+                    args.append(i)
+            nodes[id(p)] = p
+
+        for p in pending:
+            if p._value is None:
+                visit(p)
+        order = list(nodes.values())
+        if order:
+            position = {id(p): j for j, p in enumerate(order)}
+            wiring = tuple((p.fn, tuple(("node", position[id(i)]) if id(i) in position else ("arg", leaves[id(i)])
+                                        for i in p.inputs)) for p in order)
+            values = [a.value() if isinstance(a, Pending) else a for a in args]
+            for p, v in zip(order, _program(wiring)(values)):
+                p._value = v
+                p._release()
+        return [p.value() for p in pending]
+
+
+_PROGRAMS: dict = {}
+
+
+def _program(wiring: tuple):
+    """The compiled program that evaluates ``wiring`` (``(fn, refs)`` per node, a ref naming an argument or an earlier
+    node) on a list of arguments. Each node's value passes an optimization barrier before any other node reads it,
+    so that no rounding to its dtype is fused away."""
+    if wiring not in _PROGRAMS:
+        if len(_PROGRAMS) >= 64:
+            _PROGRAMS.pop(next(iter(_PROGRAMS)))
+
+        def run(args):
+            out: list = []
+            for fn, refs in wiring:
+                out.append(jax.lax.optimization_barrier(fn(*(out[j] if kind == "node" else args[j]
+                                                            for kind, j in refs))))
+            return out
+
+        _PROGRAMS[wiring] = jax.jit(run)
+    return _PROGRAMS[wiring]
+
 
 def _resolve_all(data: dict) -> None:
     """Resolve every :class:`Pending` value of ``data`` in place, one batch per kind."""
-    kinds: dict[type, dict[int, Pending]] = {}
-    for v in data.values():
-        if isinstance(v, Pending) and v._value is None:
-            kinds.setdefault(type(v), {})[id(v)] = v  # a value that several names share is resolved once
-    for kind, todo in kinds.items():
-        for p, v in zip(todo.values(), kind.resolve_all(list(todo.values()))):
-            p._value = v
+    Pending.resolve_many(data.values())
     for k, v in data.items():
         if isinstance(v, Pending):
             data[k] = v._value

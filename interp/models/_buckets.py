@@ -123,6 +123,11 @@ class _CutLater(Pending):
     def resolve(self):
         return slice_positions(self.inner.value(), self.axes, self.length)
 
+    @staticmethod
+    def resolve_all(pending):
+        Pending.resolve_many([p.inner for p in pending])  # the entries to cut, finished together by kind
+        return [p.value() for p in pending]
+
     def _release(self):
         self.inner = None
 
