@@ -55,6 +55,8 @@ SCRIPT = textwrap.dedent("""
     _, c1 = one.run_with_cache(toks, names)
     _, c2 = m.run_with_cache(toks, names)
     report["cache"] = max(worst(c1[n], c2[n]) for n in names)
+    whole = dict(m.run_with_cache(toks, names)[1].items())  # read whole: its derived entries in one program
+    report["cache read whole"] = max(worst(c1[n], whole[n]) for n in names)
     assert "data" in str(c2["blocks.0.hook_resid_post"].sharding.spec)
     # an edit with a traced value: same result, one compiled program for two values
     hook = "blocks.1.hook_resid_pre"
