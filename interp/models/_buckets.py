@@ -125,7 +125,7 @@ class _CutLater(Pending):
 
     @staticmethod
     def resolve_all(pending):
-        Pending.resolve_many([p.inner for p in pending])  # the entries to cut, finished together by kind
+        Pending.resolve_many([p.inner for p in pending if p._value is None])  # the entries to cut, by kind
         return [p.value() for p in pending]
 
     def _release(self):

@@ -66,11 +66,9 @@ def _check_layout(model: Model, probe: Model, family) -> None:
                          "can be saved")
 
 
-def _probe(family, config, shapes: dict, starts: dict, high: bool) -> dict[str, np.ndarray]:
+def _probe(family, config, shapes: dict, starts: dict, high: bool, index_dtype) -> dict[str, np.ndarray]:
     """The float32 leaves the loader makes when each element of tensor ``name`` holds the high (or low) part of its
-    global index."""
-    index_dtype = np.int32 if sum(math.prod(s) for s in shapes.values()) < 2**31 else np.int64
-
+    global index (computed in ``index_dtype``)."""
     def get(name):
         g = np.arange(starts[name], starts[name] + math.prod(shapes[name]), dtype=index_dtype)
         if high:
@@ -109,9 +107,9 @@ def hf_tensors(model: Model) -> tuple[object, dict[str, np.ndarray]]:
     _check_layout(model, probe, family)
     # the constant each leaf element gets from the loader (Gemma's 1 + w norms); None where there is none
     offset = {k: (o if o.any() else None) for k, v in _leaves(probe).items() for o in [np.asarray(v, np.float32)]}
-    high = _probe(family, config, shapes, starts, high=True)
-    low = _probe(family, config, shapes, starts, high=False)
     index_dtype = np.int32 if total < 2**31 else np.int64
+    high = _probe(family, config, shapes, starts, True, index_dtype)
+    low = _probe(family, config, shapes, starts, False, index_dtype)
 
     flat = np.zeros(total, np.float32)
     seen, covered = np.zeros(total, bool), 0

@@ -62,11 +62,10 @@ class AttentionView(W.VBox):
         self.layer = W.IntSlider(value=layer, min=0, max=model.n_layers - 1, description="layer",
                                  continuous_update=False)
         self.head = W.Dropdown(options=[(f"head {h}", h) for h in range(n_heads)], value=head, description="head")
-        self.figure = _figure_widget()
+        self.figure = _figure_widget(self._figure())  # drawn from the widget's state, however late the view comes
         self.layer.observe(lambda _: self.update(), "value")
         self.head.observe(lambda _: self.update(), "value")
         super().__init__([W.HBox([self.layer, self.head]), self.figure])
-        self.update()
 
     def pattern(self, layer: int) -> np.ndarray:
         """``[H, T, T]`` pattern of ``layer`` (computed in the kernel on first use)."""
@@ -74,11 +73,13 @@ class AttentionView(W.VBox):
             self._patterns[layer] = views.attention_patterns(self.model, self.tokens, layer)
         return self._patterns[layer]
 
-    def update(self) -> None:
+    def _figure(self):
         l, h = self.layer.value, self.head.value
-        fig = F.attention_figure(self.str_tokens, self.pattern(l)[h], head_labels=[f"L{l}H{h}"],
-                                 title=f"Attention pattern L{l}H{h}")
-        _replace(self.figure, fig)
+        return F.attention_figure(self.str_tokens, self.pattern(l)[h], head_labels=[f"L{l}H{h}"],
+                                  title=f"Attention pattern L{l}H{h}")
+
+    def update(self) -> None:
+        _replace(self.figure, self._figure())
 
     def static(self) -> list:
         l = self.layer.value
@@ -100,13 +101,12 @@ class LensView(W.VBox):
         self.answer = W.Text(value=answer if answer is not None else F.token_strings(model, [top])[0],
                              description="answer", continuous_update=False)
         self.message = W.HTML()
-        self.lens_figure = _figure_widget()
-        self.dla_figure = _figure_widget()
+        # the first figures go into the widgets' state, so a view drawn later still shows them
+        self.lens_figure = _figure_widget(self._lens_figure())
+        self.dla_figure = _figure_widget(self._dla_figure())
         self.scale.observe(lambda _: self.update_lens(), "value")
         self.answer.observe(lambda _: self.update_dla(), "value")
         super().__init__([W.HBox([self.scale, self.answer]), self.message, self.lens_figure, self.dla_figure])
-        self.update_lens()
-        self.update_dla()
 
     def answer_id(self) -> int:
         text = self.answer.value
@@ -114,26 +114,35 @@ class LensView(W.VBox):
             return int(text[1:])
         return self.model.to_single_token(text)
 
-    def update_lens(self) -> None:
-        """Recompute the logit lens at the chosen scale (kept as ``self.lens``) and redraw it."""
+    def _lens_figure(self):
         from interp.circuits.lens import logit_lens
 
         self.lens = logit_lens(self.model, self.tokens, scale=self.scale.value)
-        _replace(self.lens_figure, F.lens_figure(self.lens, tokenizer=self.model))
+        return F.lens_figure(self.lens, tokenizer=self.model)
 
-    def update_dla(self) -> None:
-        """Recompute the direct logit attribution of the typed answer (kept as ``self.dla``) and redraw it."""
+    def _dla_figure(self):
+        """The attribution of the typed answer, or None (and the reason in ``self.message``) when it is not a token."""
         from interp.circuits.dla import direct_logit_attribution
 
         try:
             tok = self.answer_id()
         except (ValueError, KeyError) as e:
             self.message.value = f'<span style="color:#b2182b">{F.escape(str(e))}</span>'
-            return
+            return None
         self.message.value = ""
         self.dla = direct_logit_attribution(self.model, self.tokens, np.array([tok]), per=self.per)
         name = F.token_strings(self.model, [tok])[0]
-        _replace(self.dla_figure, F.dla_figure(self.dla, title=f"Direct logit attribution of {name!r}", top=30))
+        return F.dla_figure(self.dla, title=f"Direct logit attribution of {name!r}", top=30)
+
+    def update_lens(self) -> None:
+        """Recompute the logit lens at the chosen scale (kept as ``self.lens``) and redraw it."""
+        _replace(self.lens_figure, self._lens_figure())
+
+    def update_dla(self) -> None:
+        """Recompute the direct logit attribution of the typed answer (kept as ``self.dla``) and redraw it."""
+        fig = self._dla_figure()
+        if fig is not None:
+            _replace(self.dla_figure, fig)
 
     def static(self) -> list:
         return [go.Figure(self.lens_figure.to_plotly_json()), go.Figure(self.dla_figure.to_plotly_json())]

@@ -56,6 +56,15 @@ def test_lens_view_recomputes_dla_for_a_typed_answer(tiny3, prompt):
     assert "tokenizer" in view.message.value
 
 
+def test_first_figures_are_in_the_widget_state(tiny3, prompt):
+    """A view's first figures travel in its widgets' synced state, not only in an update message: a front end that
+    draws the view after that message went by (a slow browser) still shows them."""
+    view = W.AttentionView(tiny3, prompt, layer=1, head=2)
+    assert "L1H2" in view.figure._widget_layout["title"]["text"] and len(view.figure._widget_data) == 1
+    lens = W.LensView(tiny3, prompt, answer="#17")
+    assert lens.lens_figure._widget_data and lens.dla_figure._widget_data
+
+
 def test_patching_view_click_reads_the_cell(tiny3):
     clean = random_tokens(tiny3.d_vocab, (2, 6), seed=11)
     corrupted = clean.copy()
